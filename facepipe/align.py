@@ -1,0 +1,80 @@
+"""Face alignment: similarity transform from five landmarks to the `dfl_whole_face` template.
+
+The exported swap model (DeepFaceLive DFM convention) expects crops aligned to this template,
+so everything we train on is aligned the same way.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from skimage.transform import SimilarityTransform
+
+# Normalised (x, y) of: eye on the image left, eye on the image right, nose tip,
+# mouth corner on the image left, mouth corner on the image right. Multiply by the crop size.
+DFL_WHOLE_FACE_TEMPLATE = np.array(
+    [
+        (0.35342266, 0.39285716),
+        (0.62797622, 0.39285716),
+        (0.48660713, 0.54017860),
+        (0.38839287, 0.68750011),
+        (0.59821427, 0.68750011),
+    ],
+    dtype=np.float64,
+)
+
+# MediaPipe FaceMesh (refined, 478 points) indices of the same five points, in template order.
+# 468/473 are the iris centres (468 appears on the image left for a frontal face), 1 the nose
+# tip, 61/291 the mouth corners. Checked on the Grace Hopper photo.
+MEDIAPIPE_FIVE_POINTS = np.array([468, 473, 1, 61, 291])
+
+
+def five_points(landmarks: np.ndarray) -> np.ndarray:
+    """The five template points from a [478, >=2] FaceMesh landmark array (pixel coordinates)."""
+    return np.asarray(landmarks, dtype=np.float64)[MEDIAPIPE_FIVE_POINTS, :2]
+
+
+def template_points(size: int) -> np.ndarray:
+    """The template's five points in pixels for a crop of `size`."""
+    return DFL_WHOLE_FACE_TEMPLATE * size
+
+
+def alignment_matrix(points5: np.ndarray, size: int) -> np.ndarray:
+    """2x3 similarity transform (least squares, deterministic) mapping image points to the crop."""
+    transform = SimilarityTransform()
+    if not transform.estimate(np.asarray(points5, dtype=np.float64), template_points(size)):
+        raise ValueError("degenerate landmarks: cannot estimate a similarity transform")
+    return transform.params[:2].astype(np.float64)
+
+
+def warp_to_crop(image: np.ndarray, matrix: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    """Warp an image (or a mask, with nearest=True) into the aligned crop."""
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT if nearest else cv2.BORDER_REPLICATE,
+    )
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 affine matrix to [N, 2] points."""
+    points = np.asarray(points, dtype=np.float64)[:, :2]
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def hull_mask(points: np.ndarray, size: int) -> np.ndarray:
+    """uint8 {0, 255} mask of the convex hull of crop-space landmark points."""
+    mask = np.zeros((size, size), dtype=np.uint8)
+    hull = cv2.convexHull(np.round(points[:, :2]).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 255)
+    return mask
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned crop, hull mask, crop-space landmarks and the 2x3 matrix for one face."""
+    matrix = alignment_matrix(five_points(landmarks), size)
+    crop = warp_to_crop(image, matrix, size)
+    crop_landmarks = transform_points(landmarks, matrix)
+    return crop, hull_mask(crop_landmarks, size), crop_landmarks.astype(np.float32), matrix

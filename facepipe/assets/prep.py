@@ -1,0 +1,206 @@
+"""Data preparation assets, built once by a factory for both roles (identity and target).
+
+media → frames → landmarks → smoothed_landmarks → faces, each keyed `<role>/<stage>`.
+The asset functions only resolve inputs, call the plain functions and report metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, asset
+
+from facepipe import faces as face_set
+from facepipe.assets.stage import PREVIEW_FILE, run_stage
+from facepipe.landmarks import LandmarkResult, detect_landmarks
+from facepipe.media import MediaError, extract_frames, media_hash, probe, read_frames, scan_media
+from facepipe.partitions import PARTITIONS, media_dir
+from facepipe.preview import contact_sheet, evenly_spaced, outline, write_png
+from facepipe.resources import FacepipeSettings
+from facepipe.smoothing import contiguous_runs, jitter, smooth_landmarks
+
+STAGES = ("media", "frames", "landmarks", "smoothed_landmarks", "faces")
+# Bump a stage's version when its output for the same inputs changes; the store keys on it.
+CODE_VERSIONS = {
+    "media": "1",
+    "frames": "1",
+    "landmarks": "1",
+    "smoothed_landmarks": "1",
+    "faces": "1",
+}
+
+
+class FramesConfig(Config):
+    max_frames: int = 1000  # exact cap, sampled uniformly over all media of the partition
+
+
+class LandmarksConfig(Config):
+    max_faces: int = 4  # faces FaceMesh looks for per frame; the largest one is kept
+
+
+class SmoothingConfig(Config):
+    window: int = 7  # Savitzky-Golay window (odd, in sampled frames)
+    order: int = 2
+
+
+class FacesConfig(Config):
+    size: int = 256  # aligned crop size in px (dfl_whole_face template)
+
+
+def prep_key(role: str, stage: str) -> AssetKey:
+    return AssetKey([role, stage])
+
+
+def progress_logger(context: AssetExecutionContext, what: str):
+    return lambda done, total: context.log.info(f"{what}: {done}/{total}")
+
+
+def build_prep_assets(role: str) -> list:
+    """The five data-preparation assets for one role."""
+    partitions = PARTITIONS[role]
+    name = lambda stage: f"{role}/{stage}"  # noqa: E731 - the store's name for an asset
+    common = dict(partitions_def=partitions, group_name=role)
+
+    @asset(key=prep_key(role, "media"), code_version=CODE_VERSIONS["media"], **common,
+           description=f"The media files in data/{role}s folder of the partition; data version = content hash.")
+    def media(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
+        folder = media_dir(settings.data_path, role, context.partition_key)
+        try:
+            files, skipped = scan_media(folder)
+        except MediaError as error:
+            raise Failure(str(error)) from error
+        for item in skipped:
+            context.log.warning(f"skipping {folder / item.rel}: {item.reason}")
+        if not files:
+            raise Failure(
+                f"{role} '{context.partition_key}': no media in {folder}"
+                + (f" (skipped: {'; '.join(map(str, skipped))})" if skipped else "")
+                + ". Add videos (mp4, mov, avi, mkv, webm) or images (jpg, png, webp, bmp) and materialize again."
+            )
+        digest = media_hash(files)
+
+        def write(out: Path) -> dict:
+            listing = [{"rel": f.rel, "kind": f.kind, "size": f.size, "sha256": f.sha256} for f in files]
+            (out / "media.json").write_text(json.dumps({"files": listing, "hash": digest}, indent=2, sort_keys=True))
+            return {"files": len(files), "videos": sum(f.kind == "video" for f in files),
+                    "images": sum(f.kind == "image" for f in files), "skipped": [str(s) for s in skipped]}
+
+        return run_stage(context, settings.store, name("media"), CODE_VERSIONS["media"], {}, {"media": digest}, write)
+
+    @asset(key=prep_key(role, "frames"), deps=[media], code_version=CODE_VERSIONS["frames"], **common,
+           description="Frames decoded from videos and images, at most max_frames sampled uniformly; manifest table.")
+    def frames(context: AssetExecutionContext, config: FramesConfig, settings: FacepipeSettings) -> MaterializeResult:
+        store, key = settings.store, context.partition_key
+        media_artifact = store.current(name("media"), key)
+        folder = media_dir(settings.data_path, role, key)
+
+        def write(out: Path) -> dict:
+            from facepipe.media import MediaFile  # the listing the media asset recorded
+
+            listing = json.loads((media_artifact.path / "media.json").read_text())["files"]
+            sources, skipped = [], []
+            for item in listing:
+                file = MediaFile(item["rel"], folder / item["rel"], item["kind"], item["size"], item["sha256"])
+                try:
+                    sources.append(probe(file))
+                except MediaError as error:
+                    context.log.warning(f"skipping {folder / item['rel']}: {error}")
+                    skipped.append(str(error))
+            if not sources:
+                raise Failure(f"{role} '{key}': none of the media in {folder} can be decoded ({'; '.join(skipped)}). "
+                              "Replace the files and materialize again.")
+            manifest = extract_frames(sources, config.max_frames, out / "frames", progress_logger(context, "frames written"),
+                                      context.log.warning)
+            manifest.to_parquet(out / "manifest.parquet", index=False)
+            per_source = manifest.groupby("source").size().to_dict()
+            return {"frames": len(manifest), "max_frames": config.max_frames, "sources": len(sources),
+                    "frames_per_source": {k: int(v) for k, v in sorted(per_source.items())}, "skipped": skipped}
+
+        return run_stage(context, store, name("frames"), CODE_VERSIONS["frames"], config.model_dump(),
+                         {"media": media_artifact.content_hash}, write)
+
+    @asset(key=prep_key(role, "landmarks"), deps=[frames], code_version=CODE_VERSIONS["landmarks"], **common,
+           description="MediaPipe FaceMesh (478 refined points), box and score per frame; tracking within a video.")
+    def landmarks(context: AssetExecutionContext, config: LandmarksConfig, settings: FacepipeSettings) -> MaterializeResult:
+        store, key = settings.store, context.partition_key
+        frames_artifact = store.current(name("frames"), key)
+
+        def write(out: Path) -> dict:
+            manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
+            result = detect_landmarks(read_frames(frames_artifact.path / "frames", manifest), max_faces=config.max_faces,
+                                      progress=lambda done: done % 50 == 0 and context.log.info(
+                                          f"landmarks: {done}/{len(manifest)} frames"))
+            detected = int(result.detected.sum())
+            if detected == 0:
+                raise Failure(f"{role} '{key}': no face found in any of {len(manifest)} frames of "
+                              f"{media_dir(settings.data_path, role, key)}. Add media where the face is clearly visible.")
+            result.save(out)
+            missing = manifest.loc[~result.detected, "source"].value_counts().sort_index()
+            for source, count in missing.items():
+                context.log.warning(f"{source}: no face in {count} frame(s); they are recorded and left out of faces")
+            return {"frames": len(manifest), "detected": detected, "detection_rate": round(detected / len(manifest), 4),
+                    "multi_face_frames": int((result.num_faces > 1).sum()),
+                    "no_face_frames": {str(k): int(v) for k, v in missing.items()}}
+
+        return run_stage(context, store, name("landmarks"), CODE_VERSIONS["landmarks"], config.model_dump(),
+                         {"frames": frames_artifact.content_hash}, write)
+
+    @asset(key=prep_key(role, "smoothed_landmarks"), deps=[landmarks], code_version=CODE_VERSIONS["smoothed_landmarks"],
+           **common, description="Savitzky-Golay smoothing per contiguous run of detected video frames; stills untouched.")
+    def smoothed_landmarks(context: AssetExecutionContext, config: SmoothingConfig, settings: FacepipeSettings) -> MaterializeResult:
+        store, key = settings.store, context.partition_key
+        frames_artifact = store.current(name("frames"), key)
+        landmarks_artifact = store.current(name("landmarks"), key)
+
+        def write(out: Path) -> dict:
+            manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
+            raw = LandmarkResult.load(landmarks_artifact.path)
+            runs = contiguous_runs(raw.detected, manifest["source"].to_numpy(), manifest["source_frame_index"].to_numpy(),
+                                   (manifest["kind"] == "video").to_numpy(), manifest["stride"].to_numpy())
+            smoothed = smooth_landmarks(raw.points, runs, config.window, config.order)
+            dataclasses.replace(raw, points=smoothed).save(out)
+            before, after = jitter(raw.points, runs), jitter(smoothed, runs)
+            context.log.info(f"jitter (mean landmark acceleration, px/frame^2): {before:.4f} -> {after:.4f}")
+            return {"runs": len(runs), "frames_in_runs": int(sum(len(r) for r in runs)),
+                    "jitter_before": round(before, 6), "jitter_after": round(after, 6)}
+
+        return run_stage(context, store, name("smoothed_landmarks"), CODE_VERSIONS["smoothed_landmarks"], config.model_dump(),
+                         {"frames": frames_artifact.content_hash, "landmarks": landmarks_artifact.content_hash}, write)
+
+    @asset(key=prep_key(role, "faces"), deps=[smoothed_landmarks], code_version=CODE_VERSIONS["faces"], **common,
+           description="Aligned face crops (dfl_whole_face template) + landmark-hull masks in memory-mappable arrays.")
+    def faces(context: AssetExecutionContext, config: FacesConfig, settings: FacepipeSettings) -> MaterializeResult:
+        store, key = settings.store, context.partition_key
+        frames_artifact = store.current(name("frames"), key)
+        smoothed_artifact = store.current(name("smoothed_landmarks"), key)
+
+        def write(out: Path) -> dict:
+            manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
+            marks = LandmarkResult.load(smoothed_artifact.path)
+            rows = np.flatnonzero(marks.detected)
+            detected_frames = (
+                (int(manifest.frame_id.iat[i]), cv2.imread(str(frames_artifact.path / "frames" / manifest.file.iat[i])),
+                 marks.points[i])
+                for i in rows
+            )
+            frame_ids, matrices = face_set.build_face_set(detected_frames, len(rows), config.size, out,
+                                                          progress_logger(context, "faces aligned"))
+            index = manifest.iloc[rows][["frame_id", "source", "kind", "source_frame_index", "timestamp_s"]].reset_index(drop=True)
+            index.insert(0, "face_id", np.arange(len(rows)))
+            index["score"] = marks.score[rows].astype(np.float32)
+            index[[f"m{i}" for i in range(6)]] = matrices.reshape(-1, 6)
+            index.to_parquet(out / face_set.INDEX, index=False)
+            written = face_set.FaceSet.load(out)
+            picks = evenly_spaced(len(written), 32)
+            write_png(out / PREVIEW_FILE, contact_sheet([outline(written.crops[i], written.masks[i]) for i in picks]))
+            return {"faces": len(rows), "size": config.size, "template": "dfl_whole_face", "colour_order": "BGR"}
+
+        return run_stage(context, store, name("faces"), CODE_VERSIONS["faces"], config.model_dump(),
+                         {"frames": frames_artifact.content_hash, "smoothed_landmarks": smoothed_artifact.content_hash}, write)
+
+    return [media, frames, landmarks, smoothed_landmarks, faces]

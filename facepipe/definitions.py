@@ -1,0 +1,15 @@
+"""The Dagster code location: assets, jobs, sensors and resources."""
+
+from dagster import Definitions
+
+from facepipe.assets.prep import build_prep_assets
+from facepipe.automation.discovery import media_sensor, role_jobs
+from facepipe.partitions import ROLES
+from facepipe.resources import FacepipeSettings
+
+defs = Definitions(
+    assets=[a for role in ROLES for a in build_prep_assets(role)],
+    jobs=role_jobs,
+    sensors=[media_sensor],
+    resources={"settings": FacepipeSettings()},
+)

@@ -1,0 +1,75 @@
+"""The aligned face set: crops, hull masks and crop-space landmarks as memory-mappable arrays.
+
+Training reads these arrays through np.load(mmap_mode="r"): no per-epoch decoding or detection.
+Crops are BGR uint8 (OpenCV order, the same order the exported swap model takes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from facepipe.align import align_face
+
+CROPS = "faces.npy"
+MASKS = "masks.npy"
+LANDMARKS = "landmarks.npy"
+INDEX = "index.parquet"
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    crops: np.ndarray  # [N, S, S, 3] uint8 BGR
+    masks: np.ndarray  # [N, S, S] uint8 {0, 255} landmark-hull masks
+    landmarks: np.ndarray  # [N, 478, 2] float32 crop pixels
+    index: pd.DataFrame  # one row per face: frame_id, source, source_frame_index, timestamp_s, score, matrix
+
+    @classmethod
+    def load(cls, folder: Path) -> "FaceSet":
+        return cls(
+            np.load(folder / CROPS, mmap_mode="r"),
+            np.load(folder / MASKS, mmap_mode="r"),
+            np.load(folder / LANDMARKS, mmap_mode="r"),
+            pd.read_parquet(folder / INDEX),
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def build_face_set(
+    frames: list[tuple[int, np.ndarray, np.ndarray]],
+    count: int,
+    size: int,
+    out_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Align `count` faces given as (frame_id, BGR frame, [478,3] landmarks) into arrays on disk.
+
+    Arrays are written through memory maps so memory stays flat for large sets.
+    Returns (frame ids, 2x3 alignment matrices) in face order.
+    """
+    crops = np.lib.format.open_memmap(out_dir / CROPS, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+    masks = np.lib.format.open_memmap(out_dir / MASKS, mode="w+", dtype=np.uint8, shape=(count, size, size))
+    marks = np.lib.format.open_memmap(out_dir / LANDMARKS, mode="w+", dtype=np.float32, shape=(count, 478, 2))
+    frame_ids = np.zeros(count, dtype=np.int64)
+    matrices = np.zeros((count, 2, 3), dtype=np.float64)
+    for i, (frame_id, frame, landmarks) in enumerate(frames):
+        crops[i], masks[i], marks[i], matrices[i] = align_face(frame, landmarks, size)
+        frame_ids[i] = frame_id
+        if progress and ((i + 1) % 50 == 0 or i + 1 == count):
+            progress(i + 1, count)
+    for array in (crops, masks, marks):
+        array.flush()
+    del crops, masks, marks
+    return frame_ids, matrices
+
+
+def blur_score(crop: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey crop: low means blurry."""
+    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())

@@ -1,0 +1,271 @@
+"""Media files: listing and hashing a partition folder, loading images, sampling video frames."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from facepipe.store import canonical_json, file_sha256
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Folder names inside a partition that hold other inputs (user masks for XSeg), not media.
+RESERVED_FOLDERS = ("masks",)
+MIN_IMAGE_SIDE = 32
+FRAME_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; frames are re-read, rarely kept
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    rel: str  # POSIX path relative to the partition folder
+    path: Path
+    kind: str  # "video" | "image"
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rel: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.rel}: {self.reason}"
+
+
+def media_kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    return None
+
+
+def candidate_paths(folder: Path) -> Iterator[tuple[str, Path]]:
+    """(relative POSIX path, path) of every file a partition folder offers as media, sorted.
+
+    Hidden files and the reserved folders (user masks) are not media and are not listed.
+    """
+    for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
+        rel = path.relative_to(folder)
+        if rel.parts[0] in RESERVED_FOLDERS or any(part.startswith(".") for part in rel.parts) or path.is_dir():
+            continue
+        yield rel.as_posix(), path
+
+
+def scan_media(folder: Path) -> tuple[list[MediaFile], list[Skipped]]:
+    """Media files under `folder` sorted by relative path, and everything else with a reason."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MediaError(f"media folder {folder} does not exist: create it and put videos or images in it")
+    files, skipped = [], []
+    for rel, path in candidate_paths(folder):
+        if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+            skipped.append(Skipped(rel, "symbolic link pointing outside the folder; copy the file in instead"))
+            continue
+        kind = media_kind(path)
+        if kind is None:
+            supported = ", ".join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
+            skipped.append(Skipped(rel, f"not a media file (supported: {supported})"))
+            continue
+        size = path.stat().st_size
+        if size == 0:
+            skipped.append(Skipped(rel, "empty file (0 bytes): re-copy it"))
+            continue
+        files.append(MediaFile(rel, path, kind, size, file_sha256(path)))
+    return files, skipped
+
+
+def folder_signature(folder: Path) -> str:
+    """A cheap change detector (names, sizes, mtimes; no reading) for sensors polling often."""
+    listing = [[rel, path.stat().st_size, path.stat().st_mtime_ns] for rel, path in candidate_paths(folder)]
+    return hashlib.sha256(canonical_json(listing)).hexdigest()
+
+
+def media_hash(files: list[MediaFile]) -> str:
+    """Content hash of a media set: changes when any file is added, removed, renamed or edited."""
+    listing = [[f.rel, f.sha256] for f in files]
+    return hashlib.sha256(canonical_json(listing)).hexdigest()
+
+
+def to_bgr8(image: np.ndarray) -> np.ndarray:
+    """Any decoded image (grey, BGRA, 16-bit) as 3-channel uint8 BGR."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode an image file as uint8 BGR (EXIF orientation applied), or raise MediaError."""
+    data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII names
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+    if image is None:
+        raise MediaError(f"{path.name}: cannot decode this image (corrupt or not really an image); replace or remove it")
+    image = to_bgr8(image)
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise MediaError(
+            f"{path.name}: image is {image.shape[1]}x{image.shape[0]} px, too small to hold a usable face "
+            f"(at least {MIN_IMAGE_SIDE} px per side); use a larger image"
+        )
+    return image
+
+
+@dataclass(frozen=True)
+class Source:
+    """A decodable media file and how many frames it yields."""
+
+    file: MediaFile
+    frame_count: int
+    fps: float
+
+
+def probe(file: MediaFile) -> Source:
+    """Open a file once to learn its frame count, or raise MediaError naming the problem."""
+    if file.kind == "image":
+        load_image(file.path)
+        return Source(file, 1, 0.0)
+    capture = cv2.VideoCapture(str(file.path))
+    try:
+        ok, frame = capture.read() if capture.isOpened() else (False, None)
+        if not ok or frame is None:
+            raise MediaError(f"{file.rel}: cannot decode this video (corrupt, truncated or unsupported codec); re-export it as H.264 mp4")
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) or 25.0
+    finally:
+        capture.release()
+    return Source(file, max(count, 1), fps)
+
+
+def sample_positions(total: int, max_frames: int) -> np.ndarray:
+    """Exactly min(total, max_frames) positions spread uniformly over [0, total).
+
+    The stride total/max_frames is > 1 whenever we sample, so flooring never repeats a position
+    and the cap is exact (unlike `step = total // max`, which keeps up to twice as many).
+    """
+    if max_frames < 1:
+        raise ValueError("max_frames must be at least 1")
+    if total <= max_frames:
+        return np.arange(total, dtype=np.int64)
+    return np.floor(np.arange(max_frames, dtype=np.float64) * (total / max_frames)).astype(np.int64)
+
+
+def decode_video(path: Path) -> Iterator[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
+def frame_plan(sources: list[Source], max_frames: int) -> list[np.ndarray]:
+    """Per source, the sorted frame indices to keep, from one uniform sampling of the whole set."""
+    counts = np.array([s.frame_count for s in sources], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    picks = sample_positions(int(counts.sum()), max_frames)
+    return [picks[(picks >= a) & (picks < a + n)] - a for a, n in zip(starts, counts)]
+
+
+def extract_frames(
+    sources: list[Source],
+    max_frames: int,
+    out_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Write the sampled frames as PNG files into `out_dir` and return the manifest table.
+
+    Container headers can overstate a video's frame count (truncated files); when decoding
+    disagrees we re-plan with the true counts, so the cap stays exact and uniform.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(2):
+        plan = frame_plan(sources, max_frames)
+        total = int(sum(len(p) for p in plan))
+        rows, corrected = [], []
+        for source, wanted in zip(sources, plan):
+            rows_before = len(rows)
+            decoded = _write_source_frames(source, set(wanted.tolist()), out_dir, rows, total, progress)
+            stride = int(np.ceil(source.frame_count / max(len(wanted), 1)))
+            for row in rows[rows_before:]:
+                row["stride"] = max(stride, 1)
+            if source.file.kind == "video" and decoded != source.frame_count:
+                corrected.append(Source(source.file, decoded, source.fps))
+                if warn:
+                    warn(f"{source.file.rel}: header says {source.frame_count} frames, {decoded} decodable; re-planning the sample")
+            else:
+                corrected.append(source)
+        if corrected == sources:
+            break
+        for png in out_dir.glob("*.png"):
+            png.unlink()
+        sources = [s for s in corrected if s.frame_count > 0]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+MANIFEST_COLUMNS = [
+    "frame_id", "file", "source", "kind", "source_frame_index", "timestamp_s", "width", "height", "stride",
+]
+
+
+def _write_source_frames(source, wanted: set[int], out_dir: Path, rows: list[dict], total: int, progress) -> int:
+    """Write the wanted frames of one source; returns how many frames it really decodes."""
+    if source.file.kind == "image":
+        frames: Iterator[np.ndarray] = iter([load_image(source.file.path)])
+    else:
+        frames = decode_video(source.file.path)
+    decoded = 0
+    for index, frame in enumerate(frames):
+        decoded += 1
+        if index not in wanted:
+            continue
+        frame_id = len(rows)
+        name = f"{frame_id:06d}.png"
+        if not cv2.imwrite(str(out_dir / name), frame, FRAME_PNG_PARAMS):
+            raise OSError(f"could not write frame {out_dir / name}")
+        rows.append(
+            {
+                "frame_id": frame_id,
+                "file": name,
+                "source": source.file.rel,
+                "kind": source.file.kind,
+                "source_frame_index": index,
+                "timestamp_s": round(index / source.fps, 6) if source.file.kind == "video" else 0.0,
+                "width": int(frame.shape[1]),
+                "height": int(frame.shape[0]),
+            }
+        )
+        if progress and (len(rows) % 50 == 0 or len(rows) == total):
+            progress(len(rows), total)
+    return decoded
+
+
+def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.ndarray, str | None]]:
+    """(BGR frame, video group or None for stills) in manifest order, for the landmark stage."""
+    for row in manifest.itertuples(index=False):
+        image = cv2.imread(str(frames_dir / row.file), cv2.IMREAD_COLOR)
+        if image is None:
+            raise MediaError(f"stored frame {frames_dir / row.file} is unreadable: re-materialize the frames asset")
+        yield image, (row.source if row.kind == "video" else None)

@@ -1,0 +1,43 @@
+"""Contact sheets: small image grids shown as materialization metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def contact_sheet(images: list[np.ndarray], columns: int = 8, thumb: int = 96) -> np.ndarray:
+    """Tile BGR (or grey) images into one BGR grid of `thumb`-sized cells."""
+    if not images:
+        raise ValueError("contact sheet needs at least one image")
+    cells = []
+    for image in images:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        cells.append(cv2.resize(image, (thumb, thumb), interpolation=cv2.INTER_AREA))
+    rows = -(-len(cells) // columns)
+    sheet = np.zeros((rows * thumb, min(columns, len(cells)) * thumb, 3), dtype=np.uint8)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, columns)
+        sheet[r * thumb : (r + 1) * thumb, c * thumb : (c + 1) * thumb] = cell
+    return sheet
+
+
+def evenly_spaced(count: int, limit: int) -> np.ndarray:
+    """Up to `limit` indices spread over range(count), for previews of long sequences."""
+    return np.unique(np.linspace(0, count - 1, num=min(count, limit)).round().astype(int)) if count else np.array([], int)
+
+
+def outline(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarray:
+    """The image with the mask's outline drawn on it."""
+    contours, _ = cv2.findContours((mask > 127).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    drawn = image.copy()
+    cv2.drawContours(drawn, contours, -1, colour, max(1, image.shape[0] // 128))
+    return drawn
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")

@@ -1,0 +1,40 @@
+"""Settings shared by every asset: where media and the artifact store live, which device trains."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import ConfigurableResource
+
+from facepipe.store import ArtifactStore
+
+
+def project_root() -> Path:
+    """The checkout when facepipe runs from one (editable install), else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "workspace.yaml").is_file() else Path.cwd()
+
+
+def default_data_root() -> str:
+    return os.environ.get("FACEPIPE_DATA", str(project_root() / "data"))
+
+
+def default_store_root() -> str:
+    return os.environ.get("FACEPIPE_STORE", str(project_root() / "store"))
+
+
+class FacepipeSettings(ConfigurableResource):
+    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE or in run config."""
+
+    data_root: str = default_data_root()
+    store_root: str = default_store_root()
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_root)
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.store_root)
