@@ -41,8 +41,8 @@ def template_points(size: int) -> np.ndarray:
 
 def alignment_matrix(points5: np.ndarray, size: int) -> np.ndarray:
     """2x3 similarity transform (least squares, deterministic) mapping image points to the crop."""
-    transform = SimilarityTransform()
-    if not transform.estimate(np.asarray(points5, dtype=np.float64), template_points(size)):
+    transform = SimilarityTransform.from_estimate(np.asarray(points5, dtype=np.float64), template_points(size))
+    if not transform:
         raise ValueError("degenerate landmarks: cannot estimate a similarity transform")
     return transform.params[:2].astype(np.float64)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -153,6 +154,29 @@ def probe(file: MediaFile) -> Source:
     finally:
         capture.release()
     return Source(file, max(count, 1), fps)
+
+
+MEDIA_LISTING = "media.json"
+
+
+def write_sources(path: Path, sources: list[Source], digest: str) -> None:
+    listing = [
+        {"rel": s.file.rel, "kind": s.file.kind, "size": s.file.size, "sha256": s.file.sha256,
+         "frame_count": s.frame_count, "fps": s.fps}
+        for s in sources
+    ]
+    path.write_text(json.dumps({"files": listing, "hash": digest}, indent=2, sort_keys=True))
+
+
+def read_sources(path: Path, folder: Path) -> list[Source]:
+    """The sources a media listing recorded, checked against the files now in `folder`."""
+    sources = []
+    for item in json.loads(path.read_text())["files"]:
+        file = MediaFile(item["rel"], folder / item["rel"], item["kind"], item["size"], item["sha256"])
+        if not file.path.is_file() or file.path.stat().st_size != file.size:
+            raise MediaError(f"{file.path} changed or vanished since the media asset ran: materialize media again")
+        sources.append(Source(file, item["frame_count"], item["fps"]))
+    return sources
 
 
 def sample_positions(total: int, max_frames: int) -> np.ndarray:

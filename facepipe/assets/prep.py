@@ -4,10 +4,8 @@ media → frames → landmarks → smoothed_landmarks → faces, each keyed `<ro
 The asset functions only resolve inputs, call the plain functions and report metadata.
 """
 
-from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import cv2
@@ -18,7 +16,18 @@ from dagster import AssetExecutionContext, AssetKey, Config, Failure, Materializ
 from facepipe import faces as face_set
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
 from facepipe.landmarks import LandmarkResult, detect_landmarks
-from facepipe.media import MediaError, extract_frames, media_hash, probe, read_frames, scan_media
+from facepipe.media import (
+    MEDIA_LISTING,
+    MediaError,
+    Skipped,
+    extract_frames,
+    media_hash,
+    probe,
+    read_frames,
+    read_sources,
+    scan_media,
+    write_sources,
+)
 from facepipe.partitions import PARTITIONS, media_dir
 from facepipe.preview import contact_sheet, evenly_spaced, outline, write_png
 from facepipe.resources import FacepipeSettings
@@ -67,28 +76,33 @@ def build_prep_assets(role: str) -> list:
     common = dict(partitions_def=partitions, group_name=role)
 
     @asset(key=prep_key(role, "media"), code_version=CODE_VERSIONS["media"], **common,
-           description=f"The media files in data/{role}s folder of the partition; data version = content hash.")
+           description="The usable media files of the partition folder (each opened once); data version = content hash.")
     def media(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
         folder = media_dir(settings.data_path, role, context.partition_key)
         try:
             files, skipped = scan_media(folder)
         except MediaError as error:
             raise Failure(str(error)) from error
+        sources = []
+        for file in files:  # open each file once, so undecodable ones are reported here
+            try:
+                sources.append(probe(file))
+            except MediaError as error:
+                skipped.append(Skipped(file.rel, str(error)))
         for item in skipped:
             context.log.warning(f"skipping {folder / item.rel}: {item.reason}")
-        if not files:
+        if not sources:
             raise Failure(
-                f"{role} '{context.partition_key}': no media in {folder}"
+                f"{role} '{context.partition_key}': no usable media in {folder}"
                 + (f" (skipped: {'; '.join(map(str, skipped))})" if skipped else "")
                 + ". Add videos (mp4, mov, avi, mkv, webm) or images (jpg, png, webp, bmp) and materialize again."
             )
-        digest = media_hash(files)
+        digest = media_hash([s.file for s in sources])
 
         def write(out: Path) -> dict:
-            listing = [{"rel": f.rel, "kind": f.kind, "size": f.size, "sha256": f.sha256} for f in files]
-            (out / "media.json").write_text(json.dumps({"files": listing, "hash": digest}, indent=2, sort_keys=True))
-            return {"files": len(files), "videos": sum(f.kind == "video" for f in files),
-                    "images": sum(f.kind == "image" for f in files), "skipped": [str(s) for s in skipped]}
+            write_sources(out / MEDIA_LISTING, sources, digest)
+            return {"files": len(sources), "videos": sum(s.file.kind == "video" for s in sources),
+                    "images": sum(s.file.kind == "image" for s in sources), "skipped": [str(s) for s in skipped]}
 
         return run_stage(context, settings.store, name("media"), CODE_VERSIONS["media"], {}, {"media": digest}, write)
 
@@ -100,26 +114,13 @@ def build_prep_assets(role: str) -> list:
         folder = media_dir(settings.data_path, role, key)
 
         def write(out: Path) -> dict:
-            from facepipe.media import MediaFile  # the listing the media asset recorded
-
-            listing = json.loads((media_artifact.path / "media.json").read_text())["files"]
-            sources, skipped = [], []
-            for item in listing:
-                file = MediaFile(item["rel"], folder / item["rel"], item["kind"], item["size"], item["sha256"])
-                try:
-                    sources.append(probe(file))
-                except MediaError as error:
-                    context.log.warning(f"skipping {folder / item['rel']}: {error}")
-                    skipped.append(str(error))
-            if not sources:
-                raise Failure(f"{role} '{key}': none of the media in {folder} can be decoded ({'; '.join(skipped)}). "
-                              "Replace the files and materialize again.")
+            sources = read_sources(media_artifact.path / MEDIA_LISTING, folder)
             manifest = extract_frames(sources, config.max_frames, out / "frames", progress_logger(context, "frames written"),
                                       context.log.warning)
             manifest.to_parquet(out / "manifest.parquet", index=False)
             per_source = manifest.groupby("source").size().to_dict()
             return {"frames": len(manifest), "max_frames": config.max_frames, "sources": len(sources),
-                    "frames_per_source": {k: int(v) for k, v in sorted(per_source.items())}, "skipped": skipped}
+                    "frames_per_source": {k: int(v) for k, v in sorted(per_source.items())}}
 
         return run_stage(context, store, name("frames"), CODE_VERSIONS["frames"], config.model_dump(),
                          {"media": media_artifact.content_hash}, write)

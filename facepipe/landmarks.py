@@ -1,0 +1,294 @@
+"""Face landmarks: MediaPipe FaceMesh (478 refined points) with a detection score per frame.
+
+Frames come from one of two kinds of source:
+- video frames (a group id, the source file): FaceMesh runs in tracking mode, with a fresh
+  graph for every group, so tracking never carries a face from one file into the next;
+- stills (group None): FaceMesh runs in static mode, each image on its own.
+
+Face choice policy (several faces in a frame): keep the face with the largest landmark
+bounding-box area; on an exact tie, the one whose box centre is nearest the image centre.
+A swap dataset is about the main subject, who is normally the largest face in the shot.
+In tracking mode the choice is made per frame, so two faces of nearly equal size may swap
+roles between frames; downstream identity filtering (identity_profile) rejects such frames.
+
+Score: FaceMesh's legacy API reports no confidence, so each chosen face is matched to the
+full-range face detector (mp.solutions.face_detection, model_selection=1) by box IoU and takes
+that detection's score. When FaceMesh finds a face that the detector misses (no detection
+with IoU >= SCORE_MATCH_MIN_IOU), the face is kept with score 0.0: FaceMesh's own detector
+already accepted it, and downstream stages can filter on the score.
+When FaceMesh finds nothing: detected False, score 0, NaN points and box, num_faces 0.
+
+Coordinates are pixels of the frame they came from: x, y in px; z is MediaPipe's relative
+depth scaled by the image width (MediaPipe documents z on "roughly the same scale as x").
+`box` is the bounding box of the chosen face's landmarks (x0, y0, x1, y1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import mediapipe as mp
+import numpy as np
+import pandas as pd
+
+NUM_POINTS = 478
+# IoU between the mesh's landmark box and a detector box for the two to count as one face.
+# The detector box is a little tighter than the landmark box (measured IoU ~0.85 on the sample
+# faces), so 0.3 only rejects a detection of another face.
+SCORE_MATCH_MIN_IOU = 0.3
+# Low on purpose: the detector only provides a score for faces FaceMesh already found, so
+# weak detections are wanted (they become low scores) rather than dropped (score 0).
+DETECTOR_MIN_CONFIDENCE = 0.1
+
+POINTS_FILENAME = "points.npy"
+TABLE_FILENAME = "table.parquet"
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
+
+
+@dataclass
+class LandmarkResult:
+    """Per-frame landmarks for N frames, in the order the frames were given."""
+
+    points: np.ndarray  # float32 [N, 478, 3], px; NaN where no face
+    detected: np.ndarray  # bool [N]
+    score: np.ndarray  # float32 [N], detector confidence of the chosen face; 0 if none
+    box: np.ndarray  # float32 [N, 4], x0, y0, x1, y1 px; NaN where no face
+    num_faces: np.ndarray  # int32 [N], faces FaceMesh found (at most max_faces)
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, dtype=np.float32)
+        self.detected = np.asarray(self.detected, dtype=bool)
+        self.score = np.asarray(self.score, dtype=np.float32)
+        self.box = np.asarray(self.box, dtype=np.float32)
+        self.num_faces = np.asarray(self.num_faces, dtype=np.int32)
+        count = len(self.detected)
+        expected = {
+            "points": (count, NUM_POINTS, 3),
+            "detected": (count,),
+            "score": (count,),
+            "box": (count, 4),
+            "num_faces": (count,),
+        }
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"LandmarkResult.{name} has shape {getattr(self, name).shape}, expected {shape}")
+
+    def __len__(self) -> int:
+        return len(self.detected)
+
+    def to_table(self) -> pd.DataFrame:
+        """One row per frame: detected, score, box_x0..box_y1, num_faces."""
+        table = pd.DataFrame({"detected": self.detected, "score": self.score})
+        for column, values in zip(BOX_COLUMNS, self.box.T):
+            table[column] = values
+        table["num_faces"] = self.num_faces
+        return table
+
+    def save(self, folder: str | Path) -> None:
+        """Write points as `points.npy` and the per-frame table as `table.parquet` into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / POINTS_FILENAME, self.points, allow_pickle=False)
+        self.to_table().to_parquet(folder / TABLE_FILENAME, index=False)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> LandmarkResult:
+        """Read a result written by `save`."""
+        folder = Path(folder)
+        points_path, table_path = folder / POINTS_FILENAME, folder / TABLE_FILENAME
+        for path in (points_path, table_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} is missing: {folder} is not a complete landmarks folder; "
+                    "re-materialize the landmarks asset"
+                )
+        points = np.load(points_path, allow_pickle=False)
+        table = pd.read_parquet(table_path)
+        if len(table) != len(points):
+            raise ValueError(
+                f"{folder}: {TABLE_FILENAME} has {len(table)} rows but {POINTS_FILENAME} has "
+                f"{len(points)} frames; re-materialize the landmarks asset"
+            )
+        return cls(
+            points=points,
+            detected=table["detected"].to_numpy(),
+            score=table["score"].to_numpy(),
+            box=table[list(BOX_COLUMNS)].to_numpy(),
+            num_faces=table["num_faces"].to_numpy(),
+        )
+
+
+def landmark_box(points: np.ndarray) -> np.ndarray:
+    """x0, y0, x1, y1 bounding box of [P, >=2] pixel landmarks."""
+    xy = np.asarray(points)[:, :2]
+    return np.concatenate([xy.min(axis=0), xy.max(axis=0)]).astype(np.float32)
+
+
+def box_iou(box_a: np.ndarray, box_b: np.ndarray) -> float:
+    """Intersection over union of two x0, y0, x1, y1 boxes."""
+    inter_w = min(box_a[2], box_b[2]) - max(box_a[0], box_b[0])
+    inter_h = min(box_a[3], box_b[3]) - max(box_a[1], box_b[1])
+    if inter_w <= 0 or inter_h <= 0:
+        return 0.0
+    intersection = float(inter_w) * float(inter_h)
+    area_a = float(box_a[2] - box_a[0]) * float(box_a[3] - box_a[1])
+    area_b = float(box_b[2] - box_b[0]) * float(box_b[3] - box_b[1])
+    return intersection / (area_a + area_b - intersection)
+
+
+def choose_face(boxes: np.ndarray, width: int, height: int) -> int:
+    """Index of the face to keep: the largest box area, ties broken by nearness to the image centre."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        raise ValueError("choose_face needs at least one box")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    distances = np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)
+    # lexsort sorts by the last key first: area (descending), then distance.
+    return int(np.lexsort((distances, -areas))[0])
+
+
+def _mesh_faces_in_pixels(mesh_result, width: int, height: int) -> np.ndarray:
+    """[F, 478, 3] pixel landmarks of every face in a FaceMesh result."""
+    faces = mesh_result.multi_face_landmarks or []
+    normalised = np.array(
+        [[(point.x, point.y, point.z) for point in face.landmark] for face in faces],
+        dtype=np.float64,
+    ).reshape(len(faces), NUM_POINTS, 3)
+    return (normalised * np.array([width, height, width])).astype(np.float32)
+
+
+def _detections_in_pixels(detection_result, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [D, 4] (px) and scores [D] of a face-detection result."""
+    boxes, scores = [], []
+    for detection in detection_result.detections or []:
+        relative = detection.location_data.relative_bounding_box
+        x0, y0 = relative.xmin * width, relative.ymin * height
+        boxes.append((x0, y0, x0 + relative.width * width, y0 + relative.height * height))
+        scores.append(detection.score[0])
+    return np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores, dtype=np.float32)
+
+
+def matched_score(face_box: np.ndarray, detector_boxes: np.ndarray, detector_scores: np.ndarray) -> float:
+    """Score of the detection overlapping `face_box` most, or 0.0 if none reaches SCORE_MATCH_MIN_IOU."""
+    best_iou, best_score = 0.0, 0.0
+    for box, score in zip(detector_boxes, detector_scores):
+        iou = box_iou(face_box, box)
+        if iou > best_iou:
+            best_iou, best_score = iou, float(score)
+    return best_score if best_iou >= SCORE_MATCH_MIN_IOU else 0.0
+
+
+def _new_face_mesh(static: bool, max_faces: int):
+    return mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True
+    )
+
+
+def _new_face_detector():
+    return mp.solutions.face_detection.FaceDetection(
+        model_selection=1, min_detection_confidence=DETECTOR_MIN_CONFIDENCE
+    )
+
+
+def _check_image(image: np.ndarray, index: int, group: str | None) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        described = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(
+            f"frame {index} (group {group!r}) is {described}; detect_landmarks needs an HxWx3 uint8 "
+            "BGR image, as the frames asset stores them"
+        )
+
+
+def _empty_result(count: int) -> LandmarkResult:
+    return LandmarkResult(
+        points=np.full((count, NUM_POINTS, 3), np.nan, dtype=np.float32),
+        detected=np.zeros(count, dtype=bool),
+        score=np.zeros(count, dtype=np.float32),
+        box=np.full((count, 4), np.nan, dtype=np.float32),
+        num_faces=np.zeros(count, dtype=np.int32),
+    )
+
+
+def detect_landmarks(
+    items: Iterable[tuple[np.ndarray, str | None]],
+    max_faces: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> LandmarkResult:
+    """Landmarks, score and box of the chosen face in every frame (see the module docstring).
+
+    `items` yields (BGR uint8 image, group): group is the video's id for video frames (frames of
+    one video consecutive and in time order) or None for a still. `progress`, if given, is
+    called after each frame with the number of frames done so far.
+    """
+    if max_faces < 1:
+        raise ValueError(f"max_faces must be at least 1, got {max_faces}")
+    points, detected, scores, boxes, face_counts = [], [], [], [], []
+    with contextlib.ExitStack() as graphs:
+        detector = graphs.enter_context(_new_face_detector())
+        still_mesh = None
+        video_mesh, video_group = None, None
+        try:
+            for index, (image, group) in enumerate(items):
+                _check_image(image, index, group)
+                if group is None:
+                    if still_mesh is None:
+                        still_mesh = graphs.enter_context(_new_face_mesh(static=True, max_faces=max_faces))
+                    mesh = still_mesh
+                else:
+                    if video_mesh is None or group != video_group:
+                        if video_mesh is not None:
+                            video_mesh.close()
+                        # A fresh graph per video: tracking state must never cross files.
+                        video_mesh, video_group = _new_face_mesh(static=False, max_faces=max_faces), group
+                    mesh = video_mesh
+                height, width = image.shape[:2]
+                rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+                faces = _mesh_faces_in_pixels(mesh.process(rgb), width, height)
+                face_counts.append(len(faces))
+                if len(faces) == 0:
+                    points.append(np.full((NUM_POINTS, 3), np.nan, dtype=np.float32))
+                    detected.append(False)
+                    scores.append(0.0)
+                    boxes.append(np.full(4, np.nan, dtype=np.float32))
+                else:
+                    face_boxes = np.stack([landmark_box(face) for face in faces])
+                    chosen = choose_face(face_boxes, width, height)
+                    detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb), width, height)
+                    points.append(faces[chosen])
+                    detected.append(True)
+                    scores.append(matched_score(face_boxes[chosen], detector_boxes, detector_scores))
+                    boxes.append(face_boxes[chosen])
+                if progress is not None:
+                    progress(index + 1)
+        finally:
+            if video_mesh is not None:
+                video_mesh.close()
+    if not detected:
+        return _empty_result(0)
+    return LandmarkResult(
+        points=np.stack(points),
+        detected=np.array(detected),
+        score=np.array(scores),
+        box=np.stack(boxes),
+        num_faces=np.array(face_counts),
+    )
+
+
+def detect_static(image: np.ndarray, max_faces: int = 4) -> np.ndarray | None:
+    """[478, 3] pixel landmarks of the chosen face in one image, or None if there is none.
+
+    Builds a static-mode FaceMesh graph for this one call (about 10 ms on CPU), as a naive
+    per-frame pipeline does; use detect_landmarks for many frames.
+    """
+    _check_image(image, 0, None)
+    height, width = image.shape[:2]
+    with _new_face_mesh(static=True, max_faces=max_faces) as mesh:
+        faces = _mesh_faces_in_pixels(mesh.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), width, height)
+    if len(faces) == 0:
+        return None
+    return faces[choose_face(np.stack([landmark_box(face) for face in faces]), width, height)]

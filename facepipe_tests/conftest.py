@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from facepipe.assets.prep import build_prep_assets
+from facepipe.partitions import PARTITIONS
+from facepipe.resources import FacepipeSettings
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class Project:
+    """A throwaway facepipe project: media folder, store and Dagster instance in tmp."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.store = root / "store"
+        self.instance = DagsterInstance.ephemeral()
+        self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
+
+    def folder(self, role: str, key: str) -> Path:
+        folder = self.data / ("identities" if role == "identity" else "targets") / key
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def materialize(self, role: str, key: str, run_config: dict | None = None, raise_on_error: bool = True):
+        if key not in self.instance.get_dynamic_partitions(role):
+            self.instance.add_dynamic_partitions(role, [key])
+        settings = FacepipeSettings(data_root=str(self.data), store_root=str(self.store))
+        return materialize(
+            self.assets[role],
+            instance=self.instance,
+            partition_key=key,
+            resources={"settings": settings},
+            run_config=run_config,
+            raise_on_error=raise_on_error,
+        )
+
+
+@pytest.fixture
+def project(tmp_path):
+    return Project(tmp_path)

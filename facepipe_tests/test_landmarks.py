@@ -1,0 +1,179 @@
+"""MediaPipe landmarks on public-domain faces shipped with matplotlib and scikit-image."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+import skimage.data
+
+from facepipe.landmarks import (
+    BOX_COLUMNS,
+    NUM_POINTS,
+    LandmarkResult,
+    choose_face,
+    detect_landmarks,
+    detect_static,
+    matched_score,
+)
+
+# Where the Hopper photo's face is (px), measured with the full-range detector: x 157..367, y 126..335.
+HOPPER_FACE_CENTRE = (262.0, 230.0)
+
+
+@pytest.fixture(scope="module")
+def hopper() -> np.ndarray:
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    return cv2.imread(path)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="module")
+def hopper_crop(hopper) -> np.ndarray:
+    return hopper[60:420, 80:440]  # 360x360, face about 190 px wide
+
+
+@pytest.fixture(scope="module")
+def astronaut_crop(astronaut) -> np.ndarray:
+    return cv2.resize(astronaut[20:230, 120:330], (300, 300))  # face about 130 px wide
+
+
+@pytest.fixture(scope="module")
+def two_faces(hopper_crop, astronaut_crop) -> np.ndarray:
+    """Hopper (larger face) on the left, the astronaut (smaller face) on the right.
+    At this layout FaceMesh lists the astronaut first, so taking the first face would fail."""
+    canvas = np.full((360, 660, 3), 255, dtype=np.uint8)
+    canvas[:, :360] = hopper_crop
+    canvas[30:330, 360:660] = astronaut_crop
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def blank() -> np.ndarray:
+    return np.full((480, 640, 3), 128, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stills_result(hopper, blank, two_faces) -> LandmarkResult:
+    """Stills of different sizes in one call: a face, no face, two faces."""
+    return detect_landmarks([(hopper, None), (blank, None), (two_faces, None)])
+
+
+def test_hopper_still_has_478_points_inside_the_face(stills_result, hopper):
+    points = stills_result.points[0]
+    height, width = hopper.shape[:2]
+    assert points.shape == (NUM_POINTS, 3) and points.dtype == np.float32
+    assert np.isfinite(points).all()
+    assert (points[:, 0] >= 0).all() and (points[:, 0] < width).all()
+    assert (points[:, 1] >= 0).all() and (points[:, 1] < height).all()
+    assert stills_result.detected[0]
+    assert stills_result.score[0] > 0.5
+    assert stills_result.num_faces[0] == 1
+    x0, y0, x1, y1 = stills_result.box[0]
+    assert x0 < HOPPER_FACE_CENTRE[0] < x1 and y0 < HOPPER_FACE_CENTRE[1] < y1
+    assert 150 < x1 - x0 < 260 and 150 < y1 - y0 < 260
+    # The box is the landmarks' bounding box.
+    np.testing.assert_allclose(stills_result.box[0], [*points[:, :2].min(0), *points[:, :2].max(0)])
+    # Iris 468 is on the image left (what align.MEDIAPIPE_FIVE_POINTS relies on).
+    assert points[468, 0] < points[473, 0]
+
+
+def test_blank_image_is_recorded_as_no_face(stills_result):
+    assert not stills_result.detected[1]
+    assert np.isnan(stills_result.points[1]).all()
+    assert np.isnan(stills_result.box[1]).all()
+    assert stills_result.score[1] == 0
+    assert stills_result.num_faces[1] == 0
+
+
+def test_two_faces_keeps_the_larger_one(stills_result):
+    assert stills_result.detected[2]
+    assert stills_result.num_faces[2] == 2
+    x0, y0, x1, y1 = stills_result.box[2]
+    assert x1 < 360, "the chosen face should be Hopper's, on the left half"
+    assert stills_result.score[2] > 0.5
+
+
+def test_choose_face_prefers_area_then_centre():
+    small_centred = [90, 90, 110, 110]
+    large_corner = [0, 0, 50, 50]
+    assert choose_face(np.array([small_centred, large_corner]), 200, 200) == 1
+    equal_far = [150, 150, 190, 190]
+    equal_near = [80, 80, 120, 120]
+    assert choose_face(np.array([equal_far, equal_near]), 200, 200) == 1
+    assert choose_face(np.array([equal_near, equal_far]), 200, 200) == 0
+
+
+def test_face_missed_by_the_detector_scores_zero():
+    face = np.array([100, 100, 200, 200], dtype=np.float32)
+    assert matched_score(face, np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) == 0.0
+    elsewhere = np.array([[300, 300, 400, 400]], dtype=np.float32)
+    assert matched_score(face, elsewhere, np.array([0.9], np.float32)) == 0.0
+    overlapping = np.array([[300, 300, 400, 400], [105, 110, 195, 200]], dtype=np.float32)
+    assert matched_score(face, overlapping, np.array([0.9, 0.7], np.float32)) == pytest.approx(0.7)
+
+
+def test_detect_static_matches_still_mode(stills_result, hopper, blank):
+    np.testing.assert_allclose(detect_static(hopper), stills_result.points[0], atol=1e-3)
+    assert detect_static(blank) is None
+
+
+def _on_canvas(face: np.ndarray, x: int, y: int) -> np.ndarray:
+    canvas = np.full((400, 720, 3), 255, dtype=np.uint8)
+    canvas[y : y + face.shape[0], x : x + face.shape[1]] = face
+    return canvas
+
+
+def test_video_groups_track_separately(hopper_crop, astronaut_crop):
+    # Two "files" with faces in different places. With max_faces=1 FaceMesh only re-detects
+    # when tracking is lost, so a tracker carried over from file a would look for the face on
+    # the left of file b's first frame and miss it.
+    shifts = [0, 3, 6, 9]
+    items = [(_on_canvas(hopper_crop, 10 + s, 20), "a.mp4") for s in shifts]
+    items += [(_on_canvas(astronaut_crop, 380 + s, 50), "b.mp4") for s in shifts]
+    done: list[int] = []
+    result = detect_landmarks(items, max_faces=1, progress=done.append)
+
+    assert done == list(range(1, len(items) + 1))
+    assert result.detected.all()
+    assert (result.score > 0.5).all()
+    centres_x = (result.box[:, 0] + result.box[:, 2]) / 2
+    assert (result.box[:4, 2] < 380).all(), "file a's face is on the left"
+    assert (result.box[4:, 0] > 380).all(), "file b's face is on the right"
+    # The tracked face follows the 9 px shift within each file.
+    assert abs((centres_x[3] - centres_x[0]) - 9) < 5
+    assert abs((centres_x[7] - centres_x[4]) - 9) < 5
+
+
+def test_table_and_save_load_roundtrip(stills_result, tmp_path):
+    table = stills_result.to_table()
+    assert list(table.columns) == ["detected", "score", *BOX_COLUMNS, "num_faces"]
+    assert len(table) == len(stills_result) == 3
+    assert table["detected"].tolist() == [True, False, True]
+    assert table["num_faces"].tolist() == [1, 0, 2]
+
+    stills_result.save(tmp_path / "landmarks")
+    loaded = LandmarkResult.load(tmp_path / "landmarks")
+    for name in ("points", "detected", "score", "box", "num_faces"):
+        original, restored = getattr(stills_result, name), getattr(loaded, name)
+        assert restored.dtype == original.dtype, name
+        np.testing.assert_array_equal(restored, original, err_msg=name)
+
+
+def test_load_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="points.npy"):
+        LandmarkResult.load(tmp_path)
+
+
+def test_empty_input_and_bad_images():
+    assert len(detect_landmarks([])) == 0
+    gray = np.zeros((64, 64), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"frame 0 \(group 'v.mp4'\).*HxWx3 uint8"):
+        detect_landmarks([(gray, "v.mp4")])
