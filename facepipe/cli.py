@@ -44,6 +44,10 @@ def register(data_root: Path) -> dict[str, list[str]]:
     return registered
 
 
+# Progress and cache hits at INFO; Dagster's per-step DEBUG events stay in the UI's run log.
+INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def build(data_root: Path, roles: list[str], partition: str | None) -> bool:
     from dagster import DagsterInstance
 
@@ -61,7 +65,7 @@ def build(data_root: Path, roles: list[str], partition: str | None) -> bool:
         for key in targets:
             started = time.perf_counter()
             result = defs.resolve_job_def(role_job_name(role)).execute_in_process(
-                instance=instance, partition_key=key, raise_on_error=False
+                instance=instance, partition_key=key, raise_on_error=False, run_config=INFO_LOGS
             )
             status = "ok" if result.success else "FAILED"
             print(f"{role}/{key}: {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
