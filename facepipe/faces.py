@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -69,7 +68,3 @@ def build_face_set(
     del crops, masks, marks
     return frame_ids, matrices
 
-
-def blur_score(crop: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey crop: low means blurry."""
-    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())

@@ -24,16 +24,25 @@ def default_store_root() -> str:
     return os.environ.get("FACEPIPE_STORE", str(project_root() / "store"))
 
 
+def default_models_root() -> str:
+    return os.environ.get("FACEPIPE_MODELS", str(project_root() / "models"))
+
+
 class FacepipeSettings(ConfigurableResource):
-    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE or in run config."""
+    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE / FACEPIPE_MODELS or in run config."""
 
     data_root: str = default_data_root()
     store_root: str = default_store_root()
+    models_root: str = default_models_root()  # published profiles and models (the registry)
     device: str = "auto"  # auto = cuda, then mps, then cpu
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_root)
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_root)
 
     @property
     def store(self) -> ArtifactStore:

@@ -1,0 +1,104 @@
+"""Identity assets: the identity profile (embeddings, outliers, quality) and its check."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    asset,
+    asset_check,
+)
+
+from facepipe.align import template_points
+from facepipe.assets.stage import run_stage
+from facepipe.embed import get_embedder
+from facepipe.faces import FaceSet
+from facepipe.partitions import identity_partitions
+from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
+from facepipe.resources import FacepipeSettings
+from facepipe.store import atomic_write_bytes
+
+PROFILE_VERSION = "1"
+PROFILE_FILE = "profile.json"
+EMBEDDINGS_FILE = "embeddings.parquet"
+MIN_USABLE_FACES = 8
+MIN_SELF_SIMILARITY = 0.5
+
+faces_key = AssetKey(["identity", "faces"])
+
+
+class ProfileConfig(Config):
+    embedder: str = "auto"  # auto = arcface when a model pack is on disk, else dlib
+    arcface_pack: str = ""  # insightface model pack folder (default ~/.insightface/models/buffalo_l)
+    outlier_cutoff: float = 0.0  # 0 = the embedder's same-person threshold
+
+
+@asset(key=AssetKey(["identity", "identity_profile"]), deps=[faces_key], partitions_def=identity_partitions,
+       group_name="identity", code_version=PROFILE_VERSION,
+       description="Per-face embeddings, outliers rejected, L2-normalised mean + std + quality stats as JSON; "
+                   "published to models/identities/<key>.json.")
+def identity_profile(context: AssetExecutionContext, config: ProfileConfig, settings: FacepipeSettings) -> MaterializeResult:
+    store, key = settings.store, context.partition_key
+    faces_artifact = store.current("identity/faces", key)
+    embedder = get_embedder(config.embedder, Path(config.arcface_pack).expanduser() if config.arcface_pack else None)
+    described = embedder.describe()
+    context.log.warning(f"EMBEDDER: {described['name']} ({described['dim']}-d, model sha256 {described['model_hash'][:12]}) "
+                        f"chosen by embedder={config.embedder!r}")
+
+    def write(out: Path) -> dict:
+        faces = FaceSet.load(faces_artifact.path)
+        size = faces.crops.shape[1]
+        points5 = np.repeat(template_points(size)[None], len(faces), axis=0)
+        embedder.prepare()
+        rows = []
+        for start in range(0, len(faces), 32):
+            rows.append(embedder.embed(np.asarray(faces.crops[start:start + 32]), points5[start:start + 32]))
+            context.log.info(f"embedded {min(start + 32, len(faces))}/{len(faces)} faces")
+        profile, table = build_profile(
+            key, np.concatenate(rows), described, faces.index["score"].to_numpy(),
+            crop_sharpness(np.asarray(faces.crops), np.asarray(faces.masks)), np.asarray(faces.landmarks), size,
+            face_ids=[f"{s}#{i}" for s, i in zip(faces.index["source"], faces.index["source_frame_index"])],
+            cutoff=config.outlier_cutoff or None,
+        )
+        profile["lineage"] = {"faces": faces_artifact.content_hash, "code_version": PROFILE_VERSION}
+        (out / PROFILE_FILE).write_bytes(profile_json_bytes(profile))
+        table.to_parquet(out / EMBEDDINGS_FILE, index=False)
+        stats = profile["quality_stats"]
+        return {"embedder": described["name"], "embedding_dim": described["dim"], "num_frames": profile["num_frames"],
+                "quality_stats": stats, "rejected": table.loc[~table["inlier"], "face_id"].tolist()}
+
+    inputs = {"faces": faces_artifact.content_hash, "embedder": json.dumps(described, sort_keys=True)}
+    result = run_stage(context, store, "identity/identity_profile", PROFILE_VERSION, config.model_dump(), inputs, write)
+    published = settings.models_path / "identities" / f"{key}.json"
+    artifact = store.current("identity/identity_profile", key)
+    atomic_write_bytes(published, (artifact.path / PROFILE_FILE).read_bytes())
+    context.log.info(f"profile published to {published}")
+    return result
+
+
+@asset_check(asset=identity_profile, partitions_def=identity_partitions, description=f"At least {MIN_USABLE_FACES} usable faces and self-similarity "
+             f">= {MIN_SELF_SIMILARITY} (1 - mean distance to the centre / same-person threshold).")
+def identity_profile_is_usable(context: AssetCheckExecutionContext, settings: FacepipeSettings) -> AssetCheckResult:
+    artifact = settings.store.current("identity/identity_profile", context.partition_key)
+    profile = json.loads((artifact.path / PROFILE_FILE).read_text())
+    used = int(profile["num_frames"])
+    similarity = float(profile["quality_stats"]["self_similarity"])
+    passed = used >= MIN_USABLE_FACES and similarity >= MIN_SELF_SIMILARITY
+    return AssetCheckResult(passed=passed, metadata={"usable_faces": used, "self_similarity": similarity,
+                                                     "min_usable_faces": MIN_USABLE_FACES,
+                                                     "min_self_similarity": MIN_SELF_SIMILARITY})
+
+
+def load_profile(folder: Path) -> dict:
+    return json.loads((folder / PROFILE_FILE).read_text())
+
+
+def load_embeddings(folder: Path) -> pd.DataFrame:
+    return pd.read_parquet(folder / EMBEDDINGS_FILE)
