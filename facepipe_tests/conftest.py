@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
+from facepipe.assets.identity import identity_profile, identity_profile_is_usable
 from facepipe.assets.prep import build_prep_assets
 from facepipe.partitions import PARTITIONS
 from facepipe.resources import FacepipeSettings
@@ -20,19 +21,21 @@ class Project:
         self.data = root / "data"
         self.store = root / "store"
         self.instance = DagsterInstance.ephemeral()
+        self.models = root / "models"
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
+        self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable]
 
     def folder(self, role: str, key: str) -> Path:
         folder = self.data / ("identities" if role == "identity" else "targets") / key
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def materialize(self, role: str, key: str, run_config: dict | None = None, raise_on_error: bool = True):
+    def materialize(self, role: str, key: str, run_config: dict | None = None, raise_on_error: bool = True, assets=None):
         if key not in self.instance.get_dynamic_partitions(role):
             self.instance.add_dynamic_partitions(role, [key])
-        settings = FacepipeSettings(data_root=str(self.data), store_root=str(self.store))
+        settings = FacepipeSettings(data_root=str(self.data), store_root=str(self.store), models_root=str(self.models))
         return materialize(
-            self.assets[role],
+            assets or self.assets[role],
             instance=self.instance,
             partition_key=key,
             resources={"settings": settings},
