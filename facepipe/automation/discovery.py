@@ -29,7 +29,6 @@ role_jobs = [
     define_asset_job(
         role_job_name(role),
         selection=AssetSelection.groups(role),
-        partitions_def=PARTITIONS[role],
         description=f"Build every {role} asset for one {role} partition.",
     )
     for role in ROLES
