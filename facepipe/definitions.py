@@ -1,6 +1,6 @@
 """The Dagster code location: assets, jobs, sensors and resources."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from facepipe.assets.identity import identity_profile, identity_profile_is_usable
 from facepipe.assets.prep import build_prep_assets
@@ -14,4 +14,7 @@ defs = Definitions(
     jobs=role_jobs,
     sensors=[media_sensor],
     resources={"settings": FacepipeSettings()},
+    # Steps of one partition run one after another anyway; a process per step would spend
+    # seconds re-importing MediaPipe and torch, more than a cached step costs.
+    executor=in_process_executor,
 )
