@@ -1,0 +1,37 @@
+"""Which device trains, and whether it uses mixed precision."""
+
+from __future__ import annotations
+
+import torch
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """``"auto"``: cuda, then mps, then cpu. A named device must exist, or this says why not."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise ValueError(f"unknown training device {requested!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"training device {requested!r} asked for, but torch sees no CUDA GPU here; use device='auto' or 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"training device {requested!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"training device {requested!r} asked for, but MPS is not available here; use device='auto' or 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported training device {requested!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return device
+
+
+def uses_mixed_precision(device: torch.device, wanted: bool) -> bool:
+    """fp16 autocast with a GradScaler only on CUDA: CPU autocast is bf16-only and slower on
+    most CPUs, and MPS autocast still misses kernels, so both stay fp32."""
+    return wanted and device.type == "cuda"
