@@ -93,7 +93,7 @@ def fsync_dir(directory: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old bytes or the new ones, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")  # swept by checkpoints.remove_stale_temporaries
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

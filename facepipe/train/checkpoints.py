@@ -30,6 +30,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from facepipe.store import atomic_write_bytes, file_sha256, fsync_dir  # noqa: F401 (atomic_write_bytes re-exported)
+
 MANIFEST_FORMAT = "facepipe.train.checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -72,31 +74,11 @@ def checkpoint_name(epochs_completed: int, step_in_epoch: int) -> str:
     return f"ckpt-e{epochs_completed:04d}-s{step_in_epoch:06d}"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or new file in ``path`` durable (POSIX; Windows cannot open folders)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_and_fsync(path: Path, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file + fsync + os.replace + fsync of the folder: readers see old or new, never half."""
-    path = Path(path)
-    temporary = path.with_name(f".tmp-{path.name}-{os.getpid()}")  # remove_stale_temporaries knows this prefix
-    _write_and_fsync(temporary, data)
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
 
 
 def weights_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -110,14 +92,6 @@ def weights_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -223,7 +197,7 @@ def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
         size = path.stat().st_size
         if size != expected.get("bytes"):
             return f"{path} has {size} bytes, the manifest says {expected.get('bytes')} (truncated or overwritten)"
-        if _sha256_of_file(path) != expected.get("sha256"):
+        if file_sha256(path) != expected.get("sha256"):
             return f"{path} does not match its sha256 in {checkpoint.manifest_path} (corrupt)"
     return None
 

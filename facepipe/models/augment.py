@@ -1,0 +1,259 @@
+"""Training augmentation for the face autoencoders, seeded by a torch.Generator.
+
+Measured in the prototype (DESIGN.md, Models): warping input *and* target with the same random
+homography (rotation, scale, shift, mild perspective) was the largest single gain in following
+the target's pose, so that warp goes to the input, the target image and the target mask alike.
+An elastic warp on the input only (DeepFaceLab's "random warp") makes the model reconstruct
+a clean face from a distorted one instead of copying pixels through. Colour jitter, when
+enabled, is applied identically to input and target so the model learns to follow the light.
+
+All randomness is drawn on the CPU from the given generator (the training engine seeds and
+checkpoints it) and only then moved to the images' device, so a batch's augmentation does not
+depend on the device. Warps use ``grid_sample`` (bilinear, align_corners=False), deterministic
+on the CPU.
+
+Coordinates are ``grid_sample``'s normalised ones: x, y in [-1, 1] across the crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Magnitudes of the training augmentation; 0 switches a part off."""
+
+    rotation_deg: float = 10.0  # uniform in ±rotation_deg
+    scale: float = 0.05  # log-uniform in [1/(1+scale), 1+scale]
+    shift: float = 0.05  # uniform in ±shift of the crop size, per axis
+    perspective: float = 0.04  # projective terms, uniform in ±perspective (normalised units)
+    elastic_strength: float = 0.05  # std of control-point displacement, normalised units
+    elastic_cells: int = 5  # control points per side (the border ones stay fixed)
+    brightness: float = 0.0  # additive, uniform in ±brightness
+    contrast: float = 0.0  # multiplicative around the image mean, uniform in ±contrast
+    channel_gain: float = 0.0  # per-channel multiplicative, uniform in ±channel_gain
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored crops → model-size tensors
+
+
+def resize_faces(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize stored crops [N, H, H, 3] and masks [N, H, H] (uint8, e.g. memory-mapped 256 px)
+    to ``size`` once, into uint8 arrays in memory. INTER_AREA: the right filter for shrinking."""
+    crops = np.asarray(crops)
+    masks = np.asarray(masks)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or masks.shape != crops.shape[:3]:
+        raise ValueError(f"resize_faces expects crops [N, H, W, 3] and masks [N, H, W], got {crops.shape} and {masks.shape}")
+    if crops.dtype != np.uint8 or masks.dtype != np.uint8:
+        raise ValueError(f"resize_faces expects uint8 crops and masks, got {crops.dtype} and {masks.dtype}")
+    count = len(crops)
+    out_crops = np.empty((count, size, size, 3), dtype=np.uint8)
+    out_masks = np.empty((count, size, size), dtype=np.uint8)
+    for i in range(count):  # one face at a time: the inputs may be a memory map larger than RAM
+        out_crops[i] = cv2.resize(np.ascontiguousarray(crops[i]), (size, size), interpolation=cv2.INTER_AREA)
+        out_masks[i] = cv2.resize(np.ascontiguousarray(masks[i]), (size, size), interpolation=cv2.INTER_AREA)
+    return out_crops, out_masks
+
+
+def faces_to_tensors(crops: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 crops [N, S, S, 3] BGR and masks [N, S, S] {0..255} → float32 NCHW in [0, 1]:
+    images [N, 3, S, S] (still BGR) and masks [N, 1, S, S]."""
+    images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    mask_tensor = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1).float().div_(255.0)
+    return images.contiguous(), mask_tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Homography shared by input, target and mask
+
+
+def _uniform(generator: torch.Generator, batch: int, low: float, high: float) -> torch.Tensor:
+    return torch.rand(batch, generator=generator, dtype=torch.float64) * (high - low) + low
+
+
+def random_homography(
+    generator: torch.Generator,
+    batch: int,
+    rotation_deg: float = AugmentConfig.rotation_deg,
+    scale: float = AugmentConfig.scale,
+    shift: float = AugmentConfig.shift,
+    perspective: float = AugmentConfig.perspective,
+) -> torch.Tensor:
+    """[batch, 3, 3] float32 sampling homographies on the CPU.
+
+    Each matrix maps a point of the warped image (normalised coordinates) to the point of the
+    source image it samples: [x_src, y_src, w] = H @ [x, y, 1]. Rotation about the crop centre,
+    isotropic scale, shift (a fraction of the crop size) and two projective terms, which tilt
+    the face plane like a small yaw/pitch change. All-zero magnitudes give the identity.
+    """
+    angle = _uniform(generator, batch, -rotation_deg, rotation_deg) * (math.pi / 180.0)
+    log_scale = math.log1p(scale)
+    zoom = torch.exp(_uniform(generator, batch, -log_scale, log_scale))
+    # Normalised coordinates span 2 units across the crop, so a shift of f·size is 2f units.
+    shift_xy = torch.stack([_uniform(generator, batch, -shift, shift) for _ in range(2)], dim=1) * 2.0
+    tilt = torch.stack([_uniform(generator, batch, -perspective, perspective) for _ in range(2)], dim=1)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    matrices = torch.zeros(batch, 3, 3, dtype=torch.float64)
+    matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2] = cos, -sin, shift_xy[:, 0]
+    matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2] = sin, cos, shift_xy[:, 1]
+    matrices[:, 2, 0], matrices[:, 2, 1], matrices[:, 2, 2] = tilt[:, 0], tilt[:, 1], 1.0
+    return matrices.float()
+
+
+def _base_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """[H, W, 2] pixel-centre coordinates (x, y) in grid_sample's align_corners=False convention."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) * 2 + 1) / height - 1
+    xs = (torch.arange(width, device=device, dtype=torch.float32) * 2 + 1) / width - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1)
+
+
+def map_grid(homographies: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Send the points of a [N or 1, H, W, 2] grid through [N, 3, 3] homographies."""
+    batch = homographies.shape[0]
+    height, width = grid.shape[1:3]
+    points = torch.cat([grid, torch.ones_like(grid[..., :1])], dim=-1).reshape(grid.shape[0], -1, 3)
+    mapped = points @ homographies.to(device=grid.device, dtype=torch.float32).transpose(1, 2)
+    return (mapped[..., :2] / mapped[..., 2:3]).reshape(batch, height, width, 2)
+
+
+def homography_grid(homographies: torch.Tensor, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """[N, H, W, 2] sampling grid for grid_sample from [N, 3, 3] sampling homographies."""
+    return map_grid(homographies, _base_grid(height, width, device).unsqueeze(0))
+
+
+def warp_with_grid(images: torch.Tensor, grid: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def warp_face_batch(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    target_masks: torch.Tensor,
+    homographies: torch.Tensor,
+    input_distortion: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply the same homographies to input images, target images and target masks.
+
+    ``input_distortion`` (a sampling grid [N, S, S, 2] from ``elastic_grid``) distorts the input
+    only, composed with the homography into one sampling grid — input(p) = image(H(p + d(p))),
+    the elastic warp of the warped image — so the input is resampled once, not blurred twice.
+    Images repeat their border outward (as the aligned crops do); masks fill with 0 (what comes
+    in from outside the crop is not known to be face).
+    """
+    height, width = inputs.shape[-2:]
+    grid = homography_grid(homographies, height, width, inputs.device)
+    input_grid = grid if input_distortion is None else map_grid(homographies, input_distortion)
+    return (
+        warp_with_grid(inputs, input_grid, "border"),
+        warp_with_grid(targets, grid, "border"),
+        warp_with_grid(target_masks, grid, "zeros"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Elastic warp (input only)
+
+
+def elastic_grid(
+    generator: torch.Generator,
+    batch: int,
+    height: int,
+    width: int,
+    device: torch.device,
+    strength: float = AugmentConfig.elastic_strength,
+    cells: int = AugmentConfig.elastic_cells,
+) -> torch.Tensor:
+    """[N, H, W, 2] smoothly distorted sampling grid: a ``cells``×``cells`` lattice of control
+    points with Gaussian displacements (std ``strength``, normalised units; the border points
+    stay put so nothing is pulled in from outside), interpolated bicubically to every pixel."""
+    if cells < 3:
+        raise ValueError(f"elastic warp needs at least 3 control points per side (border + interior), got {cells}")
+    displacement = torch.randn(batch, 2, cells, cells, generator=generator, dtype=torch.float32) * strength
+    border = torch.ones(cells, cells, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    displacement[:, :, border] = 0.0
+    dense = F.interpolate(displacement.to(device), size=(height, width), mode="bicubic", align_corners=True)
+    return _base_grid(height, width, device).unsqueeze(0) + dense.permute(0, 2, 3, 1)
+
+
+def elastic_warp(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    strength: float = AugmentConfig.elastic_strength,
+    cells: int = AugmentConfig.elastic_cells,
+) -> torch.Tensor:
+    """Smooth random distortion of each image (see ``elastic_grid``)."""
+    batch, _, height, width = images.shape
+    return warp_with_grid(images, elastic_grid(generator, batch, height, width, images.device, strength, cells), "border")
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour jitter (same on input and target)
+
+
+@dataclass(frozen=True)
+class ColourJitter:
+    offset: torch.Tensor  # [N, 1, 1, 1] added
+    contrast: torch.Tensor  # [N, 1, 1, 1] scale around each image's mean
+    gain: torch.Tensor  # [N, 3, 1, 1] per channel (B, G, R)
+
+
+def random_colour_jitter(
+    generator: torch.Generator, batch: int, brightness: float, contrast: float, channel_gain: float
+) -> ColourJitter:
+    return ColourJitter(
+        offset=_uniform(generator, batch, -brightness, brightness).float().view(batch, 1, 1, 1),
+        contrast=_uniform(generator, batch, 1 - contrast, 1 + contrast).float().view(batch, 1, 1, 1),
+        gain=_uniform(generator, batch * 3, 1 - channel_gain, 1 + channel_gain).float().view(batch, 3, 1, 1),
+    )
+
+
+def apply_colour_jitter(images: torch.Tensor, jitter: ColourJitter) -> torch.Tensor:
+    device = images.device
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    out = (images - mean) * jitter.contrast.to(device) + mean
+    out = out * jitter.gain.to(device) + jitter.offset.to(device)
+    return out.clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# One call for a training batch
+
+
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input, target, target_mask) for a batch of faces [N, 3, S, S] and masks [N, 1, S, S].
+
+    Target and mask get the shared homography; the input gets the same homography composed with
+    the elastic warp (one resampling, see ``warp_face_batch``); colour jitter (if enabled) is
+    the same on input and target. Random draws happen in a fixed order (homography, elastic,
+    colour), so the same generator state gives the same batch, and switching the elastic warp
+    off leaves targets and masks unchanged.
+    """
+    batch, _, height, width = images.shape
+    homographies = random_homography(
+        generator, batch, config.rotation_deg, config.scale, config.shift, config.perspective
+    )
+    distortion = None
+    if config.elastic_strength > 0:
+        distortion = elastic_grid(
+            generator, batch, height, width, images.device, config.elastic_strength, config.elastic_cells
+        )
+    inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion)
+    if config.brightness > 0 or config.contrast > 0 or config.channel_gain > 0:
+        jitter = random_colour_jitter(generator, batch, config.brightness, config.contrast, config.channel_gain)
+        inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)
+    return inputs, targets, target_masks

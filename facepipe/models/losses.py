@@ -1,0 +1,109 @@
+"""Reconstruction loss of the face autoencoders: masked L1 + masked DSSIM + mask BCE.
+
+    total = L1_WEIGHT · masked L1 + DSSIM_WEIGHT · masked DSSIM + MASK_WEIGHT · BCE(mask logits)
+
+Weights (``LossWeights``): L1 and DSSIM count equally, as DeepFaceLab weighs its pixel and
+structure terms (10 : 10 there; the common factor only rescales the learning rate). L1 keeps
+colours right, DSSIM keeps edges and texture (L1 alone gives blurry faces). The mask term has
+weight 1: its BCE is ~0.7 untrained and falls under 0.1 once the silhouette is learnt, so it
+never dominates the image terms once training is underway.
+
+Image terms count only the face: pixels are weighted by the target mask (the landmark hull,
+warped with the target), because the background of a crop is not the identity's and the swap
+is pasted through the mask anyway. The mask is supervised everywhere.
+
+The mask head outputs logits and this module applies the one sigmoid, inside
+``binary_cross_entropy_with_logits`` (numerically stable, and never a second sigmoid).
+Everything is computed in float32, also under autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+SSIM_WINDOW = 11  # the standard SSIM window (Wang et al. 2004): 11 px, sigma 1.5
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2  # stabilisers for a data range of 1
+SSIM_C2 = 0.03**2
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    l1: float = 1.0
+    dssim: float = 1.0
+    mask: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """[size, size] normalised Gaussian kernel, float32."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    profile = torch.exp(-(coords**2) / (2 * sigma**2))
+    profile = profile / profile.sum()
+    return torch.outer(profile, profile).float()
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """Per-pixel SSIM [N, C, H-w+1, W-w+1] of images in [0, 1] (gaussian window, valid region,
+    each channel on its own)."""
+    channels = x.shape[1]
+    window = gaussian_window(window_size, sigma).to(device=x.device, dtype=x.dtype)
+    window = window.expand(channels, 1, window_size, window_size)
+
+    def blur(image: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(image, window, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x * mu_x
+    var_y = blur(y * y) - mu_y * mu_y
+    cov = blur(x * y) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    return numerator / denominator
+
+
+def dssim(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """Structural dissimilarity (1 - mean SSIM) / 2, in [0, 1]; 0 for identical images."""
+    return (1.0 - ssim_map(x, y, window_size, sigma).mean()) / 2.0
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the mask's weight (per pixel and channel), so the loss does not
+    shrink with the face's share of the crop. An empty mask gives 0, not NaN."""
+    weight = mask.expand_as(pred)
+    return ((pred - target).abs() * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def reconstruction_loss(
+    pred_bgr: torch.Tensor,
+    mask_logits: torch.Tensor,
+    target_bgr: torch.Tensor,
+    target_mask: torch.Tensor,
+    weights: LossWeights = LossWeights(),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted loss and its detached parts {"l1", "dssim", "mask", "total"}.
+
+    pred_bgr [N, 3, S, S] in [0, 1] (after the model's sigmoid), mask_logits [N, 1, S, S] raw
+    logits, target_bgr [N, 3, S, S] in [0, 1], target_mask [N, 1, S, S] in [0, 1] (soft after
+    warping is fine: BCE takes soft targets).
+    """
+    if mask_logits.shape != target_mask.shape or pred_bgr.shape != target_bgr.shape:
+        raise ValueError(
+            f"reconstruction_loss shape mismatch: pred {list(pred_bgr.shape)} vs target {list(target_bgr.shape)}, "
+            f"mask logits {list(mask_logits.shape)} vs target mask {list(target_mask.shape)}"
+        )
+    pred_bgr, target_bgr = pred_bgr.float(), target_bgr.float()
+    mask_logits, target_mask = mask_logits.float(), target_mask.float()
+    l1 = masked_l1(pred_bgr, target_bgr, target_mask)
+    # Masking both images before SSIM (as DeepFaceLab does) scores only the face's structure;
+    # the background becomes flat zero in both and contributes perfect similarity.
+    structure = dssim(pred_bgr * target_mask, target_bgr * target_mask)
+    mask = F.binary_cross_entropy_with_logits(mask_logits, target_mask)
+    total = weights.l1 * l1 + weights.dssim * structure + weights.mask * mask
+    parts = {"l1": l1.detach(), "dssim": structure.detach(), "mask": mask.detach(), "total": total.detach()}
+    return total, parts

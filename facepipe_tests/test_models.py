@@ -1,0 +1,342 @@
+"""The identity autoencoder, its augmentation and its losses, on real aligned faces."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage.metrics import structural_similarity
+from torch import nn
+
+from facepipe.align import align_face
+from facepipe.landmarks import detect_static
+from facepipe.models.augment import (
+    AugmentConfig,
+    augment_batch,
+    elastic_grid,
+    elastic_warp,
+    faces_to_tensors,
+    random_homography,
+    resize_faces,
+    warp_face_batch,
+)
+from facepipe.models.autoencoder import (
+    AutoencoderConfig,
+    IdentityAutoencoder,
+    adaptable_layers,
+    parameter_counts,
+)
+from facepipe.models.losses import (
+    LossWeights,
+    dssim,
+    gaussian_window,
+    masked_l1,
+    reconstruction_loss,
+)
+
+STORED_SIZE = 256
+# Offsets (px in the photo) added to the detected landmarks: each moves the alignment window,
+# so the crops are the same face framed slightly differently, like neighbouring video frames.
+LANDMARK_SHIFTS = [(0, 0), (6, 0), (-6, 0), (0, 6), (0, -6), (5, 5)]
+
+
+@functools.cache
+def hopper_faces() -> tuple[np.ndarray, np.ndarray]:
+    """Real aligned faces as the faces stage stores them: BGR uint8 crops [6, 256, 256, 3] and
+    hull masks [6, 256, 256] {0, 255}, from the Grace Hopper photo (US Navy, public domain),
+    landmarked by MediaPipe and aligned by facepipe.align."""
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    photo = cv2.imread(path)
+    landmarks = detect_static(photo)
+    assert landmarks is not None, "MediaPipe found no face in the Grace Hopper photo"
+    aligned = [align_face(photo, landmarks + np.array([dx, dy, 0], np.float32), STORED_SIZE) for dx, dy in LANDMARK_SHIFTS]
+    return np.stack([crop for crop, *_ in aligned]), np.stack([mask for _, mask, *_ in aligned])
+
+
+def face_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    crops, masks = hopper_faces()
+    return faces_to_tensors(*resize_faces(crops, masks, size))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test machine's cores are shared with other jobs; two OpenMP threads competing for
+    them run these small models 5-20x slower than one (measured), so the tests use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_config(size: int) -> AutoencoderConfig:
+    # Narrower than the CPU default so the tests stay fast on shared cores; same architecture.
+    return AutoencoderConfig(size=size, width=16, latent_dim=128)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_autoencoder_shapes_and_parts(size):
+    torch.manual_seed(0)
+    model = IdentityAutoencoder(AutoencoderConfig(size=size)).eval()
+    images, _ = face_tensors(size)
+    with torch.no_grad():
+        bgr, mask_logits = model(images[:2])
+        code = model.encode(images[:2])
+        decoded_bgr, decoded_logits = model.decode(code)
+    assert bgr.shape == (2, 3, size, size) and mask_logits.shape == (2, 1, size, size)
+    assert code.shape == (2, 8 * 24, size // 16, size // 16)
+    assert torch.equal(bgr, decoded_bgr) and torch.equal(mask_logits, decoded_logits)
+    assert 0 <= bgr.min() and bgr.max() <= 1
+    assert mask_logits.min() < 0 or mask_logits.max() > 1  # logits, not probabilities
+
+
+def test_autoencoder_weights_live_in_plain_conv_and_linear_layers():
+    """LoRA targets encoder/bottleneck/decoder by name; no normalisation layers anywhere."""
+    model = IdentityAutoencoder()
+    names = [name for name, _ in model.named_children()]
+    assert names == ["encoder", "bottleneck", "decoder"]
+    for name, module in model.named_modules():
+        if list(module.parameters(recurse=False)):
+            assert isinstance(module, (nn.Conv2d, nn.Linear)), f"{name} is a {type(module).__name__}"
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    counts = parameter_counts(model)
+    assert counts["total"] == counts["encoder"] + counts["bottleneck"] + counts["decoder"]
+
+
+def test_autoencoder_rejects_wrong_sizes():
+    with pytest.raises(ValueError, match="divisible"):
+        AutoencoderConfig(size=100)
+    model = IdentityAutoencoder(AutoencoderConfig(size=64))
+    with pytest.raises(ValueError, match=r"\[N, 3, 64, 64\]"):
+        model(torch.zeros(1, 3, 96, 96))
+
+
+def test_autoencoder_outputs_do_not_depend_on_the_batch():
+    """No batch statistics: a face gives the same output alone or among others."""
+    torch.manual_seed(0)
+    model = IdentityAutoencoder(small_config(64)).eval()
+    images, _ = face_tensors(64)
+    with torch.no_grad():
+        together, _ = model(images)
+        alone, _ = model(images[2:3])
+    torch.testing.assert_close(together[2:3], alone, atol=1e-6, rtol=0)
+
+
+def test_autoencoder_overfits_a_handful_of_real_faces():
+    torch.manual_seed(0)
+    images, masks = face_tensors(64)
+    model = IdentityAutoencoder(small_config(64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(30):
+        bgr, mask_logits = model(images)
+        loss, parts = reconstruction_loss(bgr, mask_logits, images, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(parts)
+    first, last = history[0], history[-1]
+    assert float(last["total"]) < 0.5 * float(first["total"]), [float(p["total"]) for p in history]
+    assert float(last["l1"]) < float(first["l1"]) and float(last["mask"]) < 0.5 * float(first["mask"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def test_resize_faces_uses_area_filter_and_keeps_bgr():
+    crops, masks = hopper_faces()
+    small_crops, small_masks = resize_faces(crops, masks, 96)
+    assert small_crops.shape == (6, 96, 96, 3) and small_masks.shape == (6, 96, 96)
+    assert small_crops.dtype == np.uint8 and small_masks.dtype == np.uint8
+    np.testing.assert_array_equal(small_crops[3], cv2.resize(crops[3], (96, 96), interpolation=cv2.INTER_AREA))
+    images, mask_tensor = faces_to_tensors(small_crops, small_masks)
+    assert images.shape == (6, 3, 96, 96) and mask_tensor.shape == (6, 1, 96, 96)
+    np.testing.assert_allclose(images[1, 0].numpy(), small_crops[1, :, :, 0] / 255.0, atol=1e-7)  # channel 0 stays blue
+    assert 0 <= mask_tensor.min() and mask_tensor.max() == 1.0
+
+
+def test_homography_is_seeded_per_generator():
+    first = random_homography(torch.Generator().manual_seed(7), 4)
+    again = random_homography(torch.Generator().manual_seed(7), 4)
+    other = random_homography(torch.Generator().manual_seed(8), 4)
+    assert first.shape == (4, 3, 3) and first.dtype == torch.float32
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first[0], first[1])  # one matrix per sample
+    identity = random_homography(torch.Generator().manual_seed(7), 2, rotation_deg=0, scale=0, shift=0, perspective=0)
+    assert torch.equal(identity, torch.eye(3).expand(2, 3, 3))
+
+
+def test_homography_coordinate_convention():
+    """A shift of f·size samples f·size pixels away: with 8 px at 64, output(x) = input(x + 8)."""
+    images, masks = face_tensors(64)
+    shift = torch.eye(3).expand(6, 3, 3).clone()
+    shift[:, 0, 2] = 2 * 8 / 64
+    warped, _, warped_masks = warp_face_batch(images, images, masks, shift)
+    torch.testing.assert_close(warped[..., :-8], images[..., 8:], atol=1e-5, rtol=0)
+    # Outside the source: images repeat their border, masks are empty.
+    torch.testing.assert_close(warped[..., -8:], images[..., -1:].expand_as(warped[..., -8:]), atol=1e-5, rtol=0)
+    assert warped_masks[..., -7:].abs().max() == 0
+
+
+def test_same_homography_on_identical_input_and_target_gives_identical_outputs():
+    images, masks = face_tensors(64)
+    homographies = random_homography(torch.Generator().manual_seed(3), 6)
+    inputs, targets, target_masks = warp_face_batch(images, images.clone(), masks, homographies)
+    assert torch.equal(inputs, targets)
+    assert not torch.allclose(inputs, images, atol=1e-3)  # it did warp
+    # The mask moves with the face: warping an image of the mask gives the warped mask.
+    mask_as_image = masks.expand(-1, 3, -1, -1)
+    warped_mask_image, _, _ = warp_face_batch(mask_as_image, mask_as_image, masks, homographies)
+    inside = (warped_mask_image[:, :, 2:-2, 2:-2] - target_masks[:, :, 2:-2, 2:-2]).abs()
+    assert inside.max() < 1e-5  # away from the border, where padding modes differ
+
+
+def test_elastic_warp_is_smooth_seeded_and_keeps_the_border():
+    images, _ = face_tensors(64)
+    warped = elastic_warp(images, torch.Generator().manual_seed(1), strength=0.05)
+    again = elastic_warp(images, torch.Generator().manual_seed(1), strength=0.05)
+    assert torch.equal(warped, again)
+    assert (warped - images).abs().mean() > 0.005
+    assert torch.equal(elastic_warp(images, torch.Generator().manual_seed(1), strength=0.0), images)
+
+
+def test_augment_batch_warps_all_alike_and_elastic_only_the_input():
+    images, masks = face_tensors(64)
+    config = AugmentConfig()
+    inputs, targets, target_masks = augment_batch(images, masks, torch.Generator().manual_seed(5), config)
+    no_elastic = AugmentConfig(elastic_strength=0.0)
+    plain_inputs, plain_targets, plain_masks = augment_batch(images, masks, torch.Generator().manual_seed(5), no_elastic)
+    # The homography is drawn first, so targets and masks do not depend on the elastic warp.
+    assert torch.equal(targets, plain_targets) and torch.equal(target_masks, plain_masks)
+    assert torch.equal(plain_inputs, plain_targets)
+    assert (inputs - targets).abs().mean() > 0.005
+
+
+def test_input_warp_is_the_elastic_warp_of_the_homography_warp():
+    """One composed resampling equals warping by H and then elastically (checked where H is a
+    whole-pixel shift, so the sequential version is exact too)."""
+    images, masks = face_tensors(64)
+    shift = torch.eye(3).expand(6, 3, 3).clone()
+    shift[:, 1, 2] = 2 * 4 / 64
+    distortion = elastic_grid(torch.Generator().manual_seed(9), 6, 64, 64, images.device, strength=0.05)
+    composed, targets, _ = warp_face_batch(images, images, masks, shift, distortion)
+    sequential = F.grid_sample(targets, distortion, mode="bilinear", padding_mode="border", align_corners=False)
+    # Away from the bottom rows, where the shift brings in repeated border pixels.
+    torch.testing.assert_close(composed[:, :, :48], sequential[:, :, :48], atol=1e-5, rtol=0)
+    # With no geometric augmentation the input is exactly the elastic warp of the image.
+    still = AugmentConfig(rotation_deg=0, scale=0, shift=0, perspective=0)
+    generator = torch.Generator().manual_seed(4)
+    inputs, targets, _ = augment_batch(images, masks, generator, still)
+    replay = torch.Generator().manual_seed(4)
+    random_homography(replay, 6, 0, 0, 0, 0)  # the same draws, in the same order
+    assert torch.equal(targets, images)
+    assert torch.equal(inputs, elastic_warp(images, replay, still.elastic_strength, still.elastic_cells))
+
+
+def test_augment_batch_is_deterministic_per_seed():
+    images, masks = face_tensors(64)
+    config = AugmentConfig(brightness=0.1, contrast=0.1, channel_gain=0.05)
+    first = augment_batch(images, masks, torch.Generator().manual_seed(11), config)
+    again = augment_batch(images, masks, torch.Generator().manual_seed(11), config)
+    other = augment_batch(images, masks, torch.Generator().manual_seed(12), config)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[1], other[1])
+
+
+def test_colour_jitter_is_the_same_on_input_and_target():
+    images, masks = face_tensors(64)
+    config = AugmentConfig(elastic_strength=0.0, brightness=0.2, contrast=0.2, channel_gain=0.1)
+    inputs, targets, _ = augment_batch(images, masks, torch.Generator().manual_seed(2), config)
+    plain = augment_batch(images, masks, torch.Generator().manual_seed(2), AugmentConfig(elastic_strength=0.0))[1]
+    assert torch.equal(inputs, targets)
+    assert (targets - plain).abs().mean() > 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def test_dssim_of_identical_images_is_zero_and_grows_with_damage():
+    images, _ = face_tensors(64)
+    assert abs(float(dssim(images, images))) < 1e-6
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    damage = [float(dssim(images, (images + level * noise).clamp(0, 1))) for level in (0.02, 0.05, 0.1)]
+    assert 0 < damage[0] < damage[1] < damage[2] <= 1, damage
+    blurred = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+    assert 0 < float(dssim(images, blurred)) <= 1
+    assert abs(float(gaussian_window().sum()) - 1) < 1e-6
+
+
+def test_ssim_matches_scikit_image():
+    """Same definition as skimage's gaussian SSIM (sigma 1.5, 11 px window, population stats)."""
+    images, _ = face_tensors(64)
+    x, y = images[0:1], images[1:2]
+    reference = structural_similarity(
+        x[0].permute(1, 2, 0).double().numpy(),
+        y[0].permute(1, 2, 0).double().numpy(),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        channel_axis=-1,
+    )
+    assert abs((1 - 2 * float(dssim(x, y))) - reference) < 1e-4
+
+
+def test_reconstruction_loss_matches_manual_computation():
+    generator = torch.Generator().manual_seed(0)
+    images, masks = face_tensors(64)
+    pred = torch.rand(images.shape, generator=generator)
+    logits = torch.randn(masks.shape, generator=generator) * 3
+    weights = LossWeights(l1=2.0, dssim=0.5, mask=3.0)
+    total, parts = reconstruction_loss(pred, logits, images, masks, weights)
+
+    p, t, m, z = pred.double(), images.double(), masks.double(), logits.double()
+    manual_l1 = ((p - t).abs() * m).sum() / (m.sum() * 3)
+    probability = torch.sigmoid(z)  # the one sigmoid
+    manual_bce = -(m * torch.log(probability) + (1 - m) * torch.log(1 - probability)).mean()
+    manual_dssim = dssim(pred * masks, images * masks).double()
+    manual_total = 2.0 * manual_l1 + 0.5 * manual_dssim + 3.0 * manual_bce
+    assert abs(float(parts["l1"]) - float(manual_l1)) < 1e-5
+    assert abs(float(parts["mask"]) - float(manual_bce)) < 1e-5
+    assert abs(float(parts["dssim"]) - float(manual_dssim)) < 1e-6
+    assert abs(float(total) - float(manual_total)) < 1e-4
+    assert float(parts["total"]) == float(total)
+    # Feeding probabilities where logits belong (a second sigmoid) gives a different loss.
+    _, double_sigmoid = reconstruction_loss(pred, torch.sigmoid(logits), images, masks, weights)
+    assert abs(float(double_sigmoid["mask"]) - float(manual_bce)) > 0.05
+
+
+def test_masked_l1_ignores_the_background():
+    images, masks = face_tensors(64)
+    pred = images.clone()
+    pred[masks.expand_as(pred) == 0] = 1.0 - pred[masks.expand_as(pred) == 0]
+    assert float(masked_l1(pred, images, (masks == 1).float())) == 0.0
+    assert float(masked_l1(pred, images, torch.zeros_like(masks))) == 0.0  # empty mask: 0, not NaN
+    assert math.isfinite(float(masked_l1(pred, images, torch.ones_like(masks))))
+
+
+def test_adaptable_layers_name_the_conv_and_linear_layers_of_each_part():
+    model = IdentityAutoencoder()
+    shared = adaptable_layers(model, ("encoder", "bottleneck"))
+    decoder = adaptable_layers(model, ("decoder",))
+    assert shared == sorted(shared) and "bottleneck.to_latent" in shared and "encoder.layers.0" in shared
+    assert all(name.startswith("decoder.") for name in decoder) and "decoder.to_mask" in decoder
+    modules = dict(model.named_modules())
+    assert all(isinstance(modules[name], (nn.Conv2d, nn.Linear)) for name in shared + decoder)
+    weighted = {name for name, module in modules.items() if list(module.parameters(recurse=False))}
+    assert set(shared + decoder) == weighted  # every weight is reachable by one of the two sets
+    with pytest.raises(ValueError, match="no part"):
+        adaptable_layers(model, ("encoderr",))
