@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, materialize
 
-from facepipe.assets.identity import identity_profile, identity_profile_is_usable
+from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
 from facepipe.assets.prep import build_prep_assets
 from facepipe.partitions import PARTITIONS
 from facepipe.resources import FacepipeSettings
@@ -23,7 +23,7 @@ class Project:
         self.instance = DagsterInstance.ephemeral()
         self.models = root / "models"
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
-        self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable]
+        self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable, identity_model]
 
     def folder(self, role: str, key: str) -> Path:
         folder = self.data / ("identities" if role == "identity" else "targets") / key

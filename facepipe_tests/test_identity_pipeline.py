@@ -50,3 +50,49 @@ def test_two_cold_builds_give_identical_profile_bytes(tmp_path, clips):
     _, _, b = build(second, clips, "hopper")
     assert (a.path / "profile.json").read_bytes() == (b.path / "profile.json").read_bytes()
     assert (a.path / "embeddings.parquet").read_bytes() == (b.path / "embeddings.parquet").read_bytes()
+
+
+TINY_MODEL = {"epochs": 20, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32, "depth": 3,
+              "holdout_every": 4, "cpu_threads": 1, "lr": 2e-3}
+
+
+def build_model(project, clips, key="hopper", **overrides):
+    folder = project.folder("identity", key)
+    shutil.copy(clips / "hopper.mp4", folder / "hopper.mp4")
+    config = {"ops": {"identity__identity_model": {"config": {**TINY_MODEL, **overrides}}}}
+    result = project.materialize("identity", key, run_config=config, assets=project.identity_assets)
+    artifact = ArtifactStore(project.store).current("identity/identity_model", key)
+    return result, artifact
+
+
+def test_identity_model_learns_exports_and_resumes(project, clips):
+    import onnxruntime as ort
+    import zlib
+
+    result, artifact = build_model(project, clips)
+    meta = artifact.metadata
+    assert meta["holdout_l1_trained"] < 0.8 * meta["holdout_l1_untrained"]
+    dfm = artifact.path / "hopper.dfm"
+    assert (artifact.path / "hopper.hash").read_text() == format(zlib.crc32(dfm.read_bytes()), "08x")
+    session = ort.InferenceSession(str(dfm), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["in_face:0"]
+    assert [o.name for o in session.get_outputs()] == ["out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0"]
+    card = json.loads((artifact.path / "hopper.json").read_text())
+    assert card["lineage"]["faces"] == ArtifactStore(project.store).current("identity/faces", "hopper").content_hash
+    assert meta["onnx_parity_max_abs_error"] < 1e-4
+
+    # raising epochs continues the same run from its last checkpoint
+    _, longer = build_model(project, clips, epochs=22)
+    assert longer.metadata["resumed_from_epoch"] == 20 and longer.metadata["epochs"] == 22
+    # a changed learning rate is another run: it starts fresh
+    _, other = build_model(project, clips, lr=1e-3)
+    assert other.metadata["resumed_from_epoch"] == 0
+
+
+def test_two_cold_identity_model_builds_are_byte_identical(tmp_path, clips):
+    from conftest import Project
+
+    _, a = build_model(Project(tmp_path / "a"), clips)
+    _, b = build_model(Project(tmp_path / "b"), clips)
+    for name in ["model.safetensors", "hopper.dfm", "hopper.hash"]:
+        assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name

@@ -13,6 +13,8 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from facepipe.store import Artifact, ArtifactStore, fingerprint
 
 PREVIEW_FILE = "preview.png"
+# Images an asset may leave in its output folder; each is shown in the UI as metadata.
+IMAGES = (PREVIEW_FILE, "loss_curve.png")
 LIBRARIES = ("facepipe", "numpy", "opencv-python", "mediapipe", "scipy", "torch", "onnx", "onnxruntime", "dlib-bin", "peft")
 
 
@@ -62,9 +64,12 @@ def dagster_metadata(artifact: Artifact) -> dict[str, Any]:
         "inputs": MetadataValue.json(artifact.record.get("inputs", {})),
     }
     for key, value in artifact.metadata.items():
-        metadata[key] = MetadataValue.json(value) if isinstance(value, (dict, list)) else value
-    preview = artifact.path / PREVIEW_FILE
-    if preview.is_file():
-        encoded = base64.b64encode(preview.read_bytes()).decode()
-        metadata["preview"] = MetadataValue.md(f"![preview](data:image/png;base64,{encoded})")
+        if key.endswith("_md"):  # markdown (tables) for the UI
+            metadata[key[:-3]] = MetadataValue.md(value)
+        else:
+            metadata[key] = MetadataValue.json(value) if isinstance(value, (dict, list)) else value
+    for image in IMAGES:
+        if (artifact.path / image).is_file():
+            encoded = base64.b64encode((artifact.path / image).read_bytes()).decode()
+            metadata[image.removesuffix(".png")] = MetadataValue.md(f"![{image}](data:image/png;base64,{encoded})")
     return metadata
