@@ -4,13 +4,14 @@ from dagster import Definitions, in_process_executor
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
 from facepipe.assets.prep import build_prep_assets
+from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
 from facepipe.automation.discovery import media_sensor, role_jobs
 from facepipe.partitions import ROLES
 from facepipe.resources import FacepipeSettings
 
 defs = Definitions(
-    assets=[*(a for role in ROLES for a in build_prep_assets(role)), identity_profile, identity_model],
-    asset_checks=[identity_profile_is_usable],
+    assets=[*(a for role in ROLES for a in build_prep_assets(role)), identity_profile, identity_model, xseg_model, target_masks],
+    asset_checks=[identity_profile_is_usable, xseg_holdout_iou],
     jobs=role_jobs,
     sensors=[media_sensor],
     resources={"settings": FacepipeSettings()},

@@ -349,16 +349,31 @@ def export_dfm(
     cases = [[dfm_input(crop)] for crop in crops]
     if cases[0][0].shape != (1, size, size, 3):
         raise ValueError(f"export_dfm({path}): crops are {list(cases[0][0].shape[1:3])} px, the model size is {size}; resize them first")
-    example = torch.from_numpy(cases[0][0])
-    export_onnx(model, [example], path, [DFM_INPUT], list(DFM_OUTPUTS))
+    return export_verified(model, cases, path, [DFM_INPUT], list(DFM_OUTPUTS), {**dfm_card(size), **(card or {})}, tolerance)
+
+
+def export_verified(
+    model: nn.Module,
+    cases: Sequence[Sequence[np.ndarray]],
+    path: Path | str,
+    input_names: list[str],
+    output_names: list[str],
+    card: dict[str, Any],
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportedModel:
+    """Export, verify against torch on real `cases`, then write ``.hash`` and the card.
+
+    A failed verification removes the model file and raises: nothing unverified is left behind.
+    """
+    path = Path(path)
+    export_onnx(model, [torch.from_numpy(x) for x in cases[0]], path, input_names, output_names)
     try:
         error = verify_onnx(path, model, cases, tolerance)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     full_card = {
-        **dfm_card(size),
-        **(card or {}),
+        **card,
         "parity": {
             "max_abs_error": float(f"{error:.3g}"),  # 3 digits: the figure stays byte-stable
             "tolerance": tolerance,

@@ -68,3 +68,8 @@ def build_face_set(
     del crops, masks, marks
     return frame_ids, matrices
 
+
+def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices: every `every`-th face is held out, spread over the whole set."""
+    held = np.arange(every // 2, count, every) if every > 0 and count >= 2 * every else np.array([], dtype=np.int64)
+    return np.setdiff1d(np.arange(count), held), held

@@ -19,14 +19,9 @@ import torch
 from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors, resize_faces
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.faces import holdout_split
 from facepipe.preview import contact_sheet
 from facepipe.train import TrainConfig, TrainResult, TrainTask, train
-
-
-def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) indices: every `every`-th face is held out, spread over the whole set."""
-    held = np.arange(every // 2, count, every) if every > 0 and count >= 2 * every else np.array([], dtype=np.int64)
-    return np.setdiff1d(np.arange(count), held), held
 
 
 class ReconstructionTask(TrainTask):
@@ -35,18 +30,20 @@ class ReconstructionTask(TrainTask):
     best_metric = "holdout_l1"
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
-                 augment: AugmentConfig = AugmentConfig()):
+                 samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig()):
         self.images, self.masks = images, masks
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
-        self.num_samples = len(self.train_idx)
+        # Small sets are repeated within an epoch (each repeat augmented differently), so an
+        # epoch is a useful amount of training whatever the number of faces.
+        self.num_samples = max(len(self.train_idx), samples_per_epoch)
         self.model_config, self.augment = model_config, augment
 
     def build_model(self) -> IdentityAutoencoder:
         return IdentityAutoencoder(self.model_config)
 
     def compute_loss(self, model, batch_indices, generator, device):
-        rows = self.train_idx[batch_indices]
+        rows = self.train_idx[batch_indices % len(self.train_idx)]
         inputs, targets, target_masks = augment_batch(self.images[rows], self.masks[rows], generator, self.augment)
         bgr, mask_logits = model(inputs.to(device))
         total, _ = reconstruction_loss(bgr, mask_logits, targets.to(device), target_masks.to(device))
@@ -86,13 +83,14 @@ def train_identity_model(
     train_config: TrainConfig,
     run_dir: Path,
     holdout_every: int = 10,
+    samples_per_epoch: int = 0,
     log: Callable[[str], None] = print,
 ) -> IdentityTraining:
     """Train (or resume) on aligned crops [N,S0,S0,3] BGR + hull masks; returns the trained model."""
     small_crops, small_masks = resize_faces(crops, masks, model_config.size)
     images, mask_tensor = faces_to_tensors(small_crops, small_masks)
     train_idx, held_idx = holdout_split(len(images), holdout_every)
-    task = ReconstructionTask(images, mask_tensor, train_idx, held_idx, model_config)
+    task = ReconstructionTask(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch)
     torch.manual_seed(train_config.seed)  # the engine seeds the same way before build_model
     untrained = holdout_l1(task.build_model(), images[held_idx], mask_tensor[held_idx], "cpu") if len(held_idx) else float("nan")
     result = train(task, train_config, run_dir, log=log)

@@ -53,7 +53,7 @@ def test_two_cold_builds_give_identical_profile_bytes(tmp_path, clips):
 
 
 TINY_MODEL = {"epochs": 20, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32, "depth": 3,
-              "holdout_every": 4, "cpu_threads": 1, "lr": 2e-3}
+              "holdout_every": 4, "cpu_threads": 1, "lr": 2e-3, "samples_per_epoch": 0}
 
 
 def build_model(project, clips, key="hopper", **overrides):

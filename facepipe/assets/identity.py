@@ -126,6 +126,7 @@ class IdentityModelConfig(Config):
     depth: int = 4
     seed: int = 0
     holdout_every: int = 10  # every 10th face is held out to measure reconstruction error
+    samples_per_epoch: int = 256  # small face sets are repeated (augmented anew) up to this per epoch
     cpu_threads: int = 0  # 0 = torch's default
 
 
@@ -143,14 +144,16 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
         grad_accum_steps=config.grad_accum_steps, device=settings.device, cpu_threads=config.cpu_threads or None,
         resume_key=resume_key_for(hyper, faces=faces_artifact.content_hash, code=IDENTITY_MODEL_VERSION,
-                                  model=asdict(model_config), holdout_every=config.holdout_every),
+                                  model=asdict(model_config), holdout_every=config.holdout_every,
+                                  samples_per_epoch=config.samples_per_epoch),
     )
 
     def write(out: Path) -> dict:
         faces = FaceSet.load(faces_artifact.path)
         training = train_identity_model(
             np.asarray(faces.crops), np.asarray(faces.masks), model_config, train_config,
-            store.partition_dir("_runs/identity_model", key), config.holdout_every, context.log.info)
+            store.partition_dir("_runs/identity_model", key), config.holdout_every, config.samples_per_epoch,
+            context.log.info)
         result = training.result
         (out / "model.safetensors").write_bytes(result.weights_path.read_bytes())
         held = training.task.held_idx.numpy()
@@ -165,7 +168,7 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         write_png(out / PREVIEW_FILE, reconstruction_preview(training.model, training.crops, held[:6] if len(held) else [0]))
         return {
             "epochs": result.epochs, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
-            "duration_s": round(result.duration_seconds, 1), "frames_used": int(training.task.num_samples),
+            "duration_s": round(result.duration_seconds, 1), "faces_trained_on": int(len(training.task.train_idx)),
             "holdout_faces": int(len(held)), "holdout_l1_trained": round(holdout, 6),
             "holdout_l1_untrained": round(training.untrained_holdout_l1, 6),
             "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),

@@ -168,15 +168,26 @@ class XSegNHWC(nn.Module):
     """The deployed form: NHWC BGR [0, 1] in, NHWC [0, 1] face mask out ([N, H, W, 1]).
 
     FaceFusion's occluder convention: input ``input`` float32 [1, 256, 256, 3], output a mask
-    in [0, 1] where 1 = visible face. Holds the one inference sigmoid.
+    in [0, 1] where 1 = visible face. Holds the one inference sigmoid. A U-Net trained at a
+    smaller `resolution` (CPU demo) sees the input area-downsampled by an integer factor, the
+    resolution it learned at, and its logits are upsampled back: the interface stays 256.
     """
 
-    def __init__(self, unet: XSegUNet):
+    def __init__(self, unet: XSegUNet, resolution: int | None = None, size: int = XSEG_SIZE):
         super().__init__()
         self.unet = unet
+        self.factor = 1 if resolution in (None, size) else size // resolution
+        if self.factor * (resolution or size) != size:
+            raise ValueError(f"XSeg training resolution {resolution} must divide the export size {size}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.unet(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        nchw = x.permute(0, 3, 1, 2)
+        if self.factor > 1:
+            logits = self.unet(F.avg_pool2d(nchw, self.factor))  # = cv2.INTER_AREA for integer factors
+            logits = F.interpolate(logits, scale_factor=self.factor, mode="bilinear", align_corners=False)
+        else:
+            logits = self.unet(nchw)
+        return torch.sigmoid(logits).permute(0, 2, 3, 1)
 
 
 @torch.no_grad()

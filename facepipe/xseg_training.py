@@ -1,0 +1,137 @@
+"""Training XSeg (occlusion-aware face segmentation) with the shared engine (no Dagster here).
+
+Labels are user masks or landmark hulls (facepipe.labels); during training synthetic occluders
+are pasted over faces and cut out of the label (facepipe.occluders), because a hull alone can
+never teach the model that a hand in front of the face is not face. The model is fully
+convolutional: a CPU demo may train at 128 px while the export stays 256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from facepipe.faces import holdout_split
+from facepipe.models.xseg import (
+    XSEG_SIZE,
+    XSegNHWC,
+    XSegUNet,
+    crops_to_tensor,
+    masks_to_tensor,
+    mean_iou,
+    predict_probabilities,
+    xseg_loss,
+)
+from facepipe.occluders import augment_pair, occlude, rng_from_torch
+from facepipe.preview import contact_sheet, outline
+from facepipe.train import TrainConfig, TrainResult, TrainTask, train
+
+# Seed of the fixed synthetic occluders on held-out faces: the "occluded" IoU is measured on the
+# same occluded images every epoch and in every run.
+HOLDOUT_OCCLUSION_SEED = 1234
+
+
+def resize_square(images: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    if images.shape[1] == size:
+        return np.ascontiguousarray(images)
+    flag = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return np.stack([cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=flag) for image in images])
+
+
+def occluded_holdout(crops: np.ndarray, labels: np.ndarray, seed: int = HOLDOUT_OCCLUSION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out faces with one fixed synthetic occluder each, and their cut labels."""
+    rng = np.random.default_rng(seed)
+    pairs = [occlude(crop, label, rng)[:2] for crop, label in zip(crops, labels)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class XSegTask(TrainTask):
+    """Segment the visible face; held-out IoU (clean and synthetically occluded) as metrics."""
+
+    best_metric = "holdout_iou_occluded"
+    best_mode = "max"
+
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, train_idx, held_idx, width: int, depth: int,
+                 resolution: int, samples_per_epoch: int = 0):
+        self.crops, self.labels = crops, labels  # 256 px uint8, labels {0, 255}
+        self.train_idx, self.held_idx = np.asarray(train_idx), np.asarray(held_idx)
+        self.width, self.depth, self.resolution = width, depth, resolution
+        self.num_samples = max(len(self.train_idx), samples_per_epoch)
+        held_crops, held_labels = crops[self.held_idx], labels[self.held_idx]
+        occluded_crops, occluded_labels = occluded_holdout(held_crops, held_labels)
+        self.holdout = {
+            "clean": (resize_square(held_crops, resolution), resize_square(held_labels, resolution, nearest=True)),
+            "occluded": (resize_square(occluded_crops, resolution), resize_square(occluded_labels, resolution, nearest=True)),
+        }
+
+    def build_model(self) -> XSegUNet:
+        return XSegUNet(width=self.width, depth=self.depth)
+
+    def compute_loss(self, model, batch_indices, generator, device):
+        rng = rng_from_torch(generator)
+        images, targets = [], []
+        for position in batch_indices.tolist():
+            row = self.train_idx[position % len(self.train_idx)]
+            donor_row = self.train_idx[int(rng.integers(len(self.train_idx)))]
+            crop, label = augment_pair(self.crops[row], self.labels[row], rng,
+                                       donor=(self.crops[donor_row], self.labels[donor_row]))
+            images.append(crop)
+            targets.append(label)
+        images = resize_square(np.stack(images), self.resolution)
+        targets = resize_square(np.stack(targets), self.resolution, nearest=True)
+        return xseg_loss(model(crops_to_tensor(images).to(device)), masks_to_tensor(targets).to(device))
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        if not len(self.held_idx):
+            return {}
+        return {f"holdout_iou_{name}": mean_iou(predict_probabilities(model, crops, device=device) > 0.5, labels > 127)
+                for name, (crops, labels) in self.holdout.items()}
+
+
+@dataclass
+class XSegTraining:
+    result: TrainResult
+    model: XSegUNet
+    task: XSegTask
+
+
+def train_xseg(crops: np.ndarray, labels: np.ndarray, width: int, depth: int, resolution: int,
+               train_config: TrainConfig, run_dir: Path, holdout_every: int = 10, samples_per_epoch: int = 0,
+               log: Callable[[str], None] = print) -> XSegTraining:
+    """Train (or resume) XSeg on 256 px crops and {0,255} labels; returns the trained model."""
+    if crops.shape[1] != XSEG_SIZE:
+        crops, labels = resize_square(crops, XSEG_SIZE), resize_square(labels, XSEG_SIZE, nearest=True)
+    train_idx, held_idx = holdout_split(len(crops), holdout_every)
+    task = XSegTask(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch)
+    result = train(task, train_config, run_dir, log=log)
+    from safetensors.torch import load_file
+
+    model = task.build_model()
+    model.load_state_dict(load_file(str(result.weights_path)))
+    model.eval()
+    return XSegTraining(result, model, task)
+
+
+@torch.no_grad()
+def predict_masks(deployed: XSegNHWC, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """uint8 [N, 256, 256] face masks (probability * 255) through the deployed (exported) form,
+    so the masks downstream training uses are the ones the ONNX model gives."""
+    deployed.eval()
+    out = np.empty(np.shape(crops)[:3], dtype=np.uint8)
+    for start in range(0, len(crops), batch_size):
+        batch = torch.from_numpy(np.asarray(crops[start:start + batch_size]).astype(np.float32) / 255)
+        out[start:start + len(batch)] = np.round(deployed(batch)[..., 0].numpy() * 255).astype(np.uint8)
+    return out
+
+
+def xseg_preview(crops: np.ndarray, labels: np.ndarray, predicted: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Columns: image, label (outlined), prediction (outlined), for a few faces."""
+    tiles = []
+    for i in rows:
+        tiles += [crops[i], outline(crops[i], labels[i]), outline(crops[i], predicted[i], (0, 0, 255))]
+    return contact_sheet(tiles, columns=6, thumb=128)
