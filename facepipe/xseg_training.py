@@ -14,14 +14,17 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 
+from facepipe.align import warp_to_crop
 from facepipe.faces import holdout_split
 from facepipe.models.xseg import (
     XSEG_SIZE,
     XSegNHWC,
     XSegUNet,
     crops_to_tensor,
+    iou_per_sample,
     masks_to_tensor,
     mean_iou,
     predict_probabilities,
@@ -135,3 +138,28 @@ def xseg_preview(crops: np.ndarray, labels: np.ndarray, predicted: np.ndarray, r
     for i in rows:
         tiles += [crops[i], outline(crops[i], labels[i]), outline(crops[i], predicted[i], (0, 0, 255))]
     return contact_sheet(tiles, columns=6, thumb=128)
+
+
+def occluder_truth_iou(index: pd.DataFrame, hulls: np.ndarray, predicted: np.ndarray,
+                       occluders: dict[str, np.ndarray], min_occlusion: float = 0.02) -> dict[str, float]:
+    """IoU against known occluders (the sample generator's ground truth) on occluded faces.
+
+    The true visible face of a crop is its landmark hull minus the occluder warped into the crop
+    with the face's own alignment matrix. Returns the hull's IoU (which ignores occluders) and
+    the model's, over faces whose occluder hides at least `min_occlusion` of the hull.
+    """
+    hull_scores, model_scores = [], []
+    for row, hull, mask in zip(index.itertuples(), hulls, predicted):
+        frames = occluders.get(row.source)
+        if frames is None:
+            continue
+        matrix = np.array([getattr(row, f"m{i}") for i in range(6)], dtype=np.float64).reshape(2, 3)
+        occluder = warp_to_crop(frames[row.source_frame_index].astype(np.uint8), matrix, hull.shape[0], nearest=True) > 0
+        face = hull > 127
+        if (occluder & face).sum() < min_occlusion * face.sum():
+            continue
+        truth = face & ~occluder
+        hull_scores.append(iou_per_sample(face[None], truth[None])[0])
+        model_scores.append(iou_per_sample((mask > 127)[None], truth[None])[0])
+    return {"occluded_faces": len(hull_scores), "hull_iou": float(np.mean(hull_scores)) if hull_scores else float("nan"),
+            "model_iou": float(np.mean(model_scores)) if model_scores else float("nan")}

@@ -6,6 +6,7 @@ from dagster import DagsterInstance, materialize
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
 from facepipe.assets.prep import build_prep_assets
+from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
 from facepipe.partitions import PARTITIONS
 from facepipe.resources import FacepipeSettings
 
@@ -23,6 +24,7 @@ class Project:
         self.instance = DagsterInstance.ephemeral()
         self.models = root / "models"
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
+        self.target_assets = [*self.assets["target"], xseg_model, xseg_holdout_iou, target_masks]
         self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable, identity_model]
 
     def folder(self, role: str, key: str) -> Path:
