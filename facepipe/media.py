@@ -89,8 +89,10 @@ def scan_media(folder: Path) -> tuple[list[MediaFile], list[Skipped]]:
 
 
 def folder_signature(folder: Path) -> str:
-    """A cheap change detector (names, sizes, mtimes; no reading) for sensors polling often."""
-    listing = [[rel, path.stat().st_size, path.stat().st_mtime_ns] for rel, path in candidate_paths(folder)]
+    """A cheap change detector (names, sizes, mtimes; no reading) for sensors polling often.
+    Covers user masks too, since they are inputs of the target's XSeg model."""
+    listing = [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+               for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     return hashlib.sha256(canonical_json(listing)).hexdigest()
 
 
