@@ -27,8 +27,6 @@ from facepipe.train import TrainConfig, TrainResult, TrainTask, train
 class ReconstructionTask(TrainTask):
     """Reconstruct aligned faces through the autoencoder; held-out masked L1 as the metric."""
 
-    best_metric = "holdout_l1"
-
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
                  samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig()):
         self.images, self.masks = images, masks
@@ -37,6 +35,7 @@ class ReconstructionTask(TrainTask):
         # Small sets are repeated within an epoch (each repeat augmented differently), so an
         # epoch is a useful amount of training whatever the number of faces.
         self.num_samples = max(len(self.train_idx), samples_per_epoch)
+        self.best_metric = "holdout_l1" if len(self.held_idx) else "loss"
         self.model_config, self.augment = model_config, augment
 
     def build_model(self) -> IdentityAutoencoder:

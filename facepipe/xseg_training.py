@@ -56,15 +56,13 @@ def occluded_holdout(crops: np.ndarray, labels: np.ndarray, seed: int = HOLDOUT_
 class XSegTask(TrainTask):
     """Segment the visible face; held-out IoU (clean and synthetically occluded) as metrics."""
 
-    best_metric = "holdout_iou_occluded"
-    best_mode = "max"
-
     def __init__(self, crops: np.ndarray, labels: np.ndarray, train_idx, held_idx, width: int, depth: int,
                  resolution: int, samples_per_epoch: int = 0):
         self.crops, self.labels = crops, labels  # 256 px uint8, labels {0, 255}
         self.train_idx, self.held_idx = np.asarray(train_idx), np.asarray(held_idx)
         self.width, self.depth, self.resolution = width, depth, resolution
         self.num_samples = max(len(self.train_idx), samples_per_epoch)
+        self.best_metric, self.best_mode = ("holdout_iou_occluded", "max") if len(self.held_idx) else ("loss", "min")
         held_crops, held_labels = crops[self.held_idx], labels[self.held_idx]
         occluded_crops, occluded_labels = occluded_holdout(held_crops, held_labels)
         self.holdout = {
