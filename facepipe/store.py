@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from facepipe.partitions import validate_key
+from facepipe.partitions import InvalidPartitionKey, validate_key
 
 RECORD = "_artifact.json"
 CURRENT = "current.json"
@@ -111,11 +111,15 @@ class ArtifactStore:
         self.root = Path(root)
 
     def partition_dir(self, asset: str, partition: str) -> Path:
-        # Partition keys become path components: validate them so no key can escape the store.
+        """`<root>/<asset>/<key>`; a pair key "identity|target" becomes `<identity>/<target>`.
+        Keys become path components: each is validated so that no key can escape the store."""
         parts = asset.split("/")
         if not all(parts) or any(p in (".", "..") for p in parts):
             raise ValueError(f"invalid asset name {asset!r}")
-        return self.root.joinpath(*parts, validate_key(partition))
+        keys = partition.split("|") if isinstance(partition, str) else [partition]
+        if len(keys) > 2:
+            raise InvalidPartitionKey(f"invalid partition {partition!r}: at most two dimensions (identity|target)")
+        return self.root.joinpath(*parts, *(validate_key(k) for k in keys))
 
     def lookup(self, asset: str, partition: str, fp: str) -> Artifact | None:
         folder = self.partition_dir(asset, partition) / fp

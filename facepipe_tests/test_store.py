@@ -60,7 +60,12 @@ def test_missing_input_names_asset_and_partition(tmp_path):
         ArtifactStore(tmp_path).current("identity/faces", "hopper")
 
 
-@pytest.mark.parametrize("key", ["../escape", "a/b", "a|b", "a,b", "", "Upper", ".hidden"])
+def test_pair_partitions_nest_identity_then_target(tmp_path):
+    store = ArtifactStore(tmp_path)
+    assert store.partition_dir("pair/lora_adapter", "hopper|astronaut") == tmp_path / "pair" / "lora_adapter" / "hopper" / "astronaut"
+
+
+@pytest.mark.parametrize("key", ["../escape", "a/b", "a|..", "a|b|c", "a,b", "", "Upper", ".hidden", "a|"])
 def test_hostile_partition_keys_cannot_escape_the_store(tmp_path, key):
     with pytest.raises(InvalidPartitionKey):
         ArtifactStore(tmp_path).build("x", key, "fp", write_hello)
