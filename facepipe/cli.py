@@ -2,7 +2,8 @@
 
   facepipe sample     write the embedded sample media into data/
   facepipe register   register data/ folders as dynamic partitions (what the sensor does)
-  facepipe build      register, then materialize every partition of each role
+  facepipe build      register, then materialize every partition of each role and every
+                      pair declared in data/pairs.toml
   facepipe demo       sample + build: the README's first command
 """
 
@@ -48,28 +49,39 @@ def register(data_root: Path) -> dict[str, list[str]]:
 INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def build(data_root: Path, roles: list[str], partition: str | None) -> bool:
+def run_job(job_name: str, key: str, label: str) -> bool:
     from dagster import DagsterInstance
 
-    from facepipe.automation.discovery import role_job_name
     from facepipe.definitions import defs
 
+    started = time.perf_counter()
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=DagsterInstance.get(), partition_key=key, raise_on_error=False, run_config=INFO_LOGS
+    )
+    print(f"{label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
+    return result.success
+
+
+def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True) -> bool:
+    from facepipe.automation.discovery import PAIR_JOB, role_job_name
+    from facepipe.pairs import declared_pairs, pair_key
+
     keys = register(data_root)
-    instance = DagsterInstance.get()
     ok = True
     for role in roles:
-        targets = [partition] if partition else keys[role]
         if partition and partition not in keys[role]:
             print(f"no {role} folder '{partition}' under {data_root}", file=sys.stderr)
             return False
-        for key in targets:
-            started = time.perf_counter()
-            result = defs.resolve_job_def(role_job_name(role)).execute_in_process(
-                instance=instance, partition_key=key, raise_on_error=False, run_config=INFO_LOGS
-            )
-            status = "ok" if result.success else "FAILED"
-            print(f"{role}/{key}: {status} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
-            ok &= result.success
+        for key in [partition] if partition else keys[role]:
+            ok &= run_job(role_job_name(role), key, f"{role}/{key}")
+    if not pairs:
+        return ok
+    for identity, target in declared_pairs(data_root):
+        if identity not in keys["identity"] or target not in keys["target"]:
+            print(f"pair {identity}|{target} in pairs.toml: no such identity or target folder; skipped", file=sys.stderr)
+            ok = False
+        elif partition in (None, identity, target):
+            ok &= run_job(PAIR_JOB, pair_key(identity, target), f"pair/{identity}|{target}")
     return ok
 
 
@@ -91,12 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("sample", "demo"):
         from facepipe.sample import build_sample
 
+        from facepipe.pairs import declare_pair
+        from facepipe.sample import IDENTITY_KEY, TARGET_KEY
+
         written = build_sample(data_root)
-        print(f"sample media written under {data_root}: {written}")
+        declare_pair(data_root, IDENTITY_KEY, TARGET_KEY)
+        print(f"sample media written under {data_root} (changed: {written['changed'] or 'nothing'}); "
+              f"pair {IDENTITY_KEY}|{TARGET_KEY} declared in {data_root / 'pairs.toml'}")
     if args.command == "register":
         register(data_root)
     if args.command in ("build", "demo"):
-        return 0 if build(data_root, args.role or ["identity", "target"], args.partition) else 1
+        return 0 if build(data_root, args.role or ["identity", "target"], args.partition, pairs=not args.role) else 1
     return 0
 
 

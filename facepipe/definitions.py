@@ -3,16 +3,18 @@
 from dagster import Definitions, in_process_executor
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
+from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
 from facepipe.assets.prep import build_prep_assets
 from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
-from facepipe.automation.discovery import media_sensor, role_jobs
+from facepipe.automation.discovery import media_sensor, pair_job, role_jobs
 from facepipe.partitions import ROLES
 from facepipe.resources import FacepipeSettings
 
 defs = Definitions(
-    assets=[*(a for role in ROLES for a in build_prep_assets(role)), identity_profile, identity_model, xseg_model, target_masks],
-    asset_checks=[identity_profile_is_usable, xseg_holdout_iou],
-    jobs=role_jobs,
+    assets=[*(a for role in ROLES for a in build_prep_assets(role)), identity_profile, identity_model, xseg_model, target_masks,
+            *PAIR_ASSETS],
+    asset_checks=[identity_profile_is_usable, xseg_holdout_iou, *PAIR_CHECKS],
+    jobs=[*role_jobs, pair_job],
     sensors=[media_sensor],
     resources={"settings": FacepipeSettings()},
     # Steps of one partition run one after another anyway; a process per step would spend

@@ -41,3 +41,20 @@ def outline(image: np.ndarray, mask: np.ndarray, colour=(0, 255, 0)) -> np.ndarr
 def write_png(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
+
+
+def paste_face(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, matrix: np.ndarray, crop_space: int) -> np.ndarray:
+    """Blend an aligned crop back into its frame through the inverse of the alignment.
+
+    `matrix` maps frame pixels to a crop of `crop_space` px (the stored faces' size); `crop` and
+    `mask` may be at another size (the model's) and are scaled to match. The mask is feathered
+    so the seam does not show.
+    """
+    size = crop.shape[0]
+    to_crop = np.asarray(matrix, dtype=np.float64).reshape(2, 3) * (size / crop_space)
+    back = cv2.invertAffineTransform(to_crop)
+    height, width = frame.shape[:2]
+    face = cv2.warpAffine(crop, back, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, size / 48))
+    alpha = cv2.warpAffine(soft, back, (width, height), flags=cv2.INTER_LINEAR)[..., None].astype(np.float32) / 255
+    return np.round(face * alpha + frame * (1 - alpha)).astype(np.uint8)

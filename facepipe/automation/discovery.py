@@ -34,6 +34,10 @@ role_jobs = [
     for role in ROLES
 ]
 
+PAIR_JOB = "pair_job"
+pair_job = define_asset_job(PAIR_JOB, selection=AssetSelection.groups("pair"),
+                            description="Build the LoRA adapter and the published swap model for one identity|target pair.")
+
 
 @sensor(
     name="media_sensor",
