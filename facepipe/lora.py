@@ -1,0 +1,596 @@
+"""LoRA adapter per identity×target on the frozen identity model, and the merged swap model.
+
+Wiring (DESIGN.md, Models: LoRA adapter), with peft's LoRA:
+
+    target face   → (encoder + bottleneck + Δshared) → (decoder + Δtarget) → target face
+    identity face → (encoder + bottleneck + Δshared) → base decoder       → identity face
+    swap          = (encoder + bottleneck + Δshared) → base decoder
+
+Δshared is one adapter set (peft adapter name ``shared``) on every conv/linear of the encoder and
+bottleneck, used by both paths; Δtarget (adapter name ``target``) sits on a copy of the decoder
+that only the target path uses. The target path teaches the shared encoder delta to put the
+target's pose, expression and light into the code; the identity replay keeps the code readable
+by the base decoder, which can only paint the identity. The swap is then the identity rendered
+from the target's code. The base weights never train: only LoRA tensors require gradients, only
+they are checkpointed, and every (re)build loads the base from the identity model's safetensors
+file, so a resumed run continues on exactly the same base.
+
+Export merges Δshared into the encoder with peft's ``merge_and_unload``; the swap model is a
+plain ``IdentityAutoencoder`` (merged encoder, base decoder). Δtarget stays in the adapter file
+(the training scaffold); merged into its decoder copy it also gives the input face's mask (the
+target path's mask head, trained on the target masks), the default ``out_face_mask:0`` of the
+DFM export.
+
+Saved adapter: ``adapter.safetensors`` (the LoRA tensors, named as in ``PairModel.state_dict()``)
+beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
+the sha256 of the base weights it was trained on, parameter counts).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import peft
+import safetensors.torch
+import torch
+from peft import LoraConfig, get_peft_model, inject_adapter_in_model
+from torch import nn
+
+from facepipe.export import DfmSwapModel
+from facepipe.identity_model import holdout_split
+from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors, resize_faces
+from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder, adaptable_layers, count_parameters
+from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.store import atomic_write_bytes, file_sha256
+from facepipe.train import TrainConfig, TrainResult, TrainTask, train
+
+SHARED_ADAPTER = "shared"  # peft adapter name on encoder + bottleneck (both paths)
+TARGET_ADAPTER = "target"  # peft adapter name on the target path's decoder copy
+SHARED_PARTS = ("encoder", "bottleneck")
+# PairModel submodule names: the prefixes of the adapter tensors in the saved file.
+AUTOENCODER_PREFIX = "autoencoder."
+TARGET_DECODER_PREFIX = "target_decoder."
+ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_FORMAT = "facepipe.pair_lora"
+ADAPTER_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """LoRA hyperparameters and the mix of the two training paths."""
+
+    rank: int = 8
+    alpha: float = 16.0  # peft scales the delta by alpha / rank
+    dropout: float = 0.0  # 0: no extra random stream, training stays a function of the seed
+    # Weight of the identity replay loss beside the target loss (1: the two paths count equally).
+    identity_replay_weight: float = 1.0
+    # Both adapter sets together may hold at most this share of the base's parameters.
+    max_share: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"AdapterConfig.rank must be an integer >= 1, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"AdapterConfig.alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.identity_replay_weight >= 0:
+            raise ValueError(f"AdapterConfig.identity_replay_weight must be >= 0, got {self.identity_replay_weight!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen base
+
+
+def load_identity_model(weights_path: Path | str, model_config: AutoencoderConfig) -> IdentityAutoencoder:
+    """The identity model from its safetensors file, frozen (no gradients) and in eval mode."""
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"identity model weights {weights_path} not found; materialize identity_model for this identity first"
+        )
+    # Built on the meta device and filled from the file: no random initialisation is drawn, so
+    # loading the base never moves the global RNG that seeds the LoRA initialisation.
+    with torch.device("meta"):
+        model = IdentityAutoencoder(model_config)
+    weights = safetensors.torch.load_file(str(weights_path))
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{weights_path} does not fit an IdentityAutoencoder with {model_config}: {error}. "
+            f"Pass the model config the identity model was trained with"
+        ) from error
+    model.requires_grad_(False)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# peft wiring
+
+
+def _decoder_layers(decoder: nn.Module) -> list[str]:
+    return sorted(name for name, module in decoder.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear)))
+
+
+def shared_lora_config(base: IdentityAutoencoder, adapter: AdapterConfig) -> LoraConfig:
+    """peft LoraConfig of the shared set: every conv/linear of encoder and bottleneck, by name."""
+    return LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adaptable_layers(base, SHARED_PARTS),
+        bias="none",
+    )
+
+
+def target_lora_config(decoder: nn.Module, adapter: AdapterConfig) -> LoraConfig:
+    """peft LoraConfig of the target set: every conv of the decoder (names inside the decoder)."""
+    return LoraConfig(
+        r=adapter.rank,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=_decoder_layers(decoder),
+        bias="none",
+    )
+
+
+def is_adapter_tensor(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+class PairModel(nn.Module):
+    """The frozen identity model with the two LoRA sets (see the module docstring).
+
+    ``forward(x)`` is the swap; ``encode`` / ``identity_decode`` / ``target_decode`` are the
+    pieces the training paths combine. Built from a copy of ``base``; only LoRA tensors train.
+    Raises ValueError when the adapters would exceed ``adapter.max_share`` of the base.
+    """
+
+    def __init__(self, base: IdentityAutoencoder, adapter: AdapterConfig = AdapterConfig()):
+        super().__init__()
+        self.adapter = adapter
+        self.model_config = base.config
+        self.base_parameters = count_parameters(base)
+        self.shared_modules = adaptable_layers(base, SHARED_PARTS)
+        self.target_modules = _decoder_layers(base.decoder)
+        autoencoder = copy.deepcopy(base)
+        target_decoder = copy.deepcopy(base.decoder)
+        self.autoencoder = inject_adapter_in_model(shared_lora_config(base, adapter), autoencoder, SHARED_ADAPTER)
+        self.target_decoder = inject_adapter_in_model(target_lora_config(base.decoder, adapter), target_decoder, TARGET_ADAPTER)
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(is_adapter_tensor(name))
+        self.adapter_parameters = sum(p.numel() for n, p in self.named_parameters() if is_adapter_tensor(n))
+        if self.adapter_share > adapter.max_share:
+            raise ValueError(
+                f"LoRA rank {adapter.rank} gives {self.adapter_parameters} adapter parameters, "
+                f"{100 * self.adapter_share:.2f}% of the identity model's {self.base_parameters} "
+                f"(limit {100 * adapter.max_share:g}%); lower the rank"
+            )
+
+    @property
+    def adapter_share(self) -> float:
+        return self.adapter_parameters / self.base_parameters
+
+    def encode(self, bgr: torch.Tensor) -> torch.Tensor:
+        """(encoder + bottleneck + Δshared): the code both paths read."""
+        return self.autoencoder.encode(bgr)
+
+    def identity_decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base decoder (no delta): what the swap renders with."""
+        return self.autoencoder.decode(code)
+
+    def target_decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder copy + Δtarget: the target path only."""
+        return self.target_decoder(code)
+
+    def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.identity_decode(self.encode(bgr))
+
+
+def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of both sets, named as in ``model.state_dict()``."""
+    return {name: tensor for name, tensor in model.state_dict().items() if is_adapter_tensor(name)}
+
+
+def base_state(model: PairModel) -> dict[str, torch.Tensor]:
+    """The frozen base weights inside a PairModel, under the identity model's own names (peft
+    keeps a wrapped layer's weights in ``<layer>.base_layer``)."""
+    return {
+        name[len(AUTOENCODER_PREFIX):].replace(".base_layer.", "."): tensor
+        for name, tensor in model.state_dict().items()
+        if name.startswith(AUTOENCODER_PREFIX) and not is_adapter_tensor(name)
+    }
+
+
+def adapter_counts(model: PairModel) -> dict[str, float]:
+    return {
+        "base_parameters": model.base_parameters,
+        "adapter_parameters": model.adapter_parameters,
+        "adapter_share": model.adapter_share,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Training task
+
+
+def check_masks(masks: np.ndarray, what: str) -> None:
+    """Masks are uint8 0..255 (hull {0, 255}, XSeg soft); a {0, 1} mask would weigh ~nothing."""
+    masks = np.asarray(masks)
+    if masks.dtype != np.uint8:
+        raise ValueError(f"{what} masks must be uint8 in 0..255, got {masks.dtype}")
+    if masks.size and int(masks.max()) == 1:
+        raise ValueError(f"{what} masks hold only 0/1; scale them to 0..255 (e.g. masks * 255)")
+
+
+class PairTask(TrainTask):
+    """Each batch: target faces through the target path, as many identity faces (drawn from the
+    augmentation generator) through the identity path; same homography on input and target of
+    every face. Loss = target loss + identity_replay_weight · identity loss, each the
+    reconstruction loss masked by that face's mask. Metrics: held-out masked L1 of both paths."""
+
+    def __init__(
+        self,
+        identity_weights: Path,
+        model_config: AutoencoderConfig,
+        identity_images: torch.Tensor,
+        identity_masks: torch.Tensor,
+        target_images: torch.Tensor,
+        target_masks: torch.Tensor,
+        holdout_every: int = 10,
+        samples_per_epoch: int = 0,
+        adapter: AdapterConfig = AdapterConfig(),
+        augment: AugmentConfig = AugmentConfig(),
+    ):
+        self.identity_weights, self.model_config = Path(identity_weights), model_config
+        self.adapter, self.augment = adapter, augment
+        self.identity_images, self.identity_masks = identity_images, identity_masks
+        self.target_images, self.target_masks = target_images, target_masks
+        identity_train, identity_held = holdout_split(len(identity_images), holdout_every)
+        target_train, target_held = holdout_split(len(target_images), holdout_every)
+        self.identity_train = torch.as_tensor(identity_train, dtype=torch.long)
+        self.identity_held = torch.as_tensor(identity_held, dtype=torch.long)
+        self.target_train = torch.as_tensor(target_train, dtype=torch.long)
+        self.target_held = torch.as_tensor(target_held, dtype=torch.long)
+        if not len(self.identity_train) or not len(self.target_train):
+            raise ValueError(
+                f"PairTask needs identity and target faces to train on, got {len(identity_images)} identity and "
+                f"{len(target_images)} target faces"
+            )
+        # An epoch is a pass over the target faces, repeated (augmented anew) up to samples_per_epoch.
+        self.num_samples = max(len(self.target_train), samples_per_epoch)
+        self.best_metric = "holdout_target_l1" if len(self.target_held) else "loss"
+
+    def build_model(self) -> PairModel:
+        return PairModel(load_identity_model(self.identity_weights, self.model_config), self.adapter)
+
+    def compute_loss(self, model, batch_indices, generator, device):
+        target_rows = self.target_train[batch_indices % len(self.target_train)]
+        # Drawn from the engine's generator: every target face meets varying identity faces, and
+        # the draw is checkpointed with the generator, so resume stays exact.
+        identity_rows = self.identity_train[
+            torch.randint(len(self.identity_train), (len(batch_indices),), generator=generator)
+        ]
+        target_in, target_out, target_mask = augment_batch(
+            self.target_images[target_rows], self.target_masks[target_rows], generator, self.augment
+        )
+        identity_in, identity_out, identity_mask = augment_batch(
+            self.identity_images[identity_rows], self.identity_masks[identity_rows], generator, self.augment
+        )
+        # One encoder pass for both: no normalisation layers, so a face's code does not depend
+        # on its batch neighbours.
+        codes = model.encode(torch.cat([target_in, identity_in]).to(device))
+        target_code, identity_code = codes.split([len(target_rows), len(identity_rows)])
+        target_bgr, target_logits = model.target_decode(target_code)
+        identity_bgr, identity_logits = model.identity_decode(identity_code)
+        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out.to(device), target_mask.to(device))
+        identity_loss, _ = reconstruction_loss(
+            identity_bgr, identity_logits, identity_out.to(device), identity_mask.to(device)
+        )
+        return target_loss + self.adapter.identity_replay_weight * identity_loss
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        metrics = {}
+        if len(self.target_held):
+            metrics["holdout_target_l1"] = path_l1(
+                model, model.target_decode, self.target_images[self.target_held], self.target_masks[self.target_held], device
+            )
+        if len(self.identity_held):
+            metrics["holdout_identity_l1"] = path_l1(
+                model,
+                model.identity_decode,
+                self.identity_images[self.identity_held],
+                self.identity_masks[self.identity_held],
+                device,
+            )
+        return metrics
+
+    def weights_to_save(self, model: PairModel) -> dict[str, torch.Tensor]:
+        return adapter_state(model)
+
+
+@torch.no_grad()
+def path_l1(model: PairModel, decode: Callable, images: torch.Tensor, masks: torch.Tensor, device) -> float:
+    """Masked L1 of plain reconstructions (no augmentation) through encode → ``decode``."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), 16):
+        batch, batch_masks = images[start:start + 16].to(device), masks[start:start + 16].to(device)
+        bgr, _ = decode(model.encode(batch))
+        total += masked_l1(bgr, batch, batch_masks).item() * len(batch)
+    return float(total / len(images))
+
+
+@dataclass
+class PairTraining:
+    result: TrainResult
+    model: PairModel  # trained adapter loaded, eval mode
+    task: PairTask
+    untrained_metrics: dict[str, float]  # evaluate() of the zero-delta start (the plain identity model)
+    target_holdout: np.ndarray  # indices of the held-out target faces (for evaluation)
+    counts: dict[str, float] = field(default_factory=dict)  # base/adapter parameters and share
+
+
+def train_pair_adapter(
+    identity_weights: Path,
+    model_config: AutoencoderConfig,
+    identity_crops: np.ndarray,
+    identity_masks: np.ndarray,
+    target_crops: np.ndarray,
+    target_masks: np.ndarray,
+    train_config: TrainConfig,
+    run_dir: Path,
+    adapter: AdapterConfig = AdapterConfig(),
+    holdout_every: int = 10,
+    samples_per_epoch: int = 0,
+    augment: AugmentConfig = AugmentConfig(),
+    log: Callable[[str], None] = print,
+) -> PairTraining:
+    """Train (or resume) the pair adapter with the shared engine.
+
+    Crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face, masks [N, S0, S0] uint8 0..255
+    (identity: hull masks; target: target_masks, e.g. XSeg). ``train_config.resume_key`` must
+    cover everything that decides the adapter, the base weights included: build it with
+    ``resume_key_for(..., **pair_fingerprint_inputs(...), data=...)``.
+    """
+    check_masks(identity_masks, "identity")
+    check_masks(target_masks, "target")
+    size = model_config.size
+    identity_images, identity_mask_tensor = faces_to_tensors(*resize_faces(identity_crops, identity_masks, size))
+    target_images, target_mask_tensor = faces_to_tensors(*resize_faces(target_crops, target_masks, size))
+    task = PairTask(
+        identity_weights, model_config, identity_images, identity_mask_tensor, target_images, target_mask_tensor,
+        holdout_every, samples_per_epoch, adapter, augment,
+    )
+    torch.manual_seed(train_config.seed)  # as the engine does before build_model
+    start = task.build_model()
+    untrained = task.evaluate(start, torch.device("cpu"))
+    log(
+        f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {start.adapter_parameters} adapter parameters, "
+        f"{100 * start.adapter_share:.2f}% of the identity model's {start.base_parameters}"
+    )
+    result = train(task, train_config, run_dir, log=log)
+    model = task.build_model()
+    load_adapter_tensors(model, safetensors.torch.load_file(str(result.weights_path)), result.weights_path)
+    model.eval()
+    return PairTraining(result, model, task, untrained, task.target_held.numpy(), adapter_counts(model))
+
+
+def load_adapter_tensors(model: PairModel, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
+    """Put saved LoRA tensors into a PairModel; refuses a file that does not match it."""
+    expected = set(adapter_state(model))
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
+        raise ValueError(
+            f"{source} does not match this pair model (missing {missing}, unexpected {extra}); "
+            "was it trained with another rank or model config?"
+        )
+    model.load_state_dict(dict(tensors), strict=False)
+
+
+def pair_fingerprint_inputs(identity_weights: Path, model_config: AutoencoderConfig, adapter: AdapterConfig) -> dict:
+    """What of the model side decides the adapter, for ``resume_key_for(..., **this, data=...)``:
+    the base weights' sha256 (a retrained identity model must start a fresh adapter run),
+    the model config and the adapter config."""
+    return {
+        "identity_weights_sha256": file_sha256(Path(identity_weights)),
+        "model": model_config.to_dict(),
+        "adapter": adapter.to_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter files
+
+
+def adapter_description(model: PairModel, identity_weights_sha256: str, adapter_sha256: str) -> dict:
+    return {
+        "format": ADAPTER_FORMAT,
+        "format_version": ADAPTER_FORMAT_VERSION,
+        "adapter_config": model.adapter.to_dict(),
+        "adapters": {
+            SHARED_ADAPTER: {
+                "parts": list(SHARED_PARTS),
+                "tensor_prefix": AUTOENCODER_PREFIX,
+                "target_modules": model.shared_modules,
+                "use": "both paths; merged into the exported swap model's encoder",
+            },
+            TARGET_ADAPTER: {
+                "parts": ["decoder"],
+                "tensor_prefix": TARGET_DECODER_PREFIX,
+                "target_modules": model.target_modules,
+                "use": "target reconstruction path only (training scaffold; its mask head gives the input face mask)",
+            },
+        },
+        "base": {
+            "model": "IdentityAutoencoder",
+            "model_config": model.model_config.to_dict(),
+            "weights_sha256": identity_weights_sha256,
+            "parameters": model.base_parameters,
+        },
+        "adapter_parameters": model.adapter_parameters,
+        "adapter_share": float(f"{model.adapter_share:.6g}"),
+        "adapter_sha256": adapter_sha256,
+        "peft_version": peft.__version__,
+    }
+
+
+def save_adapter(model: PairModel, identity_weights: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``adapter.safetensors`` and ``adapter_config.json`` (deterministic bytes, atomic)."""
+    out_dir = Path(out_dir)
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in sorted(adapter_state(model).items())}
+    data = safetensors.torch.save(tensors)
+    description = adapter_description(model, file_sha256(Path(identity_weights)), hashlib.sha256(data).hexdigest())
+    weights_path, config_path = out_dir / ADAPTER_WEIGHTS_FILE, out_dir / ADAPTER_CONFIG_FILE
+    atomic_write_bytes(weights_path, data)
+    atomic_write_bytes(config_path, (json.dumps(description, sort_keys=True, indent=2) + "\n").encode("utf-8"))
+    return weights_path, config_path
+
+
+@dataclass(frozen=True)
+class SavedAdapter:
+    tensors: dict[str, torch.Tensor]
+    adapter_config: AdapterConfig
+    model_config: AutoencoderConfig
+    base_weights_sha256: str
+    description: dict
+
+
+def load_adapter(adapter_dir: Path) -> SavedAdapter:
+    """Read an adapter written by ``save_adapter``; checks the tensors against the recorded sha256."""
+    adapter_dir = Path(adapter_dir)
+    weights_path, config_path = adapter_dir / ADAPTER_WEIGHTS_FILE, adapter_dir / ADAPTER_CONFIG_FILE
+    for path in (weights_path, config_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; materialize lora_adapter for this pair first")
+    description = json.loads(config_path.read_text(encoding="utf-8"))
+    if description.get("format") != ADAPTER_FORMAT or description.get("format_version") != ADAPTER_FORMAT_VERSION:
+        raise ValueError(f"{config_path} is not a {ADAPTER_FORMAT} v{ADAPTER_FORMAT_VERSION} adapter description")
+    if file_sha256(weights_path) != description["adapter_sha256"]:
+        raise ValueError(f"{weights_path} does not match the sha256 in {config_path}; the adapter files are corrupt or mixed")
+    return SavedAdapter(
+        tensors=safetensors.torch.load_file(str(weights_path)),
+        adapter_config=AdapterConfig(**description["adapter_config"]),
+        model_config=AutoencoderConfig(**description["base"]["model_config"]),
+        base_weights_sha256=description["base"]["weights_sha256"],
+        description=description,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Merged swap model
+
+
+class TargetFaceMask(nn.Module):
+    """NCHW BGR [0, 1] → [N, 1, S, S] mask probability of the input (target) face: the merged
+    shared encoder and the merged target-path decoder's mask head."""
+
+    def __init__(self, encoder: nn.Module, bottleneck: nn.Module, target_decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.bottleneck, self.target_decoder = encoder, bottleneck, target_decoder
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        _, logits = self.target_decoder(self.bottleneck(self.encoder(bgr)))
+        return torch.sigmoid(logits)
+
+
+@dataclass
+class MergedPair:
+    """``swap``: plain IdentityAutoencoder, Δshared merged into encoder + bottleneck, base decoder
+    — ``swap(x)`` is the swap. ``target_face_mask``: the input face's mask (see TargetFaceMask),
+    sharing ``swap``'s encoder modules."""
+
+    swap: IdentityAutoencoder
+    target_face_mask: TargetFaceMask
+
+    def dfm_model(self, face_mask_source: nn.Module | None = None) -> DfmSwapModel:
+        """The DFM-convention module for facepipe.export.export_dfm. ``out_face_mask:0`` comes
+        from ``face_mask_source`` (e.g. the target's XSeg), by default from the target path's
+        mask head. (The encoder then runs twice in the graph, once per output; it is the cheap
+        half of the model.)"""
+        if face_mask_source is None:
+            face_mask_source = self.target_face_mask
+        return DfmSwapModel.from_autoencoders(self.swap, face_mask_source=face_mask_source)
+
+
+def _merged(
+    module: nn.Module, lora_config: LoraConfig, adapter_name: str, tensors: Mapping[str, torch.Tensor], prefix: str
+) -> nn.Module:
+    """peft-wrap a copy of ``module``, load the adapter tensors under ``prefix``, merge_and_unload."""
+    wrapped = get_peft_model(copy.deepcopy(module), lora_config, adapter_name=adapter_name)
+    inner = wrapped.base_model.model
+    own = {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+    expected = {name for name in inner.state_dict() if is_adapter_tensor(name)}
+    if set(own) != expected:
+        raise ValueError(
+            f"adapter tensors under {prefix!r} do not match the {adapter_name!r} LoRA set "
+            f"(missing {sorted(expected - set(own))[:3]}, unexpected {sorted(set(own) - expected)[:3]})"
+        )
+    inner.load_state_dict(own, strict=False)
+    merged = wrapped.merge_and_unload(safe_merge=True)  # safe_merge: refuses NaN/inf deltas
+    merged.requires_grad_(False)
+    return merged.eval()
+
+
+def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor], adapter: AdapterConfig) -> MergedPair:
+    """Merge both LoRA sets into copies of ``base`` (left unchanged)."""
+    swap = _merged(base, shared_lora_config(base, adapter), SHARED_ADAPTER, tensors, AUTOENCODER_PREFIX)
+    target_decoder = _merged(
+        base.decoder, target_lora_config(base.decoder, adapter), TARGET_ADAPTER, tensors, TARGET_DECODER_PREFIX
+    )
+    return MergedPair(swap, TargetFaceMask(swap.encoder, swap.bottleneck, target_decoder))
+
+
+def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:
+    """The merged swap model from the identity model's weights and a saved adapter; refuses an
+    adapter trained on other base weights."""
+    saved = load_adapter(adapter_dir)
+    actual = file_sha256(Path(identity_weights))
+    if actual != saved.base_weights_sha256:
+        raise ValueError(
+            f"{adapter_dir} was trained on identity weights with sha256 {saved.base_weights_sha256[:12]}…, "
+            f"but {identity_weights} has {actual[:12]}…; retrain lora_adapter on the current identity_model"
+        )
+    base = load_identity_model(identity_weights, saved.model_config)
+    return merge_adapters(base, saved.tensors, saved.adapter_config)
+
+
+@dataclass(frozen=True)
+class SwappedFaces:
+    faces: np.ndarray  # [N, S, S, 3] uint8 BGR: the identity in the target's pose
+    celeb_masks: np.ndarray  # [N, S, S] uint8: the swapped face's mask
+    face_masks: np.ndarray  # [N, S, S] uint8: the input (target) face's mask
+
+
+@torch.no_grad()
+def swap_faces(dfm_model: DfmSwapModel, crops: np.ndarray, size: int, batch: int = 16) -> SwappedFaces:
+    """Run a DFM-convention module on aligned uint8 BGR crops (resized to ``size`` first), the
+    way the exported model is fed; outputs at the model size."""
+    crops = np.asarray(crops)
+    small = np.stack([cv2.resize(np.ascontiguousarray(c), (size, size), interpolation=cv2.INTER_AREA) for c in crops]) \
+        if crops.shape[1] != size else crops
+    dfm_model.eval()
+    faces, celeb, masks = [], [], []
+    for start in range(0, len(small), batch):
+        inputs = torch.from_numpy(small[start:start + batch].astype(np.float32) / 255.0)
+        face_mask, celeb_face, celeb_mask = dfm_model(inputs)
+        masks.append(face_mask[..., 0].numpy())
+        faces.append(celeb_face.numpy())
+        celeb.append(celeb_mask[..., 0].numpy())
+
+    def to_uint8(parts: list[np.ndarray]) -> np.ndarray:
+        return np.clip(np.rint(np.concatenate(parts) * 255.0), 0, 255).astype(np.uint8)
+
+    return SwappedFaces(to_uint8(faces), to_uint8(celeb), to_uint8(masks))

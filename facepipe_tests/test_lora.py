@@ -1,0 +1,324 @@
+"""The pair LoRA adapter (facepipe.lora) and the swap evaluation (facepipe.evaluate), on real
+aligned faces: Grace Hopper (identity) and Eileen Collins (target), public-domain photos
+re-rendered as moving heads by facepipe.sample, landmarked by MediaPipe, aligned by facepipe.align.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+
+import cv2
+import matplotlib
+import numpy as np
+import onnxruntime as ort
+import pytest
+import safetensors.torch
+import torch
+from peft.tuners.lora import LoraLayer
+
+from facepipe.align import align_face, template_points
+from facepipe.embed import DlibEmbedder
+from facepipe.evaluate import (
+    correlation,
+    crop_landmarks,
+    evaluate_swaps,
+    head_pose,
+    mean_identity_face,
+    most_frontal_face,
+    mouth_opening,
+)
+from facepipe.export import DFM_INPUT, dfm_input, export_dfm
+from facepipe.identity_model import train_identity_model
+from facepipe.landmarks import detect_landmarks, detect_static
+from facepipe.lora import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    AdapterConfig,
+    PairModel,
+    adapter_state,
+    base_state,
+    load_identity_model,
+    merge_adapters,
+    merged_swap_model,
+    save_adapter,
+    swap_faces,
+    train_pair_adapter,
+)
+from facepipe.models.augment import faces_to_tensors, resize_faces
+from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
+from facepipe.profile import build_profile, crop_sharpness
+from facepipe.sample import HeadPose, Lighting, astronaut_face, hopper_face, render_frame, render_head_frames
+from facepipe.train import TrainConfig
+
+STORED_SIZE = 256
+FRAMES = 8
+# Tiny on purpose (shared CPU); rank 2 keeps this small model's adapter under the 5 % budget
+# (the share test below checks the default rank on the default model).
+TINY = AutoencoderConfig(size=48, width=8, latent_dim=128, depth=3)
+TINY_ADAPTER = AdapterConfig(rank=2, alpha=4.0)
+HOLDOUT_EVERY = 4  # 8 faces → faces 2 and 6 held out
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The cores are shared with other jobs; one thread runs these small models fastest."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def moving_faces(person: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned crops [8, 256, 256, 3], hull masks and crop landmarks of a turning, relit head."""
+    face = hopper_face(160) if person == "hopper" else astronaut_face(160)
+    frames, _ = render_head_frames(face, FRAMES, size=160, seed=0 if person == "hopper" else 1)
+    detected = detect_landmarks([(frame, person) for frame in frames])
+    assert detected.detected.all(), f"MediaPipe lost the {person} face in a rendered frame"
+    aligned = [align_face(frame, points, STORED_SIZE) for frame, points in zip(frames, detected.points)]
+    return tuple(np.stack([item[part] for item in aligned]) for part in range(3))
+
+
+def pair_train_config(epochs: int, key: str = "pair") -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=4, lr=5e-3, resume_key=key, seed=3, cpu_threads=1)
+
+
+def train_pair(identity_weights, run_dir, epochs: int):
+    identity_crops, identity_masks, _ = moving_faces("hopper")
+    target_crops, target_masks, _ = moving_faces("astronaut")
+    return train_pair_adapter(
+        identity_weights, TINY, identity_crops, identity_masks, target_crops, target_masks,
+        pair_train_config(epochs), run_dir, adapter=TINY_ADAPTER, holdout_every=HOLDOUT_EVERY,
+        samples_per_epoch=16, log=lambda line: None,
+    )
+
+
+@pytest.fixture(scope="module")
+def identity_weights(tmp_path_factory):
+    """A (briefly) trained identity model's safetensors file, as identity_model publishes it."""
+    crops, masks, _ = moving_faces("hopper")
+    config = TrainConfig(epochs=3, batch_size=4, lr=2e-3, resume_key="identity", cpu_threads=1)
+    training = train_identity_model(crops, masks, TINY, config, tmp_path_factory.mktemp("identity"),
+                                    holdout_every=HOLDOUT_EVERY, samples_per_epoch=16, log=lambda line: None)
+    return training.result.weights_path
+
+
+@pytest.fixture(scope="module")
+def trained_pair(identity_weights, tmp_path_factory):
+    return train_pair(identity_weights, tmp_path_factory.mktemp("pair"), epochs=4)
+
+
+def target_tensors() -> torch.Tensor:
+    crops, masks, _ = moving_faces("astronaut")
+    return faces_to_tensors(*resize_faces(crops, masks, TINY.size))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA wiring and training
+
+
+def test_default_rank_adapter_stays_within_five_percent_and_too_large_a_rank_is_refused():
+    torch.manual_seed(0)
+    model = PairModel(IdentityAutoencoder(AutoencoderConfig()), AdapterConfig())
+    print(f"\ndefault CPU model, rank 8: {model.adapter_parameters} adapter parameters = "
+          f"{100 * model.adapter_share:.2f}% of {model.base_parameters}")
+    assert 0 < model.adapter_share <= 0.05
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == set(adapter_state(model))
+    # Both sets exist: shared on encoder + bottleneck, target on the decoder copy only.
+    assert any(name.startswith("autoencoder.encoder.") for name in trainable)
+    assert any(name.startswith("autoencoder.bottleneck.") for name in trainable)
+    assert any(name.startswith("target_decoder.") for name in trainable)
+    assert not any(name.startswith("autoencoder.decoder.") for name in trainable)
+    with pytest.raises(ValueError, match="lower the rank"):
+        PairModel(IdentityAutoencoder(TINY), AdapterConfig(rank=8))
+
+
+def test_training_moves_only_the_adapter_and_saves_only_its_tensors(trained_pair, identity_weights):
+    model = trained_pair.model
+    base = safetensors.torch.load_file(str(identity_weights))
+    inside = base_state(model)
+    assert set(inside) == set(base)
+    assert all(torch.equal(inside[name], base[name]) for name in base), "the frozen base changed in training"
+    # The identity path's decoder is the base decoder itself.
+    saved = safetensors.torch.load_file(str(trained_pair.result.weights_path))
+    assert set(saved) == set(adapter_state(model)) and all(".lora_" in name for name in saved)
+    assert any(name.startswith("target_decoder.") for name in saved)
+    # lora_B starts at zero: a non-zero B is a delta that training produced.
+    assert all(saved[name].abs().max() > 0 for name in saved if ".lora_B." in name)
+    counts = trained_pair.counts
+    assert counts["adapter_parameters"] == sum(t.numel() for t in saved.values())
+    assert counts["adapter_share"] <= 0.05
+    # Starting from a zero delta, the target path learns the target's faces.
+    assert trained_pair.result.final_metrics["holdout_target_l1"] < trained_pair.untrained_metrics["holdout_target_l1"]
+    assert list(trained_pair.target_holdout) == [2, 6]
+
+
+def test_resume_gives_the_same_adapter_bytes(trained_pair, identity_weights, tmp_path):
+    halfway = train_pair(identity_weights, tmp_path, epochs=2)
+    assert halfway.result.resumed_from_epoch == 0
+    resumed = train_pair(identity_weights, tmp_path, epochs=4)  # a new task object, same run dir and key
+    assert resumed.result.resumed_from_epoch == 2
+    assert resumed.result.weights_path.read_bytes() == trained_pair.result.weights_path.read_bytes()
+
+
+def test_merged_swap_model_is_adapted_encoder_then_base_decoder(trained_pair, identity_weights):
+    model = trained_pair.model
+    base = load_identity_model(identity_weights, TINY)
+    merged = merge_adapters(base, adapter_state(model), TINY_ADAPTER)
+    assert not any(isinstance(module, LoraLayer) for module in merged.swap.modules()), "merge_and_unload left LoRA layers"
+    images = target_tensors()
+    with torch.no_grad():
+        code = model.encode(images)
+        expected_bgr, expected_logits = model.identity_decode(code)
+        swap_bgr, swap_logits = merged.swap(images)
+        expected_mask = torch.sigmoid(model.target_decode(code)[1])
+        mask = merged.target_face_mask(images)
+    assert torch.allclose(swap_bgr, expected_bgr, atol=1e-5) and torch.allclose(swap_logits, expected_logits, atol=1e-4)
+    assert torch.allclose(mask, expected_mask, atol=1e-5)
+    # The decoder is the base's, the encoder carries the delta; the base model object is untouched.
+    merged_weights = merged.swap.state_dict()
+    base_weights = safetensors.torch.load_file(str(identity_weights))
+    assert all(torch.equal(merged_weights[n], base_weights[n]) for n in base_weights if n.startswith("decoder."))
+    assert not torch.equal(merged_weights["bottleneck.to_latent.weight"], base_weights["bottleneck.to_latent.weight"])
+    assert all(torch.equal(t, base_weights[n]) for n, t in base.state_dict().items())
+    # The swap differs from a plain reconstruction by the identity model.
+    with torch.no_grad():
+        assert (merged.swap(images)[0] - base(images)[0]).abs().max() > 1e-3
+
+
+def test_saved_adapter_rebuilds_the_merged_model_and_exports_as_dfm(trained_pair, identity_weights, tmp_path):
+    weights_path, config_path = save_adapter(trained_pair.model, identity_weights, tmp_path / "adapter")
+    assert weights_path.name == ADAPTER_WEIGHTS_FILE and config_path.name == ADAPTER_CONFIG_FILE
+    first = (weights_path.read_bytes(), config_path.read_bytes())
+    save_adapter(trained_pair.model, identity_weights, tmp_path / "adapter")
+    assert (weights_path.read_bytes(), config_path.read_bytes()) == first, "adapter files are not byte-stable"
+    description = json.loads(config_path.read_text())
+    assert description["adapter_config"]["rank"] == 2 and description["base"]["model_config"] == TINY.to_dict()
+    assert description["adapter_share"] <= 0.05
+
+    merged = merged_swap_model(identity_weights, tmp_path / "adapter")
+    crops, _, _ = moving_faces("astronaut")
+    small = resize_faces(crops, np.zeros(crops.shape[:3], np.uint8), TINY.size)[0]
+    exported = export_dfm(merged.dfm_model(), TINY.size, tmp_path / "pair.dfm", list(small[:3]))
+    assert exported.max_abs_error <= 1e-4
+    # Run as FaceFusion's deep_swapper does: one NHWC BGR [0, 1] crop in, three outputs in order.
+    session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
+    face_mask, celeb_face, celeb_mask = session.run(None, {DFM_INPUT: dfm_input(small[0])})
+    swapped = swap_faces(merged.dfm_model(), crops[:1], TINY.size)
+    assert np.abs(celeb_face[0] * 255 - swapped.faces[0]).max() <= 1.0
+    assert np.abs(face_mask[0, ..., 0] * 255 - swapped.face_masks[0]).max() <= 1.0
+    assert celeb_mask.shape == (1, TINY.size, TINY.size, 1)
+
+    # An adapter is tied to the base weights it was trained on.
+    other = tmp_path / "other_identity.safetensors"
+    shutil.copy(identity_weights, other)
+    tensors = safetensors.torch.load_file(str(other))
+    tensors["decoder.to_bgr.bias"] = tensors["decoder.to_bgr.bias"] + 0.01
+    safetensors.torch.save_file(tensors, str(other))
+    with pytest.raises(ValueError, match="retrain lora_adapter"):
+        merged_swap_model(other, tmp_path / "adapter")
+
+
+def test_masks_of_zero_and_one_are_refused(identity_weights, tmp_path):
+    crops, masks, _ = moving_faces("astronaut")
+    with pytest.raises(ValueError, match="scale them to 0..255"):
+        train_pair_adapter(identity_weights, TINY, crops, masks, crops, (masks > 0).astype(np.uint8),
+                           pair_train_config(1), tmp_path, adapter=TINY_ADAPTER, log=lambda line: None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def turned_crop(person_face: np.ndarray, yaw: float) -> np.ndarray:
+    frame, _ = render_frame(person_face, HeadPose(yaw_deg=yaw), Lighting())
+    return align_face(frame, detect_static(frame), STORED_SIZE)[0]
+
+
+def test_pose_follows_the_turn_and_flips_sign_in_a_mirror():
+    face = hopper_face(256)
+    crops = np.stack([turned_crop(face, yaw) for yaw in (-25.0, 0.0, 25.0)])
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    landmarks, detected = crop_landmarks(np.concatenate([crops, mirrored]))
+    assert detected.all()
+    poses = head_pose(landmarks, STORED_SIZE)
+    yaw, yaw_mirrored = poses[:3, 0], poses[3:, 0]
+    assert yaw[0] < -10 < yaw[1] - 10 < yaw[2] - 20, f"yaw does not follow the rendered turn: {yaw}"
+    assert np.sign(yaw[[0, 2]]).tolist() == [-1, 1]
+    assert np.allclose(yaw_mirrored, -yaw, atol=4.0), f"mirror yaw {yaw_mirrored} vs {yaw}"
+    assert np.all(np.abs(poses[:, 2]) < 5), "aligned crops should be level (roll near 0)"
+
+
+def opened_mouth(crop: np.ndarray, landmarks: np.ndarray, drop: float) -> np.ndarray:
+    """The crop with everything below the lips pulled down by up to ``drop`` px (fading out
+    sideways and towards the chin): the lips part the way a jaw drop parts them."""
+    size = crop.shape[0]
+    lip_y = (landmarks[13, 1] + landmarks[14, 1]) / 2
+    centre_x = (landmarks[61, 0] + landmarks[291, 0]) / 2
+    half_width = (landmarks[291, 0] - landmarks[61, 0]) * 0.8
+    chin_y = landmarks[152, 1] + 10
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    below = 0.5 * (1 + np.tanh((ys - lip_y) / 3.0))
+    sideways = np.clip(1 - ((xs - centre_x) / half_width) ** 2, 0, 1)
+    towards_chin = np.where(ys > lip_y, np.clip((chin_y - ys) / (chin_y - lip_y), 0, 1), 1)
+    shift = (drop * below * sideways * towards_chin).astype(np.float32)
+    return cv2.remap(crop, xs, ys - shift, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_mouth_opening_grows_as_the_lips_part():
+    photo = cv2.imread(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg"))
+    crop, _, landmarks, _ = align_face(photo, detect_static(photo), STORED_SIZE)
+    crops = np.stack([opened_mouth(crop, landmarks, drop) for drop in (0.0, 8.0, 16.0)])
+    found, detected = crop_landmarks(crops)
+    assert detected.all()
+    opening = mouth_opening(found)
+    assert opening[0] < 0.02 and opening[0] < opening[1] < opening[2], f"mouth opening {opening}"
+
+
+def test_correlation_of_a_constant_series_is_zero():
+    assert correlation(np.array([1.0, 1.0, 1.0]), np.array([0.0, 1.0, 2.0])) == 0.0
+    assert correlation(np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 4.0])) == pytest.approx(1.0)
+    assert np.isnan(correlation(np.array([0.0, 1.0]), np.array([1.0, 0.0])))
+
+
+@pytest.fixture(scope="module")
+def hopper_profile():
+    embedder = DlibEmbedder()
+    crops, _, landmarks = moving_faces("hopper")
+    embeddings = embedder.embed(crops, np.repeat(template_points(STORED_SIZE)[None], len(crops), axis=0))
+    profile, _ = build_profile("hopper", embeddings, embedder.describe(), np.ones(len(crops)),
+                               crop_sharpness(crops), landmarks, STORED_SIZE)
+    return profile, embedder
+
+
+def test_a_perfect_swap_follows_the_target_and_the_pasted_identity_does_not(hopper_profile):
+    profile, embedder = hopper_profile
+    identity_crops, _, identity_landmarks = moving_faces("hopper")
+    target_crops, _, _ = moving_faces("astronaut")
+    baseline_face = mean_identity_face(identity_crops)
+    # Oracle: the "swap" is the target itself — it follows perfectly and transfers no identity.
+    evaluation = evaluate_swaps(target_crops, target_crops, profile, embedder, baseline_face)
+    summary = evaluation.summary()
+    json.dumps(summary, allow_nan=False)
+    swap, baseline, identity = summary["swap_following"], summary["baseline_following"], summary["identity"]
+    assert swap["faces_compared"] == FRAMES and swap["pose_mae_deg"] == 0.0 and swap["mouth_mae"] == 0.0
+    assert swap["yaw_corr"] == pytest.approx(1.0) and swap["pose_corr"] == pytest.approx(1.0)
+    assert identity["identity_transfer_gain"] == 0.0 and identity["swap_to_target_distance_mean"] == 0.0
+    # The pasted identity face: the identity (close to the profile), but it cannot follow.
+    assert baseline["faces_compared"] == FRAMES, "MediaPipe found no face in the mean identity face"
+    assert identity["baseline_distance_mean"] < profile["distance_threshold"] < identity["target_distance_mean"]
+    assert baseline["yaw_corr"] == 0.0 and baseline["pose_corr"] == 0.0
+    assert baseline["yaw_mae_deg"] > 8.0 and summary["pose_following_margin_deg"] > 3.0
+    # The most frontal identity crop as the baseline: also a face, also not following.
+    frontal = most_frontal_face(identity_crops, identity_landmarks)
+    frontal_summary = evaluate_swaps(target_crops, target_crops, profile, embedder, frontal).summary()
+    assert frontal_summary["pose_following_margin_deg"] > 3.0
+    # A swap that ignores its input (always the identity face) scores as the baseline does.
+    ignoring = evaluate_swaps(target_crops, np.repeat(baseline_face[None], FRAMES, axis=0), profile, embedder,
+                              baseline_face).summary()
+    assert ignoring["identity"]["identity_transfer_gain"] > 0
+    assert ignoring["pose_following_margin_deg"] == pytest.approx(0.0, abs=1e-6)
