@@ -5,6 +5,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
+from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
 from facepipe.assets.prep import build_prep_assets
 from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
 from facepipe.partitions import PARTITIONS
@@ -25,6 +26,7 @@ class Project:
         self.models = root / "models"
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
         self.target_assets = [*self.assets["target"], xseg_model, xseg_holdout_iou, target_masks]
+        self.pair_assets = [*PAIR_ASSETS, *PAIR_CHECKS]
         self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable, identity_model]
 
     def folder(self, role: str, key: str) -> Path:
@@ -33,8 +35,9 @@ class Project:
         return folder
 
     def materialize(self, role: str, key: str, run_config: dict | None = None, raise_on_error: bool = True, assets=None):
-        if key not in self.instance.get_dynamic_partitions(role):
-            self.instance.add_dynamic_partitions(role, [key])
+        for dimension, part in zip(("identity", "target"), key.split("|")) if role == "pair" else [(role, key)]:
+            if part not in self.instance.get_dynamic_partitions(dimension):
+                self.instance.add_dynamic_partitions(dimension, [part])
         settings = FacepipeSettings(data_root=str(self.data), store_root=str(self.store), models_root=str(self.models))
         return materialize(
             assets or self.assets[role],

@@ -1,0 +1,104 @@
+"""Pair builds in-process: LoRA adapter, merged DFM export, registry, evaluation, sharing."""
+
+import json
+import shutil
+import zlib
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from facepipe.faces import FaceSet
+from facepipe.registry import read_index
+from facepipe.sample import astronaut_face, hopper_face, render_head_video
+from facepipe.store import ArtifactStore
+
+TINY = {
+    "identity__identity_model": {"epochs": 3, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32, "depth": 3,
+                                 "holdout_every": 4, "cpu_threads": 1, "samples_per_epoch": 0},
+    "target__xseg_model": {"epochs": 1, "batch_size": 4, "width": 4, "depth": 4, "resolution": 64, "holdout_every": 4,
+                           "samples_per_epoch": 0, "cpu_threads": 1},
+    "pair__lora_adapter": {"epochs": 2, "batch_size": 4, "rank": 1, "alpha": 2.0, "holdout_every": 4,
+                           "samples_per_epoch": 0, "cpu_threads": 1},
+}
+
+
+def config_for(*ops):
+    return {"ops": {op: {"config": TINY[op]} for op in ops}}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pair_clips")
+    render_head_video(hopper_face(160), folder / "hopper.mp4", n_frames=10, size=160)
+    render_head_video(astronaut_face(160), folder / "talk.mp4", n_frames=10, size=160, occluders=True)
+    return folder
+
+
+def prepare(project, clips, targets=("talk",)):
+    shutil.copy(clips / "hopper.mp4", project.folder("identity", "hopper") / "hopper.mp4")
+    project.materialize("identity", "hopper", config_for("identity__identity_model"), assets=project.identity_assets)
+    for target in targets:
+        shutil.copy(clips / "talk.mp4", project.folder("target", target) / "talk.mp4")
+        if target != "talk":  # a recoloured copy: another target of the same identity
+            path = project.folder("target", target) / "talk.mp4"
+            from facepipe.media import decode_video
+            from facepipe.sample import write_video
+
+            write_video(path, [f[..., ::-1].copy() for f in decode_video(path)], 25)  # channels swapped
+        project.materialize("target", target, config_for("target__xseg_model"), assets=project.target_assets)
+
+
+def build_pair(project, key, raise_on_error=True):
+    return project.materialize("pair", key, config_for("pair__lora_adapter"), assets=project.pair_assets,
+                               raise_on_error=raise_on_error)
+
+
+def test_pair_before_its_inputs_fails_naming_what_to_build(project, clips):
+    shutil.copy(clips / "hopper.mp4", project.folder("identity", "hopper") / "hopper.mp4")
+    result = build_pair(project, "hopper|talk", raise_on_error=False)
+    assert not result.success
+    error = str(next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
+    assert "identity/identity_model" in error and "hopper" in error and "materialize" in error
+
+
+def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
+    prepare(project, clips, targets=("talk", "talk_bgr"))
+    first = build_pair(project, "hopper|talk")
+    store = ArtifactStore(project.store)
+    export = store.current("pair/onnx_export", "hopper|talk")
+    dfm = project.models / "trained" / "hopper_talk.dfm"
+    assert dfm.read_bytes() == (export.path / "hopper_talk.dfm").read_bytes()
+    assert (project.models / "trained" / "hopper_talk.hash").read_text() == format(zlib.crc32(dfm.read_bytes()), "08x")
+    assert (project.models / "trained" / "talk_xseg.onnx").is_file()
+    index = read_index(project.models)["models"]
+    assert index["hopper_talk"]["kind"] == "swap" and index["talk_xseg"]["kind"] == "occluder"
+
+    # the published model runs in a plain onnxruntime session with only the card's instructions
+    card = json.loads((project.models / "trained" / "hopper_talk.json").read_text())
+    size = card["size"]
+    session = ort.InferenceSession(str(dfm), providers=["CPUExecutionProvider"])
+    target_crop = FaceSet.load(store.current("target/faces", "talk").path).crops[0]
+    crop = cv2.resize(np.asarray(target_crop), (size, size), interpolation=cv2.INTER_AREA)
+    face_mask, celeb_face, celeb_mask = session.run(None, {"in_face:0": crop[None].astype(np.float32) / 255})
+    assert face_mask.shape == (1, size, size, 1) and celeb_face.shape == (1, size, size, 3)
+
+    meta = export.metadata
+    assert meta["onnx_parity_max_abs_error"] <= meta["parity_tolerance"]
+    metrics = meta["metrics"]
+    assert {"identity", "swap_following", "baseline_following", "pose_following_margin_deg"} <= set(metrics)
+    assert (export.path / "preview.png").is_file() and (export.path / "preview.mp4").is_file()
+    assert len(first.get_asset_check_evaluations()) == 3
+
+    # a second target of the same identity: the identity model is read, not rebuilt
+    model_before = store.current("identity/identity_model", "hopper").fingerprint
+    second = build_pair(project, "hopper|talk_bgr")
+    logs = [e.message for e in project.instance.all_logs(second.run_id) if e.message]
+    assert any(f"reusing identity_model {model_before}" in line for line in logs)
+    assert store.current("identity/identity_model", "hopper").fingerprint == model_before
+
+    # re-publishing the same bytes is a no-op
+    again = build_pair(project, "hopper|talk")
+    logs = [e.message for e in project.instance.all_logs(again.run_id) if e.message]
+    assert any("written nothing (same bytes)" in line for line in logs)
