@@ -95,6 +95,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")  # swept by checkpoints.remove_stale_temporaries
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; published files must be readable by the swapper
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
