@@ -27,6 +27,7 @@ class Project:
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
         self.target_assets = [*self.assets["target"], xseg_model, xseg_holdout_iou, target_masks]
         self.pair_assets = [*PAIR_ASSETS, *PAIR_CHECKS]
+        self.profile_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable]
         self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable, identity_model]
 
     def folder(self, role: str, key: str) -> Path:

@@ -23,7 +23,7 @@ def build(project, clips, key, with_stranger=False):
     shutil.copy(clips / "hopper.mp4", folder / "hopper.mp4")
     if with_stranger:
         shutil.copy(clips / "stranger.png", folder / "stranger.png")
-    result = project.materialize("identity", key, assets=project.identity_assets)
+    result = project.materialize("identity", key, assets=project.profile_assets)
     artifact = ArtifactStore(project.store).current("identity/identity_profile", key)
     return result, json.loads((artifact.path / "profile.json").read_text()), artifact
 
