@@ -709,6 +709,31 @@ TARGET_STILLS = {
 IDENTITY_SEED, TARGET_SEED = 0, 1
 
 
+# A user labels some frames with an obstruction (white = visible face): every third occluded
+# frame of the target video. XSeg's labels elsewhere are landmark hulls, which call an occluder
+# "face"; these masks (and the synthetic occluders) teach it otherwise.
+LABEL_EVERY_NTH_OCCLUDED = 3
+
+
+def write_user_masks(masks_dir: Path, video: Path, frames: list[np.ndarray], occluders: np.ndarray, record) -> list[str]:
+    """The masks such a user would draw: the face's landmark hull minus the occluder."""
+    from facepipe.landmarks import detect_static
+
+    names = []
+    occluded = [i for i in range(len(frames)) if occluders[i].any()]
+    for i in occluded[::LABEL_EVERY_NTH_OCCLUDED]:
+        points = detect_static(frames[i])
+        if points is None:
+            continue
+        mask = np.zeros(frames[i].shape[:2], np.uint8)
+        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(points[:, :2]).astype(np.int32)), 255)
+        mask[occluders[i] > 0] = 0
+        path = masks_dir / f"{video.stem}_{i:06d}.png"
+        record(path, write_bytes(path, encode_image(path, mask)))
+        names.append(path.name)
+    return names
+
+
 def build_sample(data_root: Path | str) -> dict:
     """Write the sample identity (hopper), target (astronaut) and the target's occluder masks.
 
@@ -750,11 +775,13 @@ def build_sample(data_root: Path | str) -> dict:
         record(target_dir / name, write_bytes(target_dir / name, encode_image(target_dir / name, still)))
         target_frames[name], target_masks[name] = 1, mask[None]
     record(masks_path, write_bytes(masks_path, npz_bytes(target_masks)))
+    labelled = write_user_masks(target_dir / "masks", video, frames, masks, record)
 
     return {
         "identity": {"key": IDENTITY_KEY, "folder": str(identity_dir), "frames": identity_frames},
         "target": {"key": TARGET_KEY, "folder": str(target_dir), "frames": target_frames},
         "occluder_masks": str(masks_path),
+        "user_masks": labelled,
         "frame_size": size,
         "fps": SAMPLE_FPS,
         "changed": [str(path.relative_to(root)) for path in changed],

@@ -57,10 +57,11 @@ class XSegTask(TrainTask):
     """Segment the visible face; held-out IoU (clean and synthetically occluded) as metrics."""
 
     def __init__(self, crops: np.ndarray, labels: np.ndarray, train_idx, held_idx, width: int, depth: int,
-                 resolution: int, samples_per_epoch: int = 0):
+                 resolution: int, samples_per_epoch: int = 0, occlusion_probability: float = 0.5):
         self.crops, self.labels = crops, labels  # 256 px uint8, labels {0, 255}
         self.train_idx, self.held_idx = np.asarray(train_idx), np.asarray(held_idx)
         self.width, self.depth, self.resolution = width, depth, resolution
+        self.occlusion_probability = occlusion_probability
         self.num_samples = max(len(self.train_idx), samples_per_epoch)
         self.best_metric, self.best_mode = ("holdout_iou_occluded", "max") if len(self.held_idx) else ("loss", "min")
         held_crops, held_labels = crops[self.held_idx], labels[self.held_idx]
@@ -80,7 +81,8 @@ class XSegTask(TrainTask):
             row = self.train_idx[position % len(self.train_idx)]
             donor_row = self.train_idx[int(rng.integers(len(self.train_idx)))]
             crop, label = augment_pair(self.crops[row], self.labels[row], rng,
-                                       donor=(self.crops[donor_row], self.labels[donor_row]))
+                                       donor=(self.crops[donor_row], self.labels[donor_row]),
+                                       occlusion_probability=self.occlusion_probability)
             images.append(crop)
             targets.append(label)
         images = resize_square(np.stack(images), self.resolution)
@@ -103,12 +105,13 @@ class XSegTraining:
 
 def train_xseg(crops: np.ndarray, labels: np.ndarray, width: int, depth: int, resolution: int,
                train_config: TrainConfig, run_dir: Path, holdout_every: int = 10, samples_per_epoch: int = 0,
-               log: Callable[[str], None] = print) -> XSegTraining:
+               occlusion_probability: float = 0.5, log: Callable[[str], None] = print) -> XSegTraining:
     """Train (or resume) XSeg on 256 px crops and {0,255} labels; returns the trained model."""
     if crops.shape[1] != XSEG_SIZE:
         crops, labels = resize_square(crops, XSEG_SIZE), resize_square(labels, XSEG_SIZE, nearest=True)
     train_idx, held_idx = holdout_split(len(crops), holdout_every)
-    task = XSegTask(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch)
+    task = XSegTask(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch,
+                    occlusion_probability)
     result = train(task, train_config, run_dir, log=log)
     from safetensors.torch import load_file
 

@@ -114,7 +114,9 @@ def test_two_builds_write_identical_bytes(two_builds):
     print(f"full sample build: {seconds:.1f} s")
     files = relative_files(first)
     assert files == relative_files(second)
-    assert files == [
+    masks = [f for f in files if f.startswith("targets/astronaut/masks/")]
+    assert masks == sorted(f"targets/astronaut/masks/{name}" for name in summary["user_masks"]) and len(masks) >= 10
+    assert [f for f in files if f not in masks] == [
         "identities/hopper/hopper_left.jpg",
         "identities/hopper/hopper_turn.mp4",
         "identities/hopper/hopper_up.png",
@@ -238,3 +240,13 @@ def test_render_head_video_makes_a_cheap_short_clip(tmp_path):
 def test_render_head_video_refuses_an_uncropped_photo(tmp_path):
     with pytest.raises(ValueError, match="hopper_face"):
         render_head_video(hopper_image(), tmp_path / "bad.mp4", n_frames=8)
+
+
+def test_user_masks_cut_the_occluder_out_of_the_face(two_builds):
+    summary, first, _, _ = two_builds
+    occluders = load_occluder_masks(first / "sample_truth" / "astronaut" / "occluders.npz")["astronaut_talk.mp4"]
+    for name in summary["user_masks"][:5]:
+        mask = cv2.imread(str(first / "targets" / "astronaut" / "masks" / name), cv2.IMREAD_GRAYSCALE)
+        occluder = occluders[int(name.rsplit("_", 1)[1].split(".")[0])] > 0
+        assert occluder.any() and not mask[occluder].any()  # what covers the face is not face
+        assert (mask > 0).sum() > 2000  # and the rest of the face is

@@ -17,6 +17,8 @@ from dagster import (
 )
 from safetensors.torch import load_file
 
+from facepipe.assets.failures import failure_policy
+from facepipe.assets.identity import TRAINING_POOL
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
 from facepipe.export import export_verified
 from facepipe.faces import FaceSet
@@ -52,6 +54,7 @@ class XSegConfig(Config):
     seed: int = 0
     holdout_every: int = 10
     samples_per_epoch: int = 96
+    occlusion_probability: float = 0.5  # share of training samples with a synthetic occluder pasted on
     cpu_threads: int = 0
 
 
@@ -61,9 +64,10 @@ def frame_sizes(frames_manifest: pd.DataFrame) -> dict[str, tuple[int, int]]:
 
 
 @asset(key=AssetKey(["target", "xseg_model"]), deps=[faces_key], partitions_def=target_partitions, group_name="target",
-       code_version=XSEG_VERSION,
+       code_version=XSEG_VERSION, pool=TRAINING_POOL,
        description="Occlusion-aware face segmentation (U-Net) trained on the target's faces with user masks or "
                    "landmark hulls plus synthetic occluders; IoU on held-out faces; verified ONNX export.")
+@failure_policy
 def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: FacepipeSettings) -> MaterializeResult:
     store, key = settings.store, context.partition_key
     faces_artifact = store.current("target/faces", key)
@@ -76,7 +80,8 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
         grad_accum_steps=config.grad_accum_steps, device=settings.device, cpu_threads=config.cpu_threads or None,
         resume_key=resume_key_for(hyper, faces=faces_artifact.content_hash, user_masks=masks_digest, code=XSEG_VERSION,
                                   width=config.width, depth=config.depth, resolution=config.resolution,
-                                  holdout_every=config.holdout_every, samples_per_epoch=config.samples_per_epoch),
+                                  holdout_every=config.holdout_every, samples_per_epoch=config.samples_per_epoch,
+                                  occlusion_probability=config.occlusion_probability),
     )
 
     def write(out: Path) -> dict:
@@ -85,12 +90,12 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
             labels, report = build_labels(faces.index, np.asarray(faces.masks), masks_dir,
                                           frame_sizes(pd.read_parquet(frames_artifact.path / "manifest.parquet")))
         except UserMaskError as error:
-            raise Failure(f"target '{key}': {error}") from error
+            raise Failure(f"target '{key}': {error}", allow_retries=False) from error
         if report.count:
             context.log.info(f"user masks label {report.count} face(s): {sorted(report.files)}")
         training = train_xseg(np.asarray(faces.crops), labels, config.width, config.depth, config.resolution,
                               train_config, store.partition_dir("_runs/xseg_model", key), config.holdout_every,
-                              config.samples_per_epoch, context.log.info)
+                              config.samples_per_epoch, config.occlusion_probability, context.log.info)
         result, held = training.result, training.task.held_idx
         (out / "model.safetensors").write_bytes(result.weights_path.read_bytes())
         deployed = XSegNHWC(training.model, config.resolution)
@@ -139,6 +144,7 @@ def load_deployed_xseg(artifact_path: Path, config: dict) -> XSegNHWC:
 @asset(key=AssetKey(["target", "target_masks"]), deps=[xseg_model, faces_key], partitions_def=target_partitions,
        group_name="target", code_version=TARGET_MASKS_VERSION,
        description="The XSeg model applied to every target face: masks.npy [N,256,256] uint8 beside the faces array.")
+@failure_policy
 def target_masks(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
     store, key = settings.store, context.partition_key
     faces_artifact = store.current("target/faces", key)
