@@ -1,4 +1,4 @@
-"""The Dagster code location: assets, jobs, sensors and resources."""
+"""The Dagster code location: assets, jobs, schedules, sensors and resources."""
 
 from dagster import Definitions, in_process_executor
 
@@ -7,6 +7,7 @@ from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
 from facepipe.assets.prep import build_prep_assets
 from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
 from facepipe.automation.discovery import media_sensor, pair_job, role_jobs
+from facepipe.automation.nightly import nightly_schedules, pairs_after_role_runs
 from facepipe.partitions import ROLES
 from facepipe.resources import FacepipeSettings
 
@@ -15,7 +16,8 @@ defs = Definitions(
             *PAIR_ASSETS],
     asset_checks=[identity_profile_is_usable, xseg_holdout_iou, *PAIR_CHECKS],
     jobs=[*role_jobs, pair_job],
-    sensors=[media_sensor],
+    schedules=nightly_schedules,
+    sensors=[media_sensor, pairs_after_role_runs],
     resources={"settings": FacepipeSettings()},
     # Steps of one partition run one after another anyway; a process per step would spend
     # seconds re-importing MediaPipe and torch, more than a cached step costs.

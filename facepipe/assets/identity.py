@@ -19,6 +19,7 @@ from dagster import (
 from dataclasses import asdict
 
 from facepipe.align import template_points
+from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
 from facepipe.embed import get_embedder
 from facepipe.export import DfmSwapModel, export_dfm
@@ -31,6 +32,9 @@ from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
 from facepipe.resources import FacepipeSettings
 from facepipe.store import atomic_write_bytes
 from facepipe.train import TrainConfig, resume_key_for
+
+# One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
+TRAINING_POOL = "training"
 
 PROFILE_VERSION = "1"
 IDENTITY_MODEL_VERSION = "1"
@@ -52,6 +56,7 @@ class ProfileConfig(Config):
        group_name="identity", code_version=PROFILE_VERSION,
        description="Per-face embeddings, outliers rejected, L2-normalised mean + std + quality stats as JSON; "
                    "published to models/identities/<key>.json.")
+@failure_policy
 def identity_profile(context: AssetExecutionContext, config: ProfileConfig, settings: FacepipeSettings) -> MaterializeResult:
     store, key = settings.store, context.partition_key
     faces_artifact = store.current("identity/faces", key)
@@ -131,9 +136,10 @@ class IdentityModelConfig(Config):
 
 
 @asset(key=AssetKey(["identity", "identity_model"]), deps=[faces_key], partitions_def=identity_partitions,
-       group_name="identity", code_version=IDENTITY_MODEL_VERSION,
+       group_name="identity", code_version=IDENTITY_MODEL_VERSION, pool=TRAINING_POOL,
        description="Per-identity autoencoder (encoder → dense bottleneck → decoder, BGR + mask) trained with the "
                    "shared engine; weights (safetensors) + a verified ONNX export in the DFM convention.")
+@failure_policy
 def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, settings: FacepipeSettings) -> MaterializeResult:
     store, key = settings.store, context.partition_key
     faces_artifact = store.current("identity/faces", key)

@@ -25,6 +25,8 @@ from dagster import (
     asset_check,
 )
 
+from facepipe.assets.failures import failure_policy
+from facepipe.assets.identity import TRAINING_POOL
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
 from facepipe.embed import get_embedder
 from facepipe.evaluate import evaluate_swaps, mean_identity_face
@@ -55,7 +57,7 @@ def require(store: ArtifactStore, asset: str, key: str, pair: str) -> Artifact:
     try:
         return store.current(asset, key)
     except MissingInput as error:
-        raise Failure(f"pair '{pair}' needs '{asset}' for '{key}': {error}") from error
+        raise Failure(f"pair '{pair}' needs '{asset}' for '{key}': {error}", allow_retries=False) from error
 
 
 def identity_model_config(artifact: Artifact) -> AutoencoderConfig:
@@ -81,12 +83,14 @@ class LoraConfig(Config):
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair", code_version=LORA_VERSION,
+       pool=TRAINING_POOL,
        deps=[AssetDep(AssetKey(["identity", "identity_model"]), partition_mapping=by_identity),
              AssetDep(AssetKey(["identity", "faces"]), partition_mapping=by_identity),
              AssetDep(AssetKey(["target", "faces"]), partition_mapping=by_target),
              AssetDep(AssetKey(["target", "target_masks"]), partition_mapping=by_target)],
        description="peft LoRA on the frozen identity model: a shared set on encoder + bottleneck, a target-path set "
                    "on a decoder copy; target faces (masked by XSeg) mixed with identity replay.")
+@failure_policy
 def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: FacepipeSettings) -> MaterializeResult:
     store = settings.store
     identity, target = pair_keys(context)
@@ -156,6 +160,7 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
        description="Merged swap model (adapted encoder → base decoder) as a verified DFM ONNX with .hash and card, "
                    "the target's XSeg beside it, evaluation vs a paste-the-identity baseline, previews; published "
                    "to models/trained/ and its index.json.")
+@failure_policy
 def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
     store = settings.store
     identity, target = pair_keys(context)

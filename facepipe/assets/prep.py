@@ -6,6 +6,7 @@ The asset functions only resolve inputs, call the plain functions and report met
 
 
 import dataclasses
+import time
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, asset
 
 from facepipe import faces as face_set
+from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
 from facepipe.landmarks import LandmarkResult, detect_landmarks
 from facepipe.media import (
@@ -32,6 +34,7 @@ from facepipe.partitions import PARTITIONS, media_dir
 from facepipe.preview import contact_sheet, evenly_spaced, outline, write_png
 from facepipe.resources import FacepipeSettings
 from facepipe.smoothing import contiguous_runs, jitter, smooth_landmarks
+from facepipe.train.telemetry import format_duration
 
 STAGES = ("media", "frames", "landmarks", "smoothed_landmarks", "faces")
 # Bump a stage's version when its output for the same inputs changes; the store keys on it.
@@ -66,7 +69,16 @@ def prep_key(role: str, stage: str) -> AssetKey:
 
 
 def progress_logger(context: AssetExecutionContext, what: str):
-    return lambda done, total: context.log.info(f"{what}: {done}/{total}")
+    """`log(done, total)`: "<what>: done/total (pct, rate/s, ETA h:mm:ss)" in the run log."""
+    started = time.monotonic()
+
+    def log(done: int, total: int) -> None:
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = format_duration((total - done) / rate) if rate > 0 else "?"
+        context.log.info(f"{what}: {done}/{total} ({100 * done / max(total, 1):.0f}%, {rate:.1f}/s, ETA {eta})")
+
+    return log
 
 
 def build_prep_assets(role: str) -> list:
@@ -77,12 +89,13 @@ def build_prep_assets(role: str) -> list:
 
     @asset(key=prep_key(role, "media"), code_version=CODE_VERSIONS["media"], **common,
            description="The usable media files of the partition folder (each opened once); data version = content hash.")
+    @failure_policy
     def media(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
         folder = media_dir(settings.data_path, role, context.partition_key)
         try:
             files, skipped = scan_media(folder)
         except MediaError as error:
-            raise Failure(str(error)) from error
+            raise Failure(f"{role} '{context.partition_key}': {error}", allow_retries=False) from error
         sources = []
         for file in files:  # open each file once, so undecodable ones are reported here
             try:
@@ -95,7 +108,8 @@ def build_prep_assets(role: str) -> list:
             raise Failure(
                 f"{role} '{context.partition_key}': no usable media in {folder}"
                 + (f" (skipped: {'; '.join(map(str, skipped))})" if skipped else "")
-                + ". Add videos (mp4, mov, avi, mkv, webm) or images (jpg, png, webp, bmp) and materialize again."
+                + ". Add videos (mp4, mov, avi, mkv, webm) or images (jpg, png, webp, bmp) and materialize again.",
+                allow_retries=False,
             )
         digest = media_hash([s.file for s in sources])
 
@@ -108,6 +122,7 @@ def build_prep_assets(role: str) -> list:
 
     @asset(key=prep_key(role, "frames"), deps=[media], code_version=CODE_VERSIONS["frames"], **common,
            description="Frames decoded from videos and images, at most max_frames sampled uniformly; manifest table.")
+    @failure_policy
     def frames(context: AssetExecutionContext, config: FramesConfig, settings: FacepipeSettings) -> MaterializeResult:
         store, key = settings.store, context.partition_key
         media_artifact = store.current(name("media"), key)
@@ -127,19 +142,22 @@ def build_prep_assets(role: str) -> list:
 
     @asset(key=prep_key(role, "landmarks"), deps=[frames], code_version=CODE_VERSIONS["landmarks"], **common,
            description="MediaPipe FaceMesh (478 refined points), box and score per frame; tracking within a video.")
+    @failure_policy
     def landmarks(context: AssetExecutionContext, config: LandmarksConfig, settings: FacepipeSettings) -> MaterializeResult:
         store, key = settings.store, context.partition_key
         frames_artifact = store.current(name("frames"), key)
 
         def write(out: Path) -> dict:
             manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
+            report = progress_logger(context, "landmarks (frames)")
             result = detect_landmarks(read_frames(frames_artifact.path / "frames", manifest), max_faces=config.max_faces,
-                                      progress=lambda done: done % 50 == 0 and context.log.info(
-                                          f"landmarks: {done}/{len(manifest)} frames"))
+                                      progress=lambda done: (done % 50 == 0 or done == len(manifest))
+                                      and report(done, len(manifest)))
             detected = int(result.detected.sum())
             if detected == 0:
                 raise Failure(f"{role} '{key}': no face found in any of {len(manifest)} frames of "
-                              f"{media_dir(settings.data_path, role, key)}. Add media where the face is clearly visible.")
+                              f"{media_dir(settings.data_path, role, key)}. Add media where the face is clearly visible.",
+                              allow_retries=False)
             result.save(out)
             missing = manifest.loc[~result.detected, "source"].value_counts().sort_index()
             for source, count in missing.items():
@@ -153,6 +171,7 @@ def build_prep_assets(role: str) -> list:
 
     @asset(key=prep_key(role, "smoothed_landmarks"), deps=[landmarks], code_version=CODE_VERSIONS["smoothed_landmarks"],
            **common, description="Savitzky-Golay smoothing per contiguous run of detected video frames; stills untouched.")
+    @failure_policy
     def smoothed_landmarks(context: AssetExecutionContext, config: SmoothingConfig, settings: FacepipeSettings) -> MaterializeResult:
         store, key = settings.store, context.partition_key
         frames_artifact = store.current(name("frames"), key)
@@ -175,6 +194,7 @@ def build_prep_assets(role: str) -> list:
 
     @asset(key=prep_key(role, "faces"), deps=[smoothed_landmarks], code_version=CODE_VERSIONS["faces"], **common,
            description="Aligned face crops (dfl_whole_face template) + landmark-hull masks in memory-mappable arrays.")
+    @failure_policy
     def faces(context: AssetExecutionContext, config: FacesConfig, settings: FacepipeSettings) -> MaterializeResult:
         store, key = settings.store, context.partition_key
         frames_artifact = store.current(name("frames"), key)

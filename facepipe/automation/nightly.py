@@ -1,0 +1,493 @@
+"""Nightly rebuilds of only what changed, and declared pairs rebuilt after their inputs.
+
+For every partition the nightly compares what the store recorded for each asset's current
+output (`_artifact.json`: code version, config, input content hashes) with what is true now:
+- the media folder's content hash, the target's user masks and the identity embedder;
+- each asset's code version in the code;
+- the config a nightly run would use: the Config defaults, overridden by the run config file
+  named in FACEPIPE_NIGHTLY_CONFIG (the same file is sent with the runs it requests);
+- the content hash of each upstream asset's current output;
+- a missing output.
+A partition is requested when any of its assets differs. A false positive only costs a run of
+cache hits (the store keys outputs on exactly these values); a miss would be a stale model, so
+every doubt counts as a change. Nothing is decoded or trained here: a no-op night reads a few
+small JSON files per asset and hashes the media files (hashes are memoised by name/size/mtime).
+
+Dagster schedules launch one job each, so there are three schedules on the same cron
+(`nightly_identity`, `nightly_target`, `nightly_pairs`). Pairs are declared in data/pairs.toml.
+A pair whose identity or target is being rebuilt tonight is not requested by the schedule
+(it would train its LoRA adapter on the old model, then again tomorrow): the run-status sensor
+`pairs_after_role_runs` requests it when that role run has succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    ScheduleEvaluationContext,
+    SkipReason,
+    run_status_sensor,
+    schedule,
+)
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+from facepipe.assets import identity as identity_assets
+from facepipe.assets import pair as pair_assets
+from facepipe.assets import prep as prep_assets
+from facepipe.assets import xseg as xseg_assets
+from facepipe.automation.discovery import PAIR_JOB, pair_job, role_job_name, role_jobs
+from facepipe.embed import get_embedder
+from facepipe.labels import MASKS_FOLDER, UserMaskError, user_masks_digest
+from facepipe.media import MediaError, folder_signature, media_hash, scan_media
+from facepipe.pairs import PairsFileError, declared_pairs, pair_key
+from facepipe.partitions import PARTITIONS, ROLES, discover, media_dir
+from facepipe.resources import FacepipeSettings
+from facepipe.store import ArtifactStore, MissingInput, canonical_json
+
+NIGHTLY_CRON_ENV = "FACEPIPE_NIGHTLY_CRON"
+DEFAULT_NIGHTLY_CRON = "0 3 * * *"
+NIGHTLY_TIMEZONE_ENV = "FACEPIPE_NIGHTLY_TIMEZONE"  # e.g. Europe/Berlin; Dagster's default is UTC
+NIGHTLY_CONFIG_ENV = "FACEPIPE_NIGHTLY_CONFIG"  # a YAML/JSON run config ({"ops": {...}}) for nightly runs
+PARTITION_TAG = "dagster/partition"
+REASON_TAG = "facepipe/nightly_reason"
+
+
+# ---------------------------------------------------------------------------------------------
+# What each asset records, mirrored from the assets (the end-to-end test checks the mirror).
+
+@dataclass(frozen=True)
+class Stage:
+    asset: str  # the store's name, "<group>/<asset>"
+    code_version: Callable[[], str]  # read at call time, so a bumped constant counts
+    config: type | None = None  # the asset's dagster Config class; None = records {}
+    with_device: bool = False  # training assets record settings.device beside their config
+    # input name in the record -> (upstream store asset, which partition: "identity"/"target"/"pair")
+    upstream: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def op_name(self) -> str:
+        return self.asset.replace("/", "__")
+
+
+def prep_stages(role: str) -> list[Stage]:
+    def version(stage: str) -> Callable[[], str]:
+        return lambda: prep_assets.CODE_VERSIONS[stage]
+
+    def own(*stages: str) -> dict[str, tuple[str, str]]:
+        return {stage: (f"{role}/{stage}", role) for stage in stages}
+
+    return [
+        Stage(f"{role}/media", version("media")),
+        Stage(f"{role}/frames", version("frames"), prep_assets.FramesConfig, upstream=own("media")),
+        Stage(f"{role}/landmarks", version("landmarks"), prep_assets.LandmarksConfig, upstream=own("frames")),
+        Stage(f"{role}/smoothed_landmarks", version("smoothed_landmarks"), prep_assets.SmoothingConfig,
+              upstream=own("frames", "landmarks")),
+        Stage(f"{role}/faces", version("faces"), prep_assets.FacesConfig, upstream=own("frames", "smoothed_landmarks")),
+    ]
+
+
+STAGES: dict[str, list[Stage]] = {
+    "identity": prep_stages("identity") + [
+        Stage("identity/identity_profile", lambda: identity_assets.PROFILE_VERSION, identity_assets.ProfileConfig,
+              upstream={"faces": ("identity/faces", "identity")}),
+        Stage("identity/identity_model", lambda: identity_assets.IDENTITY_MODEL_VERSION,
+              identity_assets.IdentityModelConfig, with_device=True, upstream={"faces": ("identity/faces", "identity")}),
+    ],
+    "target": prep_stages("target") + [
+        Stage("target/xseg_model", lambda: xseg_assets.XSEG_VERSION, xseg_assets.XSegConfig, with_device=True,
+              upstream={"faces": ("target/faces", "target")}),
+        Stage("target/target_masks", lambda: xseg_assets.TARGET_MASKS_VERSION,
+              upstream={"faces": ("target/faces", "target"), "xseg_model": ("target/xseg_model", "target")}),
+    ],
+    "pair": [
+        Stage("pair/lora_adapter", lambda: pair_assets.LORA_VERSION, pair_assets.LoraConfig, with_device=True, upstream={
+            "identity_model": ("identity/identity_model", "identity"), "identity_faces": ("identity/faces", "identity"),
+            "target_faces": ("target/faces", "target"), "target_masks": ("target/target_masks", "target")}),
+        Stage("pair/onnx_export", lambda: pair_assets.EXPORT_VERSION, upstream={
+            "lora_adapter": ("pair/lora_adapter", "pair"), "identity_model": ("identity/identity_model", "identity"),
+            "identity_profile": ("identity/identity_profile", "identity"), "target_faces": ("target/faces", "target"),
+            "xseg_model": ("target/xseg_model", "target"), "frames": ("target/frames", "target")}),
+    ],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The world as it is now.
+
+class NightlyConfigError(ValueError):
+    pass
+
+
+def load_nightly_run_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The run config nightly runs use (and are judged against): `path`, else the file named by
+    FACEPIPE_NIGHTLY_CONFIG, else none (every asset's Config defaults)."""
+    path = path or os.environ.get(NIGHTLY_CONFIG_ENV)
+    if not path:
+        return {}
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise NightlyConfigError(f"nightly run config {path} ({NIGHTLY_CONFIG_ENV}): {error}") from error
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict) or set(loaded) - {"ops"}:
+        raise NightlyConfigError(
+            f"nightly run config {path} ({NIGHTLY_CONFIG_ENV}) must look like "
+            "{ops: {identity__identity_model: {config: {epochs: 80}}}}: only an 'ops' section is used")
+    return loaded
+
+
+@lru_cache(maxsize=1024)
+def _media_digest(folder: str, signature: str) -> str:
+    """Content hash of the media in `folder`; memoised on the folder's name/size/mtime
+    signature, so an unchanged folder is read once per code-server process, not every night."""
+    files, _skipped = scan_media(Path(folder))
+    return media_hash(files)
+
+
+@dataclass
+class World:
+    """Everything a decision compares the store with, computed lazily and at most once."""
+
+    store: ArtifactStore
+    data_root: Path
+    device: str
+    run_config: dict[str, Any]
+    _embedders: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: FacepipeSettings, run_config: dict[str, Any]) -> World:
+        return cls(settings.store, settings.data_path, settings.device, run_config)
+
+    def op_config(self, op_name: str) -> dict[str, Any]:
+        return ((self.run_config.get("ops") or {}).get(op_name) or {}).get("config") or {}
+
+    def expected_config(self, stage: Stage) -> dict[str, Any]:
+        if stage.config is None:
+            return {}
+        try:
+            config = stage.config(**self.op_config(stage.op_name)).model_dump()
+        except Exception as error:  # pydantic's ValidationError names the field
+            raise NightlyConfigError(f"nightly run config for {stage.op_name}: {error}") from error
+        return {**config, "device": self.device} if stage.with_device else config
+
+    def media_digest(self, role: str, key: str) -> str:
+        folder = media_dir(self.data_root, role, key)
+        return _media_digest(str(folder), folder_signature(folder))
+
+    def user_masks(self, key: str) -> str:
+        return user_masks_digest(media_dir(self.data_root, "target", key) / MASKS_FOLDER)
+
+    def embedder(self, config: dict[str, Any]) -> str:
+        """What identity_profile records as its "embedder" input (auto's pick depends on the machine)."""
+        pack = config.get("arcface_pack") or ""
+        cache_key = f"{config.get('embedder')}|{pack}"
+        if cache_key not in self._embedders:
+            chosen = get_embedder(config["embedder"], Path(pack).expanduser() if pack else None)
+            self._embedders[cache_key] = json.dumps(chosen.describe(), sort_keys=True)
+        return self._embedders[cache_key]
+
+    def outside_inputs(self, stage: Stage, partitions: dict[str, str], config: dict[str, Any]) -> dict[str, str]:
+        """Inputs that come from outside the store: media, user masks, the embedder."""
+        group, name = stage.asset.split("/")
+        if name == "media":
+            return {"media": self.media_digest(group, partitions[group])}
+        if stage.asset == "target/xseg_model":
+            return {"user_masks": self.user_masks(partitions["target"])}
+        if stage.asset == "identity/identity_profile":
+            return {"embedder": self.embedder(config)}
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions (plain functions; the schedules and the sensor below only call them).
+
+def stage_change(world: World, stage: Stage, partitions: dict[str, str], rebuilt: set[tuple[str, str]]) -> str | None:
+    """Why `stage` would not be a cache hit for these partitions, or None if it would.
+
+    `rebuilt` holds (asset, partition) pairs already found changed, so their dependents count
+    as changed too (their new output will have a new content hash).
+    """
+    group = stage.asset.split("/")[0]
+    partition = partitions[group]
+    try:
+        record = world.store.current(stage.asset, partition).record
+    except MissingInput:
+        return "no output yet"
+    now = stage.code_version()
+    if record.get("code_version") != now:
+        return f"code version {record.get('code_version')} -> {now}"
+    config = world.expected_config(stage)
+    recorded_config = record.get("config", {})
+    if recorded_config != config:
+        changed = sorted(k for k in set(config) | set(recorded_config) if config.get(k) != recorded_config.get(k))
+        return f"config changed ({', '.join(changed)})"
+    inputs = record.get("inputs", {})
+    for name, (upstream, side) in stage.upstream.items():
+        if (upstream, partitions[side]) in rebuilt:
+            return f"{upstream} [{partitions[side]}] is rebuilt first"
+        try:
+            current = world.store.current(upstream, partitions[side]).content_hash
+        except MissingInput:
+            return f"{upstream} [{partitions[side]}] has no output"
+        if inputs.get(name) != current:
+            return f"input {name} changed"
+    try:
+        outside = world.outside_inputs(stage, partitions, config)
+    except (MediaError, UserMaskError, OSError, ValueError) as error:
+        return f"cannot read its inputs ({error}); the run will report it"
+    for name, value in outside.items():
+        if inputs.get(name) != value:
+            return f"{name} changed"
+    return None
+
+
+def stage_changes(world: World, stages: list[Stage], partitions: dict[str, str],
+                  rebuilt: set[tuple[str, str]] | None = None) -> dict[str, str]:
+    """{asset: reason} for every stage (in graph order) that a run would not find in the store."""
+    rebuilt = set(rebuilt or ())
+    changes = {}
+    for stage in stages:
+        reason = stage_change(world, stage, partitions, rebuilt)
+        if reason is not None:
+            changes[stage.asset] = reason
+            rebuilt.add((stage.asset, partitions[stage.asset.split("/")[0]]))
+    return changes
+
+
+def role_changes(world: World, role: str, key: str) -> dict[str, str]:
+    return stage_changes(world, STAGES[role], {role: key})
+
+
+def pair_changes(world: World, identity: str, target: str) -> dict[str, str]:
+    """The pair's own assets, judged against the identity's and target's current outputs."""
+    return stage_changes(world, STAGES["pair"], {"identity": identity, "target": target, "pair": pair_key(identity, target)})
+
+
+def describe(changes: dict[str, str]) -> str:
+    return "; ".join(f"{asset}: {reason}" for asset, reason in changes.items())
+
+
+def present_partitions(instance: DagsterInstance, data_root: Path, role: str) -> list[str]:
+    """Registered partitions whose folder still exists (the media sensor registers new ones)."""
+    registered = set(instance.get_dynamic_partitions(PARTITIONS[role].name))
+    return [key for key in discover(data_root, role).keys if key in registered]
+
+
+def unfinished_partitions(instance: DagsterInstance, job_name: str) -> set[str]:
+    """Partitions with a run of `job_name` queued or in progress: requesting them again only queues a duplicate."""
+    records = instance.get_run_records(RunsFilter(job_name=job_name, statuses=NOT_FINISHED_STATUSES))
+    return {r.dagster_run.tags[PARTITION_TAG] for r in records if PARTITION_TAG in r.dagster_run.tags}
+
+
+def job_run_config(run_config: dict[str, Any], group: str) -> dict[str, Any]:
+    """The part of the nightly run config that belongs to one job (Dagster rejects unknown ops)."""
+    ops = {name: value for name, value in (run_config.get("ops") or {}).items() if name.startswith(f"{group}__")}
+    return {"ops": ops} if ops else {}
+
+
+def request(job_name: str, group: str, partition: str, changes: dict[str, str], run_config: dict[str, Any],
+            run_key: str | None = None) -> RunRequest:
+    return RunRequest(run_key=run_key or f"{job_name}:{partition}", job_name=job_name, partition_key=partition,
+                      run_config=job_run_config(run_config, group), tags={REASON_TAG: describe(changes)[:500]})
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    requested: dict[str, dict[str, str]]  # pair key -> {asset: reason}
+    waiting: dict[str, list[str]]  # pair key -> role partitions rebuilt first ("identity hopper")
+    missing_folders: list[str]  # declared pairs whose identity or target is not a registered folder
+
+
+def plan_pairs(world: World, pairs: list[tuple[str, str]], present: dict[str, list[str]]) -> PairPlan:
+    """Declared pairs to request tonight, and those that wait for a role partition being rebuilt."""
+    requested, waiting, missing = {}, {}, []
+    role_cache: dict[tuple[str, str], bool] = {}
+    for identity, target in pairs:
+        key = pair_key(identity, target)
+        if identity not in present["identity"] or target not in present["target"]:
+            missing.append(key)
+            continue
+        stale_roles = []
+        for role, role_key in (("identity", identity), ("target", target)):
+            if (role, role_key) not in role_cache:
+                role_cache[(role, role_key)] = bool(role_changes(world, role, role_key))
+            if role_cache[(role, role_key)]:
+                stale_roles.append(f"{role} {role_key}")
+        if stale_roles:
+            waiting[key] = stale_roles
+        elif changes := pair_changes(world, identity, target):
+            requested[key] = changes
+    return PairPlan(requested, waiting, missing)
+
+
+def state_digest(world: World, identity: str, target: str) -> str:
+    """Names the inputs a pair run would see now, so one state is requested once (sensor run keys)."""
+    state = {}
+    for stage in STAGES["pair"]:
+        for upstream, side in stage.upstream.values():
+            partition = {"identity": identity, "target": target}.get(side)
+            if partition is not None:
+                try:
+                    state[f"{upstream}[{partition}]"] = world.store.current(upstream, partition).content_hash
+                except MissingInput:
+                    state[f"{upstream}[{partition}]"] = None
+        state[stage.asset] = [stage.code_version(), world.expected_config(stage)]
+    return hashlib.sha256(canonical_json(state)).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dagster: three schedules on one cron, and the sensor that follows role runs with their pairs.
+
+def nightly_cron() -> str:
+    return os.environ.get(NIGHTLY_CRON_ENV) or DEFAULT_NIGHTLY_CRON
+
+
+def role_schedule(role: str, job, cron: str, timezone: str | None):
+    job_name = role_job_name(role)
+
+    @schedule(name=f"nightly_{role}", cron_schedule=cron, job=job, execution_timezone=timezone,
+              default_status=DefaultScheduleStatus.RUNNING,
+              description=f"Rebuilds the {role} partitions whose media, user inputs, config or code version changed "
+                          f"(cron from {NIGHTLY_CRON_ENV}, default '{DEFAULT_NIGHTLY_CRON}').")
+    def nightly(context: ScheduleEvaluationContext, settings: FacepipeSettings):
+        world = World.from_settings(settings, load_nightly_run_config())
+        busy = unfinished_partitions(context.instance, job_name)
+        requests = []
+        for key in present_partitions(context.instance, settings.data_path, role):
+            changes = role_changes(world, role, key)
+            if not changes:
+                continue
+            if key in busy:
+                context.log.info(f"{role} {key} changed but a run for it is already queued or running: not requested again")
+                continue
+            context.log.info(f"{role} {key}: {describe(changes)}")
+            requests.append(request(job_name, role, key, changes, world.run_config))
+        return requests or SkipReason(f"no {role} partition changed")
+
+    return nightly
+
+
+def pairs_schedule(cron: str, timezone: str | None):
+    @schedule(name="nightly_pairs", cron_schedule=cron, job=pair_job, execution_timezone=timezone,
+              default_status=DefaultScheduleStatus.RUNNING,
+              description="Rebuilds the pairs declared in data/pairs.toml whose inputs, config or code version changed; "
+                          "a pair whose identity or target is rebuilt tonight follows that run (pairs_after_role_runs).")
+    def nightly_pairs(context: ScheduleEvaluationContext, settings: FacepipeSettings):
+        world = World.from_settings(settings, load_nightly_run_config())
+        try:
+            pairs = declared_pairs(settings.data_path)
+        except PairsFileError as error:
+            return SkipReason(f"cannot read the declared pairs: {error}")
+        present = {role: present_partitions(context.instance, settings.data_path, role) for role in ROLES}
+        plan = plan_pairs(world, pairs, present)
+        for key in plan.missing_folders:
+            context.log.warning(f"pair {key} in pairs.toml: its identity or target folder is missing or not registered yet")
+        for key, roles in plan.waiting.items():
+            context.log.info(f"pair {key} waits for {', '.join(roles)} (rebuilt tonight); pairs_after_role_runs requests it after")
+        busy = unfinished_partitions(context.instance, PAIR_JOB)
+        requests = []
+        for key, changes in plan.requested.items():
+            if key in busy:
+                context.log.info(f"pair {key} changed but a run for it is already queued or running")
+                continue
+            context.log.info(f"pair {key}: {describe(changes)}")
+            requests.append(request(PAIR_JOB, "pair", key, changes, world.run_config))
+        return requests or SkipReason("no declared pair changed" + (" (some wait for role rebuilds)" if plan.waiting else ""))
+
+    return nightly_pairs
+
+
+ROLE_OF_JOB = {role_job_name(role): role for role in ROLES}
+
+
+@run_status_sensor(name="pairs_after_role_runs", run_status=DagsterRunStatus.SUCCESS, monitored_jobs=role_jobs,
+                   request_job=pair_job, default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+                   description="When an identity or target run succeeds, requests the declared pairs it feeds whose "
+                               "inputs changed (once the pair's other side has no run pending).")
+def pairs_after_role_runs(context: RunStatusSensorContext, settings: FacepipeSettings):
+    run = context.dagster_run
+    role, key = ROLE_OF_JOB.get(run.job_name), run.tags.get(PARTITION_TAG)
+    if role is None or key is None:
+        return SkipReason(f"run {run.run_id} is not a partitioned identity/target run")
+    world = World.from_settings(settings, load_nightly_run_config())
+    try:
+        pairs = [p for p in declared_pairs(settings.data_path) if p[ROLES.index(role)] == key]
+    except PairsFileError as error:
+        return SkipReason(f"cannot read the declared pairs: {error}")
+    requests = []
+    for identity, target in pairs:
+        other_role, other_key = ("target", target) if role == "identity" else ("identity", identity)
+        if other_key not in context.instance.get_dynamic_partitions(PARTITIONS[other_role].name):
+            continue
+        if other_key in unfinished_partitions(context.instance, role_job_name(other_role)):
+            context.log.info(f"pair {pair_key(identity, target)} waits for the {other_role} {other_key} run in progress")
+            continue
+        if changes := pair_changes(world, identity, target):
+            pair = pair_key(identity, target)
+            requests.append(request(PAIR_JOB, "pair", pair, changes, world.run_config,
+                                    run_key=f"{PAIR_JOB}:{pair}:{state_digest(world, identity, target)}"))
+    return requests or SkipReason(f"no declared pair of {role} {key} changed")
+
+
+def preview(instance: DagsterInstance, settings: FacepipeSettings, run_config: dict[str, Any] | None = None) -> dict:
+    """What the nightly schedules would decide now, without launching anything."""
+    world = World.from_settings(settings, load_nightly_run_config() if run_config is None else run_config)
+    present = {role: present_partitions(instance, settings.data_path, role) for role in ROLES}
+    decided: dict[str, Any] = {role: {key: changes for key in present[role] if (changes := role_changes(world, role, key))}
+                               for role in ROLES}
+    decided["pairs"] = plan_pairs(world, declared_pairs(settings.data_path), present)
+    return decided
+
+
+def main() -> None:
+    """`python -m facepipe.automation.nightly`: print tonight's decisions and how long they took."""
+    import time
+
+    from facepipe.cli import use_project_instance
+
+    use_project_instance()
+    started = time.perf_counter()
+    with DagsterInstance.get() as instance:
+        decided = preview(instance, FacepipeSettings())
+    elapsed = time.perf_counter() - started
+    for role in ROLES:
+        for key, changes in decided[role].items():
+            print(f"{role} {key}: {describe(changes)}")
+    plan = decided["pairs"]
+    for key, changes in plan.requested.items():
+        print(f"pair {key}: {describe(changes)}")
+    for key, roles in plan.waiting.items():
+        print(f"pair {key}: waits for {', '.join(roles)}")
+    for key in plan.missing_folders:
+        print(f"pair {key}: identity or target folder missing or not registered")
+    count = sum(len(decided[role]) for role in ROLES) + len(plan.requested)
+    print(f"{count} run(s) would be requested ({len(plan.waiting)} pair(s) would follow role runs); decided in {elapsed:.2f} s")
+
+
+def build_nightly_schedules(cron: str | None = None, timezone: str | None = None) -> list:
+    cron = cron or nightly_cron()
+    timezone = timezone or os.environ.get(NIGHTLY_TIMEZONE_ENV) or None
+    jobs = dict(zip(ROLES, role_jobs))
+    return [*(role_schedule(role, jobs[role], cron, timezone) for role in ROLES), pairs_schedule(cron, timezone)]
+
+
+nightly_schedules = build_nightly_schedules()
+
+
+if __name__ == "__main__":
+    main()
