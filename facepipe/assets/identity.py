@@ -16,25 +16,22 @@ from dagster import (
     asset_check,
 )
 
-from dataclasses import asdict
-
 from facepipe.align import template_points
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig
 from facepipe.embed import get_embedder
 from facepipe.export import DfmSwapModel, export_dfm
+from facepipe.faces import FaceSet
 from facepipe.identity_model import reconstruction_preview, train_identity_model
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
-from facepipe.faces import FaceSet
 from facepipe.partitions import identity_partitions
 from facepipe.preview import write_png
 from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
 from facepipe.resources import FacepipeSettings
 from facepipe.store import atomic_write_bytes
-from facepipe.train import TrainConfig, resume_key_for
 
 # One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
-TRAINING_POOL = "training"
 
 PROFILE_VERSION = "1"
 IDENTITY_MODEL_VERSION = "1"
@@ -117,22 +114,18 @@ def load_embeddings(folder: Path) -> pd.DataFrame:
     return pd.read_parquet(folder / EMBEDDINGS_FILE)
 
 
-class IdentityModelConfig(Config):
+class IdentityModelConfig(TrainingConfig):
     """CPU defaults train the sample in minutes; on a GPU try resolution 224-320, width 64+,
     latent_dim 512, depth 5, batch_size 32 (see README)."""
 
     epochs: int = 60
     batch_size: int = 16
-    grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps
     lr: float = 5e-4
     resolution: int = 96
     width: int = 24
     latent_dim: int = 256
     depth: int = 4
-    seed: int = 0
-    holdout_every: int = 10  # every 10th face is held out to measure reconstruction error
-    samples_per_epoch: int = 256  # small face sets are repeated (augmented anew) up to this per epoch
-    cpu_threads: int = 0  # 0 = torch's default
+    samples_per_epoch: int = 256
 
 
 @asset(key=AssetKey(["identity", "identity_model"]), deps=[faces_key], partitions_def=identity_partitions,
@@ -146,13 +139,7 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
     model_config = AutoencoderConfig(size=config.resolution, width=config.width, latent_dim=config.latent_dim,
                                      depth=config.depth)
     hyper = config.model_dump()
-    train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        grad_accum_steps=config.grad_accum_steps, device=settings.device, cpu_threads=config.cpu_threads or None,
-        resume_key=resume_key_for(hyper, faces=faces_artifact.content_hash, code=IDENTITY_MODEL_VERSION,
-                                  model=asdict(model_config), holdout_every=config.holdout_every,
-                                  samples_per_epoch=config.samples_per_epoch),
-    )
+    train_config = config.engine_config(settings.device, faces=faces_artifact.content_hash, code=IDENTITY_MODEL_VERSION)
 
     def write(out: Path) -> dict:
         faces = FaceSet.load(faces_artifact.path)

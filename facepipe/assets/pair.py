@@ -17,7 +17,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
-    Config,
     Failure,
     MaterializeResult,
     MultiToSingleDimensionPartitionMapping,
@@ -26,13 +25,20 @@ from dagster import (
 )
 
 from facepipe.assets.failures import failure_policy
-from facepipe.assets.identity import TRAINING_POOL
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig
 from facepipe.embed import get_embedder
 from facepipe.evaluate import evaluate_swaps, mean_identity_face
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet
-from facepipe.lora import AdapterConfig, merged_swap_model, pair_fingerprint_inputs, save_adapter, swap_faces, train_pair_adapter
+from facepipe.lora import (
+    AdapterConfig,
+    merged_swap_model,
+    pair_fingerprint_inputs,
+    save_adapter,
+    swap_faces,
+    train_pair_adapter,
+)
 from facepipe.models.autoencoder import AutoencoderConfig
 from facepipe.partitions import pair_partitions
 from facepipe.preview import contact_sheet, evenly_spaced, paste_face, write_png
@@ -40,7 +46,6 @@ from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
 from facepipe.sample import write_video
 from facepipe.store import Artifact, ArtifactStore, MissingInput
-from facepipe.train import TrainConfig, resume_key_for
 
 LORA_VERSION = "1"
 EXPORT_VERSION = "1"
@@ -66,7 +71,7 @@ def identity_model_config(artifact: Artifact) -> AutoencoderConfig:
                              depth=config["depth"])
 
 
-class LoraConfig(Config):
+class LoraConfig(TrainingConfig):
     """Defaults train the sample pair on a CPU in minutes."""
 
     rank: int = 8
@@ -74,12 +79,8 @@ class LoraConfig(Config):
     identity_replay_weight: float = 1.0
     epochs: int = 40
     batch_size: int = 16
-    grad_accum_steps: int = 1
     lr: float = 1e-3
-    seed: int = 0
-    holdout_every: int = 10
     samples_per_epoch: int = 128
-    cpu_threads: int = 0
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair", code_version=LORA_VERSION,
@@ -104,13 +105,9 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight)
     weights = model_artifact.path / "model.safetensors"
     hyper = config.model_dump()
-    train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        grad_accum_steps=config.grad_accum_steps, device=settings.device, cpu_threads=config.cpu_threads or None,
-        resume_key=resume_key_for(hyper, **pair_fingerprint_inputs(weights, model_config, adapter), code=LORA_VERSION,
-                                  data=[identity_faces.content_hash, target_faces.content_hash, masks_artifact.content_hash],
-                                  holdout_every=config.holdout_every, samples_per_epoch=config.samples_per_epoch),
-    )
+    train_config = config.engine_config(
+        settings.device, **pair_fingerprint_inputs(weights, model_config, adapter), code=LORA_VERSION,
+        data=[identity_faces.content_hash, target_faces.content_hash, masks_artifact.content_hash])
 
     def write(out: Path) -> dict:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)

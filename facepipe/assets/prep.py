@@ -12,7 +12,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    Failure,
+    MaterializeResult,
+    asset,
+)
 
 from facepipe import faces as face_set
 from facepipe.assets.failures import failure_policy

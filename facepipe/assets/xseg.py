@@ -9,7 +9,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
-    Config,
     Failure,
     MaterializeResult,
     asset,
@@ -18,16 +17,21 @@ from dagster import (
 from safetensors.torch import load_file
 
 from facepipe.assets.failures import failure_policy
-from facepipe.assets.identity import TRAINING_POOL
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig
 from facepipe.export import export_verified
 from facepipe.faces import FaceSet
 from facepipe.labels import MASKS_FOLDER, UserMaskError, build_labels, user_masks_digest
-from facepipe.models.xseg import XSEG_SIZE, XSegNHWC, XSegUNet, mean_iou, parameter_count
+from facepipe.models.xseg import (
+    XSEG_SIZE,
+    XSegNHWC,
+    XSegUNet,
+    mean_iou,
+    parameter_count,
+)
 from facepipe.partitions import media_dir, target_partitions
 from facepipe.preview import contact_sheet, evenly_spaced, outline, write_png
 from facepipe.resources import FacepipeSettings
-from facepipe.train import TrainConfig, resume_key_for
 from facepipe.xseg_training import predict_masks, train_xseg, xseg_preview
 
 XSEG_VERSION = "1"
@@ -41,21 +45,17 @@ MASKS_FILE = "masks.npy"
 faces_key = AssetKey(["target", "faces"])
 
 
-class XSegConfig(Config):
+class XSegConfig(TrainingConfig):
     """CPU defaults (width 8, trained at 128 px, exported at 256); on a GPU use width 32, resolution 256."""
 
     epochs: int = 30
     batch_size: int = 8
-    grad_accum_steps: int = 1
     lr: float = 1e-3
     width: int = 8
     depth: int = 5
     resolution: int = 128  # training size; must divide 256
-    seed: int = 0
-    holdout_every: int = 10
     samples_per_epoch: int = 96
     occlusion_probability: float = 0.5  # share of training samples with a synthetic occluder pasted on
-    cpu_threads: int = 0
 
 
 def frame_sizes(frames_manifest: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -75,14 +75,8 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
     masks_dir = media_dir(settings.data_path, "target", key) / MASKS_FOLDER
     masks_digest = user_masks_digest(masks_dir)
     hyper = config.model_dump()
-    train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-        grad_accum_steps=config.grad_accum_steps, device=settings.device, cpu_threads=config.cpu_threads or None,
-        resume_key=resume_key_for(hyper, faces=faces_artifact.content_hash, user_masks=masks_digest, code=XSEG_VERSION,
-                                  width=config.width, depth=config.depth, resolution=config.resolution,
-                                  holdout_every=config.holdout_every, samples_per_epoch=config.samples_per_epoch,
-                                  occlusion_probability=config.occlusion_probability),
-    )
+    train_config = config.engine_config(settings.device, faces=faces_artifact.content_hash, user_masks=masks_digest,
+                                        code=XSEG_VERSION)
 
     def write(out: Path) -> dict:
         faces = FaceSet.load(faces_artifact.path)

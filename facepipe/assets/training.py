@@ -1,0 +1,30 @@
+"""Run config shared by the training assets (identity model, XSeg, LoRA adapter)."""
+
+from dagster import Config
+
+from facepipe.train import TrainConfig, resume_key_for
+from facepipe.train.device import default_cpu_threads
+
+TRAINING_POOL = "training"  # concurrency pool: one training at a time by default (.dagster_home/dagster.yaml)
+
+
+class TrainingConfig(Config):
+    """The engine's hyperparameters; each training asset sets its own defaults."""
+
+    epochs: int
+    batch_size: int
+    grad_accum_steps: int = 1  # effective batch = batch_size * grad_accum_steps
+    lr: float
+    seed: int = 0
+    holdout_every: int = 10  # every n-th face is held out for the metrics
+    samples_per_epoch: int = 0  # small face sets are repeated (augmented anew) up to this per epoch
+    cpu_threads: int = 0  # 0 = half the cores (see facepipe.train.device.default_cpu_threads)
+
+    def engine_config(self, device: str, **resume_inputs) -> TrainConfig:
+        """The engine's config; the resume key covers everything but the epoch count."""
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            grad_accum_steps=self.grad_accum_steps, device=device, cpu_threads=self.cpu_threads or default_cpu_threads(),
+            resume_key=resume_key_for(self.model_dump(), **resume_inputs,
+                                      settings={k: v for k, v in self.model_dump().items() if k not in ("epochs", "cpu_threads")}),
+        )
