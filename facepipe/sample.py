@@ -709,10 +709,10 @@ TARGET_STILLS = {
 IDENTITY_SEED, TARGET_SEED = 0, 1
 
 
-# A user labels some frames with an obstruction (white = visible face): every third occluded
+# A user labels some frames with an obstruction (white = visible face): every second occluded
 # frame of the target video. XSeg's labels elsewhere are landmark hulls, which call an occluder
 # "face"; these masks (and the synthetic occluders) teach it otherwise.
-LABEL_EVERY_NTH_OCCLUDED = 3
+LABEL_EVERY_NTH_OCCLUDED = 2
 
 
 def write_user_masks(masks_dir: Path, video: Path, frames: list[np.ndarray], occluders: np.ndarray, record) -> list[str]:

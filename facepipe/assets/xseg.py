@@ -55,7 +55,7 @@ class XSegConfig(TrainingConfig):
     depth: int = 5
     resolution: int = 128  # training size; must divide 256
     samples_per_epoch: int = 96
-    occlusion_probability: float = 0.5  # share of training samples with a synthetic occluder pasted on
+    occlusion_probability: float = 0.7  # share of training samples with a synthetic occluder pasted on
 
 
 def frame_sizes(frames_manifest: pd.DataFrame) -> dict[str, tuple[int, int]]:
