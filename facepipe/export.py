@@ -112,6 +112,9 @@ def onnx_bytes(
         # The legacy-exporter deprecation notice is expected: we choose it on purpose (see top).
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+        # Shapes are static on purpose (one crop size per model), so shape-dependent Python
+        # branches being traced as constants is exactly what we want.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             example_inputs,
