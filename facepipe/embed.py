@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import cv2
@@ -104,7 +105,7 @@ def check_embed_inputs(crops_bgr: np.ndarray, points5: np.ndarray) -> None:
         raise ValueError(f"points5 must be [N, 5, 2] matching {crops_bgr.shape[0]} crops, got {points5.shape}")
 
 
-class FaceEmbedder:
+class FaceEmbedder(ABC):
     """Common interface. Subclasses set `name`, `dim`, `metric`, `distance_threshold` and
     implement `weight_files()`, `prepare()` and `embed_one()`."""
 
@@ -116,8 +117,9 @@ class FaceEmbedder:
     distance_threshold: float
     _model_hash: str | None = None
 
+    @abstractmethod
     def weight_files(self) -> list[Path]:
-        raise NotImplementedError
+        """The model file(s) whose bytes identify this embedder."""
 
     @property
     def model_hash(self) -> str:
@@ -140,11 +142,13 @@ class FaceEmbedder:
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return embedding_distance(a, b, self.metric)
 
+    @abstractmethod
     def prepare(self) -> FaceEmbedder:
-        raise NotImplementedError
+        """Load the model (once); returns self."""
 
+    @abstractmethod
     def embed_one(self, crop_bgr: np.ndarray, points5: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """[D] float32 embedding of one aligned crop."""
 
     def embed(self, crops_bgr: np.ndarray, points5: np.ndarray) -> np.ndarray:
         """[N, D] float32 embeddings of aligned crops. Faces are embedded one at a time so
