@@ -50,6 +50,18 @@ class Project:
         )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models on 2 shared cores: two OpenMP threads competing with other work ran them
+    5-20x slower than one (measured), so model tests use one and restore the count after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def project(tmp_path):
     return Project(tmp_path)

@@ -33,13 +33,7 @@ from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 SIZE = 96  # the CPU default
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Shared cores: one OpenMP thread is much faster than two competing ones (see test_models)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def real_crops(size: int = SIZE) -> np.ndarray:

@@ -62,13 +62,7 @@ TINY_ADAPTER = AdapterConfig(rank=2, alpha=4.0)
 HOLDOUT_EVERY = 4  # 8 faces → faces 2 and 6 held out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The cores are shared with other jobs; one thread runs these small models fastest."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -65,14 +65,7 @@ def face_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return faces_to_tensors(*resize_faces(crops, masks, size))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine's cores are shared with other jobs; two OpenMP threads competing for
-    them run these small models 5-20x slower than one (measured), so the tests use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(size: int) -> AutoencoderConfig:

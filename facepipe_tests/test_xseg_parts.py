@@ -62,13 +62,7 @@ def moved(image: np.ndarray, dx: float, dy: float, degrees: float) -> np.ndarray
     return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT101)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny: on a shared 2-core machine one thread is steadier and faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
