@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from facepipe.pairs import PairsFileError
 from facepipe.resources import default_data_root, project_root
 
 
@@ -100,11 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     data_root = args.data_root or Path(default_data_root())
     os.environ["FACEPIPE_DATA"] = str(data_root)  # the resource's default, for in-process runs
     use_project_instance()
-    if args.command in ("sample", "demo"):
-        from facepipe.sample import build_sample
+    try:
+        return run_command(args, data_root)
+    except PairsFileError as error:  # the other bad inputs fail inside Dagster runs, named there
+        print(f"facepipe: {error}", file=sys.stderr)
+        return 2
 
+
+def run_command(args: argparse.Namespace, data_root: Path) -> int:
+    if args.command in ("sample", "demo"):
         from facepipe.pairs import declare_pair
-        from facepipe.sample import IDENTITY_KEY, TARGET_KEY
+        from facepipe.sample import IDENTITY_KEY, TARGET_KEY, build_sample
 
         written = build_sample(data_root)
         declare_pair(data_root, IDENTITY_KEY, TARGET_KEY)

@@ -56,3 +56,15 @@ def test_register_command_adds_partitions_and_skips_bad_names(tmp_path, monkeypa
     assert "identity: bob" in out.out and "x|y" in out.err
     with DagsterInstance.from_config(os.environ["DAGSTER_HOME"]) as instance:
         assert instance.get_dynamic_partitions("identity") == ["bob"]
+
+
+def test_build_with_a_broken_pairs_file_says_which_file_and_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACEPIPE_DATA", "")
+    (tmp_path / "home").mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pairs.toml").write_text('[[pair]]\nidentity = "Jane Doe"\n')
+    assert cli.main(["--data-root", str(data), "build"]) == 2
+    error = capsys.readouterr().err
+    assert "pairs.toml" in error and "Jane Doe" in error and "[[pair]]" in error
