@@ -15,6 +15,22 @@ os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# Seconds-long trainings, for in-process builds of the whole graph on a few frames.
+TINY_TRAINING = {
+    "identity__identity_model": {"epochs": 3, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32, "depth": 3,
+                                 "holdout_every": 4, "cpu_threads": 1, "samples_per_epoch": 0},
+    "target__xseg_model": {"epochs": 1, "batch_size": 4, "width": 4, "depth": 4, "resolution": 64, "holdout_every": 4,
+                           "samples_per_epoch": 0, "cpu_threads": 1},
+    "pair__lora_adapter": {"epochs": 2, "batch_size": 4, "rank": 1, "alpha": 2.0, "holdout_every": 4,
+                           "samples_per_epoch": 0, "cpu_threads": 1},
+}
+
+
+def tiny_run_config(*ops: str) -> dict:
+    """Run config with the tiny trainings for `ops` (all of them when none are named)."""
+    return {"ops": {op: {"config": dict(TINY_TRAINING[op])} for op in ops or TINY_TRAINING}}
+
+
 class Project:
     """A throwaway facepipe project: media folder, store and Dagster instance in tmp."""
 

@@ -38,34 +38,23 @@ from facepipe.media import decode_video
 from facepipe.pairs import declare_pair, declared_pairs
 from facepipe.resources import FacepipeSettings
 from facepipe.sample import astronaut_face, hopper_face, render_head_video, write_video
-from facepipe_tests.conftest import Project
+from facepipe_tests.conftest import Project, tiny_run_config
 
-TINY = {
-    "identity__identity_model": {"epochs": 2, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32, "depth": 3,
-                                 "holdout_every": 4, "cpu_threads": 1, "samples_per_epoch": 0},
-    "target__xseg_model": {"epochs": 1, "batch_size": 4, "width": 4, "depth": 4, "resolution": 64, "holdout_every": 4,
-                           "samples_per_epoch": 0, "cpu_threads": 1},
-    "pair__lora_adapter": {"epochs": 1, "batch_size": 4, "rank": 1, "alpha": 2.0, "holdout_every": 4,
-                           "samples_per_epoch": 0, "cpu_threads": 1},
-}
 SCHEDULES = {s.name: s for s in nightly_schedules}
 
-
-def run_config(*ops):
-    return {"ops": {op: {"config": TINY[op]} for op in ops}}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """One real build: identity 'hopper', target 'talk', pair hopper|talk (tiny clips, 1-2 epochs)."""
+    """One real build: identity 'hopper', target 'talk', pair hopper|talk (tiny clips, tiny trainings)."""
     project = Project(tmp_path_factory.mktemp("nightly_build"))
     render_head_video(hopper_face(160), project.folder("identity", "hopper") / "hopper.mp4", n_frames=10, size=160)
     render_head_video(astronaut_face(160), project.folder("target", "talk") / "talk.mp4", n_frames=10, size=160, occluders=True)
-    project.materialize("identity", "hopper", run_config("identity__identity_model"), assets=project.identity_assets)
-    project.materialize("target", "talk", run_config("target__xseg_model"), assets=project.target_assets)
-    project.materialize("pair", "hopper|talk", run_config("pair__lora_adapter"), assets=project.pair_assets)
+    project.materialize("identity", "hopper", tiny_run_config("identity__identity_model"), assets=project.identity_assets)
+    project.materialize("target", "talk", tiny_run_config("target__xseg_model"), assets=project.target_assets)
+    project.materialize("pair", "hopper|talk", tiny_run_config("pair__lora_adapter"), assets=project.pair_assets)
     declare_pair(project.data, "hopper", "talk")
-    (project.root / "nightly.json").write_text(json.dumps(run_config(*TINY)))
+    (project.root / "nightly.json").write_text(json.dumps(tiny_run_config()))
     return project.root
 
 
@@ -156,7 +145,7 @@ def test_user_masks_and_config_changes_are_changes(copy):
 
     shutil.rmtree(masks)
     config = json.loads((copy.root / "nightly.json").read_text())
-    config["ops"]["identity__identity_model"]["config"]["epochs"] = 3
+    config["ops"]["identity__identity_model"]["config"]["epochs"] += 1
     (copy.root / "nightly.json").write_text(json.dumps(config))
     assert copy.all_ticks() == {"nightly_identity": [("identity_job", "hopper"), ("identity_job", "hopper2")],
                                 "nightly_target": [], "nightly_pairs": []}
@@ -168,7 +157,7 @@ def test_requests_carry_the_nightly_config_and_validate_against_the_jobs(copy):
     [request] = copy.requests("nightly_identity")
     assert request.partition_key == "hopper" and request.job_name == "identity_job"
     assert "identity/media: media changed" in request.tags["facepipe/nightly_reason"]
-    assert request.run_config == run_config("identity__identity_model")  # only this job's ops
+    assert request.run_config == tiny_run_config("identity__identity_model")  # only this job's ops
     assert validate_run_config(defs.resolve_job_def("identity_job"), request.run_config)
 
 
@@ -182,7 +171,7 @@ def test_code_version_bump_rebuilds_everything_downstream(copy, monkeypatch):
 
     # the identity run the schedule asked for, for real; its success brings the pair along
     result = copy.definitions().resolve_job_def("identity_job").execute_in_process(
-        instance=copy.instance, partition_key="hopper", run_config=run_config("identity__identity_model"))
+        instance=copy.instance, partition_key="hopper", run_config=tiny_run_config("identity__identity_model"))
     assert result.success
     [success] = [e.dagster_event for e in copy.instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_SUCCESS)]
     context = build_run_status_sensor_context(sensor_name="pairs_after_role_runs", dagster_event=success,
@@ -192,7 +181,7 @@ def test_code_version_bump_rebuilds_everything_downstream(copy, monkeypatch):
     [request] = pairs_after_role_runs(context)
     assert (request.job_name, request.partition_key) == ("pair_job", "hopper|talk")  # not hopper2|talk2
     assert "pair/lora_adapter: input identity_model changed" in request.tags["facepipe/nightly_reason"]
-    assert request.run_config == run_config("pair__lora_adapter")
+    assert request.run_config == tiny_run_config("pair__lora_adapter")
     assert copy.tick("nightly_identity") == [("identity_job", "hopper2")]  # hopper is current again
 
 

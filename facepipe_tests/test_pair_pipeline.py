@@ -9,23 +9,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from conftest import tiny_run_config
+
 from facepipe.faces import FaceSet
 from facepipe.registry import read_index
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
 from facepipe.store import ArtifactStore
 
-TINY = {
-    "identity__identity_model": {"epochs": 3, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32, "depth": 3,
-                                 "holdout_every": 4, "cpu_threads": 1, "samples_per_epoch": 0},
-    "target__xseg_model": {"epochs": 1, "batch_size": 4, "width": 4, "depth": 4, "resolution": 64, "holdout_every": 4,
-                           "samples_per_epoch": 0, "cpu_threads": 1},
-    "pair__lora_adapter": {"epochs": 2, "batch_size": 4, "rank": 1, "alpha": 2.0, "holdout_every": 4,
-                           "samples_per_epoch": 0, "cpu_threads": 1},
-}
 
-
-def config_for(*ops):
-    return {"ops": {op: {"config": TINY[op]} for op in ops}}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def clips(tmp_path_factory):
 
 def prepare(project, clips, targets=("talk",)):
     shutil.copy(clips / "hopper.mp4", project.folder("identity", "hopper") / "hopper.mp4")
-    project.materialize("identity", "hopper", config_for("identity__identity_model"), assets=project.identity_assets)
+    project.materialize("identity", "hopper", tiny_run_config("identity__identity_model"), assets=project.identity_assets)
     for target in targets:
         shutil.copy(clips / "talk.mp4", project.folder("target", target) / "talk.mp4")
         if target != "talk":  # a recoloured copy: another target of the same identity
@@ -47,11 +38,11 @@ def prepare(project, clips, targets=("talk",)):
             from facepipe.sample import write_video
 
             write_video(path, [f[..., ::-1].copy() for f in decode_video(path)], 25)  # channels swapped
-        project.materialize("target", target, config_for("target__xseg_model"), assets=project.target_assets)
+        project.materialize("target", target, tiny_run_config("target__xseg_model"), assets=project.target_assets)
 
 
 def build_pair(project, key, raise_on_error=True):
-    return project.materialize("pair", key, config_for("pair__lora_adapter"), assets=project.pair_assets,
+    return project.materialize("pair", key, tiny_run_config("pair__lora_adapter"), assets=project.pair_assets,
                                raise_on_error=raise_on_error)
 
 

@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run_config
+
 from facepipe.pairs import declare_pair
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "rebuild_check.py"
 
-# Seconds-long trainings (same sizes as test_pair_pipeline's TINY configs).
-TINY_RUN_CONFIG = {"ops": {
-    "identity__identity_model": {"config": {"epochs": 3, "batch_size": 4, "resolution": 32, "width": 8, "latent_dim": 32,
-                                            "depth": 3, "holdout_every": 4, "cpu_threads": 1, "samples_per_epoch": 0}},
-    "target__xseg_model": {"config": {"epochs": 1, "batch_size": 4, "width": 4, "depth": 4, "resolution": 64,
-                                      "holdout_every": 4, "samples_per_epoch": 0, "cpu_threads": 1}},
-    "pair__lora_adapter": {"config": {"epochs": 2, "batch_size": 4, "rank": 1, "alpha": 2.0, "holdout_every": 4,
-                                      "samples_per_epoch": 0, "cpu_threads": 1}},
-}}
 
 
 def load_script():
@@ -47,7 +40,7 @@ def tiny_data(tmp_path):
 @pytest.mark.slow
 def test_two_cold_builds_are_byte_identical_and_a_changed_file_is_named(rebuild_check, tiny_data, tmp_path, capsys):
     work = tmp_path / "work"
-    status = rebuild_check.main(["--data-root", str(tiny_data), "--run-config", json.dumps(TINY_RUN_CONFIG),
+    status = rebuild_check.main(["--data-root", str(tiny_data), "--run-config", json.dumps(tiny_run_config()),
                                  "--work", str(work), "--keep"])
     out = capsys.readouterr().out
     assert status == 0, out
