@@ -17,7 +17,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
-    Failure,
     MaterializeResult,
     MultiToSingleDimensionPartitionMapping,
     asset,
@@ -45,7 +44,7 @@ from facepipe.preview import contact_sheet, evenly_spaced, paste_face, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
 from facepipe.sample import write_video
-from facepipe.store import Artifact, ArtifactStore, MissingInput
+from facepipe.store import Artifact
 
 LORA_VERSION = "1"
 EXPORT_VERSION = "1"
@@ -56,13 +55,6 @@ by_target = MultiToSingleDimensionPartitionMapping(partition_dimension_name="tar
 def pair_keys(context) -> tuple[str, str]:
     keys = context.partition_key.keys_by_dimension
     return keys["identity"], keys["target"]
-
-
-def require(store: ArtifactStore, asset: str, key: str, pair: str) -> Artifact:
-    try:
-        return store.current(asset, key)
-    except MissingInput as error:
-        raise Failure(f"pair '{pair}' needs '{asset}' for '{key}': {error}", allow_retries=False) from error
 
 
 def identity_model_config(artifact: Artifact) -> AutoencoderConfig:
@@ -96,10 +88,10 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     store = settings.store
     identity, target = pair_keys(context)
     pair = f"{identity}|{target}"
-    model_artifact = require(store, "identity/identity_model", identity, pair)
-    identity_faces = require(store, "identity/faces", identity, pair)
-    target_faces = require(store, "target/faces", target, pair)
-    masks_artifact = require(store, "target/target_masks", target, pair)
+    model_artifact = store.current("identity/identity_model", identity)
+    identity_faces = store.current("identity/faces", identity)
+    target_faces = store.current("target/faces", target)
+    masks_artifact = store.current("target/target_masks", target)
     context.log.info(f"reusing identity_model {model_artifact.fingerprint} of '{identity}' (built once, shared by every target)")
     model_config = identity_model_config(model_artifact)
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight)
@@ -162,13 +154,13 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings) -> M
     store = settings.store
     identity, target = pair_keys(context)
     pair = f"{identity}|{target}"
-    adapter_artifact = require(store, "pair/lora_adapter", pair, pair)
-    model_artifact = require(store, "identity/identity_model", identity, pair)
-    profile_artifact = require(store, "identity/identity_profile", identity, pair)
-    identity_faces = require(store, "identity/faces", identity, pair)
-    target_faces = require(store, "target/faces", target, pair)
-    frames_artifact = require(store, "target/frames", target, pair)
-    xseg_artifact = require(store, "target/xseg_model", target, pair)
+    adapter_artifact = store.current("pair/lora_adapter", pair)
+    model_artifact = store.current("identity/identity_model", identity)
+    profile_artifact = store.current("identity/identity_profile", identity)
+    identity_faces = store.current("identity/faces", identity)
+    target_faces = store.current("target/faces", target)
+    frames_artifact = store.current("target/frames", target)
+    xseg_artifact = store.current("target/xseg_model", target)
     name = f"{identity}_{target}"
 
     def write(out: Path) -> dict:
