@@ -99,10 +99,7 @@ def build_prep_assets(role: str) -> list:
     @failure_policy
     def media(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
         folder = media_dir(settings.data_path, role, context.partition_key)
-        try:
-            files, skipped = scan_media(folder)
-        except MediaError as error:
-            raise Failure(f"{role} '{context.partition_key}': {error}", allow_retries=False) from error
+        files, skipped = scan_media(folder)  # a missing folder fails through failure_policy
         sources = []
         for file in files:  # open each file once, so undecodable ones are reported here
             try:

@@ -9,7 +9,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
-    Failure,
     MaterializeResult,
     asset,
     asset_check,
@@ -21,7 +20,7 @@ from facepipe.assets.stage import PREVIEW_FILE, run_stage
 from facepipe.assets.training import TRAINING_POOL, TrainingConfig
 from facepipe.export import export_verified
 from facepipe.faces import FaceSet
-from facepipe.labels import MASKS_FOLDER, UserMaskError, build_labels, user_masks_digest
+from facepipe.labels import MASKS_FOLDER, build_labels, user_masks_digest
 from facepipe.models.xseg import (
     XSEG_SIZE,
     XSegNHWC,
@@ -80,11 +79,9 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
 
     def write(out: Path) -> dict:
         faces = FaceSet.load(faces_artifact.path)
-        try:
-            labels, report = build_labels(faces.index, np.asarray(faces.masks), masks_dir,
-                                          frame_sizes(pd.read_parquet(frames_artifact.path / "manifest.parquet")))
-        except UserMaskError as error:
-            raise Failure(f"target '{key}': {error}", allow_retries=False) from error
+        # A bad user mask raises UserMaskError naming the file: failure_policy fails it without retry.
+        labels, report = build_labels(faces.index, np.asarray(faces.masks), masks_dir,
+                                      frame_sizes(pd.read_parquet(frames_artifact.path / "manifest.parquet")))
         if report.count:
             context.log.info(f"user masks label {report.count} face(s): {sorted(report.files)}")
         training = train_xseg(np.asarray(faces.crops), labels, config.width, config.depth, config.resolution,
