@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ class FaceSet:
 
 
 def build_face_set(
-    frames: list[tuple[int, np.ndarray, np.ndarray]],
+    frames: Iterable[tuple[int, np.ndarray, np.ndarray]],
     count: int,
     size: int,
     out_dir: Path,
