@@ -24,15 +24,21 @@ def default_store_root() -> str:
     return os.environ.get("FACEPIPE_STORE", str(project_root() / "store"))
 
 
+def default_store_cache() -> str:
+    """Where a machine keeps its copies when the store root is a URL (object storage)."""
+    return os.environ.get("FACEPIPE_STORE_CACHE", str(Path.home() / ".cache" / "facepipe" / "store"))
+
+
 def default_models_root() -> str:
     return os.environ.get("FACEPIPE_MODELS", str(project_root() / "models"))
 
 
 class FacepipeSettings(ConfigurableResource):
-    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE / FACEPIPE_MODELS or in run config."""
+    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE (/ FACEPIPE_STORE_CACHE) / FACEPIPE_MODELS or in run config."""
 
     data_root: str = default_data_root()
-    store_root: str = default_store_root()
+    store_root: str = default_store_root()  # a folder, or a URL such as s3://bucket/facepipe
+    store_cache: str = default_store_cache()  # this machine's copies, used when store_root is a URL
     models_root: str = default_models_root()  # published profiles and models (the registry)
     device: str = "auto"  # auto = cuda, then mps, then cpu
 
@@ -46,4 +52,4 @@ class FacepipeSettings(ConfigurableResource):
 
     @property
     def store(self) -> ArtifactStore:
-        return ArtifactStore(self.store_root)
+        return ArtifactStore(self.store_root, cache=self.store_cache)

@@ -6,24 +6,27 @@ A folder that exists is complete: builds happen in a temporary sibling folder th
 and renamed into place only at the end, so a killed run never leaves something that looks
 valid. `current.json` beside the fingerprint folders points at the output of the latest
 successful materialization; downstream assets read their inputs through it, and a failed run
-never moves it.
+never moves it. The root may also be an fsspec URL (object storage): see ArtifactStore.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from facepipe.object_storage import RemoteTree, is_url, local_path
 from facepipe.partitions import InvalidPartitionKey, validate_key
 
 RECORD = "_artifact.json"
 CURRENT = "current.json"
+logger = logging.getLogger(__name__)
 
 
 class MissingInput(RuntimeError):
@@ -108,27 +111,45 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
+    """The store under `root`: a local folder, or an fsspec URL (s3://bucket/facepipe, gs://, az://).
+
+    With a URL, every machine builds in and reads from its local `cache` folder; the URL holds
+    the shared truth: each finished artifact (files first, record last) and the `current.json`
+    pointers. An artifact another machine built is downloaded once, checked against its record's
+    hashes and then served from the cache. Training checkpoints (`_runs/`) stay in the cache.
+    """
+
+    def __init__(self, root: Path | str, cache: Path | str | None = None):
+        self.remote = RemoteTree(str(root)) if is_url(root) else None
+        if self.remote is None:
+            self.root = local_path(root)
+        elif cache is None:
+            raise ValueError(f"store root {root} is remote: give a local cache folder (FACEPIPE_STORE_CACHE)")
+        else:
+            self.root = Path(cache)
 
     def partition_dir(self, asset: str, partition: str) -> Path:
         """`<root>/<asset>/<key>`; a pair key "identity|target" becomes `<identity>/<target>`.
         Keys become path components: each is validated so that no key can escape the store."""
+        return self.root.joinpath(*self._relative(asset, partition).parts)
+
+    def _relative(self, asset: str, partition: str) -> PurePosixPath:
         parts = asset.split("/")
         if not all(parts) or any(p in (".", "..") for p in parts):
             raise ValueError(f"invalid asset name {asset!r}")
         keys = partition.split("|") if isinstance(partition, str) else [partition]
         if len(keys) > 2:
             raise InvalidPartitionKey(f"invalid partition {partition!r}: at most two dimensions (identity|target)")
-        return self.root.joinpath(*parts, *(validate_key(k) for k in keys))
+        return PurePosixPath(*parts, *(validate_key(k) for k in keys))
 
     def lookup(self, asset: str, partition: str, fp: str) -> Artifact | None:
+        """The finished output for `fp`, downloaded into the cache first if only the remote has it."""
         folder = self.partition_dir(asset, partition) / fp
         record_path = folder / RECORD
-        if not record_path.is_file():
-            return None
-        record = json.loads(record_path.read_text())
-        return Artifact(folder, fp, record["content_hash"], record, reused=True)
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            return Artifact(folder, fp, record["content_hash"], record, reused=True)
+        return self._fetch(asset, partition, fp) if self.remote else None
 
     def build(
         self,
@@ -143,59 +164,123 @@ class ArtifactStore:
         `write` fills the folder and returns JSON-able metadata, which is kept in the record so
         that a cache hit reports the same metadata as the build that made it.
         """
-        if found := self.lookup(asset, partition, fp):
-            self.set_current(asset, partition, found)
-            return found
-        parent = self.partition_dir(asset, partition)
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
-        try:
-            metadata = write(tmp) or {}
-            digest, files = content_hash(tmp)
-            record = {
-                "asset": asset,
-                "partition": partition,
-                "fingerprint": fp,
-                "content_hash": digest,
-                "files": files,
-                "metadata": metadata,
-                **(lineage or {}),
-            }
-            (tmp / RECORD).write_bytes(json.dumps(record, sort_keys=True, indent=2).encode())
-            fsync_tree(tmp)
-            final = parent / fp
+        artifact = self.lookup(asset, partition, fp)
+        if artifact is None:
+            parent = self.partition_dir(asset, partition)
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
             try:
-                os.rename(tmp, final)
-            except OSError:
-                # Another run finished the same fingerprint first; its output is equivalent.
-                if not (final / RECORD).is_file():
-                    raise
+                metadata = write(tmp) or {}
+                digest, files = content_hash(tmp)
+                record = {
+                    "asset": asset,
+                    "partition": partition,
+                    "fingerprint": fp,
+                    "content_hash": digest,
+                    "files": files,
+                    "metadata": metadata,
+                    **(lineage or {}),
+                }
+                (tmp / RECORD).write_bytes(json.dumps(record, sort_keys=True, indent=2).encode())
+                final = commit(tmp, parent / fp)
+            except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-            fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        artifact = Artifact(final, fp, digest, record, reused=False)
+                raise
+            artifact = Artifact(final, fp, digest, record, reused=False)
+            if self.remote:  # the lookup found nothing usable there: upload, replacing any broken copy
+                self._upload(asset, partition, artifact)
+        elif self.remote and self.remote.read(self._relative(asset, partition) / fp / RECORD) is None:
+            self._upload(asset, partition, artifact)  # cached here before this remote was used
         self.set_current(asset, partition, artifact)
         return artifact
 
     def set_current(self, asset: str, partition: str, artifact: Artifact) -> None:
-        pointer = {"fingerprint": artifact.fingerprint, "content_hash": artifact.content_hash}
-        atomic_write_bytes(self.partition_dir(asset, partition) / CURRENT, canonical_json(pointer))
+        pointer = canonical_json({"fingerprint": artifact.fingerprint, "content_hash": artifact.content_hash})
+        if self.remote:
+            self.remote.write(self._relative(asset, partition) / CURRENT, pointer)
+        else:
+            atomic_write_bytes(self.partition_dir(asset, partition) / CURRENT, pointer)
 
     def current(self, asset: str, partition: str) -> Artifact:
         """The latest successful output of `asset` for `partition`, or a clear MissingInput."""
-        pointer_path = self.partition_dir(asset, partition) / CURRENT
-        if not pointer_path.is_file():
+        fp = self._pointer(asset, partition)["fingerprint"]
+        found = self.lookup(asset, partition, fp)
+        if found is None:
+            raise self._removed(asset, partition, fp)
+        return found
+
+    def current_record(self, asset: str, partition: str) -> dict[str, Any]:
+        """The record of the current output (lineage, content hash) without fetching its files."""
+        fp = self._pointer(asset, partition)["fingerprint"]
+        data = self._read(self._relative(asset, partition) / fp / RECORD)
+        if data is None:
+            raise self._removed(asset, partition, fp)
+        return json.loads(data)
+
+    def _read(self, relative: PurePosixPath) -> bytes | None:
+        if self.remote:
+            return self.remote.read(relative)
+        path = self.root.joinpath(*relative.parts)
+        return path.read_bytes() if path.is_file() else None
+
+    def _pointer(self, asset: str, partition: str) -> dict[str, str]:
+        data = self._read(self._relative(asset, partition) / CURRENT)
+        if data is None:
             raise MissingInput(
                 f"'{asset}' has no output for partition '{partition}' yet: materialize "
                 f"'{asset}' for partition '{partition}' first (or materialize its whole chain)."
             )
-        pointer = json.loads(pointer_path.read_text())
-        found = self.lookup(asset, partition, pointer["fingerprint"])
-        if found is None:
-            raise MissingInput(
-                f"the output of '{asset}' for partition '{partition}' was removed from the store "
-                f"({pointer_path.parent / pointer['fingerprint']}): materialize '{asset}' again."
-            )
-        return found
+        return json.loads(data)
+
+    def _removed(self, asset: str, partition: str, fp: str) -> MissingInput:
+        where = self.remote.url if self.remote else self.root
+        return MissingInput(
+            f"the output of '{asset}' for partition '{partition}' was removed from the store "
+            f"({where}/{self._relative(asset, partition)}/{fp}) or does not match its record: "
+            f"materialize '{asset}' again."
+        )
+
+    def _upload(self, asset: str, partition: str, artifact: Artifact) -> None:
+        """Every file first, the record last: a remote record marks a complete artifact."""
+        relative = self._relative(asset, partition) / artifact.fingerprint
+        self.remote.upload(artifact.path, relative, sorted(artifact.record["files"]))
+        self.remote.upload(artifact.path, relative, [RECORD])
+
+    def _fetch(self, asset: str, partition: str, fp: str) -> Artifact | None:
+        """Download a finished remote artifact into the cache, checked file by file against its record."""
+        relative = self._relative(asset, partition) / fp
+        data = self.remote.read(relative / RECORD)
+        if data is None:
+            return None
+        record = json.loads(data)
+        parent = self.partition_dir(asset, partition)
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
+        try:
+            self.remote.download(relative, sorted(record["files"]), tmp)
+            digest, files = content_hash(tmp)
+            if files != record["files"] or digest != record["content_hash"]:
+                # Half-overwritten by a concurrent build, or edited by hand: rebuild rather than trust it.
+                logger.warning("%s/%s does not match its record; it will be rebuilt", self.remote.url, relative)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return None
+            (tmp / RECORD).write_bytes(data)
+            final = commit(tmp, parent / fp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Artifact(final, fp, record["content_hash"], record, reused=True)
+
+
+def commit(tmp: Path, final: Path) -> Path:
+    """fsync a finished temporary folder and rename it to `final`: it appears complete or not at all."""
+    fsync_tree(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        # Another run finished the same fingerprint first; its output is equivalent.
+        if not (final / RECORD).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(final.parent)
+    return final

@@ -38,6 +38,8 @@ class Project:
         self.root = root
         self.data = root / "data"
         self.store = root / "store"
+        self.store_root = str(self.store)  # a test may point this at object storage (a URL)
+        self.store_cache = str(root / "store-cache")  # this "machine's" copies when it does
         self.instance = DagsterInstance.ephemeral()
         self.models = root / "models"
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
@@ -55,7 +57,8 @@ class Project:
         for dimension, part in zip(("identity", "target"), key.split("|")) if role == "pair" else [(role, key)]:
             if part not in self.instance.get_dynamic_partitions(dimension):
                 self.instance.add_dynamic_partitions(dimension, [part])
-        settings = FacepipeSettings(data_root=str(self.data), store_root=str(self.store), models_root=str(self.models))
+        settings = FacepipeSettings(data_root=str(self.data), store_root=self.store_root,
+                                    store_cache=self.store_cache, models_root=str(self.models))
         return materialize(
             assets or self.assets[role],
             instance=self.instance,

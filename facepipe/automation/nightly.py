@@ -225,7 +225,7 @@ def stage_change(world: World, stage: Stage, partitions: dict[str, str], rebuilt
     group = stage.asset.split("/")[0]
     partition = partitions[group]
     try:
-        record = world.store.current(stage.asset, partition).record
+        record = world.store.current_record(stage.asset, partition)
     except MissingInput:
         return "no output yet"
     now = stage.code_version()
@@ -241,7 +241,7 @@ def stage_change(world: World, stage: Stage, partitions: dict[str, str], rebuilt
         if (upstream, partitions[side]) in rebuilt:
             return f"{upstream} [{partitions[side]}] is rebuilt first"
         try:
-            current = world.store.current(upstream, partitions[side]).content_hash
+            current = world.store.current_record(upstream, partitions[side])["content_hash"]
         except MissingInput:
             return f"{upstream} [{partitions[side]}] has no output"
         if inputs.get(name) != current:
@@ -343,7 +343,7 @@ def state_digest(world: World, identity: str, target: str) -> str:
             partition = {"identity": identity, "target": target}.get(side)
             if partition is not None:
                 try:
-                    state[f"{upstream}[{partition}]"] = world.store.current(upstream, partition).content_hash
+                    state[f"{upstream}[{partition}]"] = world.store.current_record(upstream, partition)["content_hash"]
                 except MissingInput:
                     state[f"{upstream}[{partition}]"] = None
         state[stage.asset] = [stage.code_version(), world.expected_config(stage)]
