@@ -1,6 +1,10 @@
 """The Dagster code location: assets, jobs, schedules, sensors and resources."""
 
-from dagster import Definitions, in_process_executor
+import os
+from pathlib import Path
+
+import yaml
+from dagster import Definitions, ExecutorDefinition, in_process_executor
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
 from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
@@ -11,6 +15,22 @@ from facepipe.automation.nightly import nightly_schedules, pairs_after_role_runs
 from facepipe.partitions import ROLES
 from facepipe.resources import FacepipeSettings
 
+
+
+def step_executor() -> ExecutorDefinition:
+    """In-process by default: steps of one partition run one after another anyway, and a process
+    per step would spend seconds re-importing MediaPipe and torch, more than a cached step costs.
+    FACEPIPE_CELERY_CONFIG=<yaml> hands each step to Celery workers started with the same file
+    (`dagster-celery worker start -A dagster_celery.app -y <yaml>`; see deploy/celery.yaml)."""
+    config_file = os.environ.get("FACEPIPE_CELERY_CONFIG")
+    if not config_file:
+        return in_process_executor
+    from dagster_celery import celery_executor  # optional: pip install facepipe[celery]
+
+    config = yaml.safe_load(Path(config_file).read_text()) or {}
+    return celery_executor.configured(config.get("execution", {}).get("config", {}), name="facepipe_celery")
+
+
 defs = Definitions(
     assets=[*(a for role in ROLES for a in build_prep_assets(role)), identity_profile, identity_model, xseg_model, target_masks,
             *PAIR_ASSETS],
@@ -19,7 +39,5 @@ defs = Definitions(
     schedules=nightly_schedules,
     sensors=[media_sensor, pairs_after_role_runs],
     resources={"settings": FacepipeSettings()},
-    # Steps of one partition run one after another anyway; a process per step would spend
-    # seconds re-importing MediaPipe and torch, more than a cached step costs.
-    executor=in_process_executor,
+    executor=step_executor(),
 )

@@ -1,7 +1,9 @@
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+import fsspec.config
 from dagster import DagsterInstance, materialize
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
@@ -84,3 +86,30 @@ def one_torch_thread():
 @pytest.fixture
 def project(tmp_path):
     return Project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3 server (moto) for the whole session, reachable over HTTP by worker processes too."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket; s3fs is pointed at the local endpoint the way a user points it at MinIO
+    (FSSPEC_S3_ENDPOINT_URL, which fsspec reads into this config at import)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", s3_endpoint)  # for worker processes
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    name = f"facepipe-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    return f"s3://{name}/store"

@@ -1,39 +1,14 @@
-"""The artifact store on object storage: a real S3 endpoint (moto's server, over HTTP) shared by
-"machines" that each have their own local cache folder."""
+"""The artifact store on object storage: a real S3 endpoint (moto's server, over HTTP, the
+`bucket` fixture) shared by "machines" that each have their own local cache folder."""
 
 import json
-import uuid
 
-import fsspec.config
+import fsspec
 import pytest
-from moto.server import ThreadedMotoServer
 
 from facepipe.store import RECORD, ArtifactStore, MissingInput
 from facepipe_tests.test_prep_pipeline import STAGES, add_clip, materialized, tiny_clip  # noqa: F401
 from facepipe_tests.test_store import write_hello
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint, monkeypatch):
-    """A fresh bucket; s3fs is pointed at the local endpoint the way a user points it at MinIO
-    (FSSPEC_S3_ENDPOINT_URL, which fsspec reads into this config at import)."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    name = f"facepipe-{uuid.uuid4().hex[:12]}"
-    fs.mkdir(name)
-    return f"s3://{name}/store"
 
 
 def remote_file(url, *parts):

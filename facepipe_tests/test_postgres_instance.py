@@ -7,7 +7,6 @@ written through one instance is read back through another, as a second machine w
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,17 +18,12 @@ from dagster import DagsterInstance, materialize
 
 from facepipe.assets.prep import build_prep_assets
 from facepipe.resources import FacepipeSettings
+from facepipe_tests.processes import free_loopback_port
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "dagster-postgres.yaml"
 # Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/<version>/bin.
 SERVER_BIN = os.pathsep.join([os.environ.get("PATH", ""), *map(str, sorted(Path("/usr/lib/postgresql").glob("*/bin")))])
 INITDB, PG_CTL = shutil.which("initdb", path=SERVER_BIN), shutil.which("pg_ctl", path=SERVER_BIN)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,7 @@ def postgres_port():
     if as_user:
         owner = pwd.getpwnam("postgres")
         os.chown(folder, owner.pw_uid, owner.pw_gid)
-    data, port = folder / "data", free_port()
+    data, port = folder / "data", free_loopback_port()
     subprocess.run([*as_user, INITDB, "-D", str(data), "-U", "dagster", "--auth=trust", "-E", "UTF8"],
                    check=True, capture_output=True)
     subprocess.run([*as_user, PG_CTL, "-D", str(data), "-l", str(folder / "server.log"), "-w", "start",
