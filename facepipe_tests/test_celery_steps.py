@@ -34,7 +34,8 @@ def celery_config(root: Path) -> Path:
     config = {"execution": {"config": {
         "broker": "filesystem://",
         "backend": f"file://{results}",
-        "config_source": {"broker_transport_options": {"data_folder_in": str(broker), "data_folder_out": str(broker)}},
+        "config_source": {"broker_transport_options": {"data_folder_in": str(broker), "data_folder_out": str(broker),
+                                                      "control_folder": str(root / "control")}},
     }}}
     path = root / "celery.yaml"
     path.write_text(yaml.safe_dump(config))
