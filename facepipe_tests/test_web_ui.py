@@ -1,18 +1,16 @@
 """The Dagster web UI in a real browser (headless Chromium from the OS packages, Selenium with
 the system chromedriver; nothing downloads a browser).
 
-The test serves the project's workspace.yaml with `dagster-webserver` and `dagster-daemon` on a
-free loopback port, over a throwaway instance (the project's dagster.yaml) and throwaway
-data/store/models folders holding a few frames of sample video. It checks that the global asset
-graph shows every asset of `facepipe.definitions.defs`, then launches the identity
-data-preparation assets for one partition by clicking through the UI ("Materialize all…",
-partition, "Launch 1 run"), waits for the run to succeed, and saves screenshots.
+The test starts `dagster dev -w workspace.yaml` on a free loopback port, over a throwaway
+instance (the project's dagster.yaml) and throwaway data/store/models folders holding a few
+frames of sample video. It checks that the global asset graph shows every asset of
+`facepipe.definitions.defs`, then launches the identity data-preparation assets for one
+partition by clicking through the UI ("Materialize all…", partition, "Launch 1 run"), waits for
+the run to succeed, and saves screenshots.
 
-Why the webserver and the daemon are started separately rather than with `dagster dev`: the
-project's sensors (media_sensor registers the sample and requests a full identity build,
-model training included) start RUNNING by default. Under `dagster dev` the daemon may tick them
-before the test could switch them off; here they are stopped through the UI's GraphQL API before
-the daemon exists, so the only run is the one the test launches.
+FACEPIPE_AUTOMATION=off keeps the project's sensors and schedules stopped (the media sensor
+would otherwise register the sample and request a full build, model training included), so the
+only run is the one the test launches; the test checks that they are indeed stopped.
 """
 
 import collections
@@ -54,24 +52,25 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 class DagsterServer:
-    """`dagster-webserver` (+ `dagster-daemon`) over a throwaway instance and throwaway folders."""
+    """`dagster dev` (webserver + daemon) over a throwaway instance and throwaway folders."""
 
     def __init__(self, root: Path):
         self.root = root
         self.home, self.data, self.store, self.models = (root / n for n in ("dagster_home", "data", "store", "models"))
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.logs = {"webserver": root / "webserver.log", "daemon": root / "daemon.log"}
+        self.logs = {"dev": root / "dagster-dev.log"}
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "DAGSTER_HOME": str(self.home), "FACEPIPE_DATA": str(self.data),
                     "FACEPIPE_STORE": str(self.store), "FACEPIPE_MODELS": str(self.models),
-                    "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+                    "FACEPIPE_AUTOMATION": "off", "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     def command(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)  # the console scripts of this environment
 
-    def start(self, name: str, args: list[str]) -> None:
-        self.processes[name] = start_process([self.command(f"dagster-{name}"), *args], self.env, self.logs[name])
+    def start(self) -> None:
+        args = [self.command("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)]
+        self.processes["dev"] = start_process(args, self.env, self.logs["dev"])
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -90,7 +89,7 @@ class DagsterServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
-                assert process.poll() is None, f"dagster-{name} exited ({process.returncode}):\n{log_tail(self.logs[name])}"
+                assert process.poll() is None, f"dagster {name} exited ({process.returncode}):\n{log_tail(self.logs[name])}"
             try:
                 if value := ready():
                     return value
@@ -117,20 +116,9 @@ def workspace_repositories(server: DagsterServer) -> list[dict] | None:
     return [repo for entry in entries for repo in entry["locationOrLoadError"]["repositories"]]
 
 
-def stop_automation(server: DagsterServer, repositories: list[dict]) -> list[str]:
-    """Switch off every running sensor and schedule (in the instance, as the UI's toggles do)."""
-    stopped = []
-    for repo in repositories:
-        for sensor in repo["sensors"]:
-            if sensor["sensorState"]["status"] == "RUNNING":
-                server.graphql("mutation($id: String!) { stopSensor(id: $id) { __typename } }", {"id": sensor["sensorState"]["id"]})
-                stopped.append(sensor["name"])
-        for schedule in repo["schedules"]:
-            if schedule["scheduleState"]["status"] == "RUNNING":
-                server.graphql("mutation($id: String!) { stopRunningSchedule(id: $id) { __typename } }",
-                               {"id": schedule["scheduleState"]["id"]})
-                stopped.append(schedule["name"])
-    return stopped
+def running_automation(repositories: list[dict]) -> list[str]:
+    return [item["name"] for repo in repositories for kind, state in (("sensors", "sensorState"), ("schedules", "scheduleState"))
+            for item in repo[kind] if item[state]["status"] == "RUNNING"]
 
 
 def partition_runs(server: DagsterServer) -> list[dict]:
@@ -204,12 +192,11 @@ def test_asset_graph_shows_every_asset_and_materializes_a_partition_from_the_ui(
 
     asset_keys = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
     started = time.monotonic()
-    server.start("webserver", ["-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(server.port)])
-    repositories = server.wait_until("the webserver to load workspace.yaml", lambda: workspace_repositories(server), timeout=120)
-    stopped = stop_automation(server, repositories)
-    server.start("daemon", ["run", "-w", "workspace.yaml"])  # dequeues the run the UI launches
+    server.start()
+    repositories = server.wait_until("dagster dev to load workspace.yaml", lambda: workspace_repositories(server), timeout=120)
+    assert running_automation(repositories) == [], "FACEPIPE_AUTOMATION=off should leave sensors and schedules stopped"
     server.graphql("mutation { setNuxSeen }")  # the first-visit newsletter prompt would cover the graph
-    print(f"webserver ready in {time.monotonic() - started:.1f}s on {server.url}; switched off: {', '.join(stopped) or 'nothing'}")
+    print(f"dagster dev ready in {time.monotonic() - started:.1f}s on {server.url}")
 
     screenshots = tmp_path / "screenshots"
     screenshots.mkdir()

@@ -6,14 +6,14 @@ import json
 
 from dagster import (
     AssetSelection,
-    DefaultSensorStatus,
-    define_asset_job,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
+    define_asset_job,
     sensor,
 )
 
+from facepipe.automation import sensor_default
 from facepipe.media import folder_signature
 from facepipe.partitions import PARTITIONS, ROLES, discover, media_dir
 from facepipe.resources import FacepipeSettings
@@ -42,7 +42,7 @@ pair_job = define_asset_job(PAIR_JOB, selection=AssetSelection.groups("pair"),
 @sensor(
     name="media_sensor",
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=sensor_default(),
     jobs=role_jobs,
     description="Registers folders under data/identities and data/targets as partitions and "
     "requests a data-preparation run when a partition's media change.",

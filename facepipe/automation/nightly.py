@@ -35,8 +35,6 @@ import yaml
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
-    DefaultScheduleStatus,
-    DefaultSensorStatus,
     RunRequest,
     RunsFilter,
     RunStatusSensorContext,
@@ -51,6 +49,7 @@ from facepipe.assets import identity as identity_assets
 from facepipe.assets import pair as pair_assets
 from facepipe.assets import prep as prep_assets
 from facepipe.assets import xseg as xseg_assets
+from facepipe.automation import schedule_default, sensor_default
 from facepipe.automation.discovery import PAIR_JOB, pair_job, role_job_name, role_jobs
 from facepipe.embed import get_embedder
 from facepipe.labels import MASKS_FOLDER, UserMaskError, user_masks_digest
@@ -361,7 +360,7 @@ def role_schedule(role: str, job, cron: str, timezone: str | None):
     job_name = role_job_name(role)
 
     @schedule(name=f"nightly_{role}", cron_schedule=cron, job=job, execution_timezone=timezone,
-              default_status=DefaultScheduleStatus.RUNNING,
+              default_status=schedule_default(),
               description=f"Rebuilds the {role} partitions whose media, user inputs, config or code version changed "
                           f"(cron from {NIGHTLY_CRON_ENV}, default '{DEFAULT_NIGHTLY_CRON}').")
     def nightly(context: ScheduleEvaluationContext, settings: FacepipeSettings):
@@ -384,7 +383,7 @@ def role_schedule(role: str, job, cron: str, timezone: str | None):
 
 def pairs_schedule(cron: str, timezone: str | None):
     @schedule(name="nightly_pairs", cron_schedule=cron, job=pair_job, execution_timezone=timezone,
-              default_status=DefaultScheduleStatus.RUNNING,
+              default_status=schedule_default(),
               description="Rebuilds the pairs declared in data/pairs.toml whose inputs, config or code version changed; "
                           "a pair whose identity or target is rebuilt tonight follows that run (pairs_after_role_runs).")
     def nightly_pairs(context: ScheduleEvaluationContext, settings: FacepipeSettings):
@@ -416,7 +415,7 @@ ROLE_OF_JOB = {role_job_name(role): role for role in ROLES}
 
 
 @run_status_sensor(name="pairs_after_role_runs", run_status=DagsterRunStatus.SUCCESS, monitored_jobs=role_jobs,
-                   request_job=pair_job, default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+                   request_job=pair_job, default_status=sensor_default(), minimum_interval_seconds=30,
                    description="When an identity or target run succeeds, requests the declared pairs it feeds whose "
                                "inputs changed (once the pair's other side has no run pending).")
 def pairs_after_role_runs(context: RunStatusSensorContext, settings: FacepipeSettings):
