@@ -1,8 +1,8 @@
 """The remote half of the artifact store: a folder tree under an fsspec URL (s3://, gs://, az://, ...).
 
-Object stores have no rename, so the store never relies on one here: it uploads an artifact's
-files first and its record last, and a record that exists names files that are all there. The
-local cache stays the only place anything is built or read from (numpy memory-maps local files).
+Object stores have no rename, so the store never relies on one here (see ArtifactStore): files
+go under their content hash and the record that names them is uploaded last. The local cache
+stays the only place anything is built or read from (numpy memory-maps local files).
 
 Credentials and endpoints come from the usual places of each backend (AWS_* variables, gcloud
 login, ...) or from fsspec's own `FSSPEC_<PROTOCOL>_<OPTION>` variables, for example

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -113,10 +113,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 class ArtifactStore:
     """The store under `root`: a local folder, or an fsspec URL (s3://bucket/facepipe, gs://, az://).
 
-    With a URL, every machine builds in and reads from its local `cache` folder; the URL holds
-    the shared truth: each finished artifact (files first, record last) and the `current.json`
-    pointers. An artifact another machine built is downloaded once, checked against its record's
-    hashes and then served from the cache. Training checkpoints (`_runs/`) stay in the cache.
+    With a URL, every machine builds in and reads from its own cache folder (one per URL under
+    `cache`), and the URL holds the shared truth: each artifact's record, its files under
+    `<fingerprint>/<content hash>/` (content-addressed, so two machines that built the same
+    fingerprint differently never overwrite each other's files), and the `current.json` pointers.
+    Files are uploaded before the record, so a record always names a complete set. A local copy
+    whose content differs from the remote record is replaced by the remote one, so every machine
+    uses the same bytes. Downloads are checked file by file against the record; a damaged remote
+    artifact is rebuilt and uploaded again, never trusted. Training checkpoints (`_runs/`) stay local.
     """
 
     def __init__(self, root: Path | str, cache: Path | str | None = None):
@@ -126,7 +130,7 @@ class ArtifactStore:
         elif cache is None:
             raise ValueError(f"store root {root} is remote: give a local cache folder (FACEPIPE_STORE_CACHE)")
         else:
-            self.root = Path(cache)
+            self.root = Path(cache) / hashlib.sha256(self.remote.url.encode()).hexdigest()[:16]
 
     def partition_dir(self, asset: str, partition: str) -> Path:
         """`<root>/<asset>/<key>`; a pair key "identity|target" becomes `<identity>/<target>`.
@@ -143,13 +147,14 @@ class ArtifactStore:
         return PurePosixPath(*parts, *(validate_key(k) for k in keys))
 
     def lookup(self, asset: str, partition: str, fp: str) -> Artifact | None:
-        """The finished output for `fp`, downloaded into the cache first if only the remote has it."""
-        folder = self.partition_dir(asset, partition) / fp
-        record_path = folder / RECORD
-        if record_path.is_file():
-            record = json.loads(record_path.read_text())
-            return Artifact(folder, fp, record["content_hash"], record, reused=True)
-        return self._fetch(asset, partition, fp) if self.remote else None
+        """The finished output for `fp`; with a remote, the remote's version, downloaded if needed."""
+        local = self._local(asset, partition, fp)
+        if self.remote is None:
+            return local
+        remote_record = self._remote_record(asset, partition, fp)
+        if remote_record is None or (local and local.content_hash == remote_record["content_hash"]):
+            return local  # build() uploads a local copy the remote lacks
+        return self._fetch(asset, partition, fp, remote_record)
 
     def build(
         self,
@@ -182,15 +187,16 @@ class ArtifactStore:
                     **(lineage or {}),
                 }
                 (tmp / RECORD).write_bytes(json.dumps(record, sort_keys=True, indent=2).encode())
-                final = commit(tmp, parent / fp)
+                commit(tmp, parent / fp)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            artifact = Artifact(final, fp, digest, record, reused=False)
-            if self.remote:  # the lookup found nothing usable there: upload, replacing any broken copy
+            # Read back what is in place: another run on this machine may have finished it first.
+            artifact = replace(self._local(asset, partition, fp), reused=False)
+            if self.remote:  # the lookup found nothing usable there: upload, repairing a damaged copy
                 self._upload(asset, partition, artifact)
-        elif self.remote and self.remote.read(self._relative(asset, partition) / fp / RECORD) is None:
-            self._upload(asset, partition, artifact)  # cached here before this remote was used
+        elif self.remote and self._remote_record(asset, partition, fp) is None:
+            self._upload(asset, partition, artifact)  # cached here before this remote had it
         self.set_current(asset, partition, artifact)
         return artifact
 
@@ -210,21 +216,33 @@ class ArtifactStore:
         return found
 
     def current_record(self, asset: str, partition: str) -> dict[str, Any]:
-        """The record of the current output (lineage, content hash) without fetching its files."""
+        """The record of the current output (lineage, content hash, metadata) without fetching its files."""
         fp = self._pointer(asset, partition)["fingerprint"]
-        data = self._read(self._relative(asset, partition) / fp / RECORD)
-        if data is None:
+        record = self._remote_record(asset, partition, fp) if self.remote else None
+        if record is None and (local := self._local(asset, partition, fp)):
+            record = local.record
+        if record is None:
             raise self._removed(asset, partition, fp)
-        return json.loads(data)
+        return record
 
-    def _read(self, relative: PurePosixPath) -> bytes | None:
-        if self.remote:
-            return self.remote.read(relative)
-        path = self.root.joinpath(*relative.parts)
-        return path.read_bytes() if path.is_file() else None
+    def _local(self, asset: str, partition: str, fp: str) -> Artifact | None:
+        folder = self.partition_dir(asset, partition) / fp
+        if not (folder / RECORD).is_file():
+            return None
+        record = json.loads((folder / RECORD).read_text())
+        return Artifact(folder, fp, record["content_hash"], record, reused=True)
+
+    def _remote_record(self, asset: str, partition: str, fp: str) -> dict[str, Any] | None:
+        data = self.remote.read(self._relative(asset, partition) / fp / RECORD)
+        return None if data is None else json.loads(data)
 
     def _pointer(self, asset: str, partition: str) -> dict[str, str]:
-        data = self._read(self._relative(asset, partition) / CURRENT)
+        relative = self._relative(asset, partition) / CURRENT
+        if self.remote:
+            data = self.remote.read(relative)
+        else:
+            path = self.root.joinpath(*relative.parts)
+            data = path.read_bytes() if path.is_file() else None
         if data is None:
             raise MissingInput(
                 f"'{asset}' has no output for partition '{partition}' yet: materialize "
@@ -241,38 +259,38 @@ class ArtifactStore:
         )
 
     def _upload(self, asset: str, partition: str, artifact: Artifact) -> None:
-        """Every file first, the record last: a remote record marks a complete artifact."""
+        """The files under `<fp>/<content hash>/`, then the record: a remote record marks a complete set."""
         relative = self._relative(asset, partition) / artifact.fingerprint
-        self.remote.upload(artifact.path, relative, sorted(artifact.record["files"]))
+        self.remote.upload(artifact.path, relative / artifact.content_hash, sorted(artifact.record["files"]))
         self.remote.upload(artifact.path, relative, [RECORD])
 
-    def _fetch(self, asset: str, partition: str, fp: str) -> Artifact | None:
-        """Download a finished remote artifact into the cache, checked file by file against its record."""
+    def _fetch(self, asset: str, partition: str, fp: str, record: dict[str, Any]) -> Artifact | None:
+        """Download the remote artifact the record names into the cache (replacing a local copy with
+        other content), checked file by file; None if the remote copy is damaged."""
         relative = self._relative(asset, partition) / fp
-        data = self.remote.read(relative / RECORD)
-        if data is None:
-            return None
-        record = json.loads(data)
         parent = self.partition_dir(asset, partition)
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
         try:
-            self.remote.download(relative, sorted(record["files"]), tmp)
-            digest, files = content_hash(tmp)
-            if files != record["files"] or digest != record["content_hash"]:
-                # Half-overwritten by a concurrent build, or edited by hand: rebuild rather than trust it.
+            try:
+                self.remote.download(relative / record["content_hash"], sorted(record["files"]), tmp)
+                intact = content_hash(tmp) == (record["content_hash"], record["files"])
+            except FileNotFoundError:
+                intact = False
+            if not intact:
                 logger.warning("%s/%s does not match its record; it will be rebuilt", self.remote.url, relative)
                 shutil.rmtree(tmp, ignore_errors=True)
                 return None
-            (tmp / RECORD).write_bytes(data)
-            final = commit(tmp, parent / fp)
+            (tmp / RECORD).write_bytes(json.dumps(record, sort_keys=True, indent=2).encode())
+            retire(parent / fp)
+            commit(tmp, parent / fp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Artifact(final, fp, record["content_hash"], record, reused=True)
+        return self._local(asset, partition, fp)
 
 
-def commit(tmp: Path, final: Path) -> Path:
+def commit(tmp: Path, final: Path) -> None:
     """fsync a finished temporary folder and rename it to `final`: it appears complete or not at all."""
     fsync_tree(tmp)
     try:
@@ -283,4 +301,11 @@ def commit(tmp: Path, final: Path) -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(final.parent)
-    return final
+
+
+def retire(folder: Path) -> None:
+    """Move a local copy out of the way (renamed first, so nobody sees it half deleted), then delete it."""
+    if folder.exists():
+        aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-retired-{folder.name}-"))
+        os.rename(folder, aside / folder.name)
+        shutil.rmtree(aside, ignore_errors=True)

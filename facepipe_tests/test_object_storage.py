@@ -24,7 +24,7 @@ def test_a_second_machine_reuses_what_the_first_built(bucket, tmp_path):
     second_machine = ArtifactStore(bucket, cache=tmp_path / "b")
     reused = second_machine.build("identity/frames", "hopper", "fp1", lambda out: calls.append(out))
     assert reused.reused and calls == [] and reused.metadata == {"rows": 2}
-    assert reused.path == tmp_path / "b" / "identity" / "frames" / "hopper" / "fp1"
+    assert reused.path.is_relative_to(tmp_path / "b") and reused.path.parts[-4:] == ("identity", "frames", "hopper", "fp1")
     assert (reused.path / "sub" / "b.bin").read_bytes() == b"\x00\x01"
     assert reused.content_hash == first.content_hash
 
@@ -60,8 +60,8 @@ def test_pointer_moves_only_after_a_complete_upload(bucket, tmp_path, monkeypatc
 
 
 def test_a_damaged_remote_artifact_is_rebuilt_not_trusted(bucket, tmp_path):
-    ArtifactStore(bucket, cache=tmp_path / "a").build("x", "p", "fp1", write_hello)
-    fs, path = remote_file(bucket, "x", "p", "fp1", "a.txt")
+    built = ArtifactStore(bucket, cache=tmp_path / "a").build("x", "p", "fp1", write_hello)
+    fs, path = remote_file(bucket, "x", "p", "fp1", built.content_hash, "a.txt")
     fs.pipe_file(path, b"tampered")
 
     other = ArtifactStore(bucket, cache=tmp_path / "b")
@@ -75,10 +75,30 @@ def test_a_damaged_remote_artifact_is_rebuilt_not_trusted(bucket, tmp_path):
 
 
 def test_records_and_pointers_live_in_the_bucket(bucket, tmp_path):
-    artifact = ArtifactStore(bucket, cache=tmp_path / "a").build("pair/lora_adapter", "hopper|astronaut", "fp1", write_hello)
+    store = ArtifactStore(bucket, cache=tmp_path / "a")
+    artifact = store.build("pair/lora_adapter", "hopper|astronaut", "fp1", write_hello)
     fs, pointer = remote_file(bucket, "pair", "lora_adapter", "hopper", "astronaut", "current.json")
     assert json.loads(fs.cat_file(pointer)) == {"fingerprint": "fp1", "content_hash": artifact.content_hash}
-    assert not (tmp_path / "a" / "pair" / "lora_adapter" / "hopper" / "astronaut" / "current.json").exists()
+    assert not (store.partition_dir("pair/lora_adapter", "hopper|astronaut") / "current.json").exists()
+    # one cache folder serves several buckets without mixing them
+    assert ArtifactStore(bucket + "-other", cache=tmp_path / "a").root != store.root
+
+
+def test_two_machines_that_built_one_fingerprint_differently_end_up_on_the_same_bytes(bucket, tmp_path):
+    """Say a GPU build is not bit-identical and two machines build the same fingerprint at once."""
+    first, second = ArtifactStore(bucket, cache=tmp_path / "a"), ArtifactStore(bucket, cache=tmp_path / "b")
+    from_second = second.build("x", "p", "fp1", lambda out: (out / "a.txt").write_text("second") and None)
+    first.lookup = lambda *args: None  # its lookup ran before that upload
+    from_first = first.build("x", "p", "fp1", lambda out: (out / "a.txt").write_text("first") and None)
+    del first.lookup  # (the instance attribute; the method is back)
+    assert from_first.content_hash != from_second.content_hash
+    # Neither upload overwrote the other's files; the last record names a complete set ...
+    fs, _ = remote_file(bucket)
+    for artifact, text in ((from_first, b"first"), (from_second, b"second")):
+        assert fs.cat_file(remote_file(bucket, "x", "p", "fp1", artifact.content_hash, "a.txt")[1]) == text
+    # ... and the machine that lost switches to it instead of keeping its own bytes.
+    switched = second.current("x", "p")
+    assert switched.content_hash == from_first.content_hash and (switched.path / "a.txt").read_text() == "first"
 
 
 def test_a_remote_root_needs_a_cache_folder(bucket):
@@ -98,4 +118,5 @@ def test_materializations_share_one_bucket_across_machines(project, tiny_clip, b
     second = materialized(project.materialize("identity", "tiny"))
     assert all(m["cache"] == "hit" for m in second.values())
     assert {k: m["content_hash"] for k, m in second.items()} == {k: m["content_hash"] for k, m in first.items()}
-    assert (tmp_path / "machine-b" / "identity" / "faces" / "tiny" / first["faces"]["fingerprint"] / "faces.npy").is_file()
+    faces = ArtifactStore(bucket, cache=tmp_path / "machine-b").partition_dir("identity/faces", "tiny")
+    assert (faces / first["faces"]["fingerprint"] / "faces.npy").is_file()

@@ -39,6 +39,20 @@ def test_content_hash_is_of_content_not_location(tmp_path):
     assert a.content_hash == b.content_hash == content_hash(a.path)[0]
 
 
+def test_a_run_that_loses_the_race_for_a_fingerprint_reports_the_winner(tmp_path):
+    store, other_run = ArtifactStore(tmp_path), ArtifactStore(tmp_path)
+
+    def slow(folder):
+        (folder / "a.txt").write_text("mine")
+        winner.append(other_run.build("x", "p", "fp1", lambda out: (out / "a.txt").write_text("theirs") and None))
+
+    winner = []
+    artifact = store.build("x", "p", "fp1", slow)
+    assert artifact.content_hash == winner[0].content_hash and (artifact.path / "a.txt").read_text() == "theirs"
+    assert store.current("x", "p").content_hash == winner[0].content_hash
+    assert sorted(p.name for p in (tmp_path / "x" / "p").iterdir()) == ["current.json", "fp1"]  # no temporaries left
+
+
 def test_failed_build_leaves_no_output_and_keeps_previous_current(tmp_path):
     store = ArtifactStore(tmp_path)
     good = store.build("x", "p", "fp1", write_hello)

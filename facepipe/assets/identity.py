@@ -29,7 +29,7 @@ from facepipe.partitions import identity_partitions
 from facepipe.preview import write_png
 from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
 from facepipe.resources import FacepipeSettings
-from facepipe.store import atomic_write_bytes
+from facepipe.store import Artifact, atomic_write_bytes
 
 # One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
 
@@ -85,19 +85,18 @@ def identity_profile(context: AssetExecutionContext, config: ProfileConfig, sett
                 "quality_stats": stats, "rejected": table.loc[~table["inlier"], "face_id"].tolist()}
 
     inputs = {"faces": faces_artifact.content_hash, "embedder": json.dumps(described, sort_keys=True)}
-    result = run_stage(context, store, "identity/identity_profile", PROFILE_VERSION, config.model_dump(), inputs, write)
-    published = settings.models_path / "identities" / f"{key}.json"
-    artifact = store.current("identity/identity_profile", key)
-    atomic_write_bytes(published, (artifact.path / PROFILE_FILE).read_bytes())
-    context.log.info(f"profile published to {published}")
-    return result
+    def publish(artifact: Artifact) -> None:
+        published = settings.models_path / "identities" / f"{key}.json"
+        atomic_write_bytes(published, (artifact.path / PROFILE_FILE).read_bytes())
+        context.log.info(f"profile published to {published}")
+
+    return run_stage(context, store, "identity/identity_profile", PROFILE_VERSION, config.model_dump(), inputs, write, publish)
 
 
 @asset_check(asset=identity_profile, partitions_def=identity_partitions, description=f"At least {MIN_USABLE_FACES} usable faces and self-similarity "
              f">= {MIN_SELF_SIMILARITY} (1 - mean distance to the centre / same-person threshold).")
 def identity_profile_is_usable(context: AssetCheckExecutionContext, settings: FacepipeSettings) -> AssetCheckResult:
-    artifact = settings.store.current("identity/identity_profile", context.partition_key)
-    profile = json.loads((artifact.path / PROFILE_FILE).read_text())
+    profile = settings.store.current_record("identity/identity_profile", context.partition_key)["metadata"]
     used = int(profile["num_frames"])
     similarity = float(profile["quality_stats"]["self_similarity"])
     passed = used >= MIN_USABLE_FACES and similarity >= MIN_SELF_SIMILARITY

@@ -203,15 +203,15 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings) -> M
     inputs = {"lora_adapter": adapter_artifact.content_hash, "identity_model": model_artifact.content_hash,
               "identity_profile": profile_artifact.content_hash, "target_faces": target_faces.content_hash,
               "xseg_model": xseg_artifact.content_hash, "frames": frames_artifact.content_hash}
-    result = run_stage(context, store, "pair/onnx_export", EXPORT_VERSION, {}, inputs, write)
-    artifact = store.current("pair/onnx_export", pair)
-    files = [artifact.path / f"{name}.{s}" for s in ("dfm", "hash", "json")]
-    xseg_files = [artifact.path / f"{target}_xseg.{s}" for s in ("onnx", "hash", "json")]
-    published = publish(settings.models_path, name, files, {"kind": "swap", "format": "dfm", "identity": identity,
-                                                            "target": target, "content_hash": artifact.content_hash})
-    publish(settings.models_path, f"{target}_xseg", xseg_files, {"kind": "occluder", "format": "onnx", "target": target})
-    context.log.info(f"published {name}: written {published['written'] or 'nothing (same bytes)'}")
-    return result
+    def publish_models(artifact: Artifact) -> None:
+        files = [artifact.path / f"{name}.{s}" for s in ("dfm", "hash", "json")]
+        xseg_files = [artifact.path / f"{target}_xseg.{s}" for s in ("onnx", "hash", "json")]
+        published = publish(settings.models_path, name, files, {"kind": "swap", "format": "dfm", "identity": identity,
+                                                                "target": target, "content_hash": artifact.content_hash})
+        publish(settings.models_path, f"{target}_xseg", xseg_files, {"kind": "occluder", "format": "onnx", "target": target})
+        context.log.info(f"published {name}: written {published['written'] or 'nothing (same bytes)'}")
+
+    return run_stage(context, store, "pair/onnx_export", EXPORT_VERSION, {}, inputs, write, publish_models)
 
 
 def exported_tolerance(exported) -> float:
@@ -219,7 +219,7 @@ def exported_tolerance(exported) -> float:
 
 
 def export_metadata(context: AssetCheckExecutionContext, settings: FacepipeSettings) -> dict:
-    return settings.store.current("pair/onnx_export", context.partition_key).metadata
+    return settings.store.current_record("pair/onnx_export", context.partition_key)["metadata"]
 
 
 @asset_check(asset=onnx_export, partitions_def=pair_partitions, description="onnxruntime output matches torch within tolerance.")

@@ -36,11 +36,13 @@ def run_stage(
     config: dict[str, Any],
     inputs: dict[str, str],
     write: Callable[[Path], dict[str, Any] | None],
+    publish: Callable[[Artifact], None] | None = None,
 ) -> MaterializeResult:
     """Reuse the stored output for this fingerprint or build it with `write(folder)`.
 
     `inputs` maps each input's name to its data version (content hash), so a changed input,
     config or code version gives a new fingerprint and everything else is a cache hit.
+    `publish(artifact)`, if given, copies this run's output where users pick it up (models/).
     """
     partition = context.partition_key
     fp = fingerprint(code_version, config, inputs)
@@ -50,6 +52,8 @@ def run_stage(
         context.log.info(f"{asset}[{partition}]: cache hit, reusing {artifact.path} (nothing recomputed)")
     else:
         context.log.info(f"{asset}[{partition}]: built {artifact.path}")
+    if publish is not None:
+        publish(artifact)
     return MaterializeResult(metadata=dagster_metadata(artifact), data_version=DataVersion(artifact.content_hash))
 
 

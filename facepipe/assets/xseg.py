@@ -119,7 +119,7 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
 @asset_check(asset=xseg_model, partitions_def=target_partitions,
              description=f"Held-out IoU on clean faces >= {MIN_HOLDOUT_IOU}.")
 def xseg_holdout_iou(context: AssetCheckExecutionContext, settings: FacepipeSettings) -> AssetCheckResult:
-    metadata = settings.store.current("target/xseg_model", context.partition_key).metadata
+    metadata = settings.store.current_record("target/xseg_model", context.partition_key)["metadata"]
     iou = metadata.get("holdout_iou_clean")
     passed = iou is not None and iou >= MIN_HOLDOUT_IOU
     return AssetCheckResult(passed=bool(passed), metadata={
