@@ -51,5 +51,13 @@ class FacepipeSettings(ConfigurableResource):
         return Path(self.models_root)
 
     @property
+    def device_kind(self) -> str:
+        """The kind of device that trains here ('cpu', 'cuda' or 'mps'), recorded in each training's
+        fingerprint: 'auto' on a CPU machine and 'cpu' give the same outputs, a GPU gives others."""
+        from facepipe.train.device import select_device  # torch: only where something trains
+
+        return select_device(self.device).type
+
+    @property
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.store_root, cache=self.store_cache)

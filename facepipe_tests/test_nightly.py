@@ -83,7 +83,7 @@ class Copy:
                                          models_root=str(root / "models"))
 
     def world(self) -> World:
-        return World(self.settings.store, self.data, self.settings.device, load_nightly_run_config())
+        return World(self.settings.store, self.data, self.settings.device_kind, load_nightly_run_config())
 
     def definitions(self) -> Definitions:
         """The project's graph, jobs and schedules, bound to this copy's folders."""

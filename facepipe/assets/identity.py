@@ -168,5 +168,5 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         }
 
     inputs = {"faces": faces_artifact.content_hash}
-    run_config = {**hyper, "device": settings.device}
+    run_config = {**hyper, "device": settings.device_kind}
     return run_stage(context, store, "identity/identity_model", IDENTITY_MODEL_VERSION, run_config, inputs, write)

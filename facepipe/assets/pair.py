@@ -119,7 +119,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
 
     inputs = {"identity_model": model_artifact.content_hash, "identity_faces": identity_faces.content_hash,
               "target_faces": target_faces.content_hash, "target_masks": masks_artifact.content_hash}
-    return run_stage(context, store, "pair/lora_adapter", LORA_VERSION, {**hyper, "device": settings.device}, inputs, write)
+    return run_stage(context, store, "pair/lora_adapter", LORA_VERSION, {**hyper, "device": settings.device_kind}, inputs, write)
 
 
 def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, face_masks, out: Path, limit: int = 100) -> int:

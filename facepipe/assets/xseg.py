@@ -113,7 +113,7 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
                 "loss_table_md": result.loss_table_markdown()}
 
     inputs = {"faces": faces_artifact.content_hash, "user_masks": masks_digest}
-    return run_stage(context, store, "target/xseg_model", XSEG_VERSION, {**hyper, "device": settings.device}, inputs, write)
+    return run_stage(context, store, "target/xseg_model", XSEG_VERSION, {**hyper, "device": settings.device_kind}, inputs, write)
 
 
 @asset_check(asset=xseg_model, partitions_def=target_partitions,

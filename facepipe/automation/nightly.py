@@ -75,7 +75,7 @@ class Stage:
     asset: str  # the store's name, "<group>/<asset>"
     code_version: Callable[[], str]  # read at call time, so a bumped constant counts
     config: type | None = None  # the asset's dagster Config class; None = records {}
-    with_device: bool = False  # training assets record settings.device beside their config
+    with_device: bool = False  # training assets record the device kind (settings.device_kind) beside their config
     # input name in the record -> (upstream store asset, which partition: "identity"/"target"/"pair")
     upstream: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -170,7 +170,7 @@ class World:
 
     @classmethod
     def from_settings(cls, settings: FacepipeSettings, run_config: dict[str, Any]) -> World:
-        return cls(settings.store, settings.data_path, settings.device, run_config)
+        return cls(settings.store, settings.data_path, settings.device_kind, run_config)
 
     def op_config(self, op_name: str) -> dict[str, Any]:
         return ((self.run_config.get("ops") or {}).get(op_name) or {}).get("config") or {}
