@@ -366,17 +366,18 @@ def role_schedule(role: str, job, cron: str, timezone: str | None):
     def nightly(context: ScheduleEvaluationContext, settings: FacepipeSettings):
         world = World.from_settings(settings, load_nightly_run_config())
         busy = unfinished_partitions(context.instance, job_name)
-        requests = []
+        requests, running = [], []
         for key in present_partitions(context.instance, settings.data_path, role):
             changes = role_changes(world, role, key)
             if not changes:
                 continue
             if key in busy:
                 context.log.info(f"{role} {key} changed but a run for it is already queued or running: not requested again")
+                running.append(key)
                 continue
             context.log.info(f"{role} {key}: {describe(changes)}")
             requests.append(request(job_name, role, key, changes, world.run_config))
-        return requests or SkipReason(f"no {role} partition changed")
+        return requests or nothing_to_request(f"{role} partition", running)
 
     return nightly
 
@@ -399,16 +400,24 @@ def pairs_schedule(cron: str, timezone: str | None):
         for key, roles in plan.waiting.items():
             context.log.info(f"pair {key} waits for {', '.join(roles)} (rebuilt tonight); pairs_after_role_runs requests it after")
         busy = unfinished_partitions(context.instance, PAIR_JOB)
-        requests = []
+        requests, running = [], []
         for key, changes in plan.requested.items():
             if key in busy:
                 context.log.info(f"pair {key} changed but a run for it is already queued or running")
+                running.append(key)
                 continue
             context.log.info(f"pair {key}: {describe(changes)}")
             requests.append(request(PAIR_JOB, "pair", key, changes, world.run_config))
-        return requests or SkipReason("no declared pair changed" + (" (some wait for role rebuilds)" if plan.waiting else ""))
+        waiting = f" ({', '.join(plan.waiting)} wait for their identity/target runs)" if plan.waiting else ""
+        return requests or SkipReason(nothing_to_request("declared pair", running).skip_message + waiting)
 
     return nightly_pairs
+
+
+def nothing_to_request(what: str, running: list[str]) -> SkipReason:
+    if running:
+        return SkipReason(f"nothing new to request: {', '.join(running)} changed and already has a run queued or running")
+    return SkipReason(f"no {what} changed")
 
 
 ROLE_OF_JOB = {role_job_name(role): role for role in ROLES}
