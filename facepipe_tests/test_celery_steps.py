@@ -83,3 +83,18 @@ def test_steps_run_on_a_celery_worker_and_share_outputs_through_the_bucket(bucke
     elsewhere = ArtifactStore(bucket, cache=tmp_path / "elsewhere")
     faces = elsewhere.current("identity/faces", "tiny")
     assert (faces.path / "faces.npy").is_file() and faces.reused
+
+
+def test_the_shipped_celery_config_is_valid_executor_config(monkeypatch):
+    """deploy/celery.yaml (Redis) passes the executor's own schema, and the code location picks it up."""
+    from dagster_celery.cli import get_validated_config
+
+    from facepipe.definitions import step_executor
+
+    shipped = PROJECT / "deploy" / "celery.yaml"
+    validated = get_validated_config(str(shipped))
+    assert validated["broker"].startswith("redis://") and validated["config_source"]["task_acks_late"] is True
+    monkeypatch.setenv("FACEPIPE_CELERY_CONFIG", str(shipped))
+    assert step_executor().name == "facepipe_celery"
+    monkeypatch.delenv("FACEPIPE_CELERY_CONFIG")
+    assert step_executor().name == "in_process"
