@@ -35,6 +35,7 @@ from facepipe.train import (
     train,
 )
 from facepipe.train.checkpoints import checkpoint_problem, list_checkpoints
+from facepipe.train.interrupts import TrainingInterrupted
 
 EPOCHS = 4
 NUM_SAMPLES = 32
@@ -51,6 +52,7 @@ class ToyTask(TrainTask):
         *,
         raise_at_call: int | None = None,
         sigint_at_call: int | None = None,
+        sigterm_at_call: int | None = None,
         pause_at_call: int | None = None,
         handshake_dir: Path | None = None,
     ):
@@ -61,6 +63,7 @@ class ToyTask(TrainTask):
         self.calls = 0
         self.raise_at_call = raise_at_call
         self.sigint_at_call = sigint_at_call
+        self.sigterm_at_call = sigterm_at_call
         self.pause_at_call = pause_at_call
         self.handshake_dir = handshake_dir
 
@@ -86,6 +89,8 @@ class ToyTask(TrainTask):
             raise RuntimeError("simulated failure inside compute_loss")
         if self.calls == self.sigint_at_call:
             signal.raise_signal(signal.SIGINT)  # what Ctrl+C in the terminal delivers
+        if self.calls == self.sigterm_at_call:
+            signal.raise_signal(signal.SIGTERM)
         if self.calls == self.pause_at_call:
             # Tell the parent test we are mid-epoch, then wait for its signal (SIGKILL ends us
             # here; after SIGTERM the parent writes "sent" and we carry on to the step's end).
@@ -143,9 +148,14 @@ def assert_same_as_straight(result, straight) -> None:
     assert result.weights_path.read_bytes() == weights
 
 
+# The child resets SIGTERM to its default: a process started from a background job or a CI
+# runner may inherit it ignored, and these tests are about a plain process (the engine's answer
+# to an ignored SIGTERM, TrainingInterrupted, is tested in-process).
 CHILD = """
+import signal
 import sys
 from pathlib import Path
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 sys.path.insert(0, {tests_dir!r})
 from test_train_engine import ToyTask, toy_config
 from facepipe.train import train
@@ -228,6 +238,20 @@ def test_ctrl_c_saves_then_raises_keyboard_interrupt_and_restores_handlers(tmp_p
     newest = list_checkpoints(tmp_path / toy_config().resume_key / "checkpoints")[-1]
     assert newest.position == (2, 3)
 
+    assert_same_as_straight(train(ToyTask(), toy_config(), tmp_path, log=lambda line: None), straight)
+
+
+def test_sigterm_while_the_caller_ignores_it_still_saves_and_stops(tmp_path, straight):
+    """A process that ignores SIGTERM (inherited from a background job): training still saves
+    and stops with TrainingInterrupted rather than running on as if nothing happened."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+            train(ToyTask(sigterm_at_call=CALLS_PER_EPOCH + 3), toy_config(), tmp_path, log=lambda line: None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert list_checkpoints(tmp_path / toy_config().resume_key / "checkpoints")[-1].position == (1, 2)
     assert_same_as_straight(train(ToyTask(), toy_config(), tmp_path, log=lambda line: None), straight)
 
 
