@@ -92,3 +92,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_bytes(target, b'{"a":2}')
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["current.json"]
+
+
+def test_a_file_url_root_is_a_local_store(tmp_path):
+    store = ArtifactStore(f"file://{tmp_path}")
+    assert store.remote is None and store.root == tmp_path
+    assert store.build("x", "p", "fp1", write_hello).path == tmp_path / "x" / "p" / "fp1"
