@@ -84,6 +84,7 @@ def train_identity_model(
     holdout_every: int = 10,
     samples_per_epoch: int = 0,
     log: Callable[[str], None] = print,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> IdentityTraining:
     """Train (or resume) on aligned crops [N,S0,S0,3] BGR + hull masks; returns the trained model."""
     small_crops, small_masks = resize_faces(crops, masks, model_config.size)
@@ -92,7 +93,7 @@ def train_identity_model(
     task = ReconstructionTask(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch)
     torch.manual_seed(train_config.seed)  # the engine seeds the same way before build_model
     untrained = holdout_l1(task.build_model(), images[held_idx], mask_tensor[held_idx], "cpu") if len(held_idx) else float("nan")
-    result = train(task, train_config, run_dir, log=log)
+    result = train(task, train_config, run_dir, log=log, on_checkpoint=on_checkpoint)
     model = task.build_model()
     model.load_state_dict(load_weights(result.weights_path))
     model.eval()

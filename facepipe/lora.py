@@ -357,6 +357,7 @@ def train_pair_adapter(
     samples_per_epoch: int = 0,
     augment: AugmentConfig = AugmentConfig(),
     log: Callable[[str], None] = print,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> PairTraining:
     """Train (or resume) the pair adapter with the shared engine.
 
@@ -381,7 +382,7 @@ def train_pair_adapter(
         f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {start.adapter_parameters} adapter parameters, "
         f"{100 * start.adapter_share:.2f}% of the identity model's {start.base_parameters}"
     )
-    result = train(task, train_config, run_dir, log=log)
+    result = train(task, train_config, run_dir, log=log, on_checkpoint=on_checkpoint)
     model = task.build_model()
     load_adapter_tensors(model, safetensors.torch.load_file(str(result.weights_path)), result.weights_path)
     model.eval()

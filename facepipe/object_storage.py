@@ -61,3 +61,17 @@ class RemoteTree:
             target = self._target(relative / name)
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             target.fs.get_file(target.path, str(folder / name))
+
+    def folders(self, relative: PurePosixPath) -> list[str]:
+        """Names of the folders directly under `relative` (fresh listing, not a cached one)."""
+        target = self._target(relative)
+        target.fs.invalidate_cache(target.path)
+        try:
+            entries = target.fs.ls(target.path, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(PurePosixPath(entry["name"]).name for entry in entries if entry["type"] == "directory")
+
+    def remove(self, relative: PurePosixPath) -> None:
+        target = self._target(relative)
+        target.fs.rm(target.path, recursive=True)

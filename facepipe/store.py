@@ -120,7 +120,8 @@ class ArtifactStore:
     Files are uploaded before the record, so a record always names a complete set. A local copy
     whose content differs from the remote record is replaced by the remote one, so every machine
     uses the same bytes. Downloads are checked file by file against the record; a damaged remote
-    artifact is rebuilt and uploaded again, never trusted. Training checkpoints (`_runs/`) stay local.
+    artifact is rebuilt and uploaded again, never trusted. Training checkpoints (`_runs/`) are
+    built locally too and mirrored by facepipe.checkpoint_mirror.
     """
 
     def __init__(self, root: Path | str, cache: Path | str | None = None):

@@ -105,14 +105,15 @@ class XSegTraining:
 
 def train_xseg(crops: np.ndarray, labels: np.ndarray, width: int, depth: int, resolution: int,
                train_config: TrainConfig, run_dir: Path, holdout_every: int = 10, samples_per_epoch: int = 0,
-               occlusion_probability: float = 0.5, log: Callable[[str], None] = print) -> XSegTraining:
+               occlusion_probability: float = 0.5, log: Callable[[str], None] = print,
+               on_checkpoint: Callable[[Path], None] | None = None) -> XSegTraining:
     """Train (or resume) XSeg on 256 px crops and {0,255} labels; returns the trained model."""
     if crops.shape[1] != XSEG_SIZE:
         crops, labels = resize_square(crops, XSEG_SIZE), resize_square(labels, XSEG_SIZE, nearest=True)
     train_idx, held_idx = holdout_split(len(crops), holdout_every)
     task = XSegTask(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch,
                     occlusion_probability)
-    result = train(task, train_config, run_dir, log=log)
+    result = train(task, train_config, run_dir, log=log, on_checkpoint=on_checkpoint)
     from safetensors.torch import load_file
 
     model = task.build_model()

@@ -2,13 +2,22 @@
 `bucket` fixture) shared by "machines" that each have their own local cache folder."""
 
 import json
+import shutil
+from pathlib import PurePosixPath
 
 import fsspec
 import pytest
 
+from facepipe import checkpoint_mirror
+from facepipe.assets.xseg import xseg_model
 from facepipe.store import RECORD, ArtifactStore, MissingInput
+from facepipe.train import train
+from facepipe.train.loop import checkpoints_dir_of
+from facepipe_tests.conftest import tiny_run_config
 from facepipe_tests.test_prep_pipeline import STAGES, add_clip, materialized, tiny_clip  # noqa: F401
 from facepipe_tests.test_store import write_hello
+from facepipe_tests.test_train_engine import ToyTask, assert_same_as_straight, straight, toy_config  # noqa: F401
+from facepipe_tests.test_xseg_pipeline import clip  # noqa: F401
 
 
 def remote_file(url, *parts):
@@ -120,3 +129,49 @@ def test_materializations_share_one_bucket_across_machines(project, tiny_clip, b
     assert {k: m["content_hash"] for k, m in second.items()} == {k: m["content_hash"] for k, m in first.items()}
     faces = ArtifactStore(bucket, cache=tmp_path / "machine-b").partition_dir("identity/faces", "tiny")
     assert (faces / first["faces"]["fingerprint"] / "faces.npy").is_file()
+
+
+def test_a_training_continues_on_another_machine_from_the_mirrored_checkpoints(bucket, tmp_path, straight):  # noqa: F811
+    remote = ArtifactStore(bucket, cache=tmp_path / "cache").remote
+    relative = PurePosixPath("_runs", "toy", "p", toy_config().resume_key, "checkpoints")
+
+    def mirror(folder):
+        checkpoint_mirror.push(remote, relative, folder)
+
+    # Machine A trains 2 of the 4 epochs, mirroring after every save; then it is gone.
+    first = train(ToyTask(), toy_config(epochs=2), tmp_path / "machine-a", log=lambda line: None, on_checkpoint=mirror)
+    local_a = sorted(p.name for p in first.checkpoints_dir.iterdir())
+    assert remote.folders(relative) == local_a == ["ckpt-e0001-s000000", "ckpt-e0002-s000000"]
+
+    # Machine B, empty disk: fetches the newest and finishes bit-identical to an uninterrupted run.
+    checkpoints_b = checkpoints_dir_of(tmp_path / "machine-b", toy_config())
+    assert checkpoint_mirror.pull(remote, relative, checkpoints_b) == "ckpt-e0002-s000000"
+    assert checkpoint_mirror.pull(remote, relative, checkpoints_b) is None  # already as far
+    lines = []
+    result = train(ToyTask(), toy_config(), tmp_path / "machine-b", log=lines.append, on_checkpoint=mirror)
+    assert any(line.startswith("resumed at epoch 3/4") for line in lines)
+    assert_same_as_straight(result, straight)
+    # What B pruned is gone from the bucket too (keep_last=3 of 4 epoch checkpoints).
+    assert remote.folders(relative) == sorted(p.name for p in result.checkpoints_dir.iterdir()) == \
+        ["ckpt-e0002-s000000", "ckpt-e0003-s000000", "ckpt-e0004-s000000"]
+    shutil.rmtree(result.checkpoints_dir / "ckpt-e0002-s000000")
+    mirror(result.checkpoints_dir)
+    assert "ckpt-e0002-s000000" not in remote.folders(relative)
+
+
+def test_the_xseg_asset_resumes_on_another_machine(project, clip, bucket, tmp_path):  # noqa: F811
+    folder = project.folder("target", "talk")
+    shutil.copy(clip / "talk.mp4", folder / "talk.mp4")
+    project.store_root = bucket
+    assets = [*project.assets["target"], xseg_model]
+    config = tiny_run_config("target__xseg_model")
+    project.store_cache = str(tmp_path / "machine-a")
+    project.materialize("target", "talk", run_config=config, assets=assets)
+
+    config["ops"]["target__xseg_model"]["config"]["epochs"] += 1  # asked for one more epoch, elsewhere
+    project.store_cache = str(tmp_path / "machine-b")
+    result = project.materialize("target", "talk", run_config=config, assets=assets)
+    built = materialized(result, "target")
+    assert built["xseg_model"]["cache"] == "built" and built["xseg_model"]["resumed_from_epoch"] == 1
+    logs = [e.message for e in project.instance.all_logs(result.run_id) if e.message]
+    assert any(line.startswith("fetched checkpoint ckpt-e0001-s000000 from s3://") for line in logs)

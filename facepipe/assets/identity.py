@@ -19,7 +19,7 @@ from dagster import (
 from facepipe.align import template_points
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig, mirrored_checkpoints
 from facepipe.embed import get_embedder
 from facepipe.export import DfmSwapModel, export_dfm
 from facepipe.faces import FaceSet
@@ -142,10 +142,11 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
 
     def write(out: Path) -> dict:
         faces = FaceSet.load(faces_artifact.path)
+        run_dir = store.partition_dir("_runs/identity_model", key)
         training = train_identity_model(
-            np.asarray(faces.crops), np.asarray(faces.masks), model_config, train_config,
-            store.partition_dir("_runs/identity_model", key), config.holdout_every, config.samples_per_epoch,
-            context.log.info)
+            np.asarray(faces.crops), np.asarray(faces.masks), model_config, train_config, run_dir,
+            config.holdout_every, config.samples_per_epoch, context.log.info,
+            mirrored_checkpoints(context, store, run_dir, train_config))
         result = training.result
         (out / "model.safetensors").write_bytes(result.weights_path.read_bytes())
         held = training.task.held_idx.numpy()

@@ -25,7 +25,7 @@ from dagster import (
 
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig, mirrored_checkpoints
 from facepipe.embed import get_embedder
 from facepipe.evaluate import evaluate_swaps, mean_identity_face
 from facepipe.export import export_dfm
@@ -103,10 +103,12 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
 
     def write(out: Path) -> dict:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
+        run_dir = store.partition_dir("_runs/lora_adapter", pair)
         training = train_pair_adapter(
             weights, model_config, np.asarray(ident.crops), np.asarray(ident.masks), np.asarray(targ.crops),
-            np.load(masks_artifact.path / "masks.npy"), train_config, store.partition_dir("_runs/lora_adapter", pair),
-            adapter, config.holdout_every, config.samples_per_epoch, log=context.log.info)
+            np.load(masks_artifact.path / "masks.npy"), train_config, run_dir, adapter, config.holdout_every,
+            config.samples_per_epoch, log=context.log.info,
+            on_checkpoint=mirrored_checkpoints(context, store, run_dir, train_config))
         save_adapter(training.model, weights, out)
         result = training.result
         result.loss_curve_png(out / "loss_curve.png")

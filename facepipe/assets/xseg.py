@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, run_stage
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig, mirrored_checkpoints
 from facepipe.export import export_verified
 from facepipe.faces import FaceSet
 from facepipe.labels import MASKS_FOLDER, build_labels, user_masks_digest
@@ -84,9 +84,11 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
                                       frame_sizes(pd.read_parquet(frames_artifact.path / "manifest.parquet")))
         if report.count:
             context.log.info(f"user masks label {report.count} face(s): {sorted(report.files)}")
+        run_dir = store.partition_dir("_runs/xseg_model", key)
         training = train_xseg(np.asarray(faces.crops), labels, config.width, config.depth, config.resolution,
-                              train_config, store.partition_dir("_runs/xseg_model", key), config.holdout_every,
-                              config.samples_per_epoch, config.occlusion_probability, context.log.info)
+                              train_config, run_dir, config.holdout_every, config.samples_per_epoch,
+                              config.occlusion_probability, context.log.info,
+                              mirrored_checkpoints(context, store, run_dir, train_config))
         result, held = training.result, training.task.held_idx
         (out / "model.safetensors").write_bytes(result.weights_path.read_bytes())
         deployed = XSegNHWC(training.model, config.resolution)

@@ -160,15 +160,21 @@ def save_checkpoint(
     return Checkpoint(final, epochs_completed, step_in_epoch)
 
 
+def checkpoint_position(name: str) -> tuple[int, int] | None:
+    """(epochs completed, step in epoch) of a checkpoint folder name, None for any other name."""
+    match = _NAME_PATTERN.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def list_checkpoints(checkpoints_dir: Path) -> list[Checkpoint]:
     """Checkpoint folders by position, oldest first (unverified; see find_latest_valid)."""
     if not checkpoints_dir.is_dir():
         return []
     found = []
     for entry in checkpoints_dir.iterdir():
-        match = _NAME_PATTERN.fullmatch(entry.name)
-        if match and entry.is_dir():
-            found.append(Checkpoint(entry, int(match.group(1)), int(match.group(2))))
+        position = checkpoint_position(entry.name)
+        if position and entry.is_dir():
+            found.append(Checkpoint(entry, *position))
     return sorted(found, key=lambda checkpoint: checkpoint.position)
 
 

@@ -137,17 +137,29 @@ class _Boundary:
     buffers: dict[str, torch.Tensor]
 
 
-def train(task: TrainTask, config: TrainConfig, run_dir: Path, log: Callable[[str], None] = print) -> TrainResult:
+def checkpoints_dir_of(run_dir: Path, config: TrainConfig) -> Path:
+    """Where ``train`` keeps the checkpoints of this config's run."""
+    return Path(run_dir) / config.resume_key / "checkpoints"
+
+
+def train(
+    task: TrainTask,
+    config: TrainConfig,
+    run_dir: Path,
+    log: Callable[[str], None] = print,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> TrainResult:
     """Train ``task`` for ``config.epochs`` epochs, continuing any checkpoint of the same resume key.
 
     Checkpoints, TensorBoard events and final weights live in ``run_dir/<resume_key>/``.
     Returns at once if that run already finished ``config.epochs`` epochs. On SIGINT/SIGTERM it
     saves and then lets the previous handler act (KeyboardInterrupt, Dagster's interrupt, exit);
-    on an error it saves and re-raises.
+    on an error it saves and re-raises. ``on_checkpoint(checkpoints_dir)``, if given, is called
+    after every save and every pruning (e.g. to mirror the folder to another machine).
     """
     started = time.monotonic()
-    run_key_dir = Path(run_dir) / config.resume_key
-    checkpoints_dir = run_key_dir / "checkpoints"
+    checkpoints_dir = checkpoints_dir_of(run_dir, config)
+    run_key_dir = checkpoints_dir.parent
     device = select_device(config.device)
     mixed_precision = uses_mixed_precision(device, config.mixed_precision)
     num_samples = _checked_num_samples(task)
@@ -182,7 +194,8 @@ def train(task: TrainTask, config: TrainConfig, run_dir: Path, log: Callable[[st
             stop_on_signals() as stop,
         ):
             last_checkpoint, history = _train_epochs(
-                task, config, device, mixed_precision, num_samples, steps_per_epoch, run_key_dir, latest, stop, log
+                task, config, device, mixed_precision, num_samples, steps_per_epoch, run_key_dir, latest, stop, log,
+                on_checkpoint or (lambda _folder: None),
             )
         # Handlers, global torch settings and the caller's RNG states are back: pass the signal on.
         if stop.requested:
@@ -206,6 +219,7 @@ def _train_epochs(
     latest: Checkpoint | None,
     stop: StopRequest,
     log: Callable[[str], None],
+    on_checkpoint: Callable[[Path], None],
 ) -> tuple[Checkpoint, list[dict[str, Any]]]:
     """Build or restore everything, run the remaining epochs; return the last checkpoint and
     the history it holds."""
@@ -284,6 +298,7 @@ def _train_epochs(
         )
         state_loadability_checked = True
         saved_position = last_checkpoint.position
+        on_checkpoint(checkpoints_dir)
         return last_checkpoint
 
     try:
@@ -361,7 +376,8 @@ def _train_epochs(
 
             checkpoint = save()
             best = best_of(state.history, task.best_metric, task.best_mode)
-            prune_checkpoints(checkpoints_dir, config.keep_last, best["epoch"] if best else None)
+            if prune_checkpoints(checkpoints_dir, config.keep_last, best["epoch"] if best else None):
+                on_checkpoint(checkpoints_dir)
 
             session_epoch_seconds.append(entry["seconds"])
             remaining = config.epochs - state.epochs_completed
