@@ -9,6 +9,7 @@ it (a damaged one is skipped with a warning, as a damaged local one is).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path, PurePosixPath
 
 from facepipe.object_storage import RemoteTree
@@ -39,17 +40,24 @@ def push(remote: RemoteTree, relative: PurePosixPath, checkpoints_dir: Path) -> 
 
 
 def pull(remote: RemoteTree, relative: PurePosixPath, checkpoints_dir: Path) -> str | None:
-    """Download the newest remote checkpoint if it is further along than every local one.
-    Returns its name, or None when this machine is already as far."""
+    """Download the newest complete remote checkpoint if it is further along than every local one.
+    Returns its name, or None when this machine is already as far (or the remote has nothing whole)."""
     local = list_checkpoints(checkpoints_dir)
-    remote_positions = sorted((checkpoint_position(name), name) for name in remote.folders(relative)
-                              if checkpoint_position(name))
-    if not remote_positions or (local and remote_positions[-1][0] <= local[-1].position):
-        return None
-    name = remote_positions[-1][1]
-    # `.tmp-` names are swept by the engine if this is interrupted; renamed into place when whole.
-    temporary = checkpoints_dir / f".tmp-{name}-pulled"
-    temporary.mkdir(parents=True, exist_ok=True)
-    remote.download(relative / name, FILES, temporary)
-    temporary.rename(checkpoints_dir / name)
-    return name
+    newest_local = local[-1].position if local else None
+    remote_positions = sorted(((checkpoint_position(name), name) for name in remote.folders(relative)
+                               if checkpoint_position(name)), reverse=True)
+    for position, name in remote_positions:
+        if newest_local is not None and position <= newest_local:
+            return None
+        # `.tmp-` names are swept by the engine if this is interrupted; renamed into place when whole.
+        temporary = checkpoints_dir / f".tmp-{name}-pulled"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        try:
+            remote.download(relative / name, FILES, temporary)
+        except FileNotFoundError:  # its upload never finished (the machine died): try the one before
+            shutil.rmtree(temporary, ignore_errors=True)
+            continue
+        temporary.rename(checkpoints_dir / name)
+        return name
+    return None

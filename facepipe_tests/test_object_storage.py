@@ -16,7 +16,12 @@ from facepipe.train.loop import checkpoints_dir_of
 from facepipe_tests.conftest import tiny_run_config
 from facepipe_tests.test_prep_pipeline import STAGES, add_clip, materialized, tiny_clip  # noqa: F401
 from facepipe_tests.test_store import write_hello
-from facepipe_tests.test_train_engine import ToyTask, assert_same_as_straight, straight, toy_config  # noqa: F401
+from facepipe_tests.test_train_engine import (  # noqa: F401
+    ToyTask,
+    assert_same_as_straight,
+    straight,
+    toy_config,
+)
 from facepipe_tests.test_xseg_pipeline import clip  # noqa: F401
 
 
@@ -145,7 +150,10 @@ def test_a_training_continues_on_another_machine_from_the_mirrored_checkpoints(b
 
     # Machine B, empty disk: fetches the newest and finishes bit-identical to an uninterrupted run.
     checkpoints_b = checkpoints_dir_of(tmp_path / "machine-b", toy_config())
+    # (a newer one whose upload died half way, manifest missing, is passed over)
+    remote.upload(first.checkpoints_dir / "ckpt-e0002-s000000", relative / "ckpt-e0003-s000000", ["model.safetensors"])
     assert checkpoint_mirror.pull(remote, relative, checkpoints_b) == "ckpt-e0002-s000000"
+    assert sorted(p.name for p in checkpoints_b.iterdir()) == ["ckpt-e0002-s000000"]
     assert checkpoint_mirror.pull(remote, relative, checkpoints_b) is None  # already as far
     lines = []
     result = train(ToyTask(), toy_config(), tmp_path / "machine-b", log=lines.append, on_checkpoint=mirror)

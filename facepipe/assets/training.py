@@ -45,8 +45,12 @@ def mirrored_checkpoints(context: AssetExecutionContext, store: ArtifactStore, r
         return None
     checkpoints_dir = checkpoints_dir_of(run_dir, train_config)
     relative = PurePosixPath(checkpoints_dir.relative_to(store.root).as_posix())
-    if name := checkpoint_mirror.pull(store.remote, relative, checkpoints_dir):
-        context.log.info(f"fetched checkpoint {name} from {store.remote.url}: training continues from it")
+    try:
+        if name := checkpoint_mirror.pull(store.remote, relative, checkpoints_dir):
+            context.log.info(f"fetched checkpoint {name} from {store.remote.url}: training continues from it")
+    except Exception as error:  # the bucket is out of reach: train from what this machine has
+        context.log.warning(f"could not fetch checkpoints from {store.remote.url} ({error}); "
+                            "training starts from this machine's own checkpoints, if any")
 
     def push(folder: Path) -> None:
         try:
