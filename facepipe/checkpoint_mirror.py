@@ -44,8 +44,8 @@ def pull(remote: RemoteTree, relative: PurePosixPath, checkpoints_dir: Path) -> 
     Returns its name, or None when this machine is already as far (or the remote has nothing whole)."""
     local = list_checkpoints(checkpoints_dir)
     newest_local = local[-1].position if local else None
-    remote_positions = sorted(((checkpoint_position(name), name) for name in remote.folders(relative)
-                               if checkpoint_position(name)), reverse=True)
+    remote_positions = sorted(((position, name) for name in remote.folders(relative)
+                               if (position := checkpoint_position(name))), reverse=True)
     for position, name in remote_positions:
         if newest_local is not None and position <= newest_local:
             return None

@@ -16,7 +16,6 @@ from facepipe.partitions import ROLES
 from facepipe.resources import FacepipeSettings
 
 
-
 def step_executor() -> ExecutorDefinition:
     """In-process by default: steps of one partition run one after another anyway, and a process
     per step would spend seconds re-importing MediaPipe and torch, more than a cached step costs.

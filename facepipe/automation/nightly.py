@@ -377,7 +377,7 @@ def role_schedule(role: str, job, cron: str, timezone: str | None):
                 continue
             context.log.info(f"{role} {key}: {describe(changes)}")
             requests.append(request(job_name, role, key, changes, world.run_config))
-        return requests or nothing_to_request(f"{role} partition", running)
+        return requests or SkipReason(nothing_to_request(f"{role} partition", running))
 
     return nightly
 
@@ -409,15 +409,16 @@ def pairs_schedule(cron: str, timezone: str | None):
             context.log.info(f"pair {key}: {describe(changes)}")
             requests.append(request(PAIR_JOB, "pair", key, changes, world.run_config))
         waiting = f" ({', '.join(plan.waiting)} wait for their identity/target runs)" if plan.waiting else ""
-        return requests or SkipReason(nothing_to_request("declared pair", running).skip_message + waiting)
+        return requests or SkipReason(nothing_to_request("declared pair", running) + waiting)
 
     return nightly_pairs
 
 
-def nothing_to_request(what: str, running: list[str]) -> SkipReason:
+def nothing_to_request(what: str, running: list[str]) -> str:
+    """Why a tick requests nothing: no change, or every change already has its run."""
     if running:
-        return SkipReason(f"nothing new to request: {', '.join(running)} changed and already has a run queued or running")
-    return SkipReason(f"no {what} changed")
+        return f"nothing new to request: {', '.join(running)} changed and already has a run queued or running"
+    return f"no {what} changed"
 
 
 ROLE_OF_JOB = {role_job_name(role): role for role in ROLES}
