@@ -21,9 +21,25 @@ mode, crop by crop), so target and swap are measured alike:
   The generic face gives a constant offset per person (frontal faces read a few degrees of
   pitch), which cancels when swap and target are compared. Aligned crops are levelled by the
   alignment, so roll stays near zero there.
-- mouth opening: inner-lip gap (points 13-14) over face height (forehead 10 to chin 152).
+- mouth opening: inner-lip gap (points 13-14) over face height (forehead 10 to chin 152);
+- eye opening: lid gap over eye width (corner to corner), the mean of both eyes.
 
-Following is the mean absolute difference swap - target (degrees; mouth in face heights) and
+Identity, from the embedder: the share of swaps within the profile's same-person threshold, and
+the share that sit closer to the identity profile than to their own target face (a swap that
+stays the target fails the second even when it drifts under the threshold).
+
+Image quality, from the pixels (all at the swap's own size; the other crops are resized to it):
+- sharpness ratio: variance of the Laplacian over the central face (``CENTRAL_FACE``), candidate
+  over target, median over faces (< 1: blurrier than the face it replaces);
+- checkerboard: the share of a crop's spectral energy (mean removed, Hann window) within
+  ``CHECKER_RADIUS`` cycles/px of the three period-2 frequencies (0.5, 0), (0, 0.5), (0.5, 0.5) —
+  where a x2 pixel-shuffle upsampler leaves its pattern; white noise reads about 0.037, a smooth
+  face close to 0, a pure 2-px checker 1;
+- temporal ratio: mean frame-to-frame absolute change of the central face in the candidate's
+  sequence over the same in the target's (1: changes as much as the target; 0: frozen, as the
+  pasted baseline is; > 1: flicker). Crops must be in time order.
+
+Following is the mean absolute difference swap - target (degrees; mouth and eyes in their ratios) and
 the Pearson correlation over faces; a series that does not vary cannot follow, so its
 correlation is defined as 0 (the baseline's always is). ``pose_mae_deg`` and ``pose_corr``
 combine yaw and pitch (roll is reported on its own: see above). The absolute error also holds a
@@ -43,7 +59,7 @@ import numpy as np
 from facepipe.align import template_points
 from facepipe.embed import FaceEmbedder
 from facepipe.landmarks import detect_landmarks
-from facepipe.profile import distance_to_profile, round_floats
+from facepipe.profile import distance_to_profile, laplacian_variance, round_floats
 
 # MediaPipe FaceMesh indices and a generic 3D face for them (x right, y down, z away from the
 # camera, nose tip at the origin; units arbitrary, ~0.1 mm): the six-point head model widely used
@@ -63,6 +79,9 @@ POSE_MODEL_POINTS = np.array(
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 FOREHEAD_TOP, CHIN = 10, 152
 POSE_NAMES = ("yaw", "pitch", "roll")
+# Per eye (image left, image right): outer/inner corner, upper lid, lower lid.
+EYE_CORNERS = ((33, 133), (362, 263))
+EYE_LIDS = ((159, 145), (386, 374))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +128,17 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(height, 1e-9)
 
 
+def eye_opening(landmarks: np.ndarray) -> np.ndarray:
+    """[N] lid gap over eye width, the mean of both eyes (~0.25-0.35 open, under 0.1 closed)."""
+    points = _as_batch(landmarks)
+    ratios = []
+    for (corner_a, corner_b), (upper, lower) in zip(EYE_CORNERS, EYE_LIDS):
+        gap = np.linalg.norm(points[:, lower] - points[:, upper], axis=1)
+        width = np.linalg.norm(points[:, corner_b] - points[:, corner_a], axis=1)
+        ratios.append(gap / np.maximum(width, 1e-9))
+    return np.mean(ratios, axis=0)
+
+
 def crop_landmarks(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FaceMesh on each crop on its own (static mode): landmarks [N, 478, 2] px (NaN where none)
     and detected [N]."""
@@ -129,6 +159,7 @@ class FaceMeasures:
     mouth: np.ndarray  # [N] mouth opening (NaN where not detected)
     embeddings: np.ndarray  # [N, D]
     distance_to_profile: np.ndarray  # [N]
+    eyes: np.ndarray | None = None  # [N] eye opening (NaN where not detected)
 
 
 def checked_crops(crops: np.ndarray) -> np.ndarray:
@@ -159,6 +190,7 @@ def measure_faces(crops: np.ndarray, profile: Mapping, embedder: FaceEmbedder) -
         mouth=mouth_opening(landmarks),
         embeddings=embeddings,
         distance_to_profile=np.asarray(distance_to_profile(profile, embeddings), dtype=np.float64).reshape(-1),
+        eyes=eye_opening(landmarks),
     )
 
 
@@ -170,6 +202,7 @@ def repeated(measures: FaceMeasures, count: int) -> FaceMeasures:
         mouth=np.repeat(measures.mouth, count),
         embeddings=np.repeat(measures.embeddings, count, axis=0),
         distance_to_profile=np.repeat(measures.distance_to_profile, count),
+        eyes=None if measures.eyes is None else np.repeat(measures.eyes, count),
     )
 
 
@@ -221,7 +254,8 @@ def attribute_following(candidate: FaceMeasures, target: FaceMeasures) -> dict[s
         "detection_rate": float(both.sum() / target_detected) if target_detected else float("nan"),
     }
     if not both.any():
-        return {**figures, "pose_mae_deg": float("nan"), "pose_corr": float("nan"), "mouth_mae": float("nan")}
+        return {**figures, "pose_mae_deg": float("nan"), "pose_corr": float("nan"), "mouth_mae": float("nan"),
+                "eye_mae": float("nan")}
     pose_error = np.abs(candidate.pose[both] - target.pose[both])
     for axis, name in enumerate(POSE_NAMES):
         figures[f"{name}_mae_deg"] = float(pose_error[:, axis].mean())
@@ -232,7 +266,130 @@ def attribute_following(candidate: FaceMeasures, target: FaceMeasures) -> dict[s
     figures["pose_corr"] = (figures["yaw_corr"] + figures["pitch_corr"]) / 2
     figures["mouth_mae"] = float(np.abs(candidate.mouth[both] - target.mouth[both]).mean())
     figures["mouth_corr"] = correlation(candidate.mouth[both], target.mouth[both])
+    if candidate.eyes is not None and target.eyes is not None:
+        figures["eye_mae"] = float(np.abs(candidate.eyes[both] - target.eyes[both]).mean())
+        figures["eye_corr"] = correlation(candidate.eyes[both], target.eyes[both])
     return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Image quality (pixels)
+
+# The central face of a dfl_whole_face crop (x0, x1, y0, y1 as fractions of the crop): eyes,
+# nose and mouth, no hair, background or mask border (the template's eyes sit at x 0.35/0.63,
+# y 0.39, the mouth at y 0.69).
+CENTRAL_FACE = (0.3, 0.7, 0.3, 0.78)
+CHECKER_RADIUS = 1 / 16  # cycles/px around each period-2 frequency
+
+
+def central_face(crop: np.ndarray) -> np.ndarray:
+    size = crop.shape[0]
+    x0, x1, y0, y1 = (int(round(f * size)) for f in CENTRAL_FACE)
+    return crop[y0:y1, x0:x1]
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+
+
+def sharpness(crops: np.ndarray) -> np.ndarray:
+    """[N] variance of the Laplacian over the central face of each aligned crop."""
+    return np.array([laplacian_variance(np.ascontiguousarray(central_face(crop))) for crop in checked_crops(crops)])
+
+
+def sharpness_ratio(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """Median over faces of sharpness(candidate) / sharpness(reference), both at the
+    candidate's size (< 1: blurrier than the reference)."""
+    candidate = checked_crops(candidate)
+    reference = resize_crops(reference, candidate.shape[1])
+    ratios = sharpness(candidate) / np.maximum(sharpness(reference), 1e-9)
+    return float(np.median(ratios))
+
+
+def checkerboard(crops: np.ndarray, radius: float = CHECKER_RADIUS) -> np.ndarray:
+    """[N] share of each crop's spectral energy (grey, mean removed, Hann-windowed) within
+    ``radius`` cycles/px of the period-2 frequencies (0.5, 0), (0, 0.5) and (0.5, 0.5)."""
+    crops = checked_crops(crops)
+    size = crops.shape[1]
+    window = np.outer(np.hanning(size), np.hanning(size))
+    frequencies = np.fft.fftfreq(size)
+    fy, fx = np.meshgrid(frequencies, frequencies, indexing="ij")
+
+    def distance_to(f, centre):  # on the periodic frequency axis, where -0.5 and 0.5 meet
+        d = np.abs(f - centre)
+        return np.minimum(d, 1 - d)
+
+    near = np.zeros((size, size), dtype=bool)
+    for cy, cx in ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)):
+        near |= np.hypot(distance_to(fy, cy), distance_to(fx, cx)) <= radius
+    shares = []
+    for crop in crops:
+        grey = _grey(crop).astype(np.float64)
+        power = np.abs(np.fft.fft2((grey - grey.mean()) * window)) ** 2
+        total = power.sum()
+        shares.append(power[near].sum() / total if total > 1e-12 else 0.0)
+    return np.array(shares)
+
+
+def temporal_change(crops: np.ndarray) -> np.ndarray:
+    """[N-1] mean absolute change (grey levels) of the central face between successive crops."""
+    faces = np.stack([_grey(central_face(crop)).astype(np.float64) for crop in checked_crops(crops)])
+    return np.abs(np.diff(faces, axis=0)).mean(axis=(1, 2))
+
+
+def temporal_ratio(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """Frame-to-frame change of the candidate sequence over that of the reference (both in time
+    order, measured at the candidate's size): 1 as lively as the reference, 0 frozen, > 1
+    flickering. NaN under two frames or when the reference does not change."""
+    candidate = checked_crops(candidate)
+    reference = resize_crops(reference, candidate.shape[1])
+    if len(candidate) < 2:
+        return float("nan")
+    reference_change = temporal_change(reference).mean()
+    return float(temporal_change(candidate).mean() / reference_change) if reference_change > 1e-9 else float("nan")
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """Pixel figures of the swaps, the pasted baseline and the targets, at the swap's size."""
+
+    size: int
+    sharpness_ratio: float  # swap over target, median
+    baseline_sharpness_ratio: float
+    checkerboard: np.ndarray  # [N] swaps
+    target_checkerboard: np.ndarray  # [N]
+    baseline_checkerboard: float
+    temporal_ratio: float  # swap over target
+    baseline_temporal_ratio: float  # 0 whenever the target moves: the same face every frame
+
+    def summary(self) -> dict:
+        return {
+            "measured_at_px": self.size,
+            "sharpness_ratio": {"swap": self.sharpness_ratio, "baseline": self.baseline_sharpness_ratio},
+            "checkerboard": {"swap": float(np.median(self.checkerboard)), "target": float(np.median(self.target_checkerboard)),
+                             "baseline": self.baseline_checkerboard},
+            "temporal_ratio": {"swap": self.temporal_ratio, "baseline": self.baseline_temporal_ratio},
+        }
+
+
+def image_quality(target_crops: np.ndarray, swapped_crops: np.ndarray, baseline_face: np.ndarray) -> ImageQuality:
+    """Sharpness, checkerboard and temporal figures of swaps (time order) against their targets,
+    beside the pasted baseline face, all at the swaps' size."""
+    swaps = checked_crops(swapped_crops)
+    size = swaps.shape[1]
+    targets = resize_crops(target_crops, size)
+    baseline = np.repeat(resize_crops(np.asarray(baseline_face)[None], size), len(swaps), axis=0)
+    return ImageQuality(
+        size=size,
+        sharpness_ratio=sharpness_ratio(swaps, targets),
+        baseline_sharpness_ratio=sharpness_ratio(baseline, targets),
+        checkerboard=checkerboard(swaps),
+        target_checkerboard=checkerboard(targets),
+        baseline_checkerboard=float(checkerboard(baseline[:1])[0]),
+        temporal_ratio=temporal_ratio(swaps, targets),
+        baseline_temporal_ratio=temporal_ratio(baseline, targets),
+    )
 
 
 @dataclass(frozen=True)
@@ -242,6 +399,8 @@ class SwapEvaluation:
     baseline: FaceMeasures  # the pasted face's measures, repeated per target face
     swap_to_target_distance: np.ndarray  # [N] embedding distance swap ↔ its target face
     distance_threshold: float  # the profile's same-person threshold
+    baseline_to_target_distance: np.ndarray | None = None  # [N] the pasted face ↔ each target face
+    image: ImageQuality | None = None
 
     def summary(self) -> dict:
         """JSON-ready figures (6 significant digits, undefined values as None)."""
@@ -250,24 +409,39 @@ class SwapEvaluation:
         baseline_mean = float(self.baseline.distance_to_profile.mean())
         swap_following = attribute_following(self.swap, self.target)
         baseline_following = attribute_following(self.baseline, self.target)
+        threshold = self.distance_threshold
+        identity = {
+            "target_distance_mean": target_mean,
+            "swap_distance_mean": swap_mean,
+            "baseline_distance_mean": baseline_mean,
+            # > 0: the swap sits closer to the identity than the face it replaced.
+            "identity_transfer_gain": target_mean - swap_mean,
+            # shares of faces: within the same-person threshold of the profile ...
+            "swap_within_threshold": float((self.swap.distance_to_profile < threshold).mean()),
+            "baseline_within_threshold": float((self.baseline.distance_to_profile < threshold).mean()),
+            "target_within_threshold": float((self.target.distance_to_profile < threshold).mean()),
+            # ... and closer to the identity profile than to the target face it replaced
+            "swap_closer_to_identity_than_target": float(
+                (self.swap.distance_to_profile < self.swap_to_target_distance).mean()),
+            "swap_to_target_distance_mean": float(self.swap_to_target_distance.mean()),
+            "distance_threshold": threshold,
+        }
+        if self.baseline_to_target_distance is not None:
+            identity["baseline_closer_to_identity_than_target"] = float(
+                (self.baseline.distance_to_profile < self.baseline_to_target_distance).mean())
         figures = {
             "faces": len(self.target.detected),
-            "identity": {
-                "target_distance_mean": target_mean,
-                "swap_distance_mean": swap_mean,
-                "baseline_distance_mean": baseline_mean,
-                # > 0: the swap sits closer to the identity than the face it replaced.
-                "identity_transfer_gain": target_mean - swap_mean,
-                "swap_within_threshold": float((self.swap.distance_to_profile < self.distance_threshold).mean()),
-                "swap_to_target_distance_mean": float(self.swap_to_target_distance.mean()),
-                "distance_threshold": self.distance_threshold,
-            },
+            "identity": identity,
             "swap_following": swap_following,
             "baseline_following": baseline_following,
-            # > 0: the swap follows pose / mouth better than pasting the identity face does.
+            # > 0: the swap follows pose / mouth / eyes better than pasting the identity face does.
             "pose_following_margin_deg": baseline_following["pose_mae_deg"] - swap_following["pose_mae_deg"],
             "mouth_following_margin": baseline_following["mouth_mae"] - swap_following["mouth_mae"],
+            "eye_following_margin": baseline_following.get("eye_mae", float("nan"))
+            - swap_following.get("eye_mae", float("nan")),
         }
+        if self.image is not None:
+            figures["image"] = self.image.summary()
         return round_floats(_finite_or_none(figures))
 
 
@@ -294,7 +468,9 @@ def evaluate_swaps(
     (``mean_identity_face`` or ``most_frontal_face``). Everything is resized to
     ``measure_size`` (default: the target crops' size) before it is measured, so all three sets
     go through the same landmarker and embedder at the same resolution. ``profile``: the
-    identity profile dict, made with the same embedder.
+    identity profile dict, made with the same embedder. Image quality (``ImageQuality``) is
+    measured at the swaps' own size; its temporal ratio compares successive rows, so give the
+    faces in time order.
     """
     target_crops, swapped_crops = np.asarray(target_crops), np.asarray(swapped_crops)
     if len(target_crops) != len(swapped_crops) or len(target_crops) == 0:
@@ -313,4 +489,91 @@ def evaluate_swaps(
     pair_distances = np.array(
         [embedder.distance(s, t) for s, t in zip(swap.embeddings, target.embeddings)], dtype=np.float64
     )
-    return SwapEvaluation(target, swap, baseline, pair_distances, float(profile["distance_threshold"]))
+    baseline_distances = np.array(
+        [embedder.distance(b, t) for b, t in zip(baseline.embeddings, target.embeddings)], dtype=np.float64
+    )
+    return SwapEvaluation(target, swap, baseline, pair_distances, float(profile["distance_threshold"]),
+                          baseline_distances, image_quality(target_crops, swapped_crops, baseline_face))
+
+
+# ---------------------------------------------------------------------------------------------
+# Feeding a DFM model the way FaceFusion's deep_swapper does (DESIGN.md, Exports)
+#
+# Five points from 68-point landmarks (eye-contour means, nose tip, mouth corners — not the iris
+# centres our own crops use), a partial affine fit by RANSAC to the dfl_whole_face template at
+# the model's size, INTER_AREA warp with replicated borders; the crop is sharpened
+# (1.75·crop − 0.75·GaussianBlur(σ=2), saturated to uint8) and scaled to [0, 1]; the outputs are
+# unpacked by position (face mask, celeb face, celeb mask); the paste-back mask is the minimum
+# of a blurred box and the eroded, blurred minimum of both output masks. FaceFusion's optional
+# colour matching and occluder model are not emulated.
+
+# MediaPipe FaceMesh indices of the 68-point eye contours (36-41 image left, 42-47 image right),
+# nose tip (30) and mouth corners (48, 54).
+FACEFUSION_EYE_CONTOURS = ((33, 160, 158, 133, 153, 144), (362, 385, 387, 263, 373, 380))
+FACEFUSION_NOSE_TIP = 4
+FACEFUSION_MOUTH_CORNERS = (61, 291)
+FACEFUSION_BOX_BLUR = 0.3  # its default face_mask_blur
+FACEFUSION_MASK_BLUR = 6.25
+
+
+def facefusion_five_points(landmarks: np.ndarray) -> np.ndarray:
+    """[5, 2] FaceFusion's five points ('5/68') from [478, >=2] FaceMesh landmarks in pixels."""
+    points = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    eyes = [points[list(contour)].mean(axis=0) for contour in FACEFUSION_EYE_CONTOURS]
+    return np.stack([*eyes, points[FACEFUSION_NOSE_TIP], *points[list(FACEFUSION_MOUTH_CORNERS)]])
+
+
+def facefusion_crop(frame: np.ndarray, points5: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(aligned crop [size, size, 3], 2x3 frame → crop matrix) as FaceFusion warps a face."""
+    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(points5, dtype=np.float64), template_points(size),
+                                            method=cv2.RANSAC, ransacReprojThreshold=100)
+    if matrix is None:
+        raise ValueError("degenerate five points: cannot fit the template")
+    crop = cv2.warpAffine(frame, matrix, (size, size), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_AREA)
+    return crop, matrix
+
+
+def facefusion_sharpen(crop: np.ndarray) -> np.ndarray:
+    """1.75·crop − 0.75·GaussianBlur(crop, σ=2), saturated to uint8 (what deep_swapper feeds)."""
+    crop = np.ascontiguousarray(crop)
+    return cv2.addWeighted(crop, 1.75, cv2.GaussianBlur(crop, (0, 0), 2), -0.75, 0)
+
+
+def facefusion_input(crops: np.ndarray) -> np.ndarray:
+    """Aligned uint8 BGR crops [N, S, S, 3] → the DFM model's ``in_face:0`` batch, sharpened."""
+    return np.stack([facefusion_sharpen(crop) for crop in checked_crops(crops)]).astype(np.float32) / 255.0
+
+
+def facefusion_output(face: np.ndarray) -> np.ndarray:
+    """A celeb face in [0, 1] → uint8 as FaceFusion converts it (scaled, clipped, truncated)."""
+    return (np.asarray(face) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def facefusion_box_mask(size: int, blur: float = FACEFUSION_BOX_BLUR) -> np.ndarray:
+    """[size, size] float32: ones with a zeroed border of ``blur``·size/4 px, Gaussian-softened."""
+    amount = int(size * 0.5 * blur)
+    border = max(amount // 2, 1)
+    mask = np.zeros((size, size), dtype=np.float32)
+    mask[border:size - border, border:size - border] = 1.0
+    return cv2.GaussianBlur(mask, (0, 0), amount * 0.25) if amount > 0 else mask
+
+
+def facefusion_paste_mask(face_mask: np.ndarray, celeb_mask: np.ndarray) -> np.ndarray:
+    """[S, S] float32 paste-back mask from the model's two output masks (each [S, S] or
+    [S, S, 1] in [0, 1]): their minimum, eroded twice (3x3 ellipse), blurred (σ 6.25), then
+    the minimum with ``facefusion_box_mask``."""
+    size = np.asarray(face_mask).shape[0]
+    mask = np.minimum(np.asarray(face_mask, np.float32).reshape(size, size),
+                      np.asarray(celeb_mask, np.float32).reshape(size, size)).clip(0, 1)
+    mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=2)
+    mask = cv2.GaussianBlur(mask, (0, 0), FACEFUSION_MASK_BLUR)
+    return np.minimum(mask, facefusion_box_mask(size)).clip(0, 1)
+
+
+def facefusion_paste_back(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The crop blended into the frame through the inverse warp, weighted by ``mask`` [S, S]."""
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+    height, width = frame.shape[:2]
+    alpha = cv2.warpAffine(np.asarray(mask, np.float32), inverse, (width, height)).clip(0, 1)[..., None]
+    face = cv2.warpAffine(crop, inverse, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    return np.round(alpha * face + (1 - alpha) * frame).clip(0, 255).astype(np.uint8)
