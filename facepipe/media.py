@@ -1,9 +1,11 @@
-"""Media files: listing and hashing a partition folder, loading images, sampling video frames."""
+"""Media files: listing and hashing a partition folder, loading images, sampling video frames,
+writing videos deterministically."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -295,3 +297,61 @@ def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.n
         if image is None:
             raise MediaError(f"stored frame {frames_dir / row.file} is unreadable: re-materialize the frames asset")
         yield image, (row.source if row.kind == "video" else None)
+
+
+def replace_if_changed(temporary: Path, final: Path) -> bool:
+    """Move a finished temporary file over `final` unless `final` already has the same bytes.
+
+    Returns whether `final` was (re)written. Unchanged files keep their modification time.
+    """
+    same_size = final.is_file() and final.stat().st_size == temporary.stat().st_size
+    if same_size and final.read_bytes() == temporary.read_bytes():
+        temporary.unlink()
+        return False
+    try:
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)  # only still there if the replace failed
+    return True
+
+
+def temporary_path(final: Path) -> Path:
+    """A hidden temporary name beside `final`, keeping its extension (FFmpeg picks the container
+    from it); hidden so folder scans never take a half-written file for media."""
+    return final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+
+
+def write_bytes(path: Path, data: bytes) -> bool:
+    """Atomically write `data` to `path` unless it already holds them; returns whether it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    temporary.write_bytes(data)
+    return replace_if_changed(temporary, path)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int) -> bool:
+    """Atomically write BGR frames as an 'mp4v' MP4 unless the file already holds the same bytes.
+
+    OpenCV's FFmpeg writer leaves the encoder single-threaded and writes no creation time, so the
+    same frames give the same bytes.
+    """
+    if not frames:
+        raise ValueError(f"no frames to write to {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    temporary = temporary_path(path)
+    writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        temporary.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"OpenCV cannot open an 'mp4v' video writer for {temporary}: "
+            "this opencv build lacks FFmpeg video I/O; install the opencv-python wheel from constraints.txt"
+        )
+    try:
+        for frame in frames:
+            writer.write(frame)
+    finally:
+        writer.release()
+    return replace_if_changed(temporary, path)

@@ -21,13 +21,13 @@ from facepipe.sample import (
     build_sample,
     hopper_face,
     hopper_image,
-    lighting_changes,
     load_occluder_masks,
     make_sprites,
     render_frame,
     render_head_video,
-    write_bytes,
 )
+from facepipe.sample.files import write_bytes
+from facepipe.sample.lighting import lighting_changes
 
 LEFT_IRIS, RIGHT_IRIS, NOSE_TIP = 468, 473, 1
 
