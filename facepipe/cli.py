@@ -5,6 +5,11 @@
   facepipe build      register, then materialize every partition of each role and every
                       pair declared in data/pairs.toml
   facepipe demo       sample + build: the README's first command
+  facepipe presets    list the shipped run-config presets, or print one (for the launchpad)
+
+`build` and `demo` take `--preset NAME` (demo, quality, gpu: facepipe/presets/) or `--config FILE`
+(a Dagster run config in YAML or JSON, `{ops: {identity__identity_model: {config: {epochs: 80}}}}`);
+it is checked against every job before anything runs, and a problem is one line on stderr (exit 2).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from pathlib import Path
 
 from facepipe.pairs import PairsFileError
+from facepipe.presets import RunConfig, RunConfigError
 from facepipe.resources import default_data_root, project_root
 
 
@@ -50,31 +56,39 @@ def register(data_root: Path) -> dict[str, list[str]]:
 INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def run_job(job_name: str, key: str, label: str) -> bool:
+def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = None,
+            job_config: dict | None = None) -> bool:
     from dagster import DagsterInstance
 
     from facepipe.definitions import defs
 
+    tags = {"facepipe/run_config": run_config.source} if run_config and run_config.ops else None
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=DagsterInstance.get(), partition_key=key, raise_on_error=False, run_config=INFO_LOGS
+        instance=DagsterInstance.get(), partition_key=key, raise_on_error=False,
+        run_config={**INFO_LOGS, **(job_config or {})}, tags=tags,
     )
     print(f"{label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     return result.success
 
 
-def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True) -> bool:
+def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True,
+          run_config: RunConfig | None = None, job_configs: dict[str, dict] | None = None) -> bool:
+    """Register, then run each role's job per partition and the pair job per declared pair, each
+    with its own part of the run config (`job_configs`, from `checked_run_config`)."""
     from facepipe.automation.discovery import PAIR_JOB, role_job_name
     from facepipe.pairs import declared_pairs, pair_key
 
+    job_configs = job_configs or {}
     keys = register(data_root)
     ok = True
     for role in roles:
         if partition and partition not in keys[role]:
             print(f"no {role} folder '{partition}' under {data_root}", file=sys.stderr)
             return False
+        job = role_job_name(role)
         for key in [partition] if partition else keys[role]:
-            ok &= run_job(role_job_name(role), key, f"{role}/{key}")
+            ok &= run_job(job, key, f"{role}/{key}", run_config, job_configs.get(job))
     if not pairs:
         return ok
     for identity, target in declared_pairs(data_root):
@@ -82,8 +96,44 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
             print(f"pair {identity}|{target} in pairs.toml: no such identity or target folder; skipped", file=sys.stderr)
             ok = False
         elif partition in (None, identity, target):
-            ok &= run_job(PAIR_JOB, pair_key(identity, target), f"pair/{identity}|{target}")
+            ok &= run_job(PAIR_JOB, pair_key(identity, target), f"pair/{identity}|{target}", run_config,
+                          job_configs.get(PAIR_JOB))
     return ok
+
+
+def checked_run_config(preset: str | None, config_file: Path | None) -> tuple[RunConfig | None, dict[str, dict]]:
+    """The chosen preset or file, validated against every job, and each job's part of it;
+    the settings it applies are printed (the run log's record of what this build used)."""
+    from facepipe import presets
+
+    if preset is None and config_file is None:
+        return None, {}
+    run_config = presets.load_preset(preset) if preset is not None else presets.load_file(config_file)
+    parts = presets.job_configs(run_config)
+    for line in presets.settings_lines(run_config):
+        print(line)
+    return run_config, parts
+
+
+def show_presets(name: str | None, group: str | None) -> None:
+    from facepipe import presets
+
+    if name is None:
+        for preset in presets.preset_names():
+            summary = presets.preset_text(preset).splitlines()[0].lstrip("# ")
+            print(f"{preset:10s} {summary}")
+        return
+    if group is None:
+        print(presets.preset_text(name), end="")
+        return
+    part = presets.for_job(presets.load_preset(name).config, group)
+    print(yaml_dump(part) if part else f"# preset {name} sets nothing for the {group} assets (their defaults apply)")
+
+
+def yaml_dump(config: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False).rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help="materialize every partition" if name == "build" else "sample + build")
         sub.add_argument("--role", choices=["identity", "target"], action="append", help="only this role (repeatable)")
         sub.add_argument("--partition", help="only this partition key")
+        chosen = sub.add_mutually_exclusive_group()
+        chosen.add_argument("--preset", metavar="NAME", help="a shipped run config: demo (the defaults), quality, gpu")
+        chosen.add_argument("--config", metavar="FILE", type=Path, help="a Dagster run config file (YAML or JSON)")
+    show = commands.add_parser("presets", help="list the presets, or print one (--group: only one job's ops, "
+                                                "ready for the launchpad)")
+    show.add_argument("name", nargs="?", help="the preset to print")
+    show.add_argument("--group", choices=["identity", "target", "pair"], help="only the ops of this group's job")
     args = parser.parse_args(argv)
 
     data_root = args.data_root or Path(default_data_root())
@@ -103,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     use_project_instance()
     try:
         return run_command(args, data_root)
-    except PairsFileError as error:  # the other bad inputs fail inside Dagster runs, named there
+    except (PairsFileError, RunConfigError) as error:  # the other bad inputs fail inside Dagster runs, named there
         print(f"facepipe: {error}", file=sys.stderr)
         return 2
 
 
 def run_command(args: argparse.Namespace, data_root: Path) -> int:
+    if args.command == "presets":
+        show_presets(args.name, args.group)
+        return 0
+    if args.command in ("build", "demo"):  # a bad run config stops here, before anything is written or run
+        run_config, job_configs = checked_run_config(args.preset, args.config)
     if args.command in ("sample", "demo"):
         from facepipe.pairs import declare_pair
         from facepipe.sample import IDENTITY_KEY, TARGET_KEY, build_sample
@@ -120,7 +182,8 @@ def run_command(args: argparse.Namespace, data_root: Path) -> int:
     if args.command == "register":
         register(data_root)
     if args.command in ("build", "demo"):
-        return 0 if build(data_root, args.role or ["identity", "target"], args.partition, pairs=not args.role) else 1
+        return 0 if build(data_root, args.role or ["identity", "target"], args.partition, pairs=not args.role,
+                          run_config=run_config, job_configs=job_configs) else 1
     return 0
 
 

@@ -31,7 +31,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
@@ -134,20 +133,22 @@ class NightlyConfigError(ValueError):
 
 
 def load_nightly_run_config(path: str | Path | None = None) -> dict[str, Any]:
-    """The run config nightly runs use (and are judged against): `path`, else the file named by
-    FACEPIPE_NIGHTLY_CONFIG, else none (every asset's Config defaults)."""
-    path = path or os.environ.get(NIGHTLY_CONFIG_ENV)
-    if not path:
+    """The run config nightly runs use (and are judged against): `path`, else FACEPIPE_NIGHTLY_CONFIG,
+    else none (every asset's Config defaults). Either names a run config file (YAML/JSON) or a
+    preset shipped with facepipe (`quality`, `gpu`: facepipe/presets/). It is checked against the
+    jobs the way `facepipe build --config` checks it: an op of no job, an unknown op or field or a
+    value of the wrong type fails the tick with one line instead of launching runs that fail."""
+    from facepipe import presets
+
+    source = path or os.environ.get(NIGHTLY_CONFIG_ENV)
+    if not source:
         return {}
     try:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise NightlyConfigError(f"nightly run config {path} ({NIGHTLY_CONFIG_ENV}): {error}") from error
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict) or set(loaded) - {"ops"}:
-        raise NightlyConfigError(
-            f"nightly run config {path} ({NIGHTLY_CONFIG_ENV}) must look like "
-            "{ops: {identity__identity_model: {config: {epochs: 80}}}}: only an 'ops' section is used")
-    return loaded
+        run_config = presets.load(source)
+        presets.job_configs(run_config)
+    except presets.RunConfigError as error:
+        raise NightlyConfigError(f"nightly run config ({NIGHTLY_CONFIG_ENV}): {error}") from error
+    return run_config.config
 
 
 @lru_cache(maxsize=1024)
