@@ -30,7 +30,9 @@ import pandas as pd
 
 from facepipe.embed import embedding_distance, l2_normalise
 
-PROFILE_FORMAT_VERSION = 1
+# 2: quality_stats.avg_face_score (the face detection score under the name the users' profile
+# format reads) beside mean_detection_score; nothing removed, so a format-1 reader still works.
+PROFILE_FORMAT_VERSION = 2
 # Every float in the profile JSON is written with this many significant digits, so the text
 # does not depend on float noise below it and two builds give the same bytes.
 SIGNIFICANT_DIGITS = 6
@@ -200,6 +202,8 @@ def build_profile(
 
     Quality stats describe the faces the profile is built from (the inliers); counts say
     how many were embedded and rejected. `num_frames` is the number of faces used.
+    `avg_face_score` is the mean detection score, the name the users' profile format reads
+    (`mean_detection_score` holds the same value for readers of this project's earlier profiles).
     """
     embeddings = np.asarray(embeddings, dtype=np.float64)
     count = embeddings.shape[0] if embeddings.ndim == 2 else 0
@@ -238,6 +242,7 @@ def build_profile(
         "outlier_iterations": rejection.iterations,
         "outlier_converged": rejection.converged,
         "mean_detection_score": float(detection_scores[inliers].mean()),
+        "avg_face_score": float(detection_scores[inliers].mean()),  # the same value under the users' format's name
         "mean_laplacian_variance": float(sharpness[inliers].mean()),
         "min_laplacian_variance": float(sharpness[inliers].min()),
         "pose_spread_yaw": float(poses[inliers, 0].std()),

@@ -34,6 +34,7 @@ REQUIRED_KEYS = {
     "embedder_model_hash",
 }
 REQUIRED_QUALITY = {
+    "avg_face_score",
     "mean_detection_score",
     "mean_laplacian_variance",
     "pose_spread_yaw",
@@ -106,6 +107,7 @@ def test_profile_json_is_byte_identical_and_its_mean_is_unit_length():
     )
     assert 0.5 < loaded["quality_stats"]["self_similarity"] <= 1.0
     assert 0.5 < loaded["quality_stats"]["mean_detection_score"] <= 1.0
+    assert loaded["quality_stats"]["avg_face_score"] == loaded["quality_stats"]["mean_detection_score"]
 
 
 def test_outliers_with_the_cosine_metric():
@@ -162,3 +164,32 @@ def test_profile_centre_restores_the_embedders_units():
     profile = {"embedding_mean": [0.6, 0.8], "embedding_mean_norm": 1.5, "embedding_metric": "euclidean"}
     np.testing.assert_allclose(profile_centre(profile), [0.9, 1.2])
     assert distance_to_profile(profile, np.array([[0.9, 1.2]]))[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def read_profile_as_users_do(path) -> dict:
+    """How the users' identity profile format is read: a plain JSON load and these fields."""
+    with open(path) as handle:
+        profile = json.load(handle)
+    return {
+        "id": profile["id"],
+        "name": profile["name"],
+        "embedding_mean": profile["embedding_mean"],
+        "embedding_std": profile["embedding_std"],
+        "num_frames": profile["num_frames"],
+        "avg_face_score": profile["quality_stats"]["avg_face_score"],
+    }
+
+
+@pytest.mark.slow
+def test_the_published_profile_reads_in_the_users_format(project):
+    """identity_profile materialized on a 10-frame clip; models/identities/<key>.json read the way
+    the users' format is read, without facepipe."""
+    from facepipe.sample import hopper_face, render_head_video
+
+    render_head_video(hopper_face(160), project.folder("identity", "grace") / "grace.mp4", n_frames=10, size=160)
+    project.materialize("identity", "grace", assets=project.profile_assets)
+    read = read_profile_as_users_do(project.models / "identities" / "grace.json")
+    assert (read["id"], read["name"], read["num_frames"]) == ("grace", "grace", 10)
+    assert len(read["embedding_mean"]) == len(read["embedding_std"]) == 128  # dlib here (no ArcFace pack)
+    assert all(isinstance(value, float) for value in read["embedding_mean"] + read["embedding_std"])
+    assert 0.5 < read["avg_face_score"] <= 1.0

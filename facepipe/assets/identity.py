@@ -33,7 +33,7 @@ from facepipe.store import Artifact, atomic_write_bytes
 
 # One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
 
-PROFILE_VERSION = "1"
+PROFILE_VERSION = "2"  # 2: quality_stats.avg_face_score
 IDENTITY_MODEL_VERSION = "1"
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
