@@ -31,10 +31,11 @@ stays the target fails the second even when it drifts under the threshold).
 Image quality, from the pixels (all at the swap's own size; the other crops are resized to it):
 - sharpness ratio: variance of the Laplacian over the central face (``CENTRAL_FACE``), candidate
   over target, median over faces (< 1: blurrier than the face it replaces);
-- checkerboard: the share of a crop's spectral energy (mean removed, Hann window) within
-  ``CHECKER_RADIUS`` cycles/px of the three period-2 frequencies (0.5, 0), (0, 0.5), (0.5, 0.5) —
-  where a x2 pixel-shuffle upsampler leaves its pattern; white noise reads about 0.037, a smooth
-  face close to 0, a pure 2-px checker 1;
+- checkerboard: the RMS amplitude, in grey levels, of what lies within ``CHECKER_RADIUS``
+  cycles/px of the three period-2 frequencies (0.5, 0), (0, 0.5), (0.5, 0.5) of a crop's spectrum
+  (Hann window, compensated) — where a x2 pixel-shuffle upsampler leaves its pattern: a +-a
+  2-px checker reads a, a smooth face ~0; compare the swap's with the target's (real fine
+  detail reads some too);
 - temporal ratio: mean frame-to-frame absolute change of the central face in the candidate's
   sequence over the same in the target's (1: changes as much as the target; 0: frozen, as the
   pasted baseline is; > 1: flicker). Crops must be in time order.
@@ -308,8 +309,9 @@ def sharpness_ratio(candidate: np.ndarray, reference: np.ndarray) -> float:
 
 
 def checkerboard(crops: np.ndarray, radius: float = CHECKER_RADIUS) -> np.ndarray:
-    """[N] share of each crop's spectral energy (grey, mean removed, Hann-windowed) within
-    ``radius`` cycles/px of the period-2 frequencies (0.5, 0), (0, 0.5) and (0.5, 0.5)."""
+    """[N] RMS amplitude (grey levels) of each crop's content within ``radius`` cycles/px of the
+    period-2 frequencies (0.5, 0), (0, 0.5) and (0.5, 0.5): Parseval over those spectral bins of
+    the Hann-windowed grey crop, divided by the window's mean square."""
     crops = checked_crops(crops)
     size = crops.shape[1]
     window = np.outer(np.hanning(size), np.hanning(size))
@@ -323,13 +325,12 @@ def checkerboard(crops: np.ndarray, radius: float = CHECKER_RADIUS) -> np.ndarra
     near = np.zeros((size, size), dtype=bool)
     for cy, cx in ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)):
         near |= np.hypot(distance_to(fy, cy), distance_to(fx, cx)) <= radius
-    shares = []
+    amplitudes = []
     for crop in crops:
         grey = _grey(crop).astype(np.float64)
         power = np.abs(np.fft.fft2((grey - grey.mean()) * window)) ** 2
-        total = power.sum()
-        shares.append(power[near].sum() / total if total > 1e-12 else 0.0)
-    return np.array(shares)
+        amplitudes.append(np.sqrt(power[near].sum() / grey.size**2 / (window**2).mean()))
+    return np.array(amplitudes)
 
 
 def temporal_change(crops: np.ndarray) -> np.ndarray:

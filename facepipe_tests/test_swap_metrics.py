@@ -107,28 +107,28 @@ def test_sharpness_reads_the_central_face_only():
 # Checkerboard
 
 
-def test_a_two_pixel_checker_reads_high_and_a_smooth_face_low():
+def test_a_two_pixel_checker_reads_its_amplitude_and_a_smooth_face_low():
     smooth = smooth_crops()
     natural = textured_crops()
     smooth_score, natural_score = checkerboard(smooth), checkerboard(natural)
-    checker_score = checkerboard(with_checker(smooth))
-    assert (smooth_score < 0.005).all(), smooth_score
-    assert (natural_score < 0.02).all(), natural_score
-    # a share of all the image's variation: a +-12 checker on a face-like +-60 shading is ~10 %
-    assert (checker_score > 0.05).all() and (checker_score > 20 * smooth_score).all(), checker_score
-    assert (checkerboard(with_checker(natural)) > 5 * natural_score).all()
-    assert checkerboard(with_checker(np.full((1, SIZE, SIZE, 3), 128, np.uint8)))[0] > 0.95  # nothing but a checker
+    assert (smooth_score < 0.5).all(), smooth_score
+    assert (natural_score < 2.0).all(), natural_score
+    # grey levels: a +-12 checker reads ~12 whatever lies under it
+    assert checkerboard(with_checker(np.full((1, SIZE, SIZE, 3), 128, np.uint8)))[0] == pytest.approx(12.0, rel=0.05)
+    assert np.allclose(checkerboard(with_checker(smooth)), 12.0, rtol=0.1), checkerboard(with_checker(smooth))
+    assert (checkerboard(with_checker(natural, 4.0)) > natural_score + 2.0).all()
 
 
-def test_checkerboard_sees_two_pixel_stripes_and_reads_noise_at_its_band_share():
+def test_checkerboard_sees_two_pixel_stripes_and_not_coarser_ones():
     smooth = smooth_crops(1)
     ys, xs = np.mgrid[0:SIZE, 0:SIZE]
-    stripes = np.clip(smooth.astype(float) + np.where(xs % 2 == 0, 10.0, -10.0)[None, :, :, None], 0, 255).astype(np.uint8)
-    assert checkerboard(stripes)[0] > 0.05 and checkerboard(stripes)[0] > 20 * checkerboard(smooth)[0]
-    assert checkerboard(with_checker(smooth, 0.0))[0] == pytest.approx(checkerboard(smooth)[0])
-    noise = np.random.default_rng(1).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
-    band_share = 3 * np.pi / 16**2  # three discs of radius 1/16 cycles/px
-    assert np.median(checkerboard(noise)) == pytest.approx(band_share, rel=0.3)
+    fine = np.clip(smooth.astype(float) + np.where(xs % 2 == 0, 10.0, -10.0)[None, :, :, None], 0, 255).astype(np.uint8)
+    coarse = np.clip(smooth.astype(float) + np.where(xs % 8 < 4, 10.0, -10.0)[None, :, :, None], 0, 255).astype(np.uint8)
+    assert checkerboard(fine)[0] == pytest.approx(10.0, rel=0.1)
+    assert checkerboard(coarse)[0] < 1.0  # period 8 px: not the pixel-shuffle period
+    noise = np.random.default_rng(1).normal(128, 20, (4, SIZE, SIZE, 1)).clip(0, 255).astype(np.uint8).repeat(3, axis=3)
+    band_share = 3 * np.pi / 16**2  # three discs of radius 1/16 cycles/px: white noise's share
+    assert np.median(checkerboard(noise)) == pytest.approx(20 * np.sqrt(band_share), rel=0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_image_quality_of_a_blurred_checkered_swap_beside_the_pasted_face():
     quality = image_quality(targets, swaps, targets[0]).summary()
     assert quality["measured_at_px"] == SIZE
     assert quality["sharpness_ratio"]["baseline"] == pytest.approx(sharpness_ratio(targets[:1], targets), rel=1e-6)
-    assert quality["checkerboard"]["swap"] > 10 * quality["checkerboard"]["target"]
+    assert quality["checkerboard"]["swap"] > 5 * quality["checkerboard"]["target"]
     assert quality["temporal_ratio"]["baseline"] == 0.0
 
 

@@ -1,0 +1,496 @@
+"""Swap quality on real talking heads, the way FaceFusion's deep_swapper uses the published model.
+
+Builds declared dev pairs through the normal asset graph (each role's job, then the pair job,
+with a run config), then feeds each pair's published `.dfm` held-out target frames exactly as
+FaceFusion does (facepipe.evaluate: five points from the eye contours, RANSAC partial affine to
+dfl_whole_face, INTER_AREA warp, 1.75·crop − 0.75·blur sharpening, outputs by position,
+eroded/blurred mask ∩ box mask pasted back) and reports, beside pasting the mean identity face:
+identity shares, attribute following (mouth, eyes, yaw, pitch), sharpness ratio, checkerboard,
+temporal ratio and training time — at every stage of a staged training (quality against time).
+
+    .venv/bin/python benchmarks/swap_quality.py                       # every pair, default epochs
+    .venv/bin/python benchmarks/swap_quality.py --pairs german_news/obama_late,obama_early/obama_late \\
+        --identity-epochs 3 --xseg-epochs 2 --adapter-epochs 2 --max-frames 60 --stages 1   # smoke run
+    .venv/bin/python benchmarks/swap_quality.py --preset quality --stages 4   # or --config my.yaml
+
+Media: `--media DIR` (default ../shared/media, see its MANIFEST.md; the run skips with a
+message when it is absent). Everything is written under `--work` (default
+/tmp/facepipe_swap_quality): data/ (the throwaway data root), store/, models/, dagster_home/,
+and results.md, results.json and one contact sheet per pair and stage (target crop | swap |
+target in context | swap pasted back). A second run with the same options is all cache hits
+up to the evaluation.
+
+How the dev media become pairs (videos only: the photo sets hold 5-10 photos, too few for an
+identity model and under the profile's 8-face check for one of them):
+- every target is the first 75 % of a video; its last 25 % is never built, only evaluated
+  (held-out frames in time order, so the temporal ratio sees real motion);
+- a cross-person pair takes its identity from a whole other video;
+- the same-person control splits one video in three: identity = first 40 %, target = 40-75 %,
+  evaluation = last 25 %. Its swaps should stay the person, follow as well as a cross pair,
+  and it bounds what "within threshold" means when nothing needs to change.
+Cut segments are re-encoded with OpenCV's mp4v (the evaluation frames are read from the
+original file).
+
+Staging (--stages K): stage k trains the identity model for k/K of its epochs (resumed from the
+stage before) and the adapter for k/K of its epochs (from scratch: it depends on the identity
+model's weights). "train_s" is the training time a fresh build of that stage would take: the
+identity model's runs so far + XSeg + this stage's adapter (the engine's own figures);
+"build_s" is the wall time of every job this pair needed in this stage (preparation included,
+cache hits cost ~0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MEDIA = REPO.parent / "shared" / "media"
+DEFAULT_WORK = Path("/tmp/facepipe_swap_quality")
+MEASURE_SIZE = 256  # target crops are measured at this size (the faces asset's default)
+EVAL_SHARE = 0.25  # the last quarter of every target video is held out for evaluation
+CONTROL_SPLIT = 0.40  # the control's identity: the first 40 % of its video
+
+
+@dataclass(frozen=True)
+class Segment:
+    video: str  # file name under <media>/videos
+    start: float  # share of the video's frames
+    end: float
+
+
+# Identities and targets as segments of the dev videos; pairs as (identity, target, kind).
+IDENTITIES = {
+    "german_news": Segment("german_news_20s.mp4", 0.0, 1.0),
+    "kim": Segment("kim_7s.mp4", 0.0, 1.0),
+    "obama_early": Segment("obama_20s.mp4", 0.0, CONTROL_SPLIT),
+}
+TARGETS = {
+    "obama_late": Segment("obama_20s.mp4", CONTROL_SPLIT, 1.0 - EVAL_SHARE),
+    "vox": Segment("vox_driving.mp4", 0.0, 1.0 - EVAL_SHARE),
+    "mead": Segment("mead_w040_happy.mp4", 0.0, 1.0 - EVAL_SHARE),
+}
+PAIRS = [
+    ("obama_early", "obama_late", "same-person control"),
+    ("german_news", "obama_late", "cross, man → man"),
+    ("obama_early", "vox", "cross, man → man (head motion)"),
+    ("kim", "mead", "cross, woman → woman"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Media and data root
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    if not frames:
+        raise RuntimeError(f"no frames decoded from {path}")
+    return frames, fps
+
+
+def frame_range(count: int, segment: Segment) -> range:
+    return range(int(round(segment.start * count)), int(round(segment.end * count)))
+
+
+def write_segment(source: Path, segment: Segment, folder: Path) -> None:
+    """The segment as the folder's only media: the file itself when whole, else an mp4v cut."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if segment.start == 0.0 and segment.end == 1.0:
+        out = folder / source.name
+        if not out.exists():
+            out.write_bytes(source.read_bytes())
+        return
+    out = folder / f"{source.stem}_{int(segment.start * 100):02d}-{int(segment.end * 100):02d}.mp4"
+    if out.exists():
+        return
+    frames, fps = read_video(source)
+    picked = [frames[i] for i in frame_range(len(frames), segment)]
+    height, width = picked[0].shape[:2]
+    partial = out.with_suffix(".partial.mp4")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in picked:
+        writer.write(frame)
+    writer.release()
+    partial.rename(out)
+
+
+def prepare_data_root(media: Path, data: Path, pairs: list[tuple[str, str, str]]) -> None:
+    for identity, target, _ in pairs:
+        write_segment(media / "videos" / IDENTITIES[identity].video, IDENTITIES[identity], data / "identities" / identity)
+        write_segment(media / "videos" / TARGETS[target].video, TARGETS[target], data / "targets" / target)
+    (data / "pairs.toml").write_text("".join(f'[[pair]]\nidentity = "{i}"\ntarget = "{t}"\n\n' for i, t, _ in pairs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run config
+
+
+def load_run_config(preset: str | None, config_file: Path | None) -> dict:
+    """{"ops": {...}}: a preset (facepipe.presets), then a YAML/JSON file on top."""
+    ops: dict = {}
+    if preset:
+        from facepipe.presets import load  # the presets module that `facepipe build --preset` reads
+
+        ops = merge(ops, load(preset).ops)
+    if config_file:
+        import yaml
+
+        ops = merge(ops, (yaml.safe_load(config_file.read_text()) or {}).get("ops") or {})
+    return ops
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def op_config(ops: dict, op: str) -> dict:
+    return (ops.get(op) or {}).get("config") or {}
+
+
+def set_op(ops: dict, op: str, **values) -> dict:
+    return merge(ops, {op: {"config": values}})
+
+
+def default_epochs() -> dict[str, int]:
+    from facepipe.assets.identity import IdentityModelConfig
+    from facepipe.assets.pair import LoraConfig
+
+    return {"identity__identity_model": IdentityModelConfig().epochs, "pair__lora_adapter": LoraConfig().epochs}
+
+
+def stage_ops(ops: dict, stage: int, stages: int) -> dict:
+    """The run config of one stage: identity model and adapter at stage/stages of their epochs."""
+    defaults = default_epochs()
+    for op in ("identity__identity_model", "pair__lora_adapter"):
+        total = int(op_config(ops, op).get("epochs", defaults[op]))
+        ops = set_op(ops, op, epochs=max(1, math.ceil(total * stage / stages)))
+    return ops
+
+
+def job_ops(ops: dict, group: str) -> dict:
+    """Only the ops of one job's group (each job accepts its own)."""
+    return {"ops": {op: value for op, value in ops.items() if op.startswith(group + "__")},
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building through the asset graph
+
+
+class Builder:
+    def __init__(self, data: Path):
+        from dagster import DagsterInstance
+
+        from facepipe.definitions import defs
+        from facepipe.partitions import PARTITIONS
+
+        self.defs, self.instance, self.data = defs, DagsterInstance.get(), data
+        self.partitions = PARTITIONS
+
+    def register(self, role: str, key: str) -> None:
+        name = self.partitions[role].name
+        if key not in self.instance.get_dynamic_partitions(name):
+            self.instance.add_dynamic_partitions(name, [key])
+
+    def run(self, job: str, key: str, run_config: dict) -> float:
+        started = time.perf_counter()
+        result = self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, partition_key=key, run_config=run_config, raise_on_error=False)
+        seconds = time.perf_counter() - started
+        print(f"  {job} [{key}]: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s", flush=True)
+        if not result.success:
+            failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+            message = str(failures[0].event_specific_data.error.message) if failures else "see the run log"
+            raise RuntimeError(f"{job} [{key}] failed: {message.strip()}")
+        return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation the FaceFusion way
+
+
+def held_out_frames(media: Path, target: str, count: int) -> list[tuple[int, np.ndarray]]:
+    """Up to ``count`` frames of the target video's held-out tail, evenly strided, in time order."""
+    frames, _ = read_video(media / "videos" / TARGETS[target].video)
+    tail = range(int(round(TARGETS[target].end * len(frames))), len(frames))
+    stride = max(1, len(tail) // count)
+    return [(i, frames[i]) for i in list(tail)[::stride][:count]]
+
+
+def context_points(points5: np.ndarray, zoom: float = 1.7) -> np.ndarray:
+    """The five points spread from their centre: the same warp then shows more around the face."""
+    centre = points5.mean(axis=0)
+    return centre + (points5 - centre) * zoom
+
+
+def label(tile: np.ndarray, text: str) -> np.ndarray:
+    tile = tile.copy()
+    cv2.putText(tile, text, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(tile, text, (6, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_frames: int, sheet_path: Path) -> dict:
+    import onnxruntime as ort
+
+    from facepipe.embed import get_embedder
+    from facepipe.evaluate import (
+        evaluate_swaps,
+        facefusion_crop,
+        facefusion_five_points,
+        facefusion_input,
+        facefusion_output,
+        facefusion_paste_back,
+        facefusion_paste_mask,
+        mean_identity_face,
+    )
+    from facepipe.faces import FaceSet
+    from facepipe.landmarks import detect_landmarks
+    from facepipe.store import ArtifactStore
+
+    store = ArtifactStore(settings["store"])
+    profile = json.loads((store.current("identity/identity_profile", identity).path / "profile.json").read_text())
+    identity_crops = FaceSet.load(store.current("identity/faces", identity).path).crops
+    session = ort.InferenceSession(str(Path(settings["models"]) / "trained" / f"{identity}_{target}.dfm"),
+                                   providers=["CPUExecutionProvider"])
+    size = session.get_inputs()[0].shape[1]
+
+    frames = held_out_frames(media, target, eval_frames)
+    found = detect_landmarks([(frame, "held-out") for _, frame in frames])
+    targets, swaps, rows = [], [], []
+    for (frame_index, frame), points, ok in zip(frames, found.points, found.detected):
+        if not ok:
+            continue
+        five = facefusion_five_points(points)
+        model_crop, matrix = facefusion_crop(frame, five, size)
+        face_mask, celeb_face, celeb_mask = session.run(None, {session.get_inputs()[0].name: facefusion_input(model_crop[None])})
+        swap = facefusion_output(celeb_face[0])
+        pasted = facefusion_paste_back(frame, swap, facefusion_paste_mask(face_mask[0], celeb_mask[0]), matrix)
+        targets.append(facefusion_crop(frame, five, MEASURE_SIZE)[0])
+        swaps.append(swap)
+        rows.append((frame_index, frame, pasted, five))
+    if len(targets) < 3:
+        raise RuntimeError(f"{identity}|{target}: MediaPipe found a face in only {len(targets)} held-out frames")
+    summary = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, get_embedder(profile["embedder"]).prepare(),
+                             mean_identity_face(identity_crops)).summary()
+    summary["held_out_frames"] = [r[0] for r in rows]
+    summary["model_size"] = int(size)
+
+    tiles = []
+    for pick in np.unique(np.linspace(0, len(rows) - 1, num=min(6, len(rows))).round().astype(int)):
+        frame_index, frame, pasted, five = rows[pick]
+        wide = context_points(five)
+        tiles.append(np.hstack([
+            label(targets[pick], f"target #{frame_index}"),
+            label(cv2.resize(swaps[pick], (MEASURE_SIZE, MEASURE_SIZE), interpolation=cv2.INTER_NEAREST), f"swap {size}px"),
+            label(facefusion_crop(frame, wide, MEASURE_SIZE)[0], "target (context)"),
+            label(facefusion_crop(pasted, wide, MEASURE_SIZE)[0], "pasted back"),
+        ]))
+    cv2.imwrite(str(sheet_path), np.vstack(tiles))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def metric_rows(m: dict) -> list[tuple[str, str, str]]:
+    ident, sw, bl, image = m["identity"], m["swap_following"], m["baseline_following"], m.get("image", {})
+    pct = lambda v: "–" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+    return [
+        ("faces compared (detected in both)", f"{sw['faces_compared']}/{m['faces']}", f"{bl['faces_compared']}/{m['faces']}"),
+        (f"within threshold ({ident['distance_threshold']}) of the identity profile", pct(ident["swap_within_threshold"]),
+         pct(ident["baseline_within_threshold"])),
+        ("closer to the identity profile than to its target face", pct(ident["swap_closer_to_identity_than_target"]),
+         pct(ident.get("baseline_closer_to_identity_than_target"))),
+        (f"distance to the profile, mean (targets: {fmt(ident['target_distance_mean'], 3)})",
+         fmt(ident["swap_distance_mean"], 3), fmt(ident["baseline_distance_mean"], 3)),
+        ("mouth opening, correlation with the target", fmt(sw.get("mouth_corr")), fmt(bl.get("mouth_corr"))),
+        ("eye opening, correlation", fmt(sw.get("eye_corr")), fmt(bl.get("eye_corr"))),
+        ("yaw, correlation", fmt(sw.get("yaw_corr")), fmt(bl.get("yaw_corr"))),
+        ("pitch, correlation", fmt(sw.get("pitch_corr")), fmt(bl.get("pitch_corr"))),
+        ("yaw / pitch mean abs. error (deg)", f"{fmt(sw.get('yaw_mae_deg'), 1)} / {fmt(sw.get('pitch_mae_deg'), 1)}",
+         f"{fmt(bl.get('yaw_mae_deg'), 1)} / {fmt(bl.get('pitch_mae_deg'), 1)}"),
+        ("sharpness ratio vs target (median, central face)", fmt(image.get("sharpness_ratio", {}).get("swap")),
+         fmt(image.get("sharpness_ratio", {}).get("baseline"))),
+        (f"checkerboard, period-2 RMS in grey levels (target: {fmt(image.get('checkerboard', {}).get('target'))})",
+         fmt(image.get("checkerboard", {}).get("swap")), fmt(image.get("checkerboard", {}).get("baseline"))),
+        ("temporal ratio (frame-to-frame change vs target)", fmt(image.get("temporal_ratio", {}).get("swap")),
+         fmt(image.get("temporal_ratio", {}).get("baseline"))),
+    ]
+
+
+def over_time_row(stage: dict) -> str:
+    m = stage["metrics"]
+    ident, sw, image = m["identity"], m["swap_following"], m.get("image", {})
+    cells = [stage["stage"], f"{stage['epochs']['identity']}/{stage['epochs']['adapter']}", fmt(stage["train_s"], 0),
+             fmt(ident["swap_within_threshold"]), fmt(ident["swap_closer_to_identity_than_target"]),
+             fmt(sw.get("mouth_corr")), fmt(sw.get("eye_corr")), fmt(sw.get("yaw_corr")), fmt(sw.get("pitch_corr")),
+             fmt(image.get("sharpness_ratio", {}).get("swap")), fmt(image.get("checkerboard", {}).get("swap")),
+             fmt(image.get("temporal_ratio", {}).get("swap"))]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def report(results: dict, options: dict) -> str:
+    lines = ["# Swap quality (FaceFusion deep_swapper feeding)", "",
+             f"Options: `{json.dumps(options, sort_keys=True)}`", ""]
+    for pair, entry in results.items():
+        stages = entry["stages"]
+        last = stages[-1]
+        lines += [f"## {pair} ({entry['kind']})", "",
+                  f"Final stage {last['stage']}: identity model {last['epochs']['identity']} epochs, adapter "
+                  f"{last['epochs']['adapter']} epochs, model {last['metrics']['model_size']} px; training "
+                  f"{last['train_s']:.0f} s (identity {last['times']['identity_model']:.0f} s, XSeg "
+                  f"{last['times']['xseg_model']:.0f} s, adapter {last['times']['lora_adapter']:.0f} s); build wall time "
+                  f"this stage {last['build_s']:.0f} s. {len(last['metrics']['held_out_frames'])} held-out frames. "
+                  f"Contact sheet: `{last['contact_sheet']}`.", "",
+                  "| metric | swap | paste mean identity |", "|---|---|---|"]
+        lines += [f"| {name} | {swap} | {baseline} |" for name, swap, baseline in metric_rows(last["metrics"])]
+        if len(stages) > 1:
+            lines += ["", "Quality against training time:", "",
+                      "| stage | epochs id/adapter | train s | within thr. | closer to id. | mouth r | eye r | yaw r | "
+                      "pitch r | sharpness | checker | temporal |", "|" + "---|" * 12]
+            lines += [over_time_row(stage) for stage in stages]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def training_seconds(store, key: str, asset: str, seen: dict) -> float:
+    """The engine's duration of the current output, counted once per fingerprint (a cache hit adds 0)."""
+    artifact = store.current(asset, key)
+    if artifact.fingerprint not in seen:
+        seen[artifact.fingerprint] = float(artifact.metadata.get("duration_s", 0.0))
+        return seen[artifact.fingerprint]
+    return 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="dev media folder (MANIFEST.md layout)")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="data root, store, models and results go here")
+    parser.add_argument("--pairs", default="all", help="identity/target,... from the declared pairs (default: all)")
+    parser.add_argument("--preset", help="a facepipe run-config preset (facepipe/presets/<name>.yaml)")
+    parser.add_argument("--config", type=Path, help="a run-config file (YAML/JSON, Dagster's {ops: ...} shape)")
+    parser.add_argument("--identity-epochs", type=int)
+    parser.add_argument("--xseg-epochs", type=int)
+    parser.add_argument("--adapter-epochs", type=int)
+    parser.add_argument("--max-frames", type=int, help="frames sampled per identity and target")
+    parser.add_argument("--stages", type=int, default=3, help="evaluate after each of this many training stages")
+    parser.add_argument("--eval-frames", type=int, default=30, help="held-out target frames per pair")
+    args = parser.parse_args(argv)
+
+    if not (args.media / "videos").is_dir():
+        print(f"swap_quality: no dev media at {args.media} (expected videos/ as in its MANIFEST.md); skipped. "
+              f"Pass --media DIR.")
+        return 0
+    pairs = PAIRS if args.pairs == "all" else [p for p in PAIRS if f"{p[0]}/{p[1]}" in args.pairs.split(",")]
+    if not pairs:
+        print(f"swap_quality: no declared pair matches --pairs {args.pairs}; pairs: "
+              + ", ".join(f"{i}/{t}" for i, t, _ in PAIRS), file=sys.stderr)
+        return 2
+    missing = sorted({s.video for p in pairs for s in (IDENTITIES[p[0]], TARGETS[p[1]])
+                      if not (args.media / "videos" / s.video).is_file()})
+    if missing:
+        print(f"swap_quality: {args.media}/videos lacks {', '.join(missing)}; skipped.")
+        return 0
+
+    work = args.work.resolve()
+    settings = {"data": work / "data", "store": work / "store", "models": work / "models"}
+    # Before facepipe's resources are imported: their defaults read these (issue 12).
+    os.environ.update({"FACEPIPE_DATA": str(settings["data"]), "FACEPIPE_STORE": str(settings["store"]),
+                       "FACEPIPE_MODELS": str(settings["models"]), "DAGSTER_HOME": str(work / "dagster_home")})
+    os.environ.setdefault("FACEPIPE_AUTOMATION", "off")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    (work / "dagster_home").mkdir(parents=True, exist_ok=True)
+    (work / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    prepare_data_root(args.media, settings["data"], pairs)
+
+    from facepipe.automation.discovery import PAIR_JOB, role_job_name
+    from facepipe.pairs import pair_key
+    from facepipe.store import ArtifactStore
+
+    ops = load_run_config(args.preset, args.config)
+    for op, value in (("identity__identity_model", args.identity_epochs), ("target__xseg_model", args.xseg_epochs),
+                      ("pair__lora_adapter", args.adapter_epochs)):
+        if value is not None:
+            ops = set_op(ops, op, epochs=value)
+    if args.max_frames is not None:
+        ops = set_op(set_op(ops, "identity__frames", max_frames=args.max_frames), "target__frames", max_frames=args.max_frames)
+    options = {"pairs": [f"{i}|{t}" for i, t, _ in pairs], "ops": ops, "stages": args.stages,
+               "eval_frames": args.eval_frames, "preset": args.preset, "config": str(args.config) if args.config else None}
+
+    builder = Builder(settings["data"])
+    store = ArtifactStore(settings["store"])
+    results: dict = {pair_key(i, t): {"kind": kind, "stages": []} for i, t, kind in pairs}
+    seen_runs: dict = {}
+    identity_train: dict = {i: 0.0 for i, _, _ in pairs}
+    xseg_train: dict = {}
+    for stage in range(1, args.stages + 1):
+        run_ops = stage_ops(ops, stage, args.stages)
+        print(f"stage {stage}/{args.stages}: identity model {op_config(run_ops, 'identity__identity_model')['epochs']} "
+              f"epochs, adapter {op_config(run_ops, 'pair__lora_adapter')['epochs']} epochs", flush=True)
+        walls: dict = {}
+        for role, keys in (("identity", sorted({i for i, _, _ in pairs})), ("target", sorted({t for _, t, _ in pairs}))):
+            for key in keys:
+                builder.register(role, key)
+                walls[(role, key)] = builder.run(role_job_name(role), key, job_ops(run_ops, role))
+        for identity in sorted({i for i, _, _ in pairs}):
+            identity_train[identity] += training_seconds(store, identity, "identity/identity_model", seen_runs)
+        for target in sorted({t for _, t, _ in pairs}):
+            xseg_train[target] = xseg_train.get(target, 0.0) + training_seconds(store, target, "target/xseg_model", seen_runs)
+        for identity, target, _ in pairs:
+            key = pair_key(identity, target)
+            pair_wall = builder.run(PAIR_JOB, key, job_ops(run_ops, "pair"))
+            adapter = store.current("pair/lora_adapter", key)
+            times = {"identity_model": identity_train[identity], "xseg_model": xseg_train[target],
+                     "lora_adapter": float(adapter.metadata.get("duration_s", 0.0))}
+            sheet = work / f"contact_{identity}_{target}_stage{stage}.png"
+            started = time.perf_counter()
+            metrics = evaluate_pair(settings, args.media, identity, target, args.eval_frames, sheet)
+            print(f"  evaluated {key} in {time.perf_counter() - started:.1f}s", flush=True)
+            results[key]["stages"].append({
+                "stage": stage, "epochs": {"identity": op_config(run_ops, "identity__identity_model")["epochs"],
+                                           "adapter": op_config(run_ops, "pair__lora_adapter")["epochs"]},
+                "train_s": sum(times.values()), "times": times, "contact_sheet": str(sheet),
+                "build_s": walls[("identity", identity)] + walls[("target", target)] + pair_wall, "metrics": metrics})
+        (work / "results.json").write_text(json.dumps({"options": options, "results": results}, indent=1, default=str))
+        (work / "results.md").write_text(report(results, options))
+    print(report(results, options))
+    print(f"written: {work / 'results.md'}, {work / 'results.json'}, contact sheets {work}/contact_*.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
