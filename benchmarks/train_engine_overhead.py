@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from facepipe.identity_model import ReconstructionTask
+from facepipe.train.tasks.reconstruction import ReconstructionTask
 from facepipe.models.augment import augment_batch
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.losses import reconstruction_loss

@@ -20,12 +20,13 @@ import numpy as np
 from dagster import DagsterInstance, materialize
 
 from facepipe.assets.prep import build_prep_assets
-from facepipe.assets.xseg import load_deployed_xseg, xseg_model
+from facepipe.assets.xseg import xseg_model
 from facepipe.faces import FaceSet
 from facepipe.resources import FacepipeSettings
 from facepipe.sample import TARGET_KEY, build_sample, load_occluder_masks
 from facepipe.store import ArtifactStore
-from facepipe.xseg_training import occluder_truth_iou, predict_masks
+from facepipe.models.xseg import XSegNHWC, predict_masks
+from facepipe.train.tasks.xseg import occluder_truth_iou
 
 
 def main() -> None:
@@ -67,7 +68,7 @@ def report(data: Path, store_root: Path) -> None:
     from facepipe.faces import holdout_split
 
     _, held = holdout_split(len(faces), xseg.record["config"]["holdout_every"])
-    predicted = predict_masks(load_deployed_xseg(xseg.path, xseg.record["config"]), np.asarray(faces.crops[held]))
+    predicted = predict_masks(XSegNHWC.from_folder(xseg.path), np.asarray(faces.crops[held]))
     truth = load_occluder_masks(data / "sample_truth" / TARGET_KEY / "occluders.npz")
     scores = occluder_truth_iou(faces.index.iloc[held], np.asarray(faces.masks[held]), predicted, truth)
     print(f"held-out faces with a real occluder: {scores['occluded_faces']}; IoU vs true visible face: "

@@ -6,13 +6,10 @@ from pathlib import Path
 import yaml
 from dagster import Definitions, ExecutorDefinition, in_process_executor
 
-from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
-from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
-from facepipe.assets.prep import build_prep_assets
-from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
+from facepipe.assets import ASSET_CHECKS, ASSETS
+from facepipe.assets.stage import STORE_INPUT, store_input
 from facepipe.automation.discovery import media_sensor, pair_job, role_jobs
 from facepipe.automation.nightly import nightly_schedules, pairs_after_role_runs
-from facepipe.partitions import ROLES
 from facepipe.resources import FacepipeSettings
 
 
@@ -31,12 +28,11 @@ def step_executor() -> ExecutorDefinition:
 
 
 defs = Definitions(
-    assets=[*(a for role in ROLES for a in build_prep_assets(role)), identity_profile, identity_model, xseg_model, target_masks,
-            *PAIR_ASSETS],
-    asset_checks=[identity_profile_is_usable, xseg_holdout_iou, *PAIR_CHECKS],
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
     jobs=[*role_jobs, pair_job],
     schedules=nightly_schedules,
     sensors=[media_sensor, pairs_after_role_runs],
-    resources={"settings": FacepipeSettings()},
+    resources={"settings": FacepipeSettings(), STORE_INPUT: store_input},
     executor=step_executor(),
 )

@@ -21,14 +21,17 @@ import hashlib
 import importlib.util
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
 
 from facepipe.align import alignment_matrix
 
-EMBEDDER_CHOICES = ("auto", "arcface", "dlib")
+# The choice a config may name: "auto" or a registered embedder (a test keeps the two in step).
+EmbedderChoice = Literal["auto", "arcface", "dlib"]
 
 DEFAULT_ARCFACE_PACK = Path.home() / ".insightface" / "models" / "buffalo_l"
 
@@ -373,12 +376,33 @@ def arcface_pack_available(pack_dir: Path | None = None) -> bool:
     return find_arcface_model(Path(pack_dir).expanduser() if pack_dir is not None else DEFAULT_ARCFACE_PACK) is not None
 
 
-def get_embedder(name: str = "auto", arcface_pack: Path | None = None) -> FaceEmbedder:
+# name -> factory(arcface_pack): adding an embedder is its class, one entry here and its name in EmbedderChoice.
+EMBEDDERS: dict[str, Callable[[Path | None], FaceEmbedder]] = {
+    "arcface": lambda pack: ArcFaceEmbedder(pack),
+    "dlib": lambda pack: DlibEmbedder(),
+}
+
+
+def get_embedder(name: str = "auto", arcface_pack: Path | str | None = None) -> FaceEmbedder:
     """The embedder for a config choice. `auto` is ArcFace when the pack holds a recognition
     model and dlib otherwise; the caller must log `embedder.name` loudly and put
     `embedder.describe()` into the fingerprint, since auto's choice depends on the machine."""
-    if name not in EMBEDDER_CHOICES:
-        raise ValueError(f"unknown embedder {name!r}: choose one of {', '.join(EMBEDDER_CHOICES)}")
-    if name == "arcface" or (name == "auto" and arcface_pack_available(arcface_pack)):
-        return ArcFaceEmbedder(arcface_pack)
-    return DlibEmbedder()
+    pack = Path(arcface_pack).expanduser() if arcface_pack else None
+    if name == "auto":
+        name = "arcface" if arcface_pack_available(pack) else "dlib"
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}: choose one of {', '.join(get_args(EmbedderChoice))}")
+    return EMBEDDERS[name](pack)
+
+
+def embedder_of_profile(profile: dict, profile_config: dict) -> FaceEmbedder:
+    """The very embedder a profile was built with: its recorded name, with the ArcFace pack from
+    the config that built it; refuses a different model file (another pack, another machine)."""
+    embedder = get_embedder(profile["embedder"], profile_config.get("arcface_pack") or None)
+    found = embedder.describe()["model_hash"]
+    if found != profile["embedder_model_hash"]:
+        raise ValueError(
+            f"the identity profile was built with {profile['embedder']} model {profile['embedder_model_hash'][:12]}, "
+            f"but this machine's {embedder.name} model is {found[:12]}: materialize identity_profile again here"
+        )
+    return embedder

@@ -38,13 +38,12 @@ import torch
 from torch import nn
 
 from facepipe.align import DFL_WHOLE_FACE_TEMPLATE
+from facepipe.models.swap import DFM_INPUT, DFM_OUTPUTS, dfm_input
 from facepipe.store import atomic_write_bytes, file_sha256
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4  # max abs difference, outputs in [0, 1]: far below one 8-bit level (0.004)
 
-DFM_INPUT = "in_face:0"
-DFM_OUTPUTS = ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0")
 
 
 class OnnxParityError(AssertionError):
@@ -250,56 +249,7 @@ def write_model_card(path: Path | str, card: dict[str, Any]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# DFM swap model
-
-
-def _to_nhwc(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.permute(0, 2, 3, 1)
-
-
-class DfmSwapModel(nn.Module):
-    """A swap model in the DFM convention: NHWC BGR [0, 1] in, (face mask, celeb face, celeb
-    mask) out, all NHWC in [0, 1].
-
-    ``encoder_part``: NCHW BGR [0, 1] → code; ``decoder_part``: code → (BGR [0, 1], mask logits)
-    (for the identity autoencoder: encoder + bottleneck, and decoder; see ``from_autoencoders``).
-    ``face_mask_source``: optional module NCHW BGR [0, 1] → [N, 1, S, S] mask probabilities of
-    the input face (e.g. an XSeg resized to S). Without one, ``out_face_mask:0`` is the mask
-    the model predicts for its output from this input — the same face silhouette, in the
-    input's pose, as ``out_celeb_face_mask:0``.
-    """
-
-    def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None):
-        super().__init__()
-        self.encoder_part = encoder_part
-        self.decoder_part = decoder_part
-        self.face_mask_source = face_mask_source
-
-    @classmethod
-    def from_autoencoders(
-        cls, encoding_model: nn.Module, decoding_model: nn.Module | None = None, face_mask_source: nn.Module | None = None
-    ) -> DfmSwapModel:
-        """From IdentityAutoencoder(s): the code of ``encoding_model`` (e.g. the identity model
-        with its merged LoRA encoder delta) rendered by ``decoding_model``'s decoder (the base
-        identity decoder; defaults to ``encoding_model``'s own, i.e. a reconstruction)."""
-        decoding_model = decoding_model or encoding_model
-        encoder_part = nn.Sequential(encoding_model.encoder, encoding_model.bottleneck)
-        return cls(encoder_part, decoding_model.decoder, face_mask_source)
-
-    def forward(self, in_face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        bgr = in_face.permute(0, 3, 1, 2)
-        celeb_face, celeb_mask_logits = self.decoder_part(self.encoder_part(bgr))
-        celeb_mask = torch.sigmoid(celeb_mask_logits)
-        face_mask = celeb_mask if self.face_mask_source is None else self.face_mask_source(bgr)
-        return _to_nhwc(face_mask), _to_nhwc(celeb_face), _to_nhwc(celeb_mask)
-
-
-def dfm_input(crop_bgr: np.ndarray) -> np.ndarray:
-    """One uint8 BGR crop [S, S, 3] → the DFM input [1, S, S, 3] float32 in [0, 1]."""
-    crop = np.asarray(crop_bgr)
-    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
-        raise ValueError(f"dfm_input expects one uint8 BGR crop [S, S, 3], got {crop.dtype} {list(crop.shape)}")
-    return (crop.astype(np.float32) / 255.0)[None]
+# DFM swap model (the module itself and its input lie in facepipe.models.swap)
 
 
 def dfm_card(size: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -73,3 +74,23 @@ def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) indices: every `every`-th face is held out, spread over the whole set."""
     held = np.arange(every // 2, count, every) if every > 0 and count >= 2 * every else np.array([], dtype=np.int64)
     return np.setdiff1d(np.arange(count), held), held
+
+
+def resize_crops(images: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Square uint8 crops [N, H, H, 3] or masks [N, H, H] resized to ``size``: the one resizer of
+    face crops. INTER_AREA when shrinking (the right filter for it), INTER_CUBIC when enlarging,
+    INTER_NEAREST for labels that must stay {0, 255}. One image at a time, because the input
+    may be a memory map larger than RAM; an input already at ``size`` comes back as it is."""
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+        raise ValueError(f"resize_crops expects square uint8 crops [N, S, S(, 3)], got {images.dtype} {list(images.shape)}")
+    if images.shape[1] == size:
+        return images
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_CUBIC
+    out = np.empty((len(images), size, size, *images.shape[3:]), dtype=np.uint8)
+    for i, image in enumerate(images):
+        out[i] = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interpolation)
+    return out

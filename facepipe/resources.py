@@ -16,6 +16,13 @@ def project_root() -> Path:
     return here if (here / "workspace.yaml").is_file() else Path.cwd()
 
 
+def use_project_instance() -> Path:
+    """Point Dagster at the project's instance unless the user chose another DAGSTER_HOME."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_root() / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def default_data_root() -> str:
     return os.environ.get("FACEPIPE_DATA", str(project_root() / "data"))
 

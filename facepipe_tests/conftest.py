@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 import fsspec.config
-from dagster import DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
 from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
 from facepipe.assets.prep import build_prep_assets
+from facepipe.assets.stage import STORE_INPUT, store_input
 from facepipe.assets.xseg import target_masks, xseg_holdout_iou, xseg_model
 from facepipe.partitions import PARTITIONS
 from facepipe.resources import FacepipeSettings
@@ -61,11 +62,18 @@ class Project:
                 self.instance.add_dynamic_partitions(dimension, [part])
         settings = FacepipeSettings(data_root=str(self.data), store_root=self.store_root,
                                     store_cache=self.store_cache, models_root=str(self.models))
+        # The whole graph, so every input resolves; only `assets` (default: the role's preparation) run.
+        chosen = assets or self.assets[role]
+        keys = [key for definition in chosen for key in definition.keys]
+        graph = [*self.assets["identity"], *self.assets["target"], identity_profile, identity_model, xseg_model,
+                 target_masks, *PAIR_ASSETS, identity_profile_is_usable, xseg_holdout_iou, *PAIR_CHECKS]
+        graph = [*graph, *(definition for definition in chosen if definition not in graph)]
         return materialize(
-            assets or self.assets[role],
+            graph,
+            selection=AssetSelection.assets(*keys),
             instance=self.instance,
             partition_key=key,
-            resources={"settings": settings},
+            resources={"settings": settings, STORE_INPUT: store_input},
             run_config=run_config,
             raise_on_error=raise_on_error,
         )

@@ -16,19 +16,16 @@ from test_models import hopper_faces
 from torch import nn
 
 from facepipe.export import (
-    DFM_INPUT,
-    DFM_OUTPUTS,
-    DfmSwapModel,
     OnnxParityError,
-    dfm_input,
     export_dfm,
     export_onnx,
     verify_onnx,
     write_hash_sidecar,
     write_model_card,
 )
-from facepipe.models.augment import resize_faces
+from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
+from facepipe.models.swap import DFM_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input
 
 SIZE = 96  # the CPU default
 
@@ -39,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def real_crops(size: int = SIZE) -> np.ndarray:
     """Real aligned Grace Hopper crops (MediaPipe + facepipe.align), BGR uint8 [6, size, size, 3]."""
     crops, masks = hopper_faces()
-    return resize_faces(crops, masks, size)[0]
+    return resize_crops(crops, size)
 
 
 def identity_model(seed: int, size: int = SIZE) -> IdentityAutoencoder:

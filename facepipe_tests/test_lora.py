@@ -1,4 +1,4 @@
-"""The pair LoRA adapter (facepipe.lora) and the swap evaluation (facepipe.evaluate), on real
+"""The pair LoRA adapter (facepipe.models.pair, facepipe.train.tasks.pair) and the swap evaluation (facepipe.evaluate), on real
 aligned faces: Grace Hopper (identity) and Eileen Collins (target), public-domain photos
 re-rendered as moving heads by facepipe.sample, landmarked by MediaPipe, aligned by facepipe.align.
 """
@@ -30,28 +30,29 @@ from facepipe.evaluate import (
     most_frontal_face,
     mouth_opening,
 )
-from facepipe.export import DFM_INPUT, dfm_input, export_dfm
-from facepipe.identity_model import train_identity_model
+from facepipe.export import export_dfm
+from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_landmarks, detect_static
-from facepipe.lora import (
+from facepipe.models.augment import faces_to_tensors
+from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
+from facepipe.models.pair import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     AdapterConfig,
     PairModel,
+    adapter_counts,
     adapter_state,
     base_state,
-    load_identity_model,
     merge_adapters,
     merged_swap_model,
     save_adapter,
-    swap_faces,
-    train_pair_adapter,
 )
-from facepipe.models.augment import faces_to_tensors, resize_faces
-from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
+from facepipe.models.swap import DFM_INPUT, dfm_input, swap_faces
 from facepipe.profile import build_profile, crop_sharpness
 from facepipe.sample import HeadPose, Lighting, astronaut_face, hopper_face, render_frame, render_head_frames
-from facepipe.train import TrainConfig
+from facepipe.train import TrainConfig, train_model
+from facepipe.train.tasks.pair import PairTask
+from facepipe.train.tasks.reconstruction import ReconstructionTask
 
 STORED_SIZE = 256
 FRAMES = 8
@@ -81,23 +82,25 @@ def pair_train_config(epochs: int, key: str = "pair") -> TrainConfig:
 
 
 def train_pair(identity_weights, run_dir, epochs: int):
+    """The pair adapter trained on the saved identity model (the folder of `identity_weights`)."""
     identity_crops, identity_masks, _ = moving_faces("hopper")
     target_crops, target_masks, _ = moving_faces("astronaut")
-    return train_pair_adapter(
-        identity_weights, TINY, identity_crops, identity_masks, target_crops, target_masks,
-        pair_train_config(epochs), run_dir, adapter=TINY_ADAPTER, holdout_every=HOLDOUT_EVERY,
-        samples_per_epoch=16, log=lambda line: None,
-    )
+    task = PairTask.from_faces(identity_weights.parent, identity_crops, identity_masks, target_crops, target_masks,
+                               holdout_every=HOLDOUT_EVERY, samples_per_epoch=16, adapter=TINY_ADAPTER)
+    return train_model(task, pair_train_config(epochs), run_dir, log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
 def identity_weights(tmp_path_factory):
-    """A (briefly) trained identity model's safetensors file, as identity_model publishes it."""
+    """A (briefly) trained identity model's safetensors file, in its saved folder as identity_model writes it."""
     crops, masks, _ = moving_faces("hopper")
     config = TrainConfig(epochs=3, batch_size=4, lr=2e-3, resume_key="identity", cpu_threads=1)
-    training = train_identity_model(crops, masks, TINY, config, tmp_path_factory.mktemp("identity"),
-                                    holdout_every=HOLDOUT_EVERY, samples_per_epoch=16, log=lambda line: None)
-    return training.result.weights_path
+    task = ReconstructionTask.from_faces(crops, masks, TINY, holdout_every=HOLDOUT_EVERY, samples_per_epoch=16)
+    trained = train_model(task, config, tmp_path_factory.mktemp("identity"), log=lambda line: None)
+    folder = tmp_path_factory.mktemp("identity_model")
+    trained.model.save(folder)
+    assert (folder / "model.safetensors").read_bytes() == trained.result.weights_path.read_bytes()
+    return folder / "model.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def trained_pair(identity_weights, tmp_path_factory):
 
 def target_tensors() -> torch.Tensor:
     crops, masks, _ = moving_faces("astronaut")
-    return faces_to_tensors(*resize_faces(crops, masks, TINY.size))[0]
+    return faces_to_tensors(resize_crops(crops, TINY.size), resize_crops(masks, TINY.size))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,12 +146,12 @@ def test_training_moves_only_the_adapter_and_saves_only_its_tensors(trained_pair
     assert any(name.startswith("target_decoder.") for name in saved)
     # lora_B starts at zero: a non-zero B is a delta that training produced.
     assert all(saved[name].abs().max() > 0 for name in saved if ".lora_B." in name)
-    counts = trained_pair.counts
+    counts = adapter_counts(trained_pair.model)
     assert counts["adapter_parameters"] == sum(t.numel() for t in saved.values())
     assert counts["adapter_share"] <= 0.05
     # Starting from a zero delta, the target path learns the target's faces.
-    assert trained_pair.result.final_metrics["holdout_target_l1"] < trained_pair.untrained_metrics["holdout_target_l1"]
-    assert list(trained_pair.target_holdout) == [2, 6]
+    assert trained_pair.result.final_metrics["holdout_target_l1"] < trained_pair.initial_metrics["holdout_target_l1"]
+    assert list(trained_pair.task.target_held.numpy()) == [2, 6]
 
 
 def test_resume_gives_the_same_adapter_bytes(trained_pair, identity_weights, tmp_path):
@@ -161,7 +164,7 @@ def test_resume_gives_the_same_adapter_bytes(trained_pair, identity_weights, tmp
 
 def test_merged_swap_model_is_adapted_encoder_then_base_decoder(trained_pair, identity_weights):
     model = trained_pair.model
-    base = load_identity_model(identity_weights, TINY)
+    base = IdentityAutoencoder.from_folder(identity_weights.parent)
     merged = merge_adapters(base, adapter_state(model), TINY_ADAPTER)
     assert not any(isinstance(module, LoraLayer) for module in merged.swap.modules()), "merge_and_unload left LoRA layers"
     images = target_tensors()
@@ -196,7 +199,7 @@ def test_saved_adapter_rebuilds_the_merged_model_and_exports_as_dfm(trained_pair
 
     merged = merged_swap_model(identity_weights, tmp_path / "adapter")
     crops, _, _ = moving_faces("astronaut")
-    small = resize_faces(crops, np.zeros(crops.shape[:3], np.uint8), TINY.size)[0]
+    small = resize_crops(crops, TINY.size)
     exported = export_dfm(merged.dfm_model(), TINY.size, tmp_path / "pair.dfm", list(small[:3]))
     assert exported.max_abs_error <= 1e-4
     # Run as FaceFusion's deep_swapper does: one NHWC BGR [0, 1] crop in, three outputs in order.
@@ -220,8 +223,7 @@ def test_saved_adapter_rebuilds_the_merged_model_and_exports_as_dfm(trained_pair
 def test_masks_of_zero_and_one_are_refused(identity_weights, tmp_path):
     crops, masks, _ = moving_faces("astronaut")
     with pytest.raises(ValueError, match="scale them to 0..255"):
-        train_pair_adapter(identity_weights, TINY, crops, masks, crops, (masks > 0).astype(np.uint8),
-                           pair_train_config(1), tmp_path, adapter=TINY_ADAPTER, log=lambda line: None)
+        PairTask.from_faces(identity_weights.parent, crops, masks, crops, (masks > 0).astype(np.uint8), adapter=TINY_ADAPTER)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from facepipe.align import align_face
+from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import (
     AugmentConfig,
@@ -24,7 +25,6 @@ from facepipe.models.augment import (
     elastic_warp,
     faces_to_tensors,
     random_homography,
-    resize_faces,
     warp_face_batch,
 )
 from facepipe.models.autoencoder import (
@@ -62,7 +62,7 @@ def hopper_faces() -> tuple[np.ndarray, np.ndarray]:
 
 def face_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     crops, masks = hopper_faces()
-    return faces_to_tensors(*resize_faces(crops, masks, size))
+    return faces_to_tensors(resize_crops(crops, size), resize_crops(masks, size))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -147,9 +147,9 @@ def test_autoencoder_overfits_a_handful_of_real_faces():
 # Augmentation
 
 
-def test_resize_faces_uses_area_filter_and_keeps_bgr():
+def test_resize_crops_uses_area_filter_and_keeps_bgr():
     crops, masks = hopper_faces()
-    small_crops, small_masks = resize_faces(crops, masks, 96)
+    small_crops, small_masks = resize_crops(crops, 96), resize_crops(masks, 96)
     assert small_crops.shape == (6, 96, 96, 3) and small_masks.shape == (6, 96, 96)
     assert small_crops.dtype == np.uint8 and small_masks.dtype == np.uint8
     np.testing.assert_array_equal(small_crops[3], cv2.resize(crops[3], (96, 96), interpolation=cv2.INTER_AREA))

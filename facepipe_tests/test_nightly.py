@@ -21,8 +21,8 @@ from dagster import (
     validate_run_config,
 )
 
-from facepipe.assets import identity as identity_assets
-from facepipe.assets import pair as pair_assets
+from facepipe.assets.stage import STORE_INPUT, store_input, store_name
+from facepipe.automation import nightly
 from facepipe.automation.discovery import pair_job, role_jobs
 from facepipe.automation.nightly import (
     NIGHTLY_CONFIG_ENV,
@@ -34,12 +34,14 @@ from facepipe.automation.nightly import (
     plan_pairs,
     preview,
     role_changes,
+    stages_by_group,
 )
 from facepipe.definitions import defs
 from facepipe.media import decode_video
 from facepipe.pairs import declare_pair, declared_pairs
 from facepipe.resources import FacepipeSettings
-from facepipe.sample import astronaut_face, hopper_face, render_head_video, write_video
+from facepipe.media import write_video
+from facepipe.sample import astronaut_face, hopper_face, render_head_video
 from facepipe_tests.conftest import Project, tiny_run_config
 
 SCHEDULES = {s.name: s for s in nightly_schedules}
@@ -83,14 +85,24 @@ class Copy:
         self.instance.add_dynamic_partitions("target", ["talk", "talk2"])
         self.settings = FacepipeSettings(data_root=str(self.data), store_root=str(self.store),
                                          models_root=str(root / "models"))
+        self.assets = list(defs.assets)
 
     def world(self) -> World:
-        return World(self.settings.store, self.data, self.settings.device_kind, load_nightly_run_config())
+        return World.from_settings(self.settings, load_nightly_run_config())
 
     def definitions(self) -> Definitions:
         """The project's graph, jobs and schedules, bound to this copy's folders."""
-        return Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=[*role_jobs, pair_job],
-                           schedules=nightly_schedules, resources={"settings": self.settings}, executor=in_process_executor)
+        return Definitions(assets=self.assets, asset_checks=defs.asset_checks, jobs=[*role_jobs, pair_job],
+                           schedules=nightly_schedules, resources={"settings": self.settings, STORE_INPUT: store_input},
+                           executor=in_process_executor)
+
+    def bump_code_version(self, monkeypatch, asset: str) -> str:
+        """A code change to `asset`: its definition gets a new code version, seen by the nightly and by runs."""
+        bumped = [definition.map_asset_specs(lambda spec: spec.replace_attributes(code_version=f"{spec.code_version}+1"))
+                  if store_name(definition.key) == asset else definition for definition in self.assets]
+        monkeypatch.setattr(nightly, "STAGES", stages_by_group(bumped))
+        self.assets = bumped
+        return next(d.code_versions_by_key[d.key] for d in bumped if store_name(d.key) == asset)
 
     @cached_property
     def repository(self):
@@ -172,10 +184,10 @@ def test_requests_carry_the_nightly_config_and_validate_against_the_jobs(copy):
 
 
 def test_code_version_bump_rebuilds_everything_downstream(copy, monkeypatch):
-    monkeypatch.setattr(identity_assets, "IDENTITY_MODEL_VERSION", "2")
+    now = copy.bump_code_version(monkeypatch, "identity/identity_model")
     assert copy.all_ticks() == {"nightly_identity": [("identity_job", "hopper"), ("identity_job", "hopper2")],
                                 "nightly_target": [], "nightly_pairs": []}
-    assert role_changes(copy.world(), "identity", "hopper") == {"identity/identity_model": "code version 1 -> 2"}
+    assert role_changes(copy.world(), "identity", "hopper") == {"identity/identity_model": f"code version 2 -> {now}"}
     plan = plan_pairs(copy.world(), declared_pairs(copy.data), {"identity": ["hopper", "hopper2"], "target": ["talk", "talk2"]})
     assert plan.waiting == {"hopper|talk": ["identity hopper"], "hopper2|talk2": ["identity hopper2"]}
 
@@ -196,16 +208,17 @@ def test_code_version_bump_rebuilds_everything_downstream(copy, monkeypatch):
 
 
 def test_pair_code_bump_and_new_declared_pair(copy, monkeypatch):
-    monkeypatch.setattr(pair_assets, "EXPORT_VERSION", "2")
+    unchanged = nightly.STAGES
+    now = copy.bump_code_version(monkeypatch, "pair/onnx_export")
     assert copy.all_ticks() == {"nightly_identity": [], "nightly_target": [],
                                 "nightly_pairs": [("pair_job", "hopper2|talk2"), ("pair_job", "hopper|talk")]}
     # resolved as the daemon resolves them: multi-partition keys against the pair job
     resolved = copy.requests("nightly_pairs")
     assert sorted((r.tags["dagster/partition/identity"], r.tags["dagster/partition/target"]) for r in resolved) == [
         ("hopper", "talk"), ("hopper2", "talk2")]
-    assert all(r.tags["facepipe/nightly_reason"] == "pair/onnx_export: code version 1 -> 2" for r in resolved)
+    assert all(r.tags["facepipe/nightly_reason"] == f"pair/onnx_export: code version 2 -> {now}" for r in resolved)
 
-    monkeypatch.setattr(pair_assets, "EXPORT_VERSION", "1")
+    monkeypatch.setattr(nightly, "STAGES", unchanged)
     declare_pair(copy.data, "hopper", "talk2")  # declared, never built
     declare_pair(copy.data, "hopper", "nobody")  # no such target folder: reported, not requested
     assert copy.tick("nightly_pairs") == [("pair_job", "hopper|talk2")]

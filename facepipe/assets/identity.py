@@ -18,79 +18,84 @@ from dagster import (
 
 from facepipe.align import template_points
 from facepipe.assets.failures import failure_policy
-from facepipe.assets.stage import PREVIEW_FILE, run_stage
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig, mirrored_checkpoints
-from facepipe.embed import get_embedder
-from facepipe.export import DfmSwapModel, export_dfm
-from facepipe.faces import FaceSet
-from facepipe.identity_model import reconstruction_preview, train_identity_model
+from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
+from facepipe.embed import EmbedderChoice, get_embedder
+from facepipe.export import export_dfm
+from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
+from facepipe.models.swap import DfmSwapModel
 from facepipe.partitions import identity_partitions
 from facepipe.preview import write_png
 from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
 from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact, atomic_write_bytes
+from facepipe.train import Trained
+from facepipe.train.tasks.reconstruction import ReconstructionTask, reconstruction_preview
 
 # One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
 
 PROFILE_VERSION = "2"  # 2: quality_stats.avg_face_score
-IDENTITY_MODEL_VERSION = "1"
+IDENTITY_MODEL_VERSION = "2"  # 2: model_config.json beside the weights
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8
 MIN_SELF_SIMILARITY = 0.5
 
-faces_key = AssetKey(["identity", "faces"])
-
 
 class ProfileConfig(Config):
-    embedder: str = "auto"  # auto = arcface when a model pack is on disk, else dlib
+    embedder: EmbedderChoice = "auto"  # auto = arcface when a model pack is on disk, else dlib
     arcface_pack: str = ""  # insightface model pack folder (default ~/.insightface/models/buffalo_l)
     outlier_cutoff: float = 0.0  # 0 = the embedder's same-person threshold
 
 
-@asset(key=AssetKey(["identity", "identity_profile"]), deps=[faces_key], partitions_def=identity_partitions,
-       group_name="identity", code_version=PROFILE_VERSION,
+@reads_outside("identity/identity_profile")
+def embedder_input(settings: FacepipeSettings, key: str, config: dict) -> dict[str, str]:
+    """Which embedder the profile is built with (auto's pick depends on the machine)."""
+    return {"embedder": json.dumps(get_embedder(config["embedder"], config["arcface_pack"]).describe(), sort_keys=True)}
+
+
+@asset(key=AssetKey(["identity", "identity_profile"]), ins={"faces": upstream("identity/faces")},
+       partitions_def=identity_partitions, group_name="identity", code_version=PROFILE_VERSION,
        description="Per-face embeddings, outliers rejected, L2-normalised mean + std + quality stats as JSON; "
                    "published to models/identities/<key>.json.")
 @failure_policy
-def identity_profile(context: AssetExecutionContext, config: ProfileConfig, settings: FacepipeSettings) -> MaterializeResult:
-    store, key = settings.store, context.partition_key
-    faces_artifact = store.current("identity/faces", key)
-    embedder = get_embedder(config.embedder, Path(config.arcface_pack).expanduser() if config.arcface_pack else None)
+def identity_profile(context: AssetExecutionContext, config: ProfileConfig, settings: FacepipeSettings,
+                     faces: Artifact) -> MaterializeResult:
+    key = context.partition_key
+    embedder = get_embedder(config.embedder, config.arcface_pack)
     described = embedder.describe()
     context.log.warning(f"EMBEDDER: {described['name']} ({described['dim']}-d, model sha256 {described['model_hash'][:12]}) "
                         f"chosen by embedder={config.embedder!r}")
 
     def write(out: Path) -> dict:
-        faces = FaceSet.load(faces_artifact.path)
-        size = faces.crops.shape[1]
-        points5 = np.repeat(template_points(size)[None], len(faces), axis=0)
+        face_set = FaceSet.load(faces.path)
+        size = face_set.crops.shape[1]
+        points5 = np.repeat(template_points(size)[None], len(face_set), axis=0)
         embedder.prepare()
         rows = []
-        for start in range(0, len(faces), 32):
-            rows.append(embedder.embed(np.asarray(faces.crops[start:start + 32]), points5[start:start + 32]))
-            context.log.info(f"embedded {min(start + 32, len(faces))}/{len(faces)} faces")
+        for start in range(0, len(face_set), 32):
+            rows.append(embedder.embed(np.asarray(face_set.crops[start:start + 32]), points5[start:start + 32]))
+            context.log.info(f"embedded {min(start + 32, len(face_set))}/{len(face_set)} faces")
         profile, table = build_profile(
-            key, np.concatenate(rows), described, faces.index["score"].to_numpy(),
-            crop_sharpness(np.asarray(faces.crops), np.asarray(faces.masks)), np.asarray(faces.landmarks), size,
-            face_ids=[f"{s}#{i}" for s, i in zip(faces.index["source"], faces.index["source_frame_index"])],
+            key, np.concatenate(rows), described, face_set.index["score"].to_numpy(),
+            crop_sharpness(np.asarray(face_set.crops), np.asarray(face_set.masks)), np.asarray(face_set.landmarks), size,
+            face_ids=[f"{s}#{i}" for s, i in zip(face_set.index["source"], face_set.index["source_frame_index"])],
             cutoff=config.outlier_cutoff or None,
         )
-        profile["lineage"] = {"faces": faces_artifact.content_hash, "code_version": PROFILE_VERSION}
+        profile["lineage"] = {"faces": faces.content_hash, "code_version": code_version_of(context)}
         (out / PROFILE_FILE).write_bytes(profile_json_bytes(profile))
         table.to_parquet(out / EMBEDDINGS_FILE, index=False)
         stats = profile["quality_stats"]
         return {"embedder": described["name"], "embedding_dim": described["dim"], "num_frames": profile["num_frames"],
                 "quality_stats": stats, "rejected": table.loc[~table["inlier"], "face_id"].tolist()}
 
-    inputs = {"faces": faces_artifact.content_hash, "embedder": json.dumps(described, sort_keys=True)}
     def publish(artifact: Artifact) -> None:
         published = settings.models_path / "identities" / f"{key}.json"
         atomic_write_bytes(published, (artifact.path / PROFILE_FILE).read_bytes())
         context.log.info(f"profile published to {published}")
 
-    return run_stage(context, store, "identity/identity_profile", PROFILE_VERSION, config.model_dump(), inputs, write, publish)
+    return run_stage(context, settings, config.model_dump(), write, publish)
 
 
 @asset_check(asset=identity_profile, partitions_def=identity_partitions, description=f"At least {MIN_USABLE_FACES} usable faces and self-similarity "
@@ -126,48 +131,38 @@ class IdentityModelConfig(TrainingConfig):
     depth: int = 4
     samples_per_epoch: int = 256
 
+    def architecture(self) -> AutoencoderConfig:
+        return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
 
-@asset(key=AssetKey(["identity", "identity_model"]), deps=[faces_key], partitions_def=identity_partitions,
-       group_name="identity", code_version=IDENTITY_MODEL_VERSION, pool=TRAINING_POOL,
+
+@asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/faces")},
+       partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, pool=TRAINING_POOL,
        description="Per-identity autoencoder (encoder → dense bottleneck → decoder, BGR + mask) trained with the "
-                   "shared engine; weights (safetensors) + a verified ONNX export in the DFM convention.")
+                   "shared engine; weights (safetensors) + config, and a verified ONNX export in the DFM convention.")
 @failure_policy
-def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, settings: FacepipeSettings) -> MaterializeResult:
-    store, key = settings.store, context.partition_key
-    faces_artifact = store.current("identity/faces", key)
-    model_config = AutoencoderConfig(size=config.resolution, width=config.width, latent_dim=config.latent_dim,
-                                     depth=config.depth)
-    hyper = config.model_dump()
-    train_config = config.engine_config(settings.device, faces=faces_artifact.content_hash, code=IDENTITY_MODEL_VERSION)
+def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, settings: FacepipeSettings,
+                   faces: Artifact) -> MaterializeResult:
+    key, model_config = context.partition_key, config.architecture()
 
-    def write(out: Path) -> dict:
-        faces = FaceSet.load(faces_artifact.path)
-        run_dir = store.partition_dir("_runs/identity_model", key)
-        training = train_identity_model(
-            np.asarray(faces.crops), np.asarray(faces.masks), model_config, train_config, run_dir,
-            config.holdout_every, config.samples_per_epoch, context.log.info,
-            mirrored_checkpoints(context, store, run_dir, train_config))
-        result = training.result
-        (out / "model.safetensors").write_bytes(result.weights_path.read_bytes())
-        held = training.task.held_idx.numpy()
-        parity_crops = [training.crops[i] for i in (held if len(held) else range(min(4, len(training.crops))))]
-        lineage = {"faces": faces_artifact.content_hash, "code_version": IDENTITY_MODEL_VERSION, "config": hyper,
+    def make_task() -> ReconstructionTask:
+        face_set = FaceSet.load(faces.path)
+        return ReconstructionTask.from_faces(face_set.crops, face_set.masks, model_config, config.holdout_every,
+                                             config.samples_per_epoch)
+
+    def write(trained: Trained, out: Path) -> dict:
+        model, task = trained.model, trained.task
+        model.save(out)
+        held = task.held_idx.numpy()
+        shown = held if len(held) else np.arange(min(4, len(task.images)))
+        parity_crops = list(resize_crops(FaceSet.load(faces.path).crops[shown], model_config.size))
+        lineage = {"faces": faces.content_hash, "code_version": code_version_of(context), "config": config.model_dump(),
                    "seed": config.seed}
-        holdout = result.final_metrics.get("holdout_l1", float("nan"))
-        exported = export_dfm(DfmSwapModel.from_autoencoders(training.model), model_config.size, out / f"{key}.dfm",
+        holdout = trained.result.final_metrics.get("holdout_l1", float("nan"))
+        exported = export_dfm(DfmSwapModel.from_autoencoders(model), model_config.size, out / f"{key}.dfm",
                               parity_crops, card={"name": key, "kind": "identity reconstruction model",
                                                   "lineage": lineage, "metrics": {"holdout_l1": round(holdout, 6)}})
-        result.loss_curve_png(out / "loss_curve.png")
-        write_png(out / PREVIEW_FILE, reconstruction_preview(training.model, training.crops, held[:6] if len(held) else [0]))
-        return {
-            "epochs": result.epochs, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
-            "duration_s": round(result.duration_seconds, 1), "faces_trained_on": int(len(training.task.train_idx)),
-            "holdout_faces": int(len(held)), "holdout_l1_trained": round(holdout, 6),
-            "holdout_l1_untrained": round(training.untrained_holdout_l1, 6),
-            "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
-            "parameters": parameter_counts(training.model), "loss_table_md": result.loss_table_markdown(),
-        }
+        write_png(out / PREVIEW_FILE, reconstruction_preview(model, task.images, held[:6] if len(held) else [0]))
+        return {"train_faces": int(len(task.train_idx)), "holdout_faces": int(len(held)),
+                "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"), "parameters": parameter_counts(model)}
 
-    inputs = {"faces": faces_artifact.content_hash}
-    run_config = {**hyper, "device": settings.device_kind}
-    return run_stage(context, store, "identity/identity_model", IDENTITY_MODEL_VERSION, run_config, inputs, write)
+    return train_in_store(context, settings, config, make_task, write)

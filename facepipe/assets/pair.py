@@ -14,53 +14,39 @@ import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetDep,
     AssetExecutionContext,
     AssetKey,
     MaterializeResult,
-    MultiToSingleDimensionPartitionMapping,
     asset,
     asset_check,
 )
 
 from facepipe.assets.failures import failure_policy
-from facepipe.assets.stage import PREVIEW_FILE, run_stage
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig, mirrored_checkpoints
-from facepipe.embed import get_embedder
+from facepipe.assets.stage import PREVIEW_FILE, code_version_of, run_stage, upstream
+from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
+from facepipe.embed import embedder_of_profile
 from facepipe.evaluate import evaluate_swaps, mean_identity_face
 from facepipe.export import export_dfm
-from facepipe.faces import FaceSet
-from facepipe.lora import (
-    AdapterConfig,
-    merged_swap_model,
-    pair_fingerprint_inputs,
-    save_adapter,
-    swap_faces,
-    train_pair_adapter,
-)
-from facepipe.models.autoencoder import AutoencoderConfig
+from facepipe.faces import FaceSet, resize_crops
+from facepipe.media import write_video
+from facepipe.models.autoencoder import model_config_of
+from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter
+from facepipe.models.swap import swap_faces
 from facepipe.partitions import pair_partitions
 from facepipe.preview import contact_sheet, evenly_spaced, paste_face, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
-from facepipe.sample import write_video
 from facepipe.store import Artifact
+from facepipe.train import Trained
+from facepipe.train.tasks.pair import PairTask
 
-LORA_VERSION = "1"
-EXPORT_VERSION = "1"
-by_identity = MultiToSingleDimensionPartitionMapping(partition_dimension_name="identity")
-by_target = MultiToSingleDimensionPartitionMapping(partition_dimension_name="target")
+LORA_VERSION = "2"  # 2: trains on the identity model's folder (weights + config)
+EXPORT_VERSION = "2"  # 2: one crop resizer (contact sheet tiles shrunk with INTER_AREA)
 
 
 def pair_keys(context) -> tuple[str, str]:
     keys = context.partition_key.keys_by_dimension
     return keys["identity"], keys["target"]
-
-
-def identity_model_config(artifact: Artifact) -> AutoencoderConfig:
-    config = artifact.record["config"]
-    return AutoencoderConfig(size=config["resolution"], width=config["width"], latent_dim=config["latent_dim"],
-                             depth=config["depth"])
 
 
 class LoraConfig(TrainingConfig):
@@ -75,53 +61,37 @@ class LoraConfig(TrainingConfig):
     samples_per_epoch: int = 128
 
 
-@asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair", code_version=LORA_VERSION,
-       pool=TRAINING_POOL,
-       deps=[AssetDep(AssetKey(["identity", "identity_model"]), partition_mapping=by_identity),
-             AssetDep(AssetKey(["identity", "faces"]), partition_mapping=by_identity),
-             AssetDep(AssetKey(["target", "faces"]), partition_mapping=by_target),
-             AssetDep(AssetKey(["target", "target_masks"]), partition_mapping=by_target)],
+@asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
+       code_version=LORA_VERSION, pool=TRAINING_POOL,
+       ins={"identity_model": upstream("identity/identity_model", "identity"),
+            "identity_faces": upstream("identity/faces", "identity"),
+            "target_faces": upstream("target/faces", "target"),
+            "target_masks": upstream("target/target_masks", "target")},
        description="peft LoRA on the frozen identity model: a shared set on encoder + bottleneck, a target-path set "
                    "on a decoder copy; target faces (masked by XSeg) mixed with identity replay.")
 @failure_policy
-def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: FacepipeSettings) -> MaterializeResult:
-    store = settings.store
-    identity, target = pair_keys(context)
-    pair = f"{identity}|{target}"
-    model_artifact = store.current("identity/identity_model", identity)
-    identity_faces = store.current("identity/faces", identity)
-    target_faces = store.current("target/faces", target)
-    masks_artifact = store.current("target/target_masks", target)
-    context.log.info(f"reusing identity_model {model_artifact.fingerprint} of '{identity}' (built once, shared by every target)")
-    model_config = identity_model_config(model_artifact)
+def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: FacepipeSettings, identity_model: Artifact,
+                 identity_faces: Artifact, target_faces: Artifact, target_masks: Artifact) -> MaterializeResult:
+    identity, _ = pair_keys(context)
+    context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight)
-    weights = model_artifact.path / "model.safetensors"
-    hyper = config.model_dump()
-    train_config = config.engine_config(
-        settings.device, **pair_fingerprint_inputs(weights, model_config, adapter), code=LORA_VERSION,
-        data=[identity_faces.content_hash, target_faces.content_hash, masks_artifact.content_hash])
 
-    def write(out: Path) -> dict:
+    def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
-        run_dir = store.partition_dir("_runs/lora_adapter", pair)
-        training = train_pair_adapter(
-            weights, model_config, np.asarray(ident.crops), np.asarray(ident.masks), np.asarray(targ.crops),
-            np.load(masks_artifact.path / "masks.npy"), train_config, run_dir, adapter, config.holdout_every,
-            config.samples_per_epoch, log=context.log.info,
-            on_checkpoint=mirrored_checkpoints(context, store, run_dir, train_config))
-        save_adapter(training.model, weights, out)
-        result = training.result
-        result.loss_curve_png(out / "loss_curve.png")
-        np.save(out / "target_holdout.npy", training.target_holdout.astype(np.int64))
-        return {"epochs": result.epochs, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
-                "duration_s": round(result.duration_seconds, 1), **{k: round(float(v), 6) for k, v in training.counts.items()},
-                "final": {k: round(float(v), 6) for k, v in result.final_metrics.items()},
-                "untrained": {k: round(float(v), 6) for k, v in training.untrained_metrics.items()},
-                "loss_table_md": result.loss_table_markdown()}
+        task = PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
+                                   np.load(target_masks.path / "masks.npy"), config.holdout_every,
+                                   config.samples_per_epoch, adapter)
+        start = task.build_model()
+        context.log.info(f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {start.adapter_parameters} adapter "
+                         f"parameters, {100 * start.adapter_share:.2f}% of the identity model's {start.base_parameters}")
+        return task
 
-    inputs = {"identity_model": model_artifact.content_hash, "identity_faces": identity_faces.content_hash,
-              "target_faces": target_faces.content_hash, "target_masks": masks_artifact.content_hash}
-    return run_stage(context, store, "pair/lora_adapter", LORA_VERSION, {**hyper, "device": settings.device_kind}, inputs, write)
+    def write(trained: Trained, out: Path) -> dict:
+        save_adapter(trained.model, identity_model.path / "model.safetensors", out)
+        np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
+        return {k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()}
+
+    return train_in_store(context, settings, config, make_task, write)
 
 
 def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, face_masks, out: Path, limit: int = 100) -> int:
@@ -143,58 +113,52 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
 
 
 @asset(key=AssetKey(["pair", "onnx_export"]), partitions_def=pair_partitions, group_name="pair", code_version=EXPORT_VERSION,
-       deps=[AssetKey(["pair", "lora_adapter"]),
-             AssetDep(AssetKey(["identity", "identity_model"]), partition_mapping=by_identity),
-             AssetDep(AssetKey(["identity", "identity_profile"]), partition_mapping=by_identity),
-             AssetDep(AssetKey(["target", "xseg_model"]), partition_mapping=by_target),
-             AssetDep(AssetKey(["target", "frames"]), partition_mapping=by_target)],
+       ins={"lora_adapter": upstream("pair/lora_adapter"),
+            "identity_model": upstream("identity/identity_model", "identity"),
+            "identity_profile": upstream("identity/identity_profile", "identity"),
+            "identity_faces": upstream("identity/faces", "identity"),
+            "target_faces": upstream("target/faces", "target"),
+            "xseg_model": upstream("target/xseg_model", "target"),
+            "frames": upstream("target/frames", "target")},
        description="Merged swap model (adapted encoder → base decoder) as a verified DFM ONNX with .hash and card, "
                    "the target's XSeg beside it, evaluation vs a paste-the-identity baseline, previews; published "
                    "to models/trained/ and its index.json.")
 @failure_policy
-def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings) -> MaterializeResult:
-    store = settings.store
+def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora_adapter: Artifact, identity_model: Artifact,
+                identity_profile: Artifact, identity_faces: Artifact, target_faces: Artifact, xseg_model: Artifact,
+                frames: Artifact) -> MaterializeResult:
     identity, target = pair_keys(context)
-    pair = f"{identity}|{target}"
-    adapter_artifact = store.current("pair/lora_adapter", pair)
-    model_artifact = store.current("identity/identity_model", identity)
-    profile_artifact = store.current("identity/identity_profile", identity)
-    identity_faces = store.current("identity/faces", identity)
-    target_faces = store.current("target/faces", target)
-    frames_artifact = store.current("target/frames", target)
-    xseg_artifact = store.current("target/xseg_model", target)
     name = f"{identity}_{target}"
 
     def write(out: Path) -> dict:
-        merged = merged_swap_model(model_artifact.path / "model.safetensors", adapter_artifact.path)
-        size = identity_model_config(model_artifact).size
+        merged = merged_swap_model(identity_model.path / "model.safetensors", lora_adapter.path)
+        size = model_config_of(identity_model.path).size
         targ = FaceSet.load(target_faces.path)
-        held = np.load(adapter_artifact.path / "target_holdout.npy")
+        held = np.load(lora_adapter.path / "target_holdout.npy")
         held = held if len(held) else np.arange(min(8, len(targ)))
         dfm = merged.dfm_model()
 
-        parity_crops = [cv2.resize(np.asarray(targ.crops[i]), (size, size), interpolation=cv2.INTER_AREA) for i in held[:8]]
-        profile = json.loads((profile_artifact.path / "profile.json").read_text())
+        parity_crops = list(resize_crops(targ.crops[held[:8]], size))
+        profile = json.loads((identity_profile.path / "profile.json").read_text())
         swapped = swap_faces(dfm, np.asarray(targ.crops), size)
         evaluation = evaluate_swaps(np.asarray(targ.crops[held]), swapped.faces[held], profile,
-                                    get_embedder(profile["embedder"]).prepare(),
+                                    embedder_of_profile(profile, identity_profile.record["config"]).prepare(),
                                     mean_identity_face(FaceSet.load(identity_faces.path).crops))
         metrics = evaluation.summary()
-        lineage = {"identity_model": model_artifact.content_hash, "lora_adapter": adapter_artifact.content_hash,
-                   "identity_profile": profile_artifact.content_hash, "target_faces": target_faces.content_hash,
-                   "code_version": EXPORT_VERSION, "adapter_config": adapter_artifact.record.get("config")}
+        lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
+                   "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,
+                   "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config")}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
             "runtime": "FaceFusion deep_swapper: copy the .dfm into .assets/models/custom/"})
         for suffix in ("onnx", "hash", "json"):  # the target's occluder model, published beside the swap model
-            (out / f"{target}_xseg.{suffix}").write_bytes((xseg_artifact.path / f"xseg.{suffix}").read_bytes())
-        picks = evenly_spaced(len(held), 8)
-        tiles = []
-        for i in held[picks]:
-            tiles += [cv2.resize(np.asarray(targ.crops[i]), (size, size)), swapped.faces[i], swapped.face_masks[i]]
+            (out / f"{target}_xseg.{suffix}").write_bytes((xseg_model.path / f"xseg.{suffix}").read_bytes())
+        picks = held[evenly_spaced(len(held), 8)]
+        shown = resize_crops(targ.crops[picks], size)
+        tiles = [tile for i, crop in zip(picks, shown) for tile in (crop, swapped.faces[i], swapped.face_masks[i])]
         write_png(out / PREVIEW_FILE, contact_sheet(tiles, columns=6, thumb=size))
-        manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
-        pasted = preview_video(targ, frames_artifact.path / "frames", manifest, swapped.faces, swapped.face_masks,
+        manifest = pd.read_parquet(frames.path / "manifest.parquet")
+        pasted = preview_video(targ, frames.path / "frames", manifest, swapped.faces, swapped.face_masks,
                                out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
@@ -202,9 +166,6 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings) -> M
                 "identity_transfer_gain": metrics["identity"]["identity_transfer_gain"],
                 "pose_following_margin_deg": metrics["pose_following_margin_deg"]}
 
-    inputs = {"lora_adapter": adapter_artifact.content_hash, "identity_model": model_artifact.content_hash,
-              "identity_profile": profile_artifact.content_hash, "target_faces": target_faces.content_hash,
-              "xseg_model": xseg_artifact.content_hash, "frames": frames_artifact.content_hash}
     def publish_models(artifact: Artifact) -> None:
         files = [artifact.path / f"{name}.{s}" for s in ("dfm", "hash", "json")]
         xseg_files = [artifact.path / f"{target}_xseg.{s}" for s in ("onnx", "hash", "json")]
@@ -213,7 +174,7 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings) -> M
         publish(settings.models_path, f"{target}_xseg", xseg_files, {"kind": "occluder", "format": "onnx", "target": target})
         context.log.info(f"published {name}: written {published['written'] or 'nothing (same bytes)'}")
 
-    return run_stage(context, store, "pair/onnx_export", EXPORT_VERSION, {}, inputs, write, publish_models)
+    return run_stage(context, settings, {}, write, publish_models)
 
 
 def exported_tolerance(exported) -> float:

@@ -7,6 +7,7 @@ The asset functions only resolve inputs, call the plain functions and report met
 
 import dataclasses
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -23,12 +24,13 @@ from dagster import (
 
 from facepipe import faces as face_set
 from facepipe.assets.failures import failure_policy
-from facepipe.assets.stage import PREVIEW_FILE, run_stage
+from facepipe.assets.stage import PREVIEW_FILE, reads_outside, run_stage, upstream
 from facepipe.landmarks import LandmarkResult, detect_landmarks
 from facepipe.media import (
     MEDIA_LISTING,
     MediaError,
     Skipped,
+    folder_signature,
     extract_frames,
     media_hash,
     probe,
@@ -40,11 +42,12 @@ from facepipe.media import (
 from facepipe.partitions import PARTITIONS, media_dir
 from facepipe.preview import contact_sheet, evenly_spaced, outline, write_png
 from facepipe.resources import FacepipeSettings
+from facepipe.store import Artifact
 from facepipe.smoothing import contiguous_runs, jitter, smooth_landmarks
 from facepipe.train.telemetry import format_duration
 
-STAGES = ("media", "frames", "landmarks", "smoothed_landmarks", "faces")
-# Bump a stage's version when its output for the same inputs changes; the store keys on it.
+# Bump a stage's version when its output for the same inputs changes; the store keys on it
+# (facepipe_tests/test_code_versions.py fails when the code changed and the version did not).
 CODE_VERSIONS = {
     "media": "1",
     "frames": "1",
@@ -88,11 +91,28 @@ def progress_logger(context: AssetExecutionContext, what: str):
     return log
 
 
+@lru_cache(maxsize=1024)
+def _media_digest(folder: str, signature: str) -> str:
+    """Content hash of the media in `folder`; memoised on the folder's name/size/mtime
+    signature, so an unchanged folder is read once per code-server process, not every night."""
+    files, _skipped = scan_media(Path(folder))
+    return media_hash(files)
+
+
+def folder_media_digest(folder: Path) -> str:
+    return _media_digest(str(folder), folder_signature(folder))
+
+
 def build_prep_assets(role: str) -> list:
     """The five data-preparation assets for one role."""
     partitions = PARTITIONS[role]
-    name = lambda stage: f"{role}/{stage}"  # noqa: E731 - the store's name for an asset
+    own = lambda stage: upstream(f"{role}/{stage}")  # noqa: E731 - an input of the same role and partition
     common = dict(partitions_def=partitions, group_name=role)
+
+    @reads_outside(f"{role}/media")
+    def media_input(settings: FacepipeSettings, key: str, config: dict) -> dict[str, str]:
+        """The media files' content (the nightly's view: every media-named file in the folder)."""
+        return {"media": folder_media_digest(media_dir(settings.data_path, role, key))}
 
     @asset(key=prep_key(role, "media"), code_version=CODE_VERSIONS["media"], **common,
            description="The usable media files of the partition folder (each opened once); data version = content hash.")
@@ -122,18 +142,17 @@ def build_prep_assets(role: str) -> list:
             return {"files": len(sources), "videos": sum(s.file.kind == "video" for s in sources),
                     "images": sum(s.file.kind == "image" for s in sources), "skipped": [str(s) for s in skipped]}
 
-        return run_stage(context, settings.store, name("media"), CODE_VERSIONS["media"], {}, {"media": digest}, write)
+        return run_stage(context, settings, {}, write, inputs={"media": digest})
 
-    @asset(key=prep_key(role, "frames"), deps=[media], code_version=CODE_VERSIONS["frames"], **common,
+    @asset(key=prep_key(role, "frames"), ins={"media": own("media")}, code_version=CODE_VERSIONS["frames"], **common,
            description="Frames decoded from videos and images, at most max_frames sampled uniformly; manifest table.")
     @failure_policy
-    def frames(context: AssetExecutionContext, config: FramesConfig, settings: FacepipeSettings) -> MaterializeResult:
-        store, key = settings.store, context.partition_key
-        media_artifact = store.current(name("media"), key)
-        folder = media_dir(settings.data_path, role, key)
+    def frames(context: AssetExecutionContext, config: FramesConfig, settings: FacepipeSettings,
+               media: Artifact) -> MaterializeResult:
+        folder = media_dir(settings.data_path, role, context.partition_key)
 
         def write(out: Path) -> dict:
-            sources = read_sources(media_artifact.path / MEDIA_LISTING, folder)
+            sources = read_sources(media.path / MEDIA_LISTING, folder)
             manifest = extract_frames(sources, config.max_frames, out / "frames", progress_logger(context, "frames written"),
                                       context.log.warning)
             manifest.to_parquet(out / "manifest.parquet", index=False)
@@ -141,20 +160,19 @@ def build_prep_assets(role: str) -> list:
             return {"frames": len(manifest), "max_frames": config.max_frames, "sources": len(sources),
                     "frames_per_source": {k: int(v) for k, v in sorted(per_source.items())}}
 
-        return run_stage(context, store, name("frames"), CODE_VERSIONS["frames"], config.model_dump(),
-                         {"media": media_artifact.content_hash}, write)
+        return run_stage(context, settings, config.model_dump(), write)
 
-    @asset(key=prep_key(role, "landmarks"), deps=[frames], code_version=CODE_VERSIONS["landmarks"], **common,
-           description="MediaPipe FaceMesh (478 refined points), box and score per frame; tracking within a video.")
+    @asset(key=prep_key(role, "landmarks"), ins={"frames": own("frames")}, code_version=CODE_VERSIONS["landmarks"],
+           **common, description="MediaPipe FaceMesh (478 refined points), box and score per frame; tracking within a video.")
     @failure_policy
-    def landmarks(context: AssetExecutionContext, config: LandmarksConfig, settings: FacepipeSettings) -> MaterializeResult:
-        store, key = settings.store, context.partition_key
-        frames_artifact = store.current(name("frames"), key)
+    def landmarks(context: AssetExecutionContext, config: LandmarksConfig, settings: FacepipeSettings,
+                  frames: Artifact) -> MaterializeResult:
+        key = context.partition_key
 
         def write(out: Path) -> dict:
-            manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
+            manifest = pd.read_parquet(frames.path / "manifest.parquet")
             report = progress_logger(context, "landmarks (frames)")
-            result = detect_landmarks(read_frames(frames_artifact.path / "frames", manifest), max_faces=config.max_faces,
+            result = detect_landmarks(read_frames(frames.path / "frames", manifest), max_faces=config.max_faces,
                                       progress=lambda done: (done % 50 == 0 or done == len(manifest))
                                       and report(done, len(manifest)))
             detected = int(result.detected.sum())
@@ -170,20 +188,17 @@ def build_prep_assets(role: str) -> list:
                     "multi_face_frames": int((result.num_faces > 1).sum()),
                     "no_face_frames": {str(k): int(v) for k, v in missing.items()}}
 
-        return run_stage(context, store, name("landmarks"), CODE_VERSIONS["landmarks"], config.model_dump(),
-                         {"frames": frames_artifact.content_hash}, write)
+        return run_stage(context, settings, config.model_dump(), write)
 
-    @asset(key=prep_key(role, "smoothed_landmarks"), deps=[landmarks], code_version=CODE_VERSIONS["smoothed_landmarks"],
-           **common, description="Savitzky-Golay smoothing per contiguous run of detected video frames; stills untouched.")
+    @asset(key=prep_key(role, "smoothed_landmarks"), ins={"frames": own("frames"), "landmarks": own("landmarks")},
+           code_version=CODE_VERSIONS["smoothed_landmarks"], **common,
+           description="Savitzky-Golay smoothing per contiguous run of detected video frames; stills untouched.")
     @failure_policy
-    def smoothed_landmarks(context: AssetExecutionContext, config: SmoothingConfig, settings: FacepipeSettings) -> MaterializeResult:
-        store, key = settings.store, context.partition_key
-        frames_artifact = store.current(name("frames"), key)
-        landmarks_artifact = store.current(name("landmarks"), key)
-
+    def smoothed_landmarks(context: AssetExecutionContext, config: SmoothingConfig, settings: FacepipeSettings,
+                           frames: Artifact, landmarks: Artifact) -> MaterializeResult:
         def write(out: Path) -> dict:
-            manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
-            raw = LandmarkResult.load(landmarks_artifact.path)
+            manifest = pd.read_parquet(frames.path / "manifest.parquet")
+            raw = LandmarkResult.load(landmarks.path)
             runs = contiguous_runs(raw.detected, manifest["source"].to_numpy(), manifest["source_frame_index"].to_numpy(),
                                    (manifest["kind"] == "video").to_numpy(), manifest["stride"].to_numpy())
             smoothed = smooth_landmarks(raw.points, runs, config.window, config.order)
@@ -193,23 +208,20 @@ def build_prep_assets(role: str) -> list:
             return {"runs": len(runs), "frames_in_runs": int(sum(len(r) for r in runs)),
                     "jitter_before": round(before, 6), "jitter_after": round(after, 6)}
 
-        return run_stage(context, store, name("smoothed_landmarks"), CODE_VERSIONS["smoothed_landmarks"], config.model_dump(),
-                         {"frames": frames_artifact.content_hash, "landmarks": landmarks_artifact.content_hash}, write)
+        return run_stage(context, settings, config.model_dump(), write)
 
-    @asset(key=prep_key(role, "faces"), deps=[smoothed_landmarks], code_version=CODE_VERSIONS["faces"], **common,
+    @asset(key=prep_key(role, "faces"), ins={"frames": own("frames"), "smoothed_landmarks": own("smoothed_landmarks")},
+           code_version=CODE_VERSIONS["faces"], **common,
            description="Aligned face crops (dfl_whole_face template) + landmark-hull masks in memory-mappable arrays.")
     @failure_policy
-    def faces(context: AssetExecutionContext, config: FacesConfig, settings: FacepipeSettings) -> MaterializeResult:
-        store, key = settings.store, context.partition_key
-        frames_artifact = store.current(name("frames"), key)
-        smoothed_artifact = store.current(name("smoothed_landmarks"), key)
-
+    def faces(context: AssetExecutionContext, config: FacesConfig, settings: FacepipeSettings, frames: Artifact,
+              smoothed_landmarks: Artifact) -> MaterializeResult:
         def write(out: Path) -> dict:
-            manifest = pd.read_parquet(frames_artifact.path / "manifest.parquet")
-            marks = LandmarkResult.load(smoothed_artifact.path)
+            manifest = pd.read_parquet(frames.path / "manifest.parquet")
+            marks = LandmarkResult.load(smoothed_landmarks.path)
             rows = np.flatnonzero(marks.detected)
             detected_frames = (
-                (int(manifest.frame_id.iat[i]), cv2.imread(str(frames_artifact.path / "frames" / manifest.file.iat[i])),
+                (int(manifest.frame_id.iat[i]), cv2.imread(str(frames.path / "frames" / manifest.file.iat[i])),
                  marks.points[i])
                 for i in rows
             )
@@ -225,7 +237,6 @@ def build_prep_assets(role: str) -> list:
             write_png(out / PREVIEW_FILE, contact_sheet([outline(written.crops[i], written.masks[i]) for i in picks]))
             return {"faces": len(rows), "size": config.size, "template": "dfl_whole_face", "colour_order": "BGR"}
 
-        return run_stage(context, store, name("faces"), CODE_VERSIONS["faces"], config.model_dump(),
-                         {"frames": frames_artifact.content_hash, "smoothed_landmarks": smoothed_artifact.content_hash}, write)
+        return run_stage(context, settings, config.model_dump(), write)
 
     return [media, frames, landmarks, smoothed_landmarks, faces]

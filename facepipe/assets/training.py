@@ -1,13 +1,22 @@
-"""Run config and checkpoint mirroring shared by the training assets (identity model, XSeg, LoRA adapter)."""
+"""How every training asset (identity model, XSeg, LoRA adapter) trains in the store.
+
+`train_in_store` is the one path: the run folder under `<store>/_runs/<model>/<partition>/`,
+checkpoints mirrored to an object-storage store, the engine call (facepipe.train.train_model,
+so "initial" metrics come from the very model training starts from), the loss curve and the
+metadata every training reports. A training asset supplies its Config (a TrainingConfig), a
+function that builds its TrainTask from the inputs, and a function that writes its outputs.
+"""
 
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable
 
-from dagster import AssetExecutionContext, Config
+from dagster import AssetExecutionContext, Config, MaterializeResult
 
 from facepipe import checkpoint_mirror
+from facepipe.assets.stage import code_version_of, input_versions, run_stage
+from facepipe.resources import FacepipeSettings
 from facepipe.store import ArtifactStore
-from facepipe.train import TrainConfig, resume_key_for
+from facepipe.train import TrainConfig, Trained, TrainTask, resume_key_for, train_model
 from facepipe.train.device import default_cpu_threads
 from facepipe.train.loop import checkpoints_dir_of
 
@@ -59,3 +68,41 @@ def mirrored_checkpoints(context: AssetExecutionContext, store: ArtifactStore, r
             context.log.warning(f"could not mirror checkpoints to {store.remote.url} ({error}); training goes on")
 
     return push
+
+
+def rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: round(float(value), 6) for name, value in metrics.items()}
+
+
+def train_in_store(
+    context: AssetExecutionContext,
+    settings: FacepipeSettings,
+    config: TrainingConfig,
+    make_task: Callable[[], TrainTask],
+    write: Callable[[Trained, Path], dict[str, Any]],
+) -> MaterializeResult:
+    """Train (or resume, or reuse from the store) this asset's model and store its outputs.
+
+    `make_task()` builds the task from the inputs (only on a cache miss); `write(trained, out)`
+    writes the model's files into `out` and returns its own metadata. The record's config is the
+    asset's config plus the kind of device that trains (a GPU build is not a CPU build); the
+    resume key covers the same inputs, code version and every setting but the epoch count.
+    """
+    store, partition = settings.store, context.partition_key
+    hyper = config.model_dump()
+    record_config = {**hyper, "device": settings.device_kind}
+    inputs = input_versions(context, settings, hyper)
+    train_config = config.engine_config(settings.device, inputs=inputs, code=code_version_of(context))
+
+    def build(out: Path) -> dict[str, Any]:
+        run_dir = store.partition_dir(f"_runs/{context.asset_key.path[-1]}", partition)
+        trained = train_model(make_task(), train_config, run_dir, context.log.info,
+                              mirrored_checkpoints(context, store, run_dir, train_config))
+        result = trained.result
+        result.loss_curve_png(out / "loss_curve.png")
+        return {"epochs": result.epochs, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
+                "duration_s": round(result.duration_seconds, 1), "initial": rounded(trained.initial_metrics),
+                "final": rounded(result.final_metrics), **write(trained, out),
+                "loss_table_md": result.loss_table_markdown()}
+
+    return run_stage(context, settings, record_config, build, inputs=inputs)

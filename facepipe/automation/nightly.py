@@ -27,13 +27,15 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetsDefinition,
     DagsterInstance,
     DagsterRunStatus,
+    MultiToSingleDimensionPartitionMapping,
     RunRequest,
     RunsFilter,
     RunStatusSensorContext,
@@ -42,19 +44,18 @@ from dagster import (
     run_status_sensor,
     schedule,
 )
+from dagster._config import ConfigTypeKind, process_config
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-from facepipe.assets import identity as identity_assets
-from facepipe.assets import pair as pair_assets
-from facepipe.assets import prep as prep_assets
-from facepipe.assets import xseg as xseg_assets
+from facepipe.assets import ASSETS
+from facepipe.assets.stage import OUTSIDE_INPUTS, store_name
+from facepipe.assets.training import TRAINING_POOL
 from facepipe.automation import schedule_default, sensor_default
 from facepipe.automation.discovery import PAIR_JOB, pair_job, role_job_name, role_jobs
-from facepipe.embed import get_embedder
-from facepipe.labels import MASKS_FOLDER, UserMaskError, user_masks_digest
-from facepipe.media import MediaError, folder_signature, media_hash, scan_media
+from facepipe.labels import UserMaskError
+from facepipe.media import MediaError
 from facepipe.pairs import PairsFileError, declared_pairs, pair_key
-from facepipe.partitions import PARTITIONS, ROLES, discover, media_dir
+from facepipe.partitions import PARTITIONS, ROLES, discover
 from facepipe.resources import FacepipeSettings
 from facepipe.store import ArtifactStore, MissingInput, canonical_json
 
@@ -67,14 +68,14 @@ REASON_TAG = "facepipe/nightly_reason"
 
 
 # ---------------------------------------------------------------------------------------------
-# What each asset records, mirrored from the assets (the end-to-end test checks the mirror).
+# What each asset records, read off the asset definitions (the graph is declared once, there).
 
 @dataclass(frozen=True)
 class Stage:
     asset: str  # the store's name, "<group>/<asset>"
-    code_version: Callable[[], str]  # read at call time, so a bumped constant counts
-    config: type | None = None  # the asset's dagster Config class; None = records {}
-    with_device: bool = False  # training assets record the device kind (settings.device_kind) beside their config
+    code_version: str
+    config_type: Any | None  # the op's Dagster config type; None = records {}
+    with_device: bool  # training assets record the device kind (settings.device_kind) beside their config
     # input name in the record -> (upstream store asset, which partition: "identity"/"target"/"pair")
     upstream: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -82,47 +83,36 @@ class Stage:
     def op_name(self) -> str:
         return self.asset.replace("/", "__")
 
-
-def prep_stages(role: str) -> list[Stage]:
-    def version(stage: str) -> Callable[[], str]:
-        return lambda: prep_assets.CODE_VERSIONS[stage]
-
-    def own(*stages: str) -> dict[str, tuple[str, str]]:
-        return {stage: (f"{role}/{stage}", role) for stage in stages}
-
-    return [
-        Stage(f"{role}/media", version("media")),
-        Stage(f"{role}/frames", version("frames"), prep_assets.FramesConfig, upstream=own("media")),
-        Stage(f"{role}/landmarks", version("landmarks"), prep_assets.LandmarksConfig, upstream=own("frames")),
-        Stage(f"{role}/smoothed_landmarks", version("smoothed_landmarks"), prep_assets.SmoothingConfig,
-              upstream=own("frames", "landmarks")),
-        Stage(f"{role}/faces", version("faces"), prep_assets.FacesConfig, upstream=own("frames", "smoothed_landmarks")),
-    ]
+    @property
+    def group(self) -> str:
+        return self.asset.split("/")[0]
 
 
-STAGES: dict[str, list[Stage]] = {
-    "identity": prep_stages("identity") + [
-        Stage("identity/identity_profile", lambda: identity_assets.PROFILE_VERSION, identity_assets.ProfileConfig,
-              upstream={"faces": ("identity/faces", "identity")}),
-        Stage("identity/identity_model", lambda: identity_assets.IDENTITY_MODEL_VERSION,
-              identity_assets.IdentityModelConfig, with_device=True, upstream={"faces": ("identity/faces", "identity")}),
-    ],
-    "target": prep_stages("target") + [
-        Stage("target/xseg_model", lambda: xseg_assets.XSEG_VERSION, xseg_assets.XSegConfig, with_device=True,
-              upstream={"faces": ("target/faces", "target")}),
-        Stage("target/target_masks", lambda: xseg_assets.TARGET_MASKS_VERSION,
-              upstream={"faces": ("target/faces", "target"), "xseg_model": ("target/xseg_model", "target")}),
-    ],
-    "pair": [
-        Stage("pair/lora_adapter", lambda: pair_assets.LORA_VERSION, pair_assets.LoraConfig, with_device=True, upstream={
-            "identity_model": ("identity/identity_model", "identity"), "identity_faces": ("identity/faces", "identity"),
-            "target_faces": ("target/faces", "target"), "target_masks": ("target/target_masks", "target")}),
-        Stage("pair/onnx_export", lambda: pair_assets.EXPORT_VERSION, upstream={
-            "lora_adapter": ("pair/lora_adapter", "pair"), "identity_model": ("identity/identity_model", "identity"),
-            "identity_profile": ("identity/identity_profile", "identity"), "target_faces": ("target/faces", "target"),
-            "xseg_model": ("target/xseg_model", "target"), "frames": ("target/frames", "target")}),
-    ],
-}
+def stage_of(assets_def: AssetsDefinition) -> Stage:
+    key = assets_def.key
+    group = key.path[0]
+    upstream = {}
+    for name, upstream_key in sorted(assets_def.keys_by_input_name.items()):
+        mapping = assets_def.get_partition_mapping(upstream_key)
+        side = mapping.partition_dimension_name if isinstance(mapping, MultiToSingleDimensionPartitionMapping) else group
+        upstream[name] = (store_name(upstream_key), side)
+    schema = assets_def.op.config_schema
+    config_type = schema.config_type if schema is not None and schema.config_type.kind == ConfigTypeKind.STRICT_SHAPE else None
+    return Stage(store_name(key), assets_def.code_versions_by_key[key], config_type, assets_def.op.pool == TRAINING_POOL,
+                 upstream)
+
+
+def stages_by_group(assets: list[AssetsDefinition]) -> dict[str, list[Stage]]:
+    """Every asset's Stage, per group ("identity", "target", "pair"), upstream before downstream."""
+    stages = {stage.asset: stage for stage in map(stage_of, assets)}
+    order = TopologicalSorter({name: [up for up, _ in stage.upstream.values()] for name, stage in stages.items()})
+    grouped: dict[str, list[Stage]] = {}
+    for name in order.static_order():
+        grouped.setdefault(stages[name].group, []).append(stages[name])
+    return grouped
+
+
+STAGES: dict[str, list[Stage]] = stages_by_group(ASSETS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,66 +141,41 @@ def load_nightly_run_config(path: str | Path | None = None) -> dict[str, Any]:
     return run_config.config
 
 
-@lru_cache(maxsize=1024)
-def _media_digest(folder: str, signature: str) -> str:
-    """Content hash of the media in `folder`; memoised on the folder's name/size/mtime
-    signature, so an unchanged folder is read once per code-server process, not every night."""
-    files, _skipped = scan_media(Path(folder))
-    return media_hash(files)
-
-
 @dataclass
 class World:
     """Everything a decision compares the store with, computed lazily and at most once."""
 
+    settings: FacepipeSettings
     store: ArtifactStore
-    data_root: Path
     device: str
     run_config: dict[str, Any]
-    _embedders: dict[str, str] = field(default_factory=dict)
+    _outside: dict[tuple, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: FacepipeSettings, run_config: dict[str, Any]) -> World:
-        return cls(settings.store, settings.data_path, settings.device_kind, run_config)
+        return cls(settings, settings.store, settings.device_kind, run_config)
 
     def op_config(self, op_name: str) -> dict[str, Any]:
         return ((self.run_config.get("ops") or {}).get(op_name) or {}).get("config") or {}
 
     def expected_config(self, stage: Stage) -> dict[str, Any]:
-        if stage.config is None:
+        if stage.config_type is None:
             return {}
-        try:
-            config = stage.config(**self.op_config(stage.op_name)).model_dump()
-        except Exception as error:  # pydantic's ValidationError names the field
-            raise NightlyConfigError(f"nightly run config for {stage.op_name}: {error}") from error
-        return {**config, "device": self.device} if stage.with_device else config
-
-    def media_digest(self, role: str, key: str) -> str:
-        folder = media_dir(self.data_root, role, key)
-        return _media_digest(str(folder), folder_signature(folder))
-
-    def user_masks(self, key: str) -> str:
-        return user_masks_digest(media_dir(self.data_root, "target", key) / MASKS_FOLDER)
-
-    def embedder(self, config: dict[str, Any]) -> str:
-        """What identity_profile records as its "embedder" input (auto's pick depends on the machine)."""
-        pack = config.get("arcface_pack") or ""
-        cache_key = f"{config.get('embedder')}|{pack}"
-        if cache_key not in self._embedders:
-            chosen = get_embedder(config["embedder"], Path(pack).expanduser() if pack else None)
-            self._embedders[cache_key] = json.dumps(chosen.describe(), sort_keys=True)
-        return self._embedders[cache_key]
+        processed = process_config(stage.config_type, self.op_config(stage.op_name))
+        if not processed.success:
+            raise NightlyConfigError(f"nightly run config for {stage.op_name}: "
+                                     + "; ".join(error.message for error in processed.errors))
+        return {**processed.value, "device": self.device} if stage.with_device else processed.value
 
     def outside_inputs(self, stage: Stage, partitions: dict[str, str], config: dict[str, Any]) -> dict[str, str]:
-        """Inputs that come from outside the store: media, user masks, the embedder."""
-        group, name = stage.asset.split("/")
-        if name == "media":
-            return {"media": self.media_digest(group, partitions[group])}
-        if stage.asset == "target/xseg_model":
-            return {"user_masks": self.user_masks(partitions["target"])}
-        if stage.asset == "identity/identity_profile":
-            return {"embedder": self.embedder(config)}
-        return {}
+        """What the asset reads from outside the store (media, user masks, the embedder), as the asset sees it."""
+        read = OUTSIDE_INPUTS.get(stage.asset)
+        if read is None:
+            return {}
+        cache_key = (stage.asset, partitions[stage.group], canonical_json(config))
+        if cache_key not in self._outside:
+            self._outside[cache_key] = read(self.settings, partitions[stage.group], config)
+        return self._outside[cache_key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +193,7 @@ def stage_change(world: World, stage: Stage, partitions: dict[str, str], rebuilt
         record = world.store.current_record(stage.asset, partition)
     except MissingInput:
         return "no output yet"
-    now = stage.code_version()
+    now = stage.code_version
     if record.get("code_version") != now:
         return f"code version {record.get('code_version')} -> {now}"
     config = world.expected_config(stage)
@@ -346,7 +311,7 @@ def state_digest(world: World, identity: str, target: str) -> str:
                     state[f"{upstream}[{partition}]"] = world.store.current_record(upstream, partition)["content_hash"]
                 except MissingInput:
                     state[f"{upstream}[{partition}]"] = None
-        state[stage.asset] = [stage.code_version(), world.expected_config(stage)]
+        state[stage.asset] = [stage.code_version, world.expected_config(stage)]
     return hashlib.sha256(canonical_json(state)).hexdigest()[:16]
 
 
@@ -468,7 +433,7 @@ def main() -> None:
     """`python -m facepipe.automation.nightly`: print tonight's decisions and how long they took."""
     import time
 
-    from facepipe.cli import use_project_instance
+    from facepipe.resources import use_project_instance
 
     use_project_instance()
     started = time.perf_counter()

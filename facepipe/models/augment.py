@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,25 +44,7 @@ class AugmentConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stored crops → model-size tensors
-
-
-def resize_faces(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize stored crops [N, H, H, 3] and masks [N, H, H] (uint8, e.g. memory-mapped 256 px)
-    to ``size`` once, into uint8 arrays in memory. INTER_AREA: the right filter for shrinking."""
-    crops = np.asarray(crops)
-    masks = np.asarray(masks)
-    if crops.ndim != 4 or crops.shape[-1] != 3 or masks.shape != crops.shape[:3]:
-        raise ValueError(f"resize_faces expects crops [N, H, W, 3] and masks [N, H, W], got {crops.shape} and {masks.shape}")
-    if crops.dtype != np.uint8 or masks.dtype != np.uint8:
-        raise ValueError(f"resize_faces expects uint8 crops and masks, got {crops.dtype} and {masks.dtype}")
-    count = len(crops)
-    out_crops = np.empty((count, size, size, 3), dtype=np.uint8)
-    out_masks = np.empty((count, size, size), dtype=np.uint8)
-    for i in range(count):  # one face at a time: the inputs may be a memory map larger than RAM
-        out_crops[i] = cv2.resize(np.ascontiguousarray(crops[i]), (size, size), interpolation=cv2.INTER_AREA)
-        out_masks[i] = cv2.resize(np.ascontiguousarray(masks[i]), (size, size), interpolation=cv2.INTER_AREA)
-    return out_crops, out_masks
+# Model-size crops → tensors (facepipe.faces.resize_crops brings stored crops to the model size)
 
 
 def faces_to_tensors(crops: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

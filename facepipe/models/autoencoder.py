@@ -24,12 +24,22 @@ learns to ignore it (DESIGN.md, Models).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import nn
 
+from facepipe.models.counting import count_parameters
+from facepipe.store import atomic_write_bytes
+from facepipe.train.checkpoints import weights_to_bytes
+
 LEAKY_SLOPE = 0.1  # DeepFaceLab's choice: negative pre-activations still pass a gradient.
+# A saved model is a folder: the weights and, beside them, the config that builds the network.
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,16 @@ class IdentityAutoencoder(nn.Module):
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(self.encode(bgr))
 
+    def save(self, folder: Path) -> None:
+        """Write ``model.safetensors`` and ``model_config.json`` into ``folder`` (deterministic bytes)."""
+        atomic_write_bytes(Path(folder) / WEIGHTS_FILE, weights_to_bytes(self.state_dict()))
+        atomic_write_bytes(Path(folder) / CONFIG_FILE, (json.dumps(self.config.to_dict(), sort_keys=True) + "\n").encode())
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> IdentityAutoencoder:
+        """A model saved by ``save``, frozen (no gradients) and in eval mode."""
+        return load_identity_model(Path(folder) / WEIGHTS_FILE, model_config_of(folder))
+
     def _check_input(self, bgr: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are fixed by the example input during export
             return
@@ -197,12 +217,8 @@ class IdentityAutoencoder(nn.Module):
         if bgr.dim() != 4 or bgr.shape[1] != 3 or bgr.shape[2] != size or bgr.shape[3] != size:
             raise ValueError(
                 f"IdentityAutoencoder expects NCHW BGR input [N, 3, {size}, {size}], got {list(bgr.shape)}; "
-                f"resize the crops to the model's size (facepipe.models.augment.resize_faces)"
+                f"resize the crops to the model's size (facepipe.faces.resize_crops)"
             )
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def parameter_counts(model: IdentityAutoencoder) -> dict[str, int]:
@@ -224,3 +240,34 @@ def adaptable_layers(model: nn.Module, parts: tuple[str, ...]) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear)) and name.split(".", 1)[0] in parts
     )
+
+
+def model_config_of(folder: Path) -> AutoencoderConfig:
+    """The config of a model saved by ``IdentityAutoencoder.save``."""
+    config_path = Path(folder) / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; materialize identity_model for this identity first")
+    return AutoencoderConfig(**json.loads(config_path.read_text()))
+
+
+def load_identity_model(weights_path: Path | str, model_config: AutoencoderConfig) -> IdentityAutoencoder:
+    """The identity model from its safetensors file, frozen (no gradients) and in eval mode."""
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"identity model weights {weights_path} not found; materialize identity_model for this identity first"
+        )
+    # Built on the meta device and filled from the file: no random initialisation is drawn, so
+    # loading the base never moves the global RNG that seeds the LoRA initialisation.
+    with torch.device("meta"):
+        model = IdentityAutoencoder(model_config)
+    weights = safetensors.torch.load_file(str(weights_path))
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{weights_path} does not fit an IdentityAutoencoder with {model_config}: {error}. "
+            f"Pass the model config the identity model was trained with"
+        ) from error
+    model.requires_grad_(False)
+    return model.eval()

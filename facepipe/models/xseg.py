@@ -17,15 +17,25 @@ exports to plain ONNX operators (Conv, GroupNorm/InstanceNorm, DepthToSpace).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from facepipe.store import atomic_write_bytes
+from facepipe.train.checkpoints import weights_to_bytes
 
 XSEG_SIZE = 256  # the size the exported model takes (FaceFusion's occluder input)
 DEFAULT_WIDTH = 32  # channels at full resolution; the GPU setting
 DEFAULT_DEPTH = 5  # 256 -> 8 px at the bottleneck
 MAX_WIDTH_MULTIPLIER = 8  # channels stop doubling at width * 8
+# A saved model is a folder: the U-Net's weights and the config that builds the deployed form.
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
 DICE_SMOOTHING = 1.0  # additive smoothing of the soft Dice ratio: an empty label and an empty prediction score 0 loss
 
 
@@ -106,10 +116,6 @@ class XSegUNet(nn.Module):
         return self.head(x)
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def xseg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
     """BCE-with-logits + dice_weight x soft Dice loss, as a 0-d tensor.
 
@@ -175,10 +181,31 @@ class XSegNHWC(nn.Module):
 
     def __init__(self, unet: XSegUNet, resolution: int | None = None, size: int = XSEG_SIZE):
         super().__init__()
-        self.unet = unet
+        self.unet, self.size = unet, size
         self.factor = 1 if resolution in (None, size) else size // resolution
         if self.factor * (resolution or size) != size:
             raise ValueError(f"XSeg training resolution {resolution} must divide the export size {size}")
+
+    @property
+    def resolution(self) -> int:
+        return self.size // self.factor
+
+    def save(self, folder: Path) -> None:
+        """Write the U-Net's ``model.safetensors`` and ``model_config.json`` (width, depth, training resolution)."""
+        config = {"width": self.unet.width, "depth": self.unet.depth, "resolution": self.resolution, "size": self.size}
+        atomic_write_bytes(Path(folder) / WEIGHTS_FILE, weights_to_bytes(self.unet.state_dict()))
+        atomic_write_bytes(Path(folder) / CONFIG_FILE, (json.dumps(config, sort_keys=True) + "\n").encode())
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> XSegNHWC:
+        """The deployed model saved by ``save``, in eval mode."""
+        config_path = Path(folder) / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found; materialize xseg_model for this target first")
+        config = json.loads(config_path.read_text())
+        unet = XSegUNet(width=config["width"], depth=config["depth"])
+        unet.load_state_dict(safetensors.torch.load_file(str(Path(folder) / WEIGHTS_FILE)))
+        return cls(unet, config["resolution"], config["size"]).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nchw = x.permute(0, 3, 1, 2)
@@ -207,3 +234,15 @@ def predict_probabilities(model: XSegUNet, crops: np.ndarray, batch_size: int = 
         return out
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def predict_masks(deployed: XSegNHWC, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """uint8 [N, 256, 256] face masks (probability * 255) through the deployed (exported) form,
+    so the masks downstream training uses are the ones the ONNX model gives."""
+    deployed.eval()
+    out = np.empty(np.shape(crops)[:3], dtype=np.uint8)
+    for start in range(0, len(crops), batch_size):
+        batch = torch.from_numpy(np.asarray(crops[start:start + batch_size]).astype(np.float32) / 255)
+        out[start:start + len(batch)] = np.round(deployed(batch)[..., 0].numpy() * 255).astype(np.uint8)
+    return out

@@ -45,7 +45,6 @@ clips), ``files`` (stills, occluder truth, user masks) and ``build`` (the sample
 ``main``; also ``python -m facepipe.sample``). The mp4 writer is ``facepipe.media.write_video``.
 """
 
-from facepipe.media import write_video  # re-exported until every caller imports it from facepipe.media
 from facepipe.sample.build import IDENTITY_KEY, TARGET_KEY, build_sample, main
 from facepipe.sample.faces import (
     SAMPLE_FRAME_SIZE,
@@ -81,5 +80,4 @@ __all__ = [
     "render_frame",
     "render_head_frames",
     "render_head_video",
-    "write_video",
 ]

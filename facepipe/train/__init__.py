@@ -15,12 +15,14 @@ from facepipe.train.interrupts import TrainingInterrupted
 from facepipe.train.loop import TrainingDiverged, TrainResult, train
 from facepipe.train.task import TrainTask
 from facepipe.train.telemetry import loss_curve_png, loss_table_markdown
+from facepipe.train.trained import Trained, train_model
 
 __all__ = [
     "CorruptCheckpointWarning",
     "TrainConfig",
     "TrainResult",
     "TrainTask",
+    "Trained",
     "TrainingDiverged",
     "TrainingInterrupted",
     "loss_curve_png",
@@ -28,4 +30,5 @@ __all__ = [
     "resume_key_for",
     "select_device",
     "train",
+    "train_model",
 ]

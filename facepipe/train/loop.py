@@ -208,6 +208,13 @@ def train(
         return _result(task, config, run_key_dir, history, weights_path, duration, latest, device)
 
 
+def initial_model(task: TrainTask, seed: int) -> nn.Module:
+    """The model a fresh run of ``task`` starts from: the global RNGs seeded from ``seed``, then
+    ``build_model``. Anything that reports "before training" figures must use this one."""
+    seed_global_rngs(seed)
+    return task.build_model()
+
+
 def _train_epochs(
     task: TrainTask,
     config: TrainConfig,
@@ -227,9 +234,8 @@ def _train_epochs(
 
     # Seeded before build_model so a fresh run's initial weights are reproducible; a resumed
     # run then overwrites weights and random streams from the checkpoint.
-    seed_global_rngs(config.seed)
+    model = initial_model(task, config.seed).to(device)
     generator = make_augmentation_generator(config.seed)
-    model = task.build_model().to(device)
     _check_weights_to_save(task, model)
     optimizer = task.build_optimizer(model, config.lr)
     scheduler = task.build_scheduler(optimizer, steps_per_epoch)
@@ -243,7 +249,7 @@ def _train_epochs(
     else:
         weights, saved = load_checkpoint(latest)
         _check_same_run(saved, config, num_samples, latest)
-        _load_weights(task, model, weights, latest)
+        load_saved_weights(task, model, weights, latest)
         optimizer.load_state_dict(saved["optimizer"])
         if (scheduler is None) != (saved["scheduler"] is None):
             raise ValueError(f"{latest.state_path}: the task's scheduler changed (present vs absent) under the same resume key")
@@ -534,13 +540,14 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, num_samples: int
         )
 
 
-def _load_weights(task: TrainTask, model: nn.Module, weights: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
+def load_saved_weights(task: TrainTask, model: nn.Module, weights: dict[str, torch.Tensor], source: Path | Checkpoint) -> None:
+    """Put a saved ``weights_to_save`` dict back into a freshly built model; refuses a mismatch."""
     expected = set(task.weights_to_save(model))
     if set(weights) != expected:
         missing = sorted(expected - set(weights))[:5]
         extra = sorted(set(weights) - expected)[:5]
         raise ValueError(
-            f"{checkpoint.weights_path} does not match the model built now (missing {missing}, unexpected {extra}); "
+            f"{getattr(source, 'weights_path', source)} does not match the model built now (missing {missing}, unexpected {extra}); "
             "the model architecture changed under the same resume key"
         )
     model.load_state_dict(weights, strict=False)

@@ -31,25 +31,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 import peft
 import safetensors.torch
 import torch
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
-from facepipe.export import DfmSwapModel
-from facepipe.identity_model import holdout_split
-from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors, resize_faces
-from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder, adaptable_layers, count_parameters
-from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.models.autoencoder import (
+    AutoencoderConfig,
+    IdentityAutoencoder,
+    adaptable_layers,
+    load_identity_model,
+)
+from facepipe.models.counting import count_parameters
+from facepipe.models.swap import DfmSwapModel
 from facepipe.store import atomic_write_bytes, file_sha256
-from facepipe.train import TrainConfig, TrainResult, TrainTask, train
+from facepipe.train.checkpoints import weights_to_bytes
 
 SHARED_ADAPTER = "shared"  # peft adapter name on encoder + bottleneck (both paths)
 TARGET_ADAPTER = "target"  # peft adapter name on the target path's decoder copy
@@ -88,32 +89,6 @@ class AdapterConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-# ---------------------------------------------------------------------------------------------
-# The frozen base
-
-
-def load_identity_model(weights_path: Path | str, model_config: AutoencoderConfig) -> IdentityAutoencoder:
-    """The identity model from its safetensors file, frozen (no gradients) and in eval mode."""
-    weights_path = Path(weights_path)
-    if not weights_path.is_file():
-        raise FileNotFoundError(
-            f"identity model weights {weights_path} not found; materialize identity_model for this identity first"
-        )
-    # Built on the meta device and filled from the file: no random initialisation is drawn, so
-    # loading the base never moves the global RNG that seeds the LoRA initialisation.
-    with torch.device("meta"):
-        model = IdentityAutoencoder(model_config)
-    weights = safetensors.torch.load_file(str(weights_path))
-    try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as error:
-        raise ValueError(
-            f"{weights_path} does not fit an IdentityAutoencoder with {model_config}: {error}. "
-            f"Pass the model config the identity model was trained with"
-        ) from error
-    model.requires_grad_(False)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,174 +196,6 @@ def adapter_counts(model: PairModel) -> dict[str, float]:
         "adapter_share": model.adapter_share,
     }
 
-
-# ---------------------------------------------------------------------------------------------
-# Training task
-
-
-def check_masks(masks: np.ndarray, what: str) -> None:
-    """Masks are uint8 0..255 (hull {0, 255}, XSeg soft); a {0, 1} mask would weigh ~nothing."""
-    masks = np.asarray(masks)
-    if masks.dtype != np.uint8:
-        raise ValueError(f"{what} masks must be uint8 in 0..255, got {masks.dtype}")
-    if masks.size and int(masks.max()) == 1:
-        raise ValueError(f"{what} masks hold only 0/1; scale them to 0..255 (e.g. masks * 255)")
-
-
-class PairTask(TrainTask):
-    """Each batch: target faces through the target path, as many identity faces (drawn from the
-    augmentation generator) through the identity path; same homography on input and target of
-    every face. Loss = target loss + identity_replay_weight · identity loss, each the
-    reconstruction loss masked by that face's mask. Metrics: held-out masked L1 of both paths."""
-
-    def __init__(
-        self,
-        identity_weights: Path,
-        model_config: AutoencoderConfig,
-        identity_images: torch.Tensor,
-        identity_masks: torch.Tensor,
-        target_images: torch.Tensor,
-        target_masks: torch.Tensor,
-        holdout_every: int = 10,
-        samples_per_epoch: int = 0,
-        adapter: AdapterConfig = AdapterConfig(),
-        augment: AugmentConfig = AugmentConfig(),
-    ):
-        self.identity_weights, self.model_config = Path(identity_weights), model_config
-        self.adapter, self.augment = adapter, augment
-        self.identity_images, self.identity_masks = identity_images, identity_masks
-        self.target_images, self.target_masks = target_images, target_masks
-        identity_train, identity_held = holdout_split(len(identity_images), holdout_every)
-        target_train, target_held = holdout_split(len(target_images), holdout_every)
-        self.identity_train = torch.as_tensor(identity_train, dtype=torch.long)
-        self.identity_held = torch.as_tensor(identity_held, dtype=torch.long)
-        self.target_train = torch.as_tensor(target_train, dtype=torch.long)
-        self.target_held = torch.as_tensor(target_held, dtype=torch.long)
-        if not len(self.identity_train) or not len(self.target_train):
-            raise ValueError(
-                f"PairTask needs identity and target faces to train on, got {len(identity_images)} identity and "
-                f"{len(target_images)} target faces"
-            )
-        # An epoch is a pass over the target faces, repeated (augmented anew) up to samples_per_epoch.
-        self.num_samples = max(len(self.target_train), samples_per_epoch)
-        self.best_metric = "holdout_target_l1" if len(self.target_held) else "loss"
-
-    def build_model(self) -> PairModel:
-        return PairModel(load_identity_model(self.identity_weights, self.model_config), self.adapter)
-
-    def compute_loss(self, model, batch_indices, generator, device):
-        target_rows = self.target_train[batch_indices % len(self.target_train)]
-        # Drawn from the engine's generator: every target face meets varying identity faces, and
-        # the draw is checkpointed with the generator, so resume stays exact.
-        identity_rows = self.identity_train[
-            torch.randint(len(self.identity_train), (len(batch_indices),), generator=generator)
-        ]
-        target_in, target_out, target_mask = augment_batch(
-            self.target_images[target_rows], self.target_masks[target_rows], generator, self.augment
-        )
-        identity_in, identity_out, identity_mask = augment_batch(
-            self.identity_images[identity_rows], self.identity_masks[identity_rows], generator, self.augment
-        )
-        # One encoder pass for both: no normalisation layers, so a face's code does not depend
-        # on its batch neighbours.
-        codes = model.encode(torch.cat([target_in, identity_in]).to(device))
-        target_code, identity_code = codes.split([len(target_rows), len(identity_rows)])
-        target_bgr, target_logits = model.target_decode(target_code)
-        identity_bgr, identity_logits = model.identity_decode(identity_code)
-        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out.to(device), target_mask.to(device))
-        identity_loss, _ = reconstruction_loss(
-            identity_bgr, identity_logits, identity_out.to(device), identity_mask.to(device)
-        )
-        return target_loss + self.adapter.identity_replay_weight * identity_loss
-
-    def evaluate(self, model, device) -> dict[str, float]:
-        metrics = {}
-        if len(self.target_held):
-            metrics["holdout_target_l1"] = path_l1(
-                model, model.target_decode, self.target_images[self.target_held], self.target_masks[self.target_held], device
-            )
-        if len(self.identity_held):
-            metrics["holdout_identity_l1"] = path_l1(
-                model,
-                model.identity_decode,
-                self.identity_images[self.identity_held],
-                self.identity_masks[self.identity_held],
-                device,
-            )
-        return metrics
-
-    def weights_to_save(self, model: PairModel) -> dict[str, torch.Tensor]:
-        return adapter_state(model)
-
-
-@torch.no_grad()
-def path_l1(model: PairModel, decode: Callable, images: torch.Tensor, masks: torch.Tensor, device) -> float:
-    """Masked L1 of plain reconstructions (no augmentation) through encode → ``decode``."""
-    model.eval()
-    total = 0.0
-    for start in range(0, len(images), 16):
-        batch, batch_masks = images[start:start + 16].to(device), masks[start:start + 16].to(device)
-        bgr, _ = decode(model.encode(batch))
-        total += masked_l1(bgr, batch, batch_masks).item() * len(batch)
-    return float(total / len(images))
-
-
-@dataclass
-class PairTraining:
-    result: TrainResult
-    model: PairModel  # trained adapter loaded, eval mode
-    task: PairTask
-    untrained_metrics: dict[str, float]  # evaluate() of the zero-delta start (the plain identity model)
-    target_holdout: np.ndarray  # indices of the held-out target faces (for evaluation)
-    counts: dict[str, float] = field(default_factory=dict)  # base/adapter parameters and share
-
-
-def train_pair_adapter(
-    identity_weights: Path,
-    model_config: AutoencoderConfig,
-    identity_crops: np.ndarray,
-    identity_masks: np.ndarray,
-    target_crops: np.ndarray,
-    target_masks: np.ndarray,
-    train_config: TrainConfig,
-    run_dir: Path,
-    adapter: AdapterConfig = AdapterConfig(),
-    holdout_every: int = 10,
-    samples_per_epoch: int = 0,
-    augment: AugmentConfig = AugmentConfig(),
-    log: Callable[[str], None] = print,
-    on_checkpoint: Callable[[Path], None] | None = None,
-) -> PairTraining:
-    """Train (or resume) the pair adapter with the shared engine.
-
-    Crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face, masks [N, S0, S0] uint8 0..255
-    (identity: hull masks; target: target_masks, e.g. XSeg). ``train_config.resume_key`` must
-    cover everything that decides the adapter, the base weights included: build it with
-    ``resume_key_for(..., **pair_fingerprint_inputs(...), data=...)``.
-    """
-    check_masks(identity_masks, "identity")
-    check_masks(target_masks, "target")
-    size = model_config.size
-    identity_images, identity_mask_tensor = faces_to_tensors(*resize_faces(identity_crops, identity_masks, size))
-    target_images, target_mask_tensor = faces_to_tensors(*resize_faces(target_crops, target_masks, size))
-    task = PairTask(
-        identity_weights, model_config, identity_images, identity_mask_tensor, target_images, target_mask_tensor,
-        holdout_every, samples_per_epoch, adapter, augment,
-    )
-    torch.manual_seed(train_config.seed)  # as the engine does before build_model
-    start = task.build_model()
-    untrained = task.evaluate(start, torch.device("cpu"))
-    log(
-        f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {start.adapter_parameters} adapter parameters, "
-        f"{100 * start.adapter_share:.2f}% of the identity model's {start.base_parameters}"
-    )
-    result = train(task, train_config, run_dir, log=log, on_checkpoint=on_checkpoint)
-    model = task.build_model()
-    load_adapter_tensors(model, safetensors.torch.load_file(str(result.weights_path)), result.weights_path)
-    model.eval()
-    return PairTraining(result, model, task, untrained, task.target_held.numpy(), adapter_counts(model))
-
-
 def load_adapter_tensors(model: PairModel, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
     """Put saved LoRA tensors into a PairModel; refuses a file that does not match it."""
     expected = set(adapter_state(model))
@@ -399,17 +206,6 @@ def load_adapter_tensors(model: PairModel, tensors: Mapping[str, torch.Tensor], 
             "was it trained with another rank or model config?"
         )
     model.load_state_dict(dict(tensors), strict=False)
-
-
-def pair_fingerprint_inputs(identity_weights: Path, model_config: AutoencoderConfig, adapter: AdapterConfig) -> dict:
-    """What of the model side decides the adapter, for ``resume_key_for(..., **this, data=...)``:
-    the base weights' sha256 (a retrained identity model must start a fresh adapter run),
-    the model config and the adapter config."""
-    return {
-        "identity_weights_sha256": file_sha256(Path(identity_weights)),
-        "model": model_config.to_dict(),
-        "adapter": adapter.to_dict(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,8 +247,7 @@ def adapter_description(model: PairModel, identity_weights_sha256: str, adapter_
 def save_adapter(model: PairModel, identity_weights: Path, out_dir: Path) -> tuple[Path, Path]:
     """Write ``adapter.safetensors`` and ``adapter_config.json`` (deterministic bytes, atomic)."""
     out_dir = Path(out_dir)
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in sorted(adapter_state(model).items())}
-    data = safetensors.torch.save(tensors)
+    data = weights_to_bytes(adapter_state(model))
     description = adapter_description(model, file_sha256(Path(identity_weights)), hashlib.sha256(data).hexdigest())
     weights_path, config_path = out_dir / ADAPTER_WEIGHTS_FILE, out_dir / ADAPTER_CONFIG_FILE
     atomic_write_bytes(weights_path, data)
@@ -566,32 +361,3 @@ def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:
         )
     base = load_identity_model(identity_weights, saved.model_config)
     return merge_adapters(base, saved.tensors, saved.adapter_config)
-
-
-@dataclass(frozen=True)
-class SwappedFaces:
-    faces: np.ndarray  # [N, S, S, 3] uint8 BGR: the identity in the target's pose
-    celeb_masks: np.ndarray  # [N, S, S] uint8: the swapped face's mask
-    face_masks: np.ndarray  # [N, S, S] uint8: the input (target) face's mask
-
-
-@torch.no_grad()
-def swap_faces(dfm_model: DfmSwapModel, crops: np.ndarray, size: int, batch: int = 16) -> SwappedFaces:
-    """Run a DFM-convention module on aligned uint8 BGR crops (resized to ``size`` first), the
-    way the exported model is fed; outputs at the model size."""
-    crops = np.asarray(crops)
-    small = np.stack([cv2.resize(np.ascontiguousarray(c), (size, size), interpolation=cv2.INTER_AREA) for c in crops]) \
-        if crops.shape[1] != size else crops
-    dfm_model.eval()
-    faces, celeb, masks = [], [], []
-    for start in range(0, len(small), batch):
-        inputs = torch.from_numpy(small[start:start + batch].astype(np.float32) / 255.0)
-        face_mask, celeb_face, celeb_mask = dfm_model(inputs)
-        masks.append(face_mask[..., 0].numpy())
-        faces.append(celeb_face.numpy())
-        celeb.append(celeb_mask[..., 0].numpy())
-
-    def to_uint8(parts: list[np.ndarray]) -> np.ndarray:
-        return np.clip(np.rint(np.concatenate(parts) * 255.0), 0, 255).astype(np.uint8)
-
-    return SwappedFaces(to_uint8(faces), to_uint8(celeb), to_uint8(masks))

@@ -1,4 +1,4 @@
-"""Training XSeg (occlusion-aware face segmentation) with the shared engine (no Dagster here).
+"""Training XSeg (occlusion-aware face segmentation) with the shared engine.
 
 Labels are user masks or landmark hulls (facepipe.labels); during training synthetic occluders
 are pasted over faces and cut out of the label (facepipe.occluders), because a hull alone can
@@ -8,20 +8,13 @@ convolutional: a CPU demo may train at 128 px while the export stays 256.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
-
-import cv2
 import numpy as np
 import pandas as pd
-import torch
 
 from facepipe.align import warp_to_crop
-from facepipe.faces import holdout_split
+from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.xseg import (
     XSEG_SIZE,
-    XSegNHWC,
     XSegUNet,
     crops_to_tensor,
     iou_per_sample,
@@ -32,18 +25,11 @@ from facepipe.models.xseg import (
 )
 from facepipe.occluders import augment_pair, occlude, rng_from_torch
 from facepipe.preview import contact_sheet, outline
-from facepipe.train import TrainConfig, TrainResult, TrainTask, train
+from facepipe.train.task import TrainTask
 
 # Seed of the fixed synthetic occluders on held-out faces: the "occluded" IoU is measured on the
 # same occluded images every epoch and in every run.
 HOLDOUT_OCCLUSION_SEED = 1234
-
-
-def resize_square(images: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    if images.shape[1] == size:
-        return np.ascontiguousarray(images)
-    flag = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-    return np.stack([cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=flag) for image in images])
 
 
 def occluded_holdout(crops: np.ndarray, labels: np.ndarray, seed: int = HOLDOUT_OCCLUSION_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -67,9 +53,18 @@ class XSegTask(TrainTask):
         held_crops, held_labels = crops[self.held_idx], labels[self.held_idx]
         occluded_crops, occluded_labels = occluded_holdout(held_crops, held_labels)
         self.holdout = {
-            "clean": (resize_square(held_crops, resolution), resize_square(held_labels, resolution, nearest=True)),
-            "occluded": (resize_square(occluded_crops, resolution), resize_square(occluded_labels, resolution, nearest=True)),
+            "clean": (resize_crops(held_crops, resolution), resize_crops(held_labels, resolution, nearest=True)),
+            "occluded": (resize_crops(occluded_crops, resolution), resize_crops(occluded_labels, resolution, nearest=True)),
         }
+
+    @classmethod
+    def from_faces(cls, crops: np.ndarray, labels: np.ndarray, width: int, depth: int, resolution: int,
+                   holdout_every: int = 10, samples_per_epoch: int = 0, occlusion_probability: float = 0.5) -> XSegTask:
+        """From stored crops [N, S, S, 3] and {0, 255} labels [N, S, S], brought to the export size (256)."""
+        crops, labels = resize_crops(crops, XSEG_SIZE), resize_crops(labels, XSEG_SIZE, nearest=True)
+        train_idx, held_idx = holdout_split(len(crops), holdout_every)
+        return cls(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch,
+                   occlusion_probability)
 
     def build_model(self) -> XSegUNet:
         return XSegUNet(width=self.width, depth=self.depth)
@@ -85,8 +80,8 @@ class XSegTask(TrainTask):
                                        occlusion_probability=self.occlusion_probability)
             images.append(crop)
             targets.append(label)
-        images = resize_square(np.stack(images), self.resolution)
-        targets = resize_square(np.stack(targets), self.resolution, nearest=True)
+        images = resize_crops(np.stack(images), self.resolution)
+        targets = resize_crops(np.stack(targets), self.resolution, nearest=True)
         return xseg_loss(model(crops_to_tensor(images).to(device)), masks_to_tensor(targets).to(device))
 
     def evaluate(self, model, device) -> dict[str, float]:
@@ -94,44 +89,6 @@ class XSegTask(TrainTask):
             return {}
         return {f"holdout_iou_{name}": mean_iou(predict_probabilities(model, crops, device=device) > 0.5, labels > 127)
                 for name, (crops, labels) in self.holdout.items()}
-
-
-@dataclass
-class XSegTraining:
-    result: TrainResult
-    model: XSegUNet
-    task: XSegTask
-
-
-def train_xseg(crops: np.ndarray, labels: np.ndarray, width: int, depth: int, resolution: int,
-               train_config: TrainConfig, run_dir: Path, holdout_every: int = 10, samples_per_epoch: int = 0,
-               occlusion_probability: float = 0.5, log: Callable[[str], None] = print,
-               on_checkpoint: Callable[[Path], None] | None = None) -> XSegTraining:
-    """Train (or resume) XSeg on 256 px crops and {0,255} labels; returns the trained model."""
-    if crops.shape[1] != XSEG_SIZE:
-        crops, labels = resize_square(crops, XSEG_SIZE), resize_square(labels, XSEG_SIZE, nearest=True)
-    train_idx, held_idx = holdout_split(len(crops), holdout_every)
-    task = XSegTask(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch,
-                    occlusion_probability)
-    result = train(task, train_config, run_dir, log=log, on_checkpoint=on_checkpoint)
-    from safetensors.torch import load_file
-
-    model = task.build_model()
-    model.load_state_dict(load_file(str(result.weights_path)))
-    model.eval()
-    return XSegTraining(result, model, task)
-
-
-@torch.no_grad()
-def predict_masks(deployed: XSegNHWC, crops: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """uint8 [N, 256, 256] face masks (probability * 255) through the deployed (exported) form,
-    so the masks downstream training uses are the ones the ONNX model gives."""
-    deployed.eval()
-    out = np.empty(np.shape(crops)[:3], dtype=np.uint8)
-    for start in range(0, len(crops), batch_size):
-        batch = torch.from_numpy(np.asarray(crops[start:start + batch_size]).astype(np.float32) / 255)
-        out[start:start + len(batch)] = np.round(deployed(batch)[..., 0].numpy() * 255).astype(np.uint8)
-    return out
 
 
 def xseg_preview(crops: np.ndarray, labels: np.ndarray, predicted: np.ndarray, rows: np.ndarray) -> np.ndarray:

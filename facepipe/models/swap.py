@@ -1,0 +1,99 @@
+"""The swap model in the DFM convention and running it on aligned crops.
+
+DFM convention (DeepFaceLive; FaceFusion's ``deep_swapper`` loads ``.dfm`` files from
+``.assets/models/custom/``): one input ``in_face:0`` float32 NHWC [1, S, S, 3], BGR in [0, 1];
+outputs in this order: ``out_face_mask:0`` [1, S, S, 1] (the input face's mask),
+``out_celeb_face:0`` [1, S, S, 3] BGR in [0, 1], ``out_celeb_face_mask:0`` [1, S, S, 1].
+Crops are aligned to the ``dfl_whole_face`` template (facepipe.align). ``swap_faces`` feeds a
+module exactly the way the exported file is fed, so what the evaluation and the previews show
+is what a runtime gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from facepipe.faces import resize_crops
+
+DFM_INPUT = "in_face:0"
+DFM_OUTPUTS = ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0")
+
+
+def _to_nhwc(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.permute(0, 2, 3, 1)
+
+
+class DfmSwapModel(nn.Module):
+    """A swap model in the DFM convention: NHWC BGR [0, 1] in, (face mask, celeb face, celeb
+    mask) out, all NHWC in [0, 1].
+
+    ``encoder_part``: NCHW BGR [0, 1] → code; ``decoder_part``: code → (BGR [0, 1], mask logits)
+    (for the identity autoencoder: encoder + bottleneck, and decoder; see ``from_autoencoders``).
+    ``face_mask_source``: optional module NCHW BGR [0, 1] → [N, 1, S, S] mask probabilities of
+    the input face (e.g. an XSeg resized to S). Without one, ``out_face_mask:0`` is the mask
+    the model predicts for its output from this input — the same face silhouette, in the
+    input's pose, as ``out_celeb_face_mask:0``.
+    """
+
+    def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None):
+        super().__init__()
+        self.encoder_part = encoder_part
+        self.decoder_part = decoder_part
+        self.face_mask_source = face_mask_source
+
+    @classmethod
+    def from_autoencoders(
+        cls, encoding_model: nn.Module, decoding_model: nn.Module | None = None, face_mask_source: nn.Module | None = None
+    ) -> DfmSwapModel:
+        """From IdentityAutoencoder(s): the code of ``encoding_model`` (e.g. the identity model
+        with its merged LoRA encoder delta) rendered by ``decoding_model``'s decoder (the base
+        identity decoder; defaults to ``encoding_model``'s own, i.e. a reconstruction)."""
+        decoding_model = decoding_model or encoding_model
+        encoder_part = nn.Sequential(encoding_model.encoder, encoding_model.bottleneck)
+        return cls(encoder_part, decoding_model.decoder, face_mask_source)
+
+    def forward(self, in_face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bgr = in_face.permute(0, 3, 1, 2)
+        celeb_face, celeb_mask_logits = self.decoder_part(self.encoder_part(bgr))
+        celeb_mask = torch.sigmoid(celeb_mask_logits)
+        face_mask = celeb_mask if self.face_mask_source is None else self.face_mask_source(bgr)
+        return _to_nhwc(face_mask), _to_nhwc(celeb_face), _to_nhwc(celeb_mask)
+
+
+def dfm_input(crop_bgr: np.ndarray) -> np.ndarray:
+    """One uint8 BGR crop [S, S, 3] → the DFM input [1, S, S, 3] float32 in [0, 1]."""
+    crop = np.asarray(crop_bgr)
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+        raise ValueError(f"dfm_input expects one uint8 BGR crop [S, S, 3], got {crop.dtype} {list(crop.shape)}")
+    return (crop.astype(np.float32) / 255.0)[None]
+
+
+@dataclass(frozen=True)
+class SwappedFaces:
+    faces: np.ndarray  # [N, S, S, 3] uint8 BGR: the identity in the target's pose
+    celeb_masks: np.ndarray  # [N, S, S] uint8: the swapped face's mask
+    face_masks: np.ndarray  # [N, S, S] uint8: the input (target) face's mask
+
+
+@torch.no_grad()
+def swap_faces(dfm_model: nn.Module, crops: np.ndarray, size: int, batch: int = 16) -> SwappedFaces:
+    """Run a DFM-convention module on aligned uint8 BGR crops (resized to ``size`` first), the
+    way the exported model is fed; outputs at the model size."""
+    small = resize_crops(crops, size)
+    dfm_model.eval()
+    faces, celeb, masks = [], [], []
+    for start in range(0, len(small), batch):
+        inputs = torch.from_numpy(small[start:start + batch].astype(np.float32) / 255.0)
+        face_mask, celeb_face, celeb_mask = dfm_model(inputs)
+        masks.append(face_mask[..., 0].numpy())
+        faces.append(celeb_face.numpy())
+        celeb.append(celeb_mask[..., 0].numpy())
+
+    def to_uint8(parts: list[np.ndarray]) -> np.ndarray:
+        return np.clip(np.rint(np.concatenate(parts) * 255.0), 0, 255).astype(np.uint8)
+
+    return SwappedFaces(to_uint8(faces), to_uint8(celeb), to_uint8(masks))

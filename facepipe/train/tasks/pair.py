@@ -1,0 +1,147 @@
+"""Training the pair adapter: LoRA on the frozen identity model (facepipe.models.pair), with the
+shared engine. Each batch mixes target faces through the target path with identity faces replayed
+through the identity path (see the model's docstring for the wiring)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facepipe.faces import holdout_split, resize_crops
+from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors
+from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
+from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
+from facepipe.train.task import TrainTask
+
+
+def check_masks(masks: np.ndarray, what: str) -> None:
+    """Masks are uint8 0..255 (hull {0, 255}, XSeg soft); a {0, 1} mask would weigh ~nothing."""
+    masks = np.asarray(masks)
+    if masks.dtype != np.uint8:
+        raise ValueError(f"{what} masks must be uint8 in 0..255, got {masks.dtype}")
+    if masks.size and int(masks.max()) == 1:
+        raise ValueError(f"{what} masks hold only 0/1; scale them to 0..255 (e.g. masks * 255)")
+
+
+class PairTask(TrainTask):
+    """Each batch: target faces through the target path, as many identity faces (drawn from the
+    augmentation generator) through the identity path; same homography on input and target of
+    every face. Loss = target loss + identity_replay_weight · identity loss, each the
+    reconstruction loss masked by that face's mask. Metrics: held-out masked L1 of both paths."""
+
+    def __init__(
+        self,
+        identity_model: Path,
+        identity_images: torch.Tensor,
+        identity_masks: torch.Tensor,
+        target_images: torch.Tensor,
+        target_masks: torch.Tensor,
+        holdout_every: int = 10,
+        samples_per_epoch: int = 0,
+        adapter: AdapterConfig = AdapterConfig(),
+        augment: AugmentConfig = AugmentConfig(),
+    ):
+        self.identity_model = Path(identity_model)  # the identity model's saved folder (weights + config)
+        self.adapter, self.augment = adapter, augment
+        self.identity_images, self.identity_masks = identity_images, identity_masks
+        self.target_images, self.target_masks = target_images, target_masks
+        identity_train, identity_held = holdout_split(len(identity_images), holdout_every)
+        target_train, target_held = holdout_split(len(target_images), holdout_every)
+        self.identity_train = torch.as_tensor(identity_train, dtype=torch.long)
+        self.identity_held = torch.as_tensor(identity_held, dtype=torch.long)
+        self.target_train = torch.as_tensor(target_train, dtype=torch.long)
+        self.target_held = torch.as_tensor(target_held, dtype=torch.long)
+        if not len(self.identity_train) or not len(self.target_train):
+            raise ValueError(
+                f"PairTask needs identity and target faces to train on, got {len(identity_images)} identity and "
+                f"{len(target_images)} target faces"
+            )
+        # An epoch is a pass over the target faces, repeated (augmented anew) up to samples_per_epoch.
+        self.num_samples = max(len(self.target_train), samples_per_epoch)
+        self.best_metric = "holdout_target_l1" if len(self.target_held) else "loss"
+
+    @classmethod
+    def from_faces(
+        cls,
+        identity_model: Path,
+        identity_crops: np.ndarray,
+        identity_masks: np.ndarray,
+        target_crops: np.ndarray,
+        target_masks: np.ndarray,
+        holdout_every: int = 10,
+        samples_per_epoch: int = 0,
+        adapter: AdapterConfig = AdapterConfig(),
+        augment: AugmentConfig = AugmentConfig(),
+    ) -> PairTask:
+        """From stored crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face and masks
+        [N, S0, S0] uint8 0..255 (identity: hull masks; target: target_masks, e.g. XSeg),
+        resized once to the identity model's size."""
+        check_masks(identity_masks, "identity")
+        check_masks(target_masks, "target")
+        size = model_config_of(identity_model).size
+        return cls(identity_model, *faces_to_tensors(resize_crops(identity_crops, size), resize_crops(identity_masks, size)),
+                   *faces_to_tensors(resize_crops(target_crops, size), resize_crops(target_masks, size)),
+                   holdout_every, samples_per_epoch, adapter, augment)
+
+    def build_model(self) -> PairModel:
+        return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
+
+    def compute_loss(self, model, batch_indices, generator, device):
+        target_rows = self.target_train[batch_indices % len(self.target_train)]
+        # Drawn from the engine's generator: every target face meets varying identity faces, and
+        # the draw is checkpointed with the generator, so resume stays exact.
+        identity_rows = self.identity_train[
+            torch.randint(len(self.identity_train), (len(batch_indices),), generator=generator)
+        ]
+        target_in, target_out, target_mask = augment_batch(
+            self.target_images[target_rows], self.target_masks[target_rows], generator, self.augment
+        )
+        identity_in, identity_out, identity_mask = augment_batch(
+            self.identity_images[identity_rows], self.identity_masks[identity_rows], generator, self.augment
+        )
+        # One encoder pass for both: no normalisation layers, so a face's code does not depend
+        # on its batch neighbours.
+        codes = model.encode(torch.cat([target_in, identity_in]).to(device))
+        target_code, identity_code = codes.split([len(target_rows), len(identity_rows)])
+        target_bgr, target_logits = model.target_decode(target_code)
+        identity_bgr, identity_logits = model.identity_decode(identity_code)
+        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out.to(device), target_mask.to(device))
+        identity_loss, _ = reconstruction_loss(
+            identity_bgr, identity_logits, identity_out.to(device), identity_mask.to(device)
+        )
+        return target_loss + self.adapter.identity_replay_weight * identity_loss
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        metrics = {}
+        if len(self.target_held):
+            metrics["holdout_target_l1"] = path_l1(
+                model, model.target_decode, self.target_images[self.target_held], self.target_masks[self.target_held], device
+            )
+        if len(self.identity_held):
+            metrics["holdout_identity_l1"] = path_l1(
+                model,
+                model.identity_decode,
+                self.identity_images[self.identity_held],
+                self.identity_masks[self.identity_held],
+                device,
+            )
+        return metrics
+
+    def weights_to_save(self, model: PairModel) -> dict[str, torch.Tensor]:
+        return adapter_state(model)
+
+
+@torch.no_grad()
+def path_l1(model: PairModel, decode: Callable, images: torch.Tensor, masks: torch.Tensor, device) -> float:
+    """Masked L1 of plain reconstructions (no augmentation) through encode → ``decode``."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), 16):
+        batch, batch_masks = images[start:start + 16].to(device), masks[start:start + 16].to(device)
+        bgr, _ = decode(model.encode(batch))
+        total += masked_l1(bgr, batch, batch_masks).item() * len(batch)
+    return float(total / len(images))

@@ -1,0 +1,95 @@
+"""Training the per-identity autoencoder: reconstruct the identity's aligned faces.
+
+The same random homography on input and target (so the model learns to follow pose), an elastic
+warp on the input only (so it cannot copy pixels), masked L1 + DSSIM + mask loss. A fixed share
+of faces is held out to measure reconstruction error.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from facepipe.faces import holdout_split, resize_crops
+from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors
+from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
+from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.preview import contact_sheet
+from facepipe.train.task import TrainTask
+
+
+class ReconstructionTask(TrainTask):
+    """Reconstruct aligned faces through the autoencoder; held-out masked L1 as the metric."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
+                 samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig()):
+        self.images, self.masks = images, masks
+        self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
+        self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
+        # Small sets are repeated within an epoch (each repeat augmented differently), so an
+        # epoch is a useful amount of training whatever the number of faces.
+        self.num_samples = max(len(self.train_idx), samples_per_epoch)
+        self.best_metric = "holdout_l1" if len(self.held_idx) else "loss"
+        self.model_config, self.augment = model_config, augment
+
+    @classmethod
+    def from_faces(cls, crops: np.ndarray, masks: np.ndarray, model_config: AutoencoderConfig, holdout_every: int = 10,
+                   samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig()) -> ReconstructionTask:
+        """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the model size."""
+        images, mask_tensor = faces_to_tensors(resize_crops(crops, model_config.size), resize_crops(masks, model_config.size))
+        train_idx, held_idx = holdout_split(len(images), holdout_every)
+        return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment)
+
+    def build_model(self) -> IdentityAutoencoder:
+        return IdentityAutoencoder(self.model_config)
+
+    def compute_loss(self, model, batch_indices, generator, device):
+        rows = self.train_idx[batch_indices % len(self.train_idx)]
+        inputs, targets, target_masks = augment_batch(self.images[rows], self.masks[rows], generator, self.augment)
+        bgr, mask_logits = model(inputs.to(device))
+        total, _ = reconstruction_loss(bgr, mask_logits, targets.to(device), target_masks.to(device))
+        return total
+
+    def evaluate(self, model, device) -> dict[str, float]:
+        if not len(self.held_idx):
+            return {}
+        return {"holdout_l1": holdout_l1(model, self.images[self.held_idx], self.masks[self.held_idx], device)}
+
+
+@torch.no_grad()
+def holdout_l1(model, images: torch.Tensor, masks: torch.Tensor, device) -> float:
+    """Masked L1 of plain reconstructions (no augmentation), in [0, 1] pixel units."""
+    model.eval()
+    errors = []
+    for start in range(0, len(images), 16):
+        bgr, _ = model(images[start:start + 16].to(device))
+        errors.append(masked_l1(bgr, images[start:start + 16].to(device), masks[start:start + 16].to(device)).item()
+                      * len(bgr))
+    return float(sum(errors) / len(images))
+
+
+@torch.no_grad()
+def holdout_l1(model, images: torch.Tensor, masks: torch.Tensor, device) -> float:
+    """Masked L1 of plain reconstructions (no augmentation), in [0, 1] pixel units."""
+    model.eval()
+    errors = []
+    for start in range(0, len(images), 16):
+        bgr, _ = model(images[start:start + 16].to(device))
+        errors.append(masked_l1(bgr, images[start:start + 16].to(device), masks[start:start + 16].to(device)).item()
+                      * len(bgr))
+    return float(sum(errors) / len(images))
+
+
+@torch.no_grad()
+def reconstruction_preview(model: IdentityAutoencoder, images: torch.Tensor, indices: np.ndarray) -> np.ndarray:
+    """Rows of input / reconstruction / predicted mask for a few faces (BGR image); ``images``
+    are the task's model-size tensors."""
+    tiles = []
+    for i in indices:
+        bgr, logits = model(images[i][None])
+        crop = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        out = (bgr[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        mask = (torch.sigmoid(logits)[0, 0].numpy() * 255).round().astype(np.uint8)
+        tiles += [crop, out, cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR)]
+    return contact_sheet(tiles, columns=6, thumb=images.shape[-1])
