@@ -69,7 +69,28 @@ def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = 
         run_config={**INFO_LOGS, **(job_config or {})}, tags=tags,
     )
     print(f"{label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
+    if not result.success and was_interrupted(result):  # Ctrl+C stops the whole build, not just this run
+        raise KeyboardInterrupt
     return result.success
+
+
+INTERRUPTIONS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
+def was_interrupted(result) -> bool:
+    """Whether a run failed because it was interrupted (Ctrl+C, SIGTERM) rather than on its own."""
+    for event in result.all_events:
+        data = event.event_specific_data
+        error = getattr(data, "error", None)
+        if error is not None and (error.cls_name in INTERRUPTIONS or
+                                  any(cause.cls_name in INTERRUPTIONS for cause in iter_causes(error))):
+            return True
+    return False
+
+
+def iter_causes(error):
+    while (error := error.cause or error.context) is not None:
+        yield error
 
 
 def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True,
@@ -82,10 +103,12 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
     job_configs = job_configs or {}
     keys = register(data_root)
     ok = True
-    for role in roles:
-        if partition and partition not in keys[role]:
-            print(f"no {role} folder '{partition}' under {data_root}", file=sys.stderr)
+    if partition:  # a key names an identity, a target or both: build the roles that have it
+        requested, roles = roles, [role for role in roles if partition in keys[role]]
+        if not roles:
+            print(f"no {' or '.join(requested)} folder '{partition}' under {data_root}", file=sys.stderr)
             return False
+    for role in roles:
         job = role_job_name(role)
         for key in [partition] if partition else keys[role]:
             ok &= run_job(job, key, f"{role}/{key}", run_config, job_configs.get(job))
@@ -163,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PairsFileError, RunConfigError) as error:  # the other bad inputs fail inside Dagster runs, named there
         print(f"facepipe: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("facepipe: interrupted; run the same command again to continue (trainings resume from their "
+              "last checkpoint, finished stages are cache hits)", file=sys.stderr)
+        return 130
 
 
 def run_command(args: argparse.Namespace, data_root: Path) -> int:

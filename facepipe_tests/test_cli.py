@@ -107,3 +107,28 @@ def test_the_data_layout_is_committed_and_user_media_stay_ignored():
                     "data/targets/interview/masks/clip_000012.png", "data/pairs.toml",
                     "data/sample_truth/astronaut/occluders.npz", "data/identities/jane/notes.txt"):
         assert ignored(private), private
+
+
+def test_an_interrupted_run_is_told_apart_from_a_failed_one():
+    """Ctrl+C during one run stops `facepipe build` (no further jobs); a failure does not."""
+    from dagster import job, op
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    @op
+    def interrupted():
+        raise DagsterExecutionInterruptedError()
+
+    @op
+    def failing():
+        raise ValueError("bad input")
+
+    @job
+    def interrupted_job():
+        interrupted()
+
+    @job
+    def failing_job():
+        failing()
+
+    assert cli.was_interrupted(interrupted_job.execute_in_process(raise_on_error=False))
+    assert not cli.was_interrupted(failing_job.execute_in_process(raise_on_error=False))
