@@ -22,14 +22,7 @@ from pathlib import Path
 
 from facepipe.pairs import PairsFileError
 from facepipe.presets import RunConfig, RunConfigError
-from facepipe.resources import default_data_root, project_root
-
-
-def use_project_instance() -> Path:
-    """Point Dagster at the project's instance unless the user chose another DAGSTER_HOME."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_root() / ".dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+from facepipe.resources import default_data_root, use_project_instance
 
 
 def register(data_root: Path) -> dict[str, list[str]]:
@@ -128,11 +121,12 @@ def checked_run_config(preset: str | None, config_file: Path | None) -> tuple[Ru
     """The chosen preset or file, validated against every job, and each job's part of it;
     the settings it applies are printed (the run log's record of what this build used)."""
     from facepipe import presets
+    from facepipe.presets.check import job_configs
 
     if preset is None and config_file is None:
         return None, {}
     run_config = presets.load_preset(preset) if preset is not None else presets.load_file(config_file)
-    parts = presets.job_configs(run_config)
+    parts = job_configs(run_config)
     for line in presets.settings_lines(run_config):
         print(line)
     return run_config, parts

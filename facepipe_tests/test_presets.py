@@ -14,6 +14,7 @@ from facepipe import presets
 from facepipe.automation.nightly import NIGHTLY_CONFIG_ENV, NightlyConfigError, load_nightly_run_config
 from facepipe.definitions import defs
 from facepipe.presets import RunConfig, RunConfigError
+from facepipe.presets.check import job_configs, job_groups
 from facepipe.store import fingerprint
 
 TRAINING_OPS = ("identity__identity_model", "target__xseg_model", "pair__lora_adapter")
@@ -23,7 +24,7 @@ def resolved_op_configs(run_config: dict) -> dict[str, dict]:
     """op -> the config its asset receives (Dagster fills in every default), over every job: what
     the asset's Config class is built from and so what goes into its fingerprint."""
     configs = {}
-    for group, job_name in presets.job_groups().items():
+    for group, job_name in job_groups().items():
         resolved = ResolvedRunConfig.build(defs.resolve_job_def(job_name), presets.for_job(run_config, group))
         configs.update({op: value.config for op, value in resolved.ops.items()})
     return configs
@@ -37,7 +38,7 @@ def test_presets_ship_inside_the_package_and_are_found_from_any_folder(tmp_path,
 
 def test_every_shipped_preset_passes_dagsters_validation_for_each_job():
     for name in presets.preset_names():
-        parts = presets.job_configs(presets.load_preset(name))
+        parts = job_configs(presets.load_preset(name))
         for job_name, part in parts.items():
             assert validate_run_config(defs.resolve_job_def(job_name), part)
 
@@ -77,7 +78,7 @@ def test_quality_and_gpu_change_fingerprints_where_they_change_settings():
 ])
 def test_a_bad_run_config_is_one_line_naming_the_problem(config, expected):
     with pytest.raises(RunConfigError) as raised:
-        presets.job_configs(RunConfig("config my.yaml", config))
+        job_configs(RunConfig("config my.yaml", config))
     message = str(raised.value)
     assert message.startswith("config my.yaml: ") and expected in message and "\n" not in message
 
@@ -126,7 +127,7 @@ def test_one_jobs_part_of_a_preset_is_what_the_launchpad_accepts():
     """The launchpad of a job (or of one group's assets) rejects other groups' ops, so the README
     has users paste `facepipe presets NAME --group G`: exactly `for_job`."""
     gpu = presets.load_preset("gpu").config
-    for group, job_name in presets.job_groups().items():
+    for group, job_name in job_groups().items():
         part = presets.for_job(gpu, group)
         assert part and set(part["ops"]) == {op for op in gpu["ops"] if op.startswith(f"{group}__")}
         assert validate_run_config(defs.resolve_job_def(job_name), part)

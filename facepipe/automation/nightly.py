@@ -23,9 +23,7 @@ A pair whose identity or target is being rebuilt tonight is not requested by the
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from pathlib import Path
@@ -54,7 +52,9 @@ from facepipe.automation import schedule_default, sensor_default
 from facepipe.automation.discovery import PAIR_JOB, pair_job, role_job_name, role_jobs
 from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
+from facepipe import presets
 from facepipe.pairs import PairsFileError, declared_pairs, pair_key
+from facepipe.presets import for_job
 from facepipe.partitions import PARTITIONS, ROLES, discover
 from facepipe.resources import FacepipeSettings
 from facepipe.store import ArtifactStore, MissingInput, canonical_json
@@ -128,17 +128,24 @@ def load_nightly_run_config(path: str | Path | None = None) -> dict[str, Any]:
     preset shipped with facepipe (`quality`, `gpu`: facepipe/presets/). It is checked against the
     jobs the way `facepipe build --config` checks it: an op of no job, an unknown op or field or a
     value of the wrong type fails the tick with one line instead of launching runs that fail."""
-    from facepipe import presets
-
     source = path or os.environ.get(NIGHTLY_CONFIG_ENV)
     if not source:
         return {}
     try:
         run_config = presets.load(source)
-        presets.job_configs(run_config)
     except presets.RunConfigError as error:
         raise NightlyConfigError(f"nightly run config ({NIGHTLY_CONFIG_ENV}): {error}") from error
+    for op in run_config.ops:  # field names and values are checked per asset, in World.expected_config
+        group = op.split("__")[0]
+        known = [stage.op_name for stage in STAGES.get(group, [])]
+        if op not in known:
+            where = f"no such op in {job_name_of(group)} (its ops: {', '.join(known)})" if known else "belongs to no job"
+            raise NightlyConfigError(f"nightly run config ({NIGHTLY_CONFIG_ENV}) {run_config.source}: {op}: {where}")
     return run_config.config
+
+
+def job_name_of(group: str) -> str:
+    return PAIR_JOB if group == "pair" else role_job_name(group)
 
 
 @dataclass
@@ -259,16 +266,10 @@ def unfinished_partitions(instance: DagsterInstance, job_name: str) -> set[str]:
     return {r.dagster_run.tags[PARTITION_TAG] for r in records if PARTITION_TAG in r.dagster_run.tags}
 
 
-def job_run_config(run_config: dict[str, Any], group: str) -> dict[str, Any]:
-    """The part of the nightly run config that belongs to one job (Dagster rejects unknown ops)."""
-    ops = {name: value for name, value in (run_config.get("ops") or {}).items() if name.startswith(f"{group}__")}
-    return {"ops": ops} if ops else {}
-
-
 def request(job_name: str, group: str, partition: str, changes: dict[str, str], run_config: dict[str, Any],
             run_key: str | None = None) -> RunRequest:
     return RunRequest(run_key=run_key or f"{job_name}:{partition}", job_name=job_name, partition_key=partition,
-                      run_config=job_run_config(run_config, group), tags={REASON_TAG: describe(changes)[:500]})
+                      run_config=for_job(run_config, group), tags={REASON_TAG: describe(changes)[:500]})
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ A run config is Dagster's own shape, `{ops: {<group>__<asset>: {config: {<field>
 so a preset can be pasted into the Dagster UI's launchpad as it is (one job's ops at a time: see
 `for_job`). `facepipe build --preset NAME` / `--config FILE` and the nightly schedules
 (FACEPIPE_NIGHTLY_CONFIG, a file or a preset name) read them here and check them with
-`job_configs` before anything runs: each job accepts only the ops of its own group, so the config
-is split per job the way the nightly sends it (`job_run_config`) and every part is validated with
+`facepipe.presets.check.job_configs` before anything runs: each job accepts only the ops of its own group, so the config
+is split per job the way runs are sent (`for_job`) and every part is validated with
 Dagster's config validation against that job. A problem is one line (RunConfigError).
 
 A preset's values are config like any other: they go into the store's fingerprints, so a preset
@@ -87,73 +87,11 @@ def parse(text: str, source: str) -> dict[str, Any]:
     return {"ops": loaded["ops"]} if loaded.get("ops") else {}
 
 
-def job_groups() -> dict[str, str]:
-    """group -> the job that builds it (the CLI's and the schedules' jobs)."""
-    from facepipe.automation.discovery import PAIR_JOB, role_job_name
-    from facepipe.partitions import ROLES
-
-    return {**{role: role_job_name(role) for role in ROLES}, "pair": PAIR_JOB}
-
-
 def for_job(run_config: dict[str, Any], group: str) -> dict[str, Any]:
-    """The part of a run config one group's job accepts (the nightly's own split)."""
-    from facepipe.automation.nightly import job_run_config
-
-    return job_run_config(run_config, group)
-
-
-def job_configs(run_config: RunConfig) -> dict[str, dict[str, Any]]:
-    """Job name -> its part of the run config, each part checked with Dagster's own validation
-    against the job; an op that belongs to no job, an unknown op or field, or a value of the wrong
-    type raises RunConfigError (one line)."""
-    from dagster import validate_run_config
-    from dagster._core.errors import DagsterInvalidConfigError
-
-    from facepipe.definitions import defs
-
-    groups = job_groups()
-    parts = {job: for_job(run_config.config, group) for group, job in groups.items()}
-    claimed = {op for part in parts.values() for op in part.get("ops", {})}
-    if strays := sorted(set(run_config.ops) - claimed):
-        raise RunConfigError(f"{run_config.source}: op '{strays[0]}' belongs to no job (op names are "
-                             f"<group>__<asset>, group one of {', '.join(groups)}: e.g. identity__identity_model)")
-    for job_name, part in parts.items():
-        if not part:
-            continue
-        job = defs.resolve_job_def(job_name)
-        try:
-            validate_run_config(job, part)
-        except DagsterInvalidConfigError as error:
-            problems = "; ".join(describe_config_error(job, job_name, each) for each in error.errors)
-            raise RunConfigError(f"{run_config.source}: {problems}") from None
-    return parts
-
-
-def describe_config_error(job, job_name: str, error) -> str:
-    """Dagster's message for one config error, without the whole expected schema it appends,
-    and with the names that are accepted where a name was unknown."""
-    path = [entry.field_name for entry in error.stack.entries if hasattr(entry, "field_name")]
-    data = error.error_data
-    unknown = getattr(data, "field_names", None) or ([data.field_name] if hasattr(data, "field_name") else None)
-    if unknown and error.reason.value in ("FIELD_NOT_DEFINED", "FIELDS_NOT_DEFINED"):
-        names = ", ".join(f"'{name}'" for name in unknown)
-        accepted = ", ".join(accepted_names(job, path)) or "none"
-        if path == ["ops"]:
-            return f"{names}: no such op in {job_name} (its ops: {accepted})"
-        if len(path) == 3 and path[2] == "config":
-            return f"{path[1]}: no field {names} (its fields: {accepted})"
-        return f"unexpected {names} under {':'.join(path)} (expected: {accepted})"
-    return " ".join(error.message.split(" Expected:")[0].split()).rstrip(".")
-
-
-def accepted_names(job, path: list[str]) -> list[str]:
-    config_type = job.run_config_schema.config_type
-    for name in path:
-        fields = getattr(config_type, "fields", None)
-        if not fields or name not in fields:
-            return []
-        config_type = fields[name].config_type
-    return sorted(getattr(config_type, "fields", None) or {})
+    """The part of a run config one group's job accepts (Dagster rejects other groups' ops): what
+    the CLI and the nightly send with each run, and what a user pastes into that job's launchpad."""
+    ops = {name: value for name, value in (run_config.get("ops") or {}).items() if name.startswith(f"{group}__")}
+    return {"ops": ops} if ops else {}
 
 
 def settings_lines(run_config: RunConfig) -> list[str]:

@@ -70,18 +70,6 @@ def holdout_l1(model, images: torch.Tensor, masks: torch.Tensor, device) -> floa
 
 
 @torch.no_grad()
-def holdout_l1(model, images: torch.Tensor, masks: torch.Tensor, device) -> float:
-    """Masked L1 of plain reconstructions (no augmentation), in [0, 1] pixel units."""
-    model.eval()
-    errors = []
-    for start in range(0, len(images), 16):
-        bgr, _ = model(images[start:start + 16].to(device))
-        errors.append(masked_l1(bgr, images[start:start + 16].to(device), masks[start:start + 16].to(device)).item()
-                      * len(bgr))
-    return float(sum(errors) / len(images))
-
-
-@torch.no_grad()
 def reconstruction_preview(model: IdentityAutoencoder, images: torch.Tensor, indices: np.ndarray) -> np.ndarray:
     """Rows of input / reconstruction / predicted mask for a few faces (BGR image); ``images``
     are the task's model-size tensors."""
