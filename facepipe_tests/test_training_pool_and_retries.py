@@ -18,6 +18,7 @@ from facepipe.assets.identity import identity_model
 from facepipe.definitions import defs
 from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
+from facepipe.assets.stage import STORE_INPUT, store_input
 from facepipe.resources import FacepipeSettings
 from facepipe.store import MissingInput
 
@@ -136,8 +137,8 @@ def test_a_training_step_waits_for_the_slot_and_gives_it_back(project, tmp_path)
         assert storage.claim_concurrency_slot("training", "another-run", "another_training_step").is_claimed
         outcome = {}
         run = threading.Thread(target=lambda: outcome.update(result=materialize(
-            [identity_model], instance=instance, partition_key="nobody", resources={"settings": settings},
-            raise_on_error=False)))
+            [*project.assets["identity"], identity_model], selection=[identity_model.key], instance=instance,
+            partition_key="nobody", resources={"settings": settings, STORE_INPUT: store_input}, raise_on_error=False)))
         run.start()
         deadline = time.monotonic() + 120
         while not storage.get_concurrency_info("training").pending_steps and time.monotonic() < deadline:
