@@ -59,6 +59,7 @@ import numpy as np
 
 from facepipe.align import template_points
 from facepipe.embed import FaceEmbedder
+from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_landmarks
 from facepipe.profile import distance_to_profile, laplacian_variance, round_floats
 
@@ -168,14 +169,6 @@ def checked_crops(crops: np.ndarray) -> np.ndarray:
     if crops.ndim != 4 or crops.shape[3] != 3 or crops.shape[1] != crops.shape[2] or crops.dtype != np.uint8:
         raise ValueError(f"expected aligned uint8 BGR crops [N, S, S, 3], got {crops.dtype} {list(crops.shape)}")
     return crops
-
-
-def resize_crops(crops: np.ndarray, size: int) -> np.ndarray:
-    crops = checked_crops(crops)
-    if crops.shape[1] == size:
-        return crops
-    interpolation = cv2.INTER_AREA if crops.shape[1] > size else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interpolation) for crop in crops])
 
 
 def measure_faces(crops: np.ndarray, profile: Mapping, embedder: FaceEmbedder) -> FaceMeasures:

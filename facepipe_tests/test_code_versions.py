@@ -4,9 +4,10 @@ Every asset's output is keyed by its `code_version` (given to `@asset`): change 
 makes an output without bumping it and every store serves the old output as a cache hit, and
 training resumes old checkpoints. `code_versions.lock.json` beside this file keeps, per asset,
 the code version and a fingerprint of the source it depends on: the syntax trees (no comments,
-formatting or docstrings) of the asset's own function and of every facepipe module it reaches
-through imports, except the modules below that only move bytes around and cannot change an
-output. The test fails, naming the asset and its modules, when that source changed and the
+formatting or docstrings) of what the asset uses: in the Dagster layer (facepipe.assets) the
+functions, classes and constants it names, followed name by name; elsewhere every facepipe module
+it reaches and everything those import — except the modules below, which only move bytes around
+and cannot change an output. The test fails, naming the asset and its modules, when that source changed and the
 version did not. After bumping, refresh the lock:
 
     FACEPIPE_UPDATE_CODE_LOCK=1 .venv/bin/python -m pytest facepipe_tests/test_code_versions.py
@@ -22,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import os
+import sys
 import textwrap
 import types
 from graphlib import CycleError, TopologicalSorter
@@ -85,42 +87,71 @@ def syntax(source: str) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
-def referenced_modules(function: types.FunctionType) -> set[str]:
-    """The facepipe modules whose names the function (and the functions inside it) use."""
-    codes, names = [function.__code__], set()
+def referenced_values(thing) -> list:
+    """The objects a function or class names: globals, closure cells and, for a class, its bases."""
+    if inspect.isclass(thing):
+        scope = vars(sys.modules[thing.__module__])
+        names = {node.id for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(thing))))
+                 if isinstance(node, ast.Name)}
+        return [*thing.__bases__, *(scope[name] for name in sorted(names) if name in scope)]
+    codes, names = [thing.__code__], set()
     while codes:
         code = codes.pop()
         names |= set(code.co_names) | set(code.co_freevars)
         codes += [const for const in code.co_consts if isinstance(const, types.CodeType)]
-    cells = dict(zip(function.__code__.co_freevars, [cell.cell_contents for cell in function.__closure__ or ()]))
-    modules = {function.__module__}
-    for name in names:
-        value = cells.get(name, function.__globals__.get(name))
-        module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-        if isinstance(module, str) and module.startswith("facepipe"):
-            modules.add(module)
-    return modules
+    cells = dict(zip(thing.__code__.co_freevars, [cell.cell_contents for cell in thing.__closure__ or ()]))
+    scope = {**thing.__globals__, **cells}
+    return [scope[name] for name in sorted(names) if name in scope]
+
+
+def module_of(value) -> str | None:
+    module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+    return module if isinstance(module, str) and module.startswith("facepipe") else None
 
 
 def compute_function(assets_def) -> types.FunctionType:
     return inspect.unwrap(assets_def.op.compute_fn.decorated_fn)
 
 
-def dependencies(assets_def) -> list[str]:
-    """The output-making facepipe modules an asset reaches: what its function uses, and their imports."""
-    pending, seen = [m for m in referenced_modules(compute_function(assets_def)) if counts(m)], set()
+def asset_source(assets_def) -> tuple[list[str], list[str]]:
+    """What an asset's output depends on: in the Dagster layer (facepipe.assets), the syntax of
+    the very functions, classes and constants the asset uses, followed name by name; elsewhere
+    whole modules with everything they import. Returns (layer syntax, module names)."""
+    pending, seen, layer, modules = [compute_function(assets_def)], set(), [], set()
     while pending:
-        module = pending.pop()
-        if module in seen:
+        thing = pending.pop()
+        if id(thing) in seen:
             continue
-        seen.add(module)
-        pending += [m for m in imported_modules(module) if counts(m)]
-    return sorted(seen)
+        seen.add(id(thing))
+        layer.append(syntax(inspect.getsource(thing)))
+        for value in referenced_values(thing):
+            module = module_of(value)
+            if module is None or not counts(module):
+                if isinstance(value, (str, int, float, tuple)) and not isinstance(value, bool):
+                    layer.append(repr(value))  # a constant the asset uses, e.g. a file name
+                continue
+            if module.startswith("facepipe.assets") and (inspect.isfunction(value) or inspect.isclass(value)):
+                pending.append(value)
+            elif not module.startswith("facepipe.assets"):
+                modules.add(module)
+    closure = set()
+    while modules:
+        module = modules.pop()
+        if module not in closure:
+            closure.add(module)
+            modules |= {m for m in imported_modules(module) if counts(m) and not m.startswith("facepipe.assets")}
+    return sorted(layer), sorted(closure)
+
+
+def dependencies(assets_def) -> list[str]:
+    """The facepipe modules (outside the Dagster layer) whose code makes this asset's output."""
+    return asset_source(assets_def)[1]
 
 
 def source_fingerprint(assets_def) -> str:
-    digest = hashlib.sha256(syntax(inspect.getsource(compute_function(assets_def))).encode())
-    for module in dependencies(assets_def):
+    layer, modules = asset_source(assets_def)
+    digest = hashlib.sha256("\n".join(layer).encode())
+    for module in modules:
         digest.update(f"\n{module}\n{syntax(module_path(module).read_text())}".encode())
     return digest.hexdigest()[:16]
 
@@ -154,6 +185,11 @@ def test_the_lock_sees_a_change_in_a_module_an_asset_imports(monkeypatch):
     faces_asset = next(a for a in ASSETS if store_name(a.key) == "identity/faces")
     assert "facepipe.align" in dependencies(faces_asset)  # reached through facepipe.faces
     assert "facepipe.store" not in dependencies(faces_asset)
+    # followed name by name in the Dagster layer: the profile, defined beside the identity model,
+    # does not depend on the model's code
+    by_name = {store_name(a.key): a for a in ASSETS}
+    assert "facepipe.models.autoencoder" in dependencies(by_name["identity/identity_model"])
+    assert "facepipe.models.autoencoder" not in dependencies(by_name["identity/identity_profile"])
     before = source_fingerprint(faces_asset)
     real = Path.read_text
 

@@ -90,7 +90,9 @@ def test_autoencoder_shapes_and_parts(size):
     assert code.shape == (2, 8 * 24, size // 16, size // 16)
     assert torch.equal(bgr, decoded_bgr) and torch.equal(mask_logits, decoded_logits)
     assert 0 <= bgr.min() and bgr.max() <= 1
-    assert mask_logits.min() < 0 or mask_logits.max() > 1  # logits, not probabilities
+    with torch.no_grad():  # logits, not probabilities: the mask head's raw output, no sigmoid
+        raw = model.decoder.shuffle(model.decoder.to_mask(model.decoder.blocks(code)))
+    assert torch.equal(mask_logits, raw)
 
 
 def test_autoencoder_weights_live_in_plain_conv_and_linear_layers():
@@ -123,6 +125,22 @@ def test_autoencoder_outputs_do_not_depend_on_the_batch():
         together, _ = model(images)
         alone, _ = model(images[2:3])
     torch.testing.assert_close(together[2:3], alone, atol=1e-6, rtol=0)
+
+
+def test_a_fresh_decoder_paints_no_checkerboard():
+    """ICNR: before training, every pixel-shuffle upsampling is nearest-neighbour, so the output
+    is constant on each 2x2 block; a plain initialisation gives four unrelated sub-pixels."""
+    torch.manual_seed(0)
+    model = IdentityAutoencoder(AutoencoderConfig(size=32, width=8, latent_dim=16, depth=2))
+    with torch.no_grad():
+        bgr, logits = model.decode(torch.randn(2, *model.bottleneck.code_shape))
+    for image in (bgr, logits):
+        corners = [image[..., dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)]
+        assert all(torch.equal(corners[0], corner) for corner in corners[1:])
+    plain = nn.Sequential(nn.Conv2d(8, 4 * 3, 3, padding=1), nn.PixelShuffle(2))
+    with torch.no_grad():
+        out = plain(torch.randn(1, 8, 8, 8))
+    assert not torch.equal(out[..., 0::2, 0::2], out[..., 1::2, 1::2])
 
 
 def test_autoencoder_overfits_a_handful_of_real_faces():

@@ -40,8 +40,8 @@ from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
-LORA_VERSION = "2"  # 2: trains on the identity model's folder (weights + config)
-EXPORT_VERSION = "2"  # 2: one crop resizer (contact sheet tiles shrunk with INTER_AREA)
+LORA_VERSION = "3"  # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder
+EXPORT_VERSION = "3"  # 2: one crop resizer (contact sheet tiles shrunk with INTER_AREA); 3: ICNR in models.autoencoder
 
 
 def pair_keys(context) -> tuple[str, str]:
