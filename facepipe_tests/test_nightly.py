@@ -97,12 +97,14 @@ class Copy:
                            executor=in_process_executor)
 
     def bump_code_version(self, monkeypatch, asset: str) -> str:
-        """A code change to `asset`: its definition gets a new code version, seen by the nightly and by runs."""
+        """A code change to `asset`: its definition gets a new code version, seen by the nightly and
+        by runs; returns "code version <before> -> <after>", the reason the nightly gives."""
         bumped = [definition.map_asset_specs(lambda spec: spec.replace_attributes(code_version=f"{spec.code_version}+1"))
                   if store_name(definition.key) == asset else definition for definition in self.assets]
         monkeypatch.setattr(nightly, "STAGES", stages_by_group(bumped))
         self.assets = bumped
-        return next(d.code_versions_by_key[d.key] for d in bumped if store_name(d.key) == asset)
+        after = next(d.code_versions_by_key[d.key] for d in bumped if store_name(d.key) == asset)
+        return f"code version {after.removesuffix('+1')} -> {after}"
 
     @cached_property
     def repository(self):
@@ -184,10 +186,10 @@ def test_requests_carry_the_nightly_config_and_validate_against_the_jobs(copy):
 
 
 def test_code_version_bump_rebuilds_everything_downstream(copy, monkeypatch):
-    now = copy.bump_code_version(monkeypatch, "identity/identity_model")
+    bumped = copy.bump_code_version(monkeypatch, "identity/identity_model")
     assert copy.all_ticks() == {"nightly_identity": [("identity_job", "hopper"), ("identity_job", "hopper2")],
                                 "nightly_target": [], "nightly_pairs": []}
-    assert role_changes(copy.world(), "identity", "hopper") == {"identity/identity_model": f"code version 2 -> {now}"}
+    assert role_changes(copy.world(), "identity", "hopper") == {"identity/identity_model": bumped}
     plan = plan_pairs(copy.world(), declared_pairs(copy.data), {"identity": ["hopper", "hopper2"], "target": ["talk", "talk2"]})
     assert plan.waiting == {"hopper|talk": ["identity hopper"], "hopper2|talk2": ["identity hopper2"]}
 
@@ -209,14 +211,14 @@ def test_code_version_bump_rebuilds_everything_downstream(copy, monkeypatch):
 
 def test_pair_code_bump_and_new_declared_pair(copy, monkeypatch):
     unchanged = nightly.STAGES
-    now = copy.bump_code_version(monkeypatch, "pair/onnx_export")
+    bumped = copy.bump_code_version(monkeypatch, "pair/onnx_export")
     assert copy.all_ticks() == {"nightly_identity": [], "nightly_target": [],
                                 "nightly_pairs": [("pair_job", "hopper2|talk2"), ("pair_job", "hopper|talk")]}
     # resolved as the daemon resolves them: multi-partition keys against the pair job
     resolved = copy.requests("nightly_pairs")
     assert sorted((r.tags["dagster/partition/identity"], r.tags["dagster/partition/target"]) for r in resolved) == [
         ("hopper", "talk"), ("hopper2", "talk2")]
-    assert all(r.tags["facepipe/nightly_reason"] == f"pair/onnx_export: code version 2 -> {now}" for r in resolved)
+    assert all(r.tags["facepipe/nightly_reason"] == f"pair/onnx_export: {bumped}" for r in resolved)
 
     monkeypatch.setattr(nightly, "STAGES", unchanged)
     declare_pair(copy.data, "hopper", "talk2")  # declared, never built
