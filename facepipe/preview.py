@@ -43,6 +43,13 @@ def write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
+def blend(face: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """`face` over `background` (same size) through a uint8 mask: what a runtime pastes. The
+    model's output outside its mask is never shown to anyone, so previews don't show it either."""
+    alpha = mask[..., None].astype(np.float32) / 255
+    return np.round(face * alpha + background * (1 - alpha)).astype(np.uint8)
+
+
 def paste_face(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, matrix: np.ndarray, crop_space: int) -> np.ndarray:
     """Blend an aligned crop back into its frame through the inverse of the alignment.
 

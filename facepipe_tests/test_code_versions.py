@@ -8,7 +8,9 @@ formatting or docstrings) of what the asset uses: in the Dagster layer (facepipe
 functions, classes and constants it names, followed name by name; elsewhere every facepipe module
 it reaches and everything those import — except the modules below, which only move bytes around
 and cannot change an output. The test fails, naming the asset and its modules, when that source changed and the
-version did not. After bumping, refresh the lock:
+version did not. After bumping, refresh the lock (or, for a change that cannot alter that
+asset's output — a function added to a module it also uses — refresh it without a bump: the
+lock's diff in the commit is the record of that decision):
 
     FACEPIPE_UPDATE_CODE_LOCK=1 .venv/bin/python -m pytest facepipe_tests/test_code_versions.py
 
@@ -174,7 +176,9 @@ def test_every_code_change_bumps_its_asset_code_version():
             problems.append(f"{asset}: not in {LOCK.name}; refresh the lock")
         elif was["source"] != current["source"] and was["code_version"] == current["code_version"]:
             problems.append(f"{asset}: its code changed ({modules}) but its code_version is still "
-                            f"{current['code_version']!r}: bump it in its @asset, then refresh the lock")
+                            f"{current['code_version']!r}: bump it in its @asset, then refresh the lock (refresh "
+                            "without a bump only when you are sure its output cannot change, e.g. a function "
+                            "added to a module it uses: the lock's diff records that decision)")
         elif was != current:
             problems.append(f"{asset}: code_version {was['code_version']!r} -> {current['code_version']!r}: refresh the lock")
     assert not problems, "\n".join(problems) + "\n(refresh: FACEPIPE_UPDATE_CODE_LOCK=1 pytest " \

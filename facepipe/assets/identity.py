@@ -36,7 +36,7 @@ from facepipe.train.tasks.reconstruction import ReconstructionTask, reconstructi
 # One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
 
 PROFILE_VERSION = "2"  # 2: quality_stats.avg_face_score
-IDENTITY_MODEL_VERSION = "3"  # 2: model_config.json beside the weights; 3: ICNR initialisation (no checkerboard)
+IDENTITY_MODEL_VERSION = "4"  # 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through the mask
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8

@@ -33,7 +33,7 @@ from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter
 from facepipe.models.swap import swap_faces
 from facepipe.partitions import pair_partitions
-from facepipe.preview import contact_sheet, evenly_spaced, paste_face, write_png
+from facepipe.preview import blend, contact_sheet, evenly_spaced, paste_face, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact
@@ -41,7 +41,7 @@ from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
 LORA_VERSION = "3"  # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder
-EXPORT_VERSION = "3"  # 2: one crop resizer (contact sheet tiles shrunk with INTER_AREA); 3: ICNR in models.autoencoder
+EXPORT_VERSION = "4"  # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -155,7 +155,9 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
             (out / f"{target}_xseg.{suffix}").write_bytes((xseg_model.path / f"xseg.{suffix}").read_bytes())
         picks = held[evenly_spaced(len(held), 8)]
         shown = resize_crops(targ.crops[picks], size)
-        tiles = [tile for i, crop in zip(picks, shown) for tile in (crop, swapped.faces[i], swapped.face_masks[i])]
+        # target | the swap pasted on it through the swap's mask, as a runtime shows it | the target face's mask
+        tiles = [tile for i, crop in zip(picks, shown)
+                 for tile in (crop, blend(swapped.faces[i], swapped.celeb_masks[i], crop), swapped.face_masks[i])]
         write_png(out / PREVIEW_FILE, contact_sheet(tiles, columns=6, thumb=size))
         manifest = pd.read_parquet(frames.path / "manifest.parquet")
         pasted = preview_video(targ, frames.path / "frames", manifest, swapped.faces, swapped.face_masks,

@@ -15,7 +15,7 @@ from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.losses import masked_l1, reconstruction_loss
-from facepipe.preview import contact_sheet
+from facepipe.preview import blend, contact_sheet
 from facepipe.train.task import TrainTask
 
 
@@ -71,13 +71,13 @@ def holdout_l1(model, images: torch.Tensor, masks: torch.Tensor, device) -> floa
 
 @torch.no_grad()
 def reconstruction_preview(model: IdentityAutoencoder, images: torch.Tensor, indices: np.ndarray) -> np.ndarray:
-    """Rows of input / reconstruction / predicted mask for a few faces (BGR image); ``images``
-    are the task's model-size tensors."""
+    """Rows of input / reconstruction blended on the input through its predicted mask / that
+    mask, for a few faces (BGR image); ``images`` are the task's model-size tensors."""
     tiles = []
     for i in indices:
         bgr, logits = model(images[i][None])
         crop = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         out = (bgr[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
         mask = (torch.sigmoid(logits)[0, 0].numpy() * 255).round().astype(np.uint8)
-        tiles += [crop, out, cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR)]
+        tiles += [crop, blend(out, mask, crop), cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR)]
     return contact_sheet(tiles, columns=6, thumb=images.shape[-1])
