@@ -155,12 +155,14 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
             (out / f"{target}_xseg.{suffix}").write_bytes((xseg_model.path / f"xseg.{suffix}").read_bytes())
         picks = held[evenly_spaced(len(held), 8)]
         shown = resize_crops(targ.crops[picks], size)
-        # target | the swap pasted on it through the swap's mask, as a runtime shows it | the target face's mask
+        # target | the swap pasted on it through the swap's mask and the target face's (which leaves
+        # out what covers the face), as a runtime shows it | the target face's mask
+        paste_masks = (swapped.celeb_masks.astype(np.uint16) * swapped.face_masks // 255).astype(np.uint8)
         tiles = [tile for i, crop in zip(picks, shown)
-                 for tile in (crop, blend(swapped.faces[i], swapped.celeb_masks[i], crop), swapped.face_masks[i])]
+                 for tile in (crop, blend(swapped.faces[i], paste_masks[i], crop), swapped.face_masks[i])]
         write_png(out / PREVIEW_FILE, contact_sheet(tiles, columns=6, thumb=size))
         manifest = pd.read_parquet(frames.path / "manifest.parquet")
-        pasted = preview_video(targ, frames.path / "frames", manifest, swapped.faces, swapped.face_masks,
+        pasted = preview_video(targ, frames.path / "frames", manifest, swapped.faces, paste_masks,
                                out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
