@@ -92,15 +92,12 @@ PAIRS = [
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    from facepipe.media import decode_video
+
     capture = cv2.VideoCapture(str(path))
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
     capture.release()
+    frames = list(decode_video(path))
     if not frames:
         raise RuntimeError(f"no frames decoded from {path}")
     return frames, fps

@@ -14,7 +14,8 @@ from facepipe import presets
 from facepipe.automation.nightly import NIGHTLY_CONFIG_ENV, NightlyConfigError, load_nightly_run_config
 from facepipe.definitions import defs
 from facepipe.presets import RunConfig, RunConfigError
-from facepipe.presets.check import job_configs, job_groups
+from facepipe.automation.discovery import JOB_OF_GROUP
+from facepipe.presets.check import job_configs
 from facepipe.store import fingerprint
 
 TRAINING_OPS = ("identity__identity_model", "target__xseg_model", "pair__lora_adapter")
@@ -24,7 +25,7 @@ def resolved_op_configs(run_config: dict) -> dict[str, dict]:
     """op -> the config its asset receives (Dagster fills in every default), over every job: what
     the asset's Config class is built from and so what goes into its fingerprint."""
     configs = {}
-    for group, job_name in job_groups().items():
+    for group, job_name in JOB_OF_GROUP.items():
         resolved = ResolvedRunConfig.build(defs.resolve_job_def(job_name), presets.for_job(run_config, group))
         configs.update({op: value.config for op, value in resolved.ops.items()})
     return configs
@@ -127,7 +128,7 @@ def test_one_jobs_part_of_a_preset_is_what_the_launchpad_accepts():
     """The launchpad of a job (or of one group's assets) rejects other groups' ops, so the README
     has users paste `facepipe presets NAME --group G`: exactly `for_job`."""
     gpu = presets.load_preset("gpu").config
-    for group, job_name in job_groups().items():
+    for group, job_name in JOB_OF_GROUP.items():
         part = presets.for_job(gpu, group)
         assert part and set(part["ops"]) == {op for op in gpu["ops"] if op.startswith(f"{group}__")}
         assert validate_run_config(defs.resolve_job_def(job_name), part)

@@ -78,15 +78,14 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
-        task = PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
+        return PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
                                    config.samples_per_epoch, adapter)
-        start = task.build_model()
-        context.log.info(f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {start.adapter_parameters} adapter "
-                         f"parameters, {100 * start.adapter_share:.2f}% of the identity model's {start.base_parameters}")
-        return task
 
     def write(trained: Trained, out: Path) -> dict:
+        model = trained.model
+        context.log.info(f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {model.adapter_parameters} adapter "
+                         f"parameters, {100 * model.adapter_share:.2f}% of the identity model's {model.base_parameters}")
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()}

@@ -35,6 +35,8 @@ role_jobs = [
 ]
 
 PAIR_JOB = "pair_job"
+# group ("identity", "target", "pair") -> the job that builds it: what the CLI runs and the schedules request
+JOB_OF_GROUP = {**{role: role_job_name(role) for role in ROLES}, "pair": PAIR_JOB}
 pair_job = define_asset_job(PAIR_JOB, selection=AssetSelection.groups("pair"),
                             description="Build the LoRA adapter and the published swap model for one identity|target pair.")
 

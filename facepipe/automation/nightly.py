@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from facepipe.assets import ASSETS
 from facepipe.assets.stage import OUTSIDE_INPUTS, store_name
 from facepipe.assets.training import TRAINING_POOL
 from facepipe.automation import schedule_default, sensor_default
-from facepipe.automation.discovery import PAIR_JOB, pair_job, role_job_name, role_jobs
+from facepipe.automation.discovery import JOB_OF_GROUP, PAIR_JOB, pair_job, role_job_name, role_jobs
 from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
 from facepipe import presets
@@ -125,9 +126,10 @@ class NightlyConfigError(ValueError):
 def load_nightly_run_config(path: str | Path | None = None) -> dict[str, Any]:
     """The run config nightly runs use (and are judged against): `path`, else FACEPIPE_NIGHTLY_CONFIG,
     else none (every asset's Config defaults). Either names a run config file (YAML/JSON) or a
-    preset shipped with facepipe (`quality`, `gpu`: facepipe/presets/). It is checked against the
-    jobs the way `facepipe build --config` checks it: an op of no job, an unknown op or field or a
-    value of the wrong type fails the tick with one line instead of launching runs that fail."""
+    preset shipped with facepipe (`quality`, `gpu`: facepipe/presets/). An op of no job or an unknown
+    op fails here, an unknown field or a value of the wrong type when a decision reads that op's
+    config (World.expected_config): either way the tick fails with one line instead of launching
+    runs that fail."""
     source = path or os.environ.get(NIGHTLY_CONFIG_ENV)
     if not source:
         return {}
@@ -139,13 +141,9 @@ def load_nightly_run_config(path: str | Path | None = None) -> dict[str, Any]:
         group = op.split("__")[0]
         known = [stage.op_name for stage in STAGES.get(group, [])]
         if op not in known:
-            where = f"no such op in {job_name_of(group)} (its ops: {', '.join(known)})" if known else "belongs to no job"
+            where = f"no such op in {JOB_OF_GROUP[group]} (its ops: {', '.join(known)})" if known else "belongs to no job"
             raise NightlyConfigError(f"nightly run config ({NIGHTLY_CONFIG_ENV}) {run_config.source}: {op}: {where}")
     return run_config.config
-
-
-def job_name_of(group: str) -> str:
-    return PAIR_JOB if group == "pair" else role_job_name(group)
 
 
 @dataclass
@@ -153,14 +151,20 @@ class World:
     """Everything a decision compares the store with, computed lazily and at most once."""
 
     settings: FacepipeSettings
-    store: ArtifactStore
-    device: str
     run_config: dict[str, Any]
     _outside: dict[tuple, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: FacepipeSettings, run_config: dict[str, Any]) -> World:
-        return cls(settings, settings.store, settings.device_kind, run_config)
+        return cls(settings, run_config)
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        return self.settings.store
+
+    @cached_property
+    def device(self) -> str:
+        return self.settings.device_kind
 
     def op_config(self, op_name: str) -> dict[str, Any]:
         return ((self.run_config.get("ops") or {}).get(op_name) or {}).get("config") or {}

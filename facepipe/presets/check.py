@@ -8,14 +8,8 @@ from typing import Any
 from dagster import validate_run_config
 from dagster._core.errors import DagsterInvalidConfigError
 
-from facepipe.automation.discovery import PAIR_JOB, role_job_name
-from facepipe.partitions import ROLES
+from facepipe.automation.discovery import JOB_OF_GROUP
 from facepipe.presets import RunConfig, RunConfigError, for_job
-
-
-def job_groups() -> dict[str, str]:
-    """group -> the job that builds it (the CLI's and the schedules' jobs)."""
-    return {**{role: role_job_name(role) for role in ROLES}, "pair": PAIR_JOB}
 
 
 def job_configs(run_config: RunConfig) -> dict[str, dict[str, Any]]:
@@ -24,7 +18,7 @@ def job_configs(run_config: RunConfig) -> dict[str, dict[str, Any]]:
     type raises RunConfigError (one line)."""
     from facepipe.definitions import defs  # here, not at the top: the Definitions import the nightly, which imports presets
 
-    groups = job_groups()
+    groups = JOB_OF_GROUP
     parts = {job: for_job(run_config.config, group) for group, job in groups.items()}
     claimed = {op for part in parts.values() for op in part.get("ops", {})}
     if strays := sorted(set(run_config.ops) - claimed):

@@ -249,7 +249,7 @@ def _train_epochs(
     else:
         weights, saved = load_checkpoint(latest)
         _check_same_run(saved, config, num_samples, latest)
-        load_saved_weights(task, model, weights, latest)
+        load_saved_weights(task, model, weights, latest.weights_path)
         optimizer.load_state_dict(saved["optimizer"])
         if (scheduler is None) != (saved["scheduler"] is None):
             raise ValueError(f"{latest.state_path}: the task's scheduler changed (present vs absent) under the same resume key")
@@ -540,14 +540,14 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, num_samples: int
         )
 
 
-def load_saved_weights(task: TrainTask, model: nn.Module, weights: dict[str, torch.Tensor], source: Path | Checkpoint) -> None:
+def load_saved_weights(task: TrainTask, model: nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
     """Put a saved ``weights_to_save`` dict back into a freshly built model; refuses a mismatch."""
     expected = set(task.weights_to_save(model))
     if set(weights) != expected:
         missing = sorted(expected - set(weights))[:5]
         extra = sorted(set(weights) - expected)[:5]
         raise ValueError(
-            f"{getattr(source, 'weights_path', source)} does not match the model built now (missing {missing}, unexpected {extra}); "
+            f"{source} does not match the model built now (missing {missing}, unexpected {extra}); "
             "the model architecture changed under the same resume key"
         )
     model.load_state_dict(weights, strict=False)
