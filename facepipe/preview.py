@@ -50,6 +50,38 @@ def blend(face: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndar
     return np.round(face * alpha + background * (1 - alpha)).astype(np.uint8)
 
 
+def colour_transfer(face: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``face`` recoloured to ``reference``'s light (Reinhard et al. 2001, DeepFaceLab's "rct"):
+    each L*a*b* channel shifted and scaled to the reference's mean and standard deviation, both
+    measured inside ``mask`` (uint8, same size), so a swap trained under other light stops
+    showing as a colour cast on the target. Returns ``face`` unchanged when the mask is empty."""
+    weight = mask.astype(np.float32) / 255
+    if weight.sum() < 1:
+        return face
+    lab = cv2.cvtColor(face, cv2.COLOR_BGR2LAB).astype(np.float32)
+    reference_lab = cv2.cvtColor(reference, cv2.COLOR_BGR2LAB).astype(np.float32)
+
+    def stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.average(image.reshape(-1, 3), axis=0, weights=weight.ravel())
+        variance = np.average((image.reshape(-1, 3) - mean) ** 2, axis=0, weights=weight.ravel())
+        return mean, np.sqrt(variance)
+
+    mean, std = stats(lab)
+    reference_mean, reference_std = stats(reference_lab)
+    moved = (lab - mean) * (reference_std / np.maximum(std, 1e-3)) + reference_mean
+    return cv2.cvtColor(np.clip(moved, 0, 255).round().astype(np.uint8), cv2.COLOR_LAB2BGR)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, max_height: int = 360) -> np.ndarray:
+    """Two frames of the same size next to each other, scaled down to at most ``max_height``."""
+    both = np.hstack([left, right])
+    scale = min(1.0, max_height / both.shape[0])
+    if scale < 1:
+        size = (int(round(both.shape[1] * scale)) // 2 * 2, int(round(both.shape[0] * scale)) // 2 * 2)
+        both = cv2.resize(both, size, interpolation=cv2.INTER_AREA)
+    return both
+
+
 def paste_face(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, matrix: np.ndarray, crop_space: int) -> np.ndarray:
     """Blend an aligned crop back into its frame through the inverse of the alignment.
 

@@ -82,6 +82,11 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     metrics = meta["metrics"]
     assert {"identity", "swap_following", "baseline_following", "pose_following_margin_deg"} <= set(metrics)
     assert (export.path / "preview.png").is_file() and (export.path / "preview.mp4").is_file()
+    # the preview video shows the original frame beside the swapped one
+    frames_dir = store.current("target/frames", "talk").path / "frames"
+    original = cv2.imread(str(sorted(frames_dir.iterdir())[0]))
+    ok, shown = cv2.VideoCapture(str(export.path / "preview.mp4")).read()
+    assert ok and abs(shown.shape[1] / shown.shape[0] - 2 * original.shape[1] / original.shape[0]) < 0.05
     assert len(first.get_asset_check_evaluations()) == 3
 
     # a second target of the same identity: the identity model is read, not rebuilt

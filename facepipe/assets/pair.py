@@ -33,7 +33,7 @@ from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter
 from facepipe.models.swap import swap_faces
 from facepipe.partitions import pair_partitions
-from facepipe.preview import blend, contact_sheet, evenly_spaced, paste_face, write_png
+from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact
@@ -41,7 +41,8 @@ from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
 LORA_VERSION = "3"  # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder
-EXPORT_VERSION = "4"  # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target
+EXPORT_VERSION = "5"  # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
+# 5: previews paste through the target's XSeg mask with colour transfer, the video beside the original frame
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -93,8 +94,18 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     return train_in_store(context, settings, config, make_task, write)
 
 
+def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What a person judges a swap by, at the swap's size: each swap recoloured to its target face's
+    light (``colour_transfer``) and the paste mask, the swap's own mask times the target's XSeg mask
+    (what covers the target face stays in front). Returns (recoloured swaps, paste masks)."""
+    masks = (swap_masks.astype(np.uint16) * target_masks // 255).astype(np.uint8)
+    faces = np.stack([colour_transfer(face, crop, mask) for face, crop, mask in zip(swaps, target_crops, masks)])
+    return faces, masks
+
+
 def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, face_masks, out: Path, limit: int = 100) -> int:
-    """The swapped faces pasted back into their target video frames (first video, up to `limit`)."""
+    """The original frame beside the swap pasted back into it (first video of the target, up to
+    `limit` frames)."""
 
     video_rows = [i for i in range(len(target_faces)) if target_faces.index.kind.iat[i] == "video"]
     first = target_faces.index.source.iat[video_rows[0]] if video_rows else None
@@ -106,7 +117,7 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
     for i in rows:
         frame = cv2.imread(str(frames_path / files[int(target_faces.index.frame_id.iat[i])]))
         matrix = target_faces.index[[f"m{k}" for k in range(6)]].iloc[i].to_numpy()
-        frames.append(paste_face(frame, swapped[i], face_masks[i], matrix, target_faces.crops.shape[1]))
+        frames.append(side_by_side(frame, paste_face(frame, swapped[i], face_masks[i], matrix, target_faces.crops.shape[1])))
     write_video(out, frames, 25)
     return len(frames)
 
@@ -118,6 +129,7 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
             "identity_faces": upstream("identity/faces", "identity"),
             "target_faces": upstream("target/faces", "target"),
             "xseg_model": upstream("target/xseg_model", "target"),
+            "target_masks": upstream("target/target_masks", "target"),
             "frames": upstream("target/frames", "target")},
        description="Merged swap model (adapted encoder → base decoder) as a verified DFM ONNX with .hash and card, "
                    "the target's XSeg beside it, evaluation vs a paste-the-identity baseline, previews; published "
@@ -125,7 +137,7 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
 @failure_policy
 def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora_adapter: Artifact, identity_model: Artifact,
                 identity_profile: Artifact, identity_faces: Artifact, target_faces: Artifact, xseg_model: Artifact,
-                frames: Artifact) -> MaterializeResult:
+                target_masks: Artifact, frames: Artifact) -> MaterializeResult:
     identity, target = pair_keys(context)
     name = f"{identity}_{target}"
 
@@ -152,17 +164,15 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
             "runtime": "FaceFusion deep_swapper: copy the .dfm into .assets/models/custom/"})
         for suffix in ("onnx", "hash", "json"):  # the target's occluder model, published beside the swap model
             (out / f"{target}_xseg.{suffix}").write_bytes((xseg_model.path / f"xseg.{suffix}").read_bytes())
+        crops = resize_crops(np.asarray(targ.crops), size)
+        faces, paste_masks = composited(swapped.faces, crops, swapped.celeb_masks,
+                                        resize_crops(np.load(target_masks.path / "masks.npy"), size))
         picks = held[evenly_spaced(len(held), 8)]
-        shown = resize_crops(targ.crops[picks], size)
-        # target | the swap pasted on it through the swap's mask and the target face's (which leaves
-        # out what covers the face), as a runtime shows it | the target face's mask
-        paste_masks = (swapped.celeb_masks.astype(np.uint16) * swapped.face_masks // 255).astype(np.uint8)
-        tiles = [tile for i, crop in zip(picks, shown)
-                 for tile in (crop, blend(swapped.faces[i], paste_masks[i], crop), swapped.face_masks[i])]
+        # target | the swap recoloured and pasted on it, as a person sees it | the paste mask
+        tiles = [tile for i in picks for tile in (crops[i], blend(faces[i], paste_masks[i], crops[i]), paste_masks[i])]
         write_png(out / PREVIEW_FILE, contact_sheet(tiles, columns=6, thumb=size))
         manifest = pd.read_parquet(frames.path / "manifest.parquet")
-        pasted = preview_video(targ, frames.path / "frames", manifest, swapped.faces, paste_masks,
-                               out / "preview.mp4")
+        pasted = preview_video(targ, frames.path / "frames", manifest, faces, paste_masks, out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
                 "preview_video": "preview.mp4" if pasted else None, "preview_video_frames": pasted,
