@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/facepipe_gpu_check"))
     args = parser.parse_args()
 
+    import safetensors.torch
     import torch
 
     from facepipe.assets.identity import IdentityModelConfig
@@ -70,6 +71,7 @@ def main() -> None:
     from facepipe.presets import load
     from facepipe.train import TrainConfig, train
     from facepipe.train.device import select_device, uses_mixed_precision
+    from facepipe.train.loop import load_saved_weights
     from facepipe.train.tasks.reconstruction import ReconstructionTask
 
     preset = load(args.preset).ops.get("identity__identity_model", {}).get("config", {})
@@ -80,7 +82,8 @@ def main() -> None:
     crops, masks, source = face_crops(video if video.is_file() else None, model_config.size, args.max_frames)
     print(f"faces: {len(crops)} from {source} at {model_config.size} px; model {model_config}")
 
-    task = ReconstructionTask.from_faces(crops, masks, model_config, settings.holdout_every, settings.samples_per_epoch)
+    task = ReconstructionTask.from_faces(crops, masks, model_config, settings.holdout_every, settings.samples_per_epoch,
+                                         adversarial=settings.adversarial())
     run_dir = args.work / "run"
     if run_dir.exists():
         import shutil
@@ -108,10 +111,8 @@ def main() -> None:
     finite = all(np.isfinite(entry["loss"]) for entry in history)
 
     model = task.build_model()
-    import safetensors.torch
-
-    model.load_state_dict(safetensors.torch.load_file(str(last.weights_path)))
-    exported = export_dfm(DfmSwapModel.from_autoencoders(model.eval()), model_config.size, args.work / "gpu_check.dfm",
+    load_saved_weights(task, model, safetensors.torch.load_file(str(last.weights_path)), last.weights_path)
+    exported = export_dfm(DfmSwapModel.from_autoencoders(task.deliverable(model).eval()), model_config.size, args.work / "gpu_check.dfm",
                           list(crops[:4]), card={"name": "gpu_check"})
     report = {
         "device": last.device,

@@ -310,6 +310,7 @@ def _train_epochs(
     try:
         for epoch_index in range(state.epochs_completed, config.epochs):
             order = epoch_order(config.seed, epoch_index, num_samples)
+            task.start_epoch(epoch_index)
             model.train()
             loss_sum = torch.tensor(state.epoch_loss_sum, dtype=torch.float32, device=device)
             epoch_clock = time.monotonic()

@@ -54,6 +54,17 @@ class TrainTask(ABC):
         checkpoints), then move the batch to ``device``. Runs under autocast on CUDA.
         """
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the engine before each epoch's steps (0-based; on a resume, before the rest of
+        the epoch it resumes in). A task whose loss changes over training (a term switched on at
+        some epoch) keys it here on the epoch index, never on the run's epoch count, so a resumed
+        or extended run trains exactly as an uninterrupted one."""
+
+    def deliverable(self, model: nn.Module) -> nn.Module:
+        """The part of the trained model that the asset writes (default: all of it); e.g. the
+        autoencoder without the discriminator it was trained against."""
+        return model
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Optional held-out metrics after each epoch (the model is in eval mode, no grad)."""
         return {}

@@ -25,7 +25,7 @@ from facepipe.train.task import TrainTask
 class Trained:
     result: TrainResult
     task: TrainTask
-    model: nn.Module  # final weights, eval mode, on the CPU
+    model: nn.Module  # the task's deliverable with the final weights, eval mode, on the CPU
     initial_metrics: dict[str, float]  # task.evaluate() of the model training started from
 
 
@@ -41,4 +41,4 @@ def train_model(task: TrainTask, config: TrainConfig, run_dir: Path, log: Callab
     with preserved_global_rngs():  # building the model draws an initialisation the weights then replace
         model = task.build_model()
     load_saved_weights(task, model, safetensors.torch.load_file(str(result.weights_path)), result.weights_path)
-    return Trained(result, task, model.eval(), initial_metrics)
+    return Trained(result, task, task.deliverable(model).eval(), initial_metrics)

@@ -1,8 +1,10 @@
 """Training the per-identity autoencoder: reconstruct the identity's aligned faces.
 
 The same random homography on input and target (so the model learns to follow pose), an elastic
-warp on the input only (so it cannot copy pixels), masked L1 + DSSIM + mask loss. A fixed share
-of faces is held out to measure reconstruction error.
+warp on the input only (so it cannot copy pixels), masked L1 + DSSIM + mask loss, and (when
+``AdversarialConfig.weight`` > 0) a patch discriminator's verdict on the face from
+``AdversarialConfig.from_epoch`` on (facepipe.models.discriminator: sharper faces at the same
+pixel error). A fixed share of faces is held out to measure reconstruction error.
 """
 
 from __future__ import annotations
@@ -12,18 +14,43 @@ import numpy as np
 import torch
 
 from facepipe.faces import holdout_split, resize_crops
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
 from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
+from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
 from facepipe.models.losses import masked_l1, reconstruction_loss
 from facepipe.preview import blend, contact_sheet
 from facepipe.train.task import TrainTask
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """The discriminator term: its weight beside the pixel losses (0: none, no discriminator is
+    built) and the epoch (0-based) from which the autoencoder is scored by it. The discriminator
+    itself learns from the first epoch, so it is a fair judge by then; the autoencoder first
+    learns the face from the pixel losses alone, as DeepFaceLab users switch GAN on late."""
+
+    weight: float = 0.0
+    from_epoch: int = 0
+    discriminator_width: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0 or self.from_epoch < 0 or self.discriminator_width < 1:
+            raise ValueError(f"AdversarialConfig needs weight >= 0, from_epoch >= 0 and discriminator_width >= 1, got {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class ReconstructionTask(TrainTask):
     """Reconstruct aligned faces through the autoencoder; held-out masked L1 as the metric."""
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
-                 samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig()):
+                 samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
+                 adversarial: AdversarialConfig = AdversarialConfig()):
         self.images, self.masks = images, masks
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
@@ -31,24 +58,42 @@ class ReconstructionTask(TrainTask):
         # epoch is a useful amount of training whatever the number of faces.
         self.num_samples = max(len(self.train_idx), samples_per_epoch)
         self.best_metric = "holdout_l1" if len(self.held_idx) else "loss"
-        self.model_config, self.augment = model_config, augment
+        self.model_config, self.augment, self.adversarial = model_config, augment, adversarial
+        self.epoch = 0  # set by the engine (start_epoch)
 
     @classmethod
     def from_faces(cls, crops: np.ndarray, masks: np.ndarray, model_config: AutoencoderConfig, holdout_every: int = 10,
-                   samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig()) -> ReconstructionTask:
+                   samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
+                   adversarial: AdversarialConfig = AdversarialConfig()) -> ReconstructionTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the model size."""
         images, mask_tensor = faces_to_tensors(resize_crops(crops, model_config.size), resize_crops(masks, model_config.size))
         train_idx, held_idx = holdout_split(len(images), holdout_every)
-        return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment)
+        return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial)
 
-    def build_model(self) -> IdentityAutoencoder:
-        return IdentityAutoencoder(self.model_config)
+    def build_model(self) -> nn.Module:
+        autoencoder = IdentityAutoencoder(self.model_config)
+        if not self.adversarial.weight:
+            return autoencoder
+        return AdversarialAutoencoder(autoencoder, PatchDiscriminator(self.adversarial.discriminator_width))
+
+    def deliverable(self, model: nn.Module) -> IdentityAutoencoder:
+        return model.autoencoder if isinstance(model, AdversarialAutoencoder) else model
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def compute_loss(self, model, batch_indices, generator, device):
         rows = self.train_idx[batch_indices % len(self.train_idx)]
         inputs, targets, target_masks = augment_batch(self.images[rows], self.masks[rows], generator, self.augment)
         bgr, mask_logits = model(inputs.to(device))
-        total, _ = reconstruction_loss(bgr, mask_logits, targets.to(device), target_masks.to(device))
+        targets, target_masks = targets.to(device), target_masks.to(device)
+        total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks)
+        if isinstance(model, AdversarialAutoencoder):
+            # The face only (both masked alike): the background is never pasted, so it is not judged.
+            generator_loss, discriminator_loss = adversarial_losses(model.discriminator, bgr * target_masks,
+                                                                    targets * target_masks)
+            scored = self.epoch >= self.adversarial.from_epoch
+            total = total + discriminator_loss + (self.adversarial.weight * generator_loss if scored else 0.0)
         return total
 
     def evaluate(self, model, device) -> dict[str, float]:

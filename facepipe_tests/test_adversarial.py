@@ -1,0 +1,79 @@
+"""The identity model's patch discriminator: who learns from which loss, when the autoencoder is
+scored, the saved deliverable, and exact resume with the discriminator in the checkpoint."""
+
+import pytest
+import safetensors.torch
+import torch
+
+from test_lora import HOLDOUT_EVERY, TINY, moving_faces
+
+from facepipe.models.autoencoder import IdentityAutoencoder
+from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
+from facepipe.train import TrainConfig, train, train_model
+from facepipe.train.tasks.reconstruction import AdversarialConfig, ReconstructionTask
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_each_side_learns_only_from_its_own_loss():
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(width=4)
+    fake = torch.rand(2, 3, 32, 32, requires_grad=True)
+    real = torch.rand(2, 3, 32, 32)
+    generator_loss, discriminator_loss = adversarial_losses(discriminator, fake, real)
+    assert discriminator(fake).shape == (2, 1, 4, 4)
+
+    generator_loss.backward(retain_graph=True)
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in discriminator.parameters())
+
+    fake.grad = None
+    discriminator_loss.backward()
+    assert fake.grad is None or fake.grad.abs().sum() == 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
+
+
+def faces_task(weight: float, from_epoch: int) -> ReconstructionTask:
+    crops, masks, _ = moving_faces("hopper")
+    return ReconstructionTask.from_faces(crops, masks, TINY, HOLDOUT_EVERY, 16,
+                                         adversarial=AdversarialConfig(weight=weight, from_epoch=from_epoch,
+                                                                       discriminator_width=4))
+
+
+def autoencoder_gradients(task: ReconstructionTask, model, epoch: int) -> dict[str, torch.Tensor]:
+    task.start_epoch(epoch)
+    model.zero_grad()
+    task.compute_loss(model, torch.arange(4), torch.Generator().manual_seed(1), torch.device("cpu")).backward()
+    autoencoder = task.deliverable(model)
+    return {name: p.grad.clone() for name, p in autoencoder.named_parameters()}
+
+
+def test_the_autoencoder_is_scored_only_from_the_configured_epoch():
+    plain, adversarial = faces_task(0.0, 0), faces_task(0.5, 2)
+    torch.manual_seed(0)
+    autoencoder = IdentityAutoencoder(TINY)
+    model = AdversarialAutoencoder(autoencoder, PatchDiscriminator(4))
+    assert isinstance(plain.build_model(), IdentityAutoencoder)  # weight 0: no discriminator at all
+    assert adversarial.deliverable(model) is autoencoder
+
+    reference = autoencoder_gradients(plain, autoencoder, 0)
+    before = autoencoder_gradients(adversarial, model, 1)
+    after = autoencoder_gradients(adversarial, model, 2)
+    assert all(torch.equal(before[name], reference[name]) for name in reference)  # the discriminator learns, unheard
+    assert model.discriminator.layers[0].weight.grad.abs().sum() > 0
+    assert any(not torch.allclose(after[name], reference[name]) for name in reference)
+
+
+def test_resume_across_the_switch_is_exact_and_the_deliverable_is_the_autoencoder(tmp_path):
+    def config(epochs: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, batch_size=4, lr=2e-3, resume_key="adv", seed=5, cpu_threads=1)
+
+    straight = train(faces_task(0.5, 1), config(2), tmp_path / "straight", log=lambda line: None)
+    train(faces_task(0.5, 1), config(1), tmp_path / "resumed", log=lambda line: None)
+    trained = train_model(faces_task(0.5, 1), config(2), tmp_path / "resumed", log=lambda line: None)
+    assert trained.result.resumed_from_epoch == 1
+    assert straight.weights_path.read_bytes() == trained.result.weights_path.read_bytes()
+    saved = safetensors.torch.load_file(str(trained.result.weights_path))
+    assert any(name.startswith("discriminator.") for name in saved)  # the checkpoint holds both sides
+    assert isinstance(trained.model, IdentityAutoencoder)
+    assert trained.model.state_dict().keys() == IdentityAutoencoder(TINY).state_dict().keys()
