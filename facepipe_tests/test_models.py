@@ -228,7 +228,7 @@ def test_augment_batch_warps_all_alike_and_elastic_only_the_input():
     inputs, targets, target_masks = augment_batch(images, masks, torch.Generator().manual_seed(5), config)
     no_elastic = AugmentConfig(elastic_strength=0.0)
     plain_inputs, plain_targets, plain_masks = augment_batch(images, masks, torch.Generator().manual_seed(5), no_elastic)
-    # The homography is drawn first, so targets and masks do not depend on the elastic warp.
+    # Homography and colour are drawn first, so targets and masks do not depend on the elastic warp.
     assert torch.equal(targets, plain_targets) and torch.equal(target_masks, plain_masks)
     assert torch.equal(plain_inputs, plain_targets)
     assert (inputs - targets).abs().mean() > 0.005
@@ -245,8 +245,8 @@ def test_input_warp_is_the_elastic_warp_of_the_homography_warp():
     sequential = F.grid_sample(targets, distortion, mode="bilinear", padding_mode="border", align_corners=False)
     # Away from the bottom rows, where the shift brings in repeated border pixels.
     torch.testing.assert_close(composed[:, :, :48], sequential[:, :, :48], atol=1e-5, rtol=0)
-    # With no geometric augmentation the input is exactly the elastic warp of the image.
-    still = AugmentConfig(rotation_deg=0, scale=0, shift=0, perspective=0)
+    # With no geometric or colour augmentation the input is exactly the elastic warp of the image.
+    still = AugmentConfig(rotation_deg=0, scale=0, shift=0, perspective=0, brightness=0, contrast=0, channel_gain=0)
     generator = torch.Generator().manual_seed(4)
     inputs, targets, _ = augment_batch(images, masks, generator, still)
     replay = torch.Generator().manual_seed(4)

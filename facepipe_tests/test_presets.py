@@ -61,8 +61,11 @@ def test_quality_and_gpu_change_fingerprints_where_they_change_settings():
         differs = {op for op in defaults if fingerprint("1", configs[op], inputs) != fingerprint("1", defaults[op], inputs)}
         assert differs == changed, name
     quality = resolved_op_configs(presets.load_preset("quality").config)
-    assert quality["identity__identity_model"]["epochs"] == 3 * defaults["identity__identity_model"]["epochs"]
+    # quality trains longer and nothing else: same model, so the demo's checkpoints are continued
+    assert quality["identity__identity_model"]["epochs"] == 5 * defaults["identity__identity_model"]["epochs"]
     assert quality["pair__lora_adapter"]["epochs"] == 3 * defaults["pair__lora_adapter"]["epochs"]
+    for op in ("identity__identity_model", "pair__lora_adapter"):
+        assert {k: v for k, v in quality[op].items() if k != "epochs"} == {k: v for k, v in defaults[op].items() if k != "epochs"}
     gpu = resolved_op_configs(presets.load_preset("gpu").config)
     assert {k: gpu["identity__identity_model"][k] for k in ("resolution", "width", "latent_dim", "depth", "batch_size")} == {
         "resolution": 256, "width": 64, "latent_dim": 512, "depth": 5, "batch_size": 32}

@@ -37,7 +37,7 @@ from facepipe.train.tasks.reconstruction import AdversarialConfig, Reconstructio
 
 PROFILE_VERSION = "2"  # 2: quality_stats.avg_face_score
 IDENTITY_MODEL_VERSION = "5"  # 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through
-# the mask; 5: patch discriminator (adversarial_weight)
+# the mask; 5: patch discriminator (adversarial_weight), colour jitter in training
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8

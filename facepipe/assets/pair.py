@@ -40,7 +40,8 @@ from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
-LORA_VERSION = "3"  # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder
+LORA_VERSION = "4"  # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder;
+# 4: colour jitter in training
 EXPORT_VERSION = "5"  # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: previews paste through the target's XSeg mask with colour transfer, the video beside the original frame
 
