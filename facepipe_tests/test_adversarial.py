@@ -1,5 +1,6 @@
-"""The identity model's patch discriminator: who learns from which loss, when the autoencoder is
-scored, the saved deliverable, and exact resume with the discriminator in the checkpoint."""
+"""The identity model's training schedule: the patch discriminator (who learns from which loss,
+when the autoencoder is scored, the saved deliverable) and the random warp switched off after
+some epochs, with exact resume across both switches."""
 
 import pytest
 import safetensors.torch
@@ -33,11 +34,27 @@ def test_each_side_learns_only_from_its_own_loss():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
 
 
-def faces_task(weight: float, from_epoch: int) -> ReconstructionTask:
+def faces_task(weight: float, from_epoch: int, random_warp_epochs: int | None = None) -> ReconstructionTask:
     crops, masks, _ = moving_faces("hopper")
     return ReconstructionTask.from_faces(crops, masks, TINY, HOLDOUT_EVERY, 16,
                                          adversarial=AdversarialConfig(weight=weight, from_epoch=from_epoch,
-                                                                       discriminator_width=4))
+                                                                       discriminator_width=4),
+                                         random_warp_epochs=random_warp_epochs)
+
+
+def test_random_warp_only_in_the_first_epochs():
+    task = faces_task(0.0, 0, random_warp_epochs=2)
+    strengths = []
+    for epoch in range(4):
+        task.start_epoch(epoch)
+        strengths.append(task.epoch_augment().elastic_strength)
+    assert strengths[:2] == [task.augment.elastic_strength] * 2 and task.augment.elastic_strength > 0
+    assert strengths[2:] == [0.0, 0.0]
+    always = faces_task(0.0, 0)
+    always.start_epoch(100)
+    assert always.epoch_augment() == always.augment
+    with pytest.raises(ValueError, match="random_warp_epochs"):
+        faces_task(0.0, 0, random_warp_epochs=-1)
 
 
 def autoencoder_gradients(task: ReconstructionTask, model, epoch: int) -> dict[str, torch.Tensor]:
@@ -68,9 +85,9 @@ def test_resume_across_the_switch_is_exact_and_the_deliverable_is_the_autoencode
     def config(epochs: int) -> TrainConfig:
         return TrainConfig(epochs=epochs, batch_size=4, lr=2e-3, resume_key="adv", seed=5, cpu_threads=1)
 
-    straight = train(faces_task(0.5, 1), config(2), tmp_path / "straight", log=lambda line: None)
-    train(faces_task(0.5, 1), config(1), tmp_path / "resumed", log=lambda line: None)
-    trained = train_model(faces_task(0.5, 1), config(2), tmp_path / "resumed", log=lambda line: None)
+    straight = train(faces_task(0.5, 1, 1), config(2), tmp_path / "straight", log=lambda line: None)
+    train(faces_task(0.5, 1, 1), config(1), tmp_path / "resumed", log=lambda line: None)
+    trained = train_model(faces_task(0.5, 1, 1), config(2), tmp_path / "resumed", log=lambda line: None)
     assert trained.result.resumed_from_epoch == 1
     assert straight.weights_path.read_bytes() == trained.result.weights_path.read_bytes()
     saved = safetensors.torch.load_file(str(trained.result.weights_path))

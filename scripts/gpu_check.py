@@ -83,7 +83,7 @@ def main() -> None:
     print(f"faces: {len(crops)} from {source} at {model_config.size} px; model {model_config}")
 
     task = ReconstructionTask.from_faces(crops, masks, model_config, settings.holdout_every, settings.samples_per_epoch,
-                                         adversarial=settings.adversarial())
+                                         adversarial=settings.adversarial(), random_warp_epochs=settings.random_warp_epochs)
     run_dir = args.work / "run"
     if run_dir.exists():
         import shutil

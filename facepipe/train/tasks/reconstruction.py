@@ -1,7 +1,9 @@
 """Training the per-identity autoencoder: reconstruct the identity's aligned faces.
 
 The same random homography on input and target (so the model learns to follow pose), an elastic
-warp on the input only (so it cannot copy pixels), masked L1 + DSSIM + mask loss, and (when
+warp on the input only for the first ``random_warp_epochs`` epochs (so it learns the face instead of
+copying pixels; afterwards it learns the detail, as DeepFaceLab users switch random warp off
+late), masked L1 + DSSIM + mask loss, and (when
 ``AdversarialConfig.weight`` > 0) a patch discriminator's verdict on the face from
 ``AdversarialConfig.from_epoch`` on (facepipe.models.discriminator: sharper faces at the same
 pixel error). A fixed share of faces is held out to measure reconstruction error.
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from facepipe.faces import holdout_split, resize_crops
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from torch import nn
 
@@ -50,7 +52,7 @@ class ReconstructionTask(TrainTask):
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
                  samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
-                 adversarial: AdversarialConfig = AdversarialConfig()):
+                 adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None):
         self.images, self.masks = images, masks
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
@@ -59,16 +61,21 @@ class ReconstructionTask(TrainTask):
         self.num_samples = max(len(self.train_idx), samples_per_epoch)
         self.best_metric = "holdout_l1" if len(self.held_idx) else "loss"
         self.model_config, self.augment, self.adversarial = model_config, augment, adversarial
+        if random_warp_epochs is not None and random_warp_epochs < 0:
+            raise ValueError(f"random_warp_epochs must be >= 0 or None (always), got {random_warp_epochs}")
+        self.random_warp_epochs = random_warp_epochs
         self.epoch = 0  # set by the engine (start_epoch)
 
     @classmethod
     def from_faces(cls, crops: np.ndarray, masks: np.ndarray, model_config: AutoencoderConfig, holdout_every: int = 10,
                    samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
-                   adversarial: AdversarialConfig = AdversarialConfig()) -> ReconstructionTask:
+                   adversarial: AdversarialConfig = AdversarialConfig(),
+                   random_warp_epochs: int | None = None) -> ReconstructionTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the model size."""
         images, mask_tensor = faces_to_tensors(resize_crops(crops, model_config.size), resize_crops(masks, model_config.size))
         train_idx, held_idx = holdout_split(len(images), holdout_every)
-        return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial)
+        return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial,
+                   random_warp_epochs)
 
     def build_model(self) -> nn.Module:
         autoencoder = IdentityAutoencoder(self.model_config)
@@ -82,9 +89,15 @@ class ReconstructionTask(TrainTask):
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def epoch_augment(self) -> AugmentConfig:
+        """This epoch's augmentation: the elastic warp only during the first random_warp_epochs."""
+        if self.random_warp_epochs is None or self.epoch < self.random_warp_epochs:
+            return self.augment
+        return replace(self.augment, elastic_strength=0.0)
+
     def compute_loss(self, model, batch_indices, generator, device):
         rows = self.train_idx[batch_indices % len(self.train_idx)]
-        inputs, targets, target_masks = augment_batch(self.images[rows], self.masks[rows], generator, self.augment)
+        inputs, targets, target_masks = augment_batch(self.images[rows], self.masks[rows], generator, self.epoch_augment())
         bgr, mask_logits = model(inputs.to(device))
         targets, target_masks = targets.to(device), target_masks.to(device)
         total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks)
