@@ -137,7 +137,7 @@ def test_a_training_step_waits_for_the_slot_and_gives_it_back(project, tmp_path)
         assert storage.claim_concurrency_slot("training", "another-run", "another_training_step").is_claimed
         outcome = {}
         run = threading.Thread(target=lambda: outcome.update(result=materialize(
-            [*project.assets["identity"], identity_model], selection=[identity_model.key], instance=instance,
+            [*project.curated["identity"], identity_model], selection=[identity_model.key], instance=instance,
             partition_key="nobody", resources={"settings": settings, STORE_INPUT: store_input}, raise_on_error=False)))
         run.start()
         deadline = time.monotonic() + 120
