@@ -4,7 +4,10 @@ Builds `<role>/curated_faces` through the asset graph in a throwaway project (me
 never written where they are) and prints, per partition, the faces in, kept, and dropped per
 reason, then writes the dropped-faces sheets beside the table. Every video is a target, every
 photo folder an identity; the embedded sample is built too (identity `hopper`, target
-`astronaut`), since the README demo and the tests rely on it keeping its faces.
+`astronaut`), since the README demo and the tests rely on it keeping its faces; and one target,
+`mixed_cut`, is cut from the dev videos the way a performance clip with cutaways is (another
+person, a dark shot, a motion-blurred pan, a wide shot, a freeze frame), to see each reason fire
+on real faces.
 
     .venv/bin/python benchmarks/curation_dev.py                      # ../shared/media
     .venv/bin/python benchmarks/curation_dev.py --media /path/to/media --max-frames 200
@@ -41,7 +44,45 @@ def partitions(media: Path, data: Path) -> list[tuple[str, str]]:
             shutil.copy(photo, folder / photo.name)
         found.append(("identity", person.name))
     build_sample(data)
-    return [*found, ("identity", IDENTITY_KEY), ("target", TARGET_KEY)]
+    return [*found, ("identity", IDENTITY_KEY), ("target", TARGET_KEY), mixed_target(media, data)]
+
+
+MIXED_KEY = "mixed_cut"
+
+
+def mixed_target(media: Path, data: Path) -> tuple[str, str]:
+    """A target cut the way the issue's performance clip was: the main person (may_5s) with cuts
+    to another person (german_news_20s), a dark shot, a motion-blurred shot, a wide shot where
+    the face is small, and a freeze frame. Built from the dev videos, so every face is real."""
+    import cv2
+    import numpy as np
+
+    from facepipe.media import decode_video, write_video
+
+    folder = data / "targets" / MIXED_KEY
+    folder.mkdir(parents=True, exist_ok=True)
+    main_person = list(decode_video(media / "videos" / "may_5s.mp4"))
+    other = list(decode_video(media / "videos" / "german_news_20s.mp4"))[:30]
+    kernel = np.zeros((1, 21), np.float32)
+    kernel[0, :] = 1 / 21  # a horizontal pan: 21 px of motion blur
+    wide = []
+    for frame in main_person[80:95]:  # the face about 55 px high in a frame half the size
+        h, w = frame.shape[:2]
+        canvas = np.zeros((h // 2, w // 2, 3), np.uint8)
+        small = cv2.resize(frame, (w // 5, h // 5), interpolation=cv2.INTER_AREA)
+        canvas[h // 8:h // 8 + small.shape[0], w // 6:w // 6 + small.shape[1]] = small
+        wide.append(canvas)
+    shots = {
+        "a_main.mp4": main_person[:60],
+        "b_cutaway.mp4": other,
+        "c_dark.mp4": [(frame * 0.18).astype(np.uint8) for frame in main_person[60:70]],
+        "d_pan.mp4": [cv2.filter2D(frame, -1, kernel) for frame in main_person[70:80]],
+        "e_wide.mp4": wide,
+        "f_freeze.mp4": [main_person[100]] * 10,
+    }
+    for name, frames in shots.items():
+        write_video(folder / name, frames, 25)
+    return "target", MIXED_KEY
 
 
 def main(argv: list[str] | None = None) -> int:

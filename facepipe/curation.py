@@ -38,7 +38,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from facepipe.embed import embedding_distance
-from facepipe.profile import embedding_centre, laplacian_variance, reject_outliers
+from facepipe.profile import embedding_centre, laplacian_variance, pose_proxies, reject_outliers
 
 REASONS = ("user", "small", "dark", "blurry", "other_person", "duplicate")
 QUALITY_REASONS = ("small", "dark", "blurry")
@@ -50,7 +50,7 @@ THUMB_SIZE = 32  # duplicate test thumbnails
 class Thresholds:
     min_face_px: float = 64.0
     min_brightness: float = 40.0
-    blur_ratio: float = 0.2
+    blur_ratio: float = 0.25
     duplicate_grey_levels: float = 0.05
 
 
@@ -58,7 +58,7 @@ class Thresholds:
 class Curation:
     kept: np.ndarray  # [N] bool
     reasons: list[list[str]]  # per face, every reason that applies (in REASONS order)
-    measures: dict[str, np.ndarray]  # per face: face_px, brightness, sharpness, identity_distance
+    measures: dict[str, np.ndarray]  # per face: face_px, brightness, sharpness, yaw/pitch proxies, identity_distance
     kept_by_user: list[int] = field(default_factory=list)  # faces kept by curation.toml despite a reason
     identity_cutoff: float = 0.0
 
@@ -178,6 +178,8 @@ def curate(
         "face_px": face_size_px(crop_landmarks, matrices),
         "brightness": face_brightness(crops_bgr, masks),
         "sharpness": face_sharpness(crops_bgr, masks),
+        # recorded, not acted on: how lopsided the poses are (facepipe.profile.pose_proxies)
+        **dict(zip(("yaw_proxy", "pitch_proxy"), pose_proxies(crop_landmarks).T)),
     }
     flags = {reason: np.zeros(count, dtype=bool) for reason in REASONS}
     flags["user"][sorted(user_drop)] = True
