@@ -234,6 +234,11 @@ def test_the_users_file_overrides_curation_and_rebuilds_only_what_depends_on_it(
     model = meta["identity_model"]
     assert model["train_faces"] + model["holdout_faces"] == 10  # trained on the kept faces only
 
+    write_curation(folder, 'drop = ["hopper_000000..hopper_000009", "still", "still_copy", "stranger"]\n')
+    failed = project.materialize("identity", "mixed", assets=project.curated["identity"], raise_on_error=False)
+    error = str(next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
+    assert "curation dropped all 16 faces" in error and CURATION_FILE in error
+
     write_curation(folder, 'drop = ["hopper_000003"]\nkeep = ["hopper_000003"]\n')
     failed = project.materialize("identity", "mixed", assets=project.curated["identity"], raise_on_error=False)
     error = str(next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
