@@ -6,8 +6,9 @@ reason, then writes the dropped-faces sheets beside the table. Every video is a 
 photo folder an identity; the embedded sample is built too (identity `hopper`, target
 `astronaut`), since the README demo and the tests rely on it keeping its faces; and one target,
 `mixed_cut`, is cut from the dev videos the way a performance clip with cutaways is (another
-person, a dark shot, a motion-blurred pan, a wide shot, a freeze frame), to see each reason fire
-on real faces.
+person, a dark shot, a motion-blurred pan, a wide shot, a freeze frame), and one identity,
+`mixed_photos`, a photo set with two other people's photos and a copy mixed in, to see each
+reason fire on real faces.
 
     .venv/bin/python benchmarks/curation_dev.py                      # ../shared/media
     .venv/bin/python benchmarks/curation_dev.py --media /path/to/media --max-frames 200
@@ -44,7 +45,8 @@ def partitions(media: Path, data: Path) -> list[tuple[str, str]]:
             shutil.copy(photo, folder / photo.name)
         found.append(("identity", person.name))
     build_sample(data)
-    return [*found, ("identity", IDENTITY_KEY), ("target", TARGET_KEY), mixed_target(media, data)]
+    return [*found, ("identity", IDENTITY_KEY), ("target", TARGET_KEY), mixed_target(media, data),
+            mixed_identity(media, data)]
 
 
 MIXED_KEY = "mixed_cut"
@@ -83,6 +85,22 @@ def mixed_target(media: Path, data: Path) -> tuple[str, str]:
     for name, frames in shots.items():
         write_video(folder / name, frames, 25)
     return "target", MIXED_KEY
+
+
+MIXED_PHOTOS_KEY = "mixed_photos"
+
+
+def mixed_identity(media: Path, data: Path) -> tuple[str, str]:
+    """An identity photo set with two photos of other people mixed in (deepface_f1 plus one photo
+    each of deepface_m1 and lfw_colin_powell) and one photo twice under another name."""
+    folder = data / "identities" / MIXED_PHOTOS_KEY
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sorted((media / "identities" / "deepface_f1").iterdir()):
+        shutil.copy(photo, folder / photo.name)
+    shutil.copy(media / "identities" / "deepface_f1" / "2.jpg", folder / "2_again.jpg")
+    shutil.copy(media / "identities" / "deepface_m1" / "1.jpg", folder / "other_m1.jpg")
+    shutil.copy(media / "identities" / "lfw_colin_powell" / "1.jpg", folder / "other_lfw.jpg")
+    return "identity", MIXED_PHOTOS_KEY
 
 
 def main(argv: list[str] | None = None) -> int:

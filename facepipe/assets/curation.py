@@ -19,7 +19,7 @@ from facepipe.assets.stage import DROPPED_FILE, PREVIEW_FILE, reads_outside, run
 from facepipe.curation import REASONS, Curation, Thresholds, curate
 from facepipe.curation_file import curation_path, overrides_digest, read_overrides, resolve
 from facepipe.embed import EmbedderChoice, get_embedder
-from facepipe.faces import FaceSet, write_subset
+from facepipe.faces import FaceSet, resize_crops, write_subset
 from facepipe.labels import frame_stem
 from facepipe.partitions import PARTITIONS, media_dir
 from facepipe.preview import contact_sheet, evenly_spaced, labelled, outline, write_png
@@ -31,6 +31,7 @@ CURATED_FACES_VERSION = "1"
 CURATION_JSON = "curation.json"
 CURATION_FORMAT_VERSION = 1
 SHEET_LIMIT = 64  # dropped faces shown on the sheet (spread over all of them)
+SHEET_THUMB = 128
 TABLE_LIMIT = 100  # dropped faces listed in the metadata table
 
 
@@ -105,8 +106,9 @@ def dropped_sheet(face_set: FaceSet, stems: list[str], result: Curation) -> np.n
     if not len(dropped):
         return None
     shown = dropped[evenly_spaced(len(dropped), SHEET_LIMIT)]
-    tiles = [labelled(np.asarray(face_set.crops[i]), [result.reasons[i][0], stems[i][-18:]]) for i in shown]
-    return contact_sheet([np.asarray(tile) for tile in tiles], columns=8, thumb=128)
+    thumbs = resize_crops(np.stack([face_set.crops[i] for i in shown]), SHEET_THUMB)  # label at the size shown
+    tiles = [labelled(thumb, [result.reasons[i][0], stems[i][-20:]]) for thumb, i in zip(thumbs, shown)]
+    return contact_sheet(tiles, columns=8, thumb=SHEET_THUMB)
 
 
 def build_curation_asset(role: str):
