@@ -41,7 +41,6 @@ from facepipe.embed import embedding_distance
 from facepipe.profile import embedding_centre, laplacian_variance, pose_proxies, reject_outliers
 
 REASONS = ("user", "small", "dark", "blurry", "other_person", "duplicate")
-QUALITY_REASONS = ("small", "dark", "blurry")
 ANALYSIS_SIZE = 128  # sharpness is measured on the crop at this size: near what training sees
 THUMB_SIZE = 32  # duplicate test thumbnails
 
@@ -185,7 +184,8 @@ def curate(
     flags["user"][sorted(user_drop)] = True
     flags["small"] = measures["face_px"] < thresholds.min_face_px
     flags["dark"] = measures["brightness"] < thresholds.min_brightness
-    reference = np.median(measures["sharpness"][~(flags["small"] | flags["dark"])]) if count else 0.0
+    judged = ~(flags["small"] | flags["dark"])  # the set's sharpness is what its usable faces have
+    reference = float(np.median(measures["sharpness"][judged if judged.any() else slice(None)]))
     flags["blurry"] = measures["sharpness"] < thresholds.blur_ratio * reference
     usable = ~(flags["user"] | flags["small"] | flags["dark"] | flags["blurry"])
     measures["identity_distance"] = main_person_distances(embeddings, usable, metric, cutoff, role)
