@@ -38,7 +38,7 @@ def no_retry_wait(monkeypatch):
 def test_training_assets_share_the_training_pool_and_data_prep_is_unpooled():
     pools = {key.to_user_string(): defs.resolve_assets_def(key).op.pool
              for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert len(pools) == 16
+    assert len(pools) == 18  # 6 per role (media ... faces, curated_faces), 2 identity, 2 target, 2 pair
     assert {name for name, pool in pools.items() if pool == "training"} == TRAINING_ASSETS
     assert {pool for name, pool in pools.items() if name not in TRAINING_ASSETS} == {None}
 
