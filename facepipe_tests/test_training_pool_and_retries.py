@@ -151,5 +151,5 @@ def test_a_training_step_waits_for_the_slot_and_gives_it_back(project, tmp_path)
         run.join(120)
         # it ran once the slot was free (and failed: this identity has no faces yet)
         error = str(step_events(outcome["result"], "STEP_FAILURE")[0].event_specific_data.error)
-        assert "identity/identity_model [nobody]" in error and "identity/faces" in error
+        assert "identity/identity_model [nobody]" in error and "identity/curated_faces" in error
         assert storage.get_concurrency_info("training").active_slot_count == 0
