@@ -165,7 +165,6 @@ class FaceEmbedder(ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(rows).astype(np.float32)
 
-
     def embed_aligned(self, crops_bgr: np.ndarray, progress: Callable[[int, int], None] | None = None,
                       batch: int = 32) -> np.ndarray:
         """[N, D] embeddings of a stored face set's crops (aligned to the template, so the five

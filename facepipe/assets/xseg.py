@@ -18,8 +18,8 @@ from facepipe.assets.curation import dropped_frames
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
 from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
-from facepipe.export import export_verified
 from facepipe.curation_file import CURATION_FILE
+from facepipe.export import export_verified
 from facepipe.faces import FaceSet
 from facepipe.labels import MASKS_FOLDER, build_labels, user_masks_digest
 from facepipe.models.counting import count_parameters
