@@ -197,6 +197,7 @@ def test_curated_faces_drop_the_bad_faces_and_everything_downstream_uses_only_th
     assert curated["dropped_by_reason"] == {"user": 0, "small": 1, "dark": 1, "blurry": 1, "other_person": 1, "duplicate": 1}
     assert curated["dropped"].startswith("![dropped.png](data:image/png;base64,")  # the sheet, shown in the UI
     assert "| stranger | other_person |" in curated["dropped_faces"]
+    assert curated["dropped_frames"] == {reason: [frame] for frame, reason in EXPECTED_DROPS.items()}
 
     store = ArtifactStore(project.store)
     faces = FaceSet.load(store.current("identity/faces", "mixed").path)

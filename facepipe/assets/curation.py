@@ -165,6 +165,8 @@ def build_curation_asset(role: str):
             context.log.info(f"{role} '{key}': kept {len(kept)} of {len(stems)} faces; dropped: {summary}")
             return {"faces_in": len(stems), "faces_kept": len(kept), "faces_dropped": len(stems) - len(kept),
                     "dropped_by_reason": {reason: counts.get(reason, 0) for reason in REASONS},
+                    "dropped_frames": {reason: [stems[i] for i in np.flatnonzero(~result.kept) if result.reasons[i][0] == reason]
+                                       for reason in counts},
                     "kept_by_user": [stems[i] for i in result.kept_by_user],
                     "overrides": {"file": str(curation_path(folder)), "keep": len(overrides.keep),
                                   "drop": len(overrides.drop)} if overrides else "none (no curation.toml)",
