@@ -8,6 +8,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from facepipe.curation import (
@@ -21,6 +22,7 @@ from facepipe.curation import (
     main_person_distances,
 )
 from facepipe.curation_file import CURATION_FILE, CurationFileError, Overrides, read_overrides, resolve
+from facepipe.embed import DlibEmbedder
 from facepipe.faces import FaceSet
 from facepipe.media import RESERVED_NAMES
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
@@ -208,6 +210,9 @@ def test_curated_faces_drop_the_bad_faces_and_everything_downstream_uses_only_th
     np.testing.assert_array_equal(kept.crops[:10], faces.crops[rows])  # the same faces, the same bytes
     stats = meta["identity_profile"]["quality_stats"]
     assert stats["faces_embedded"] == 11 and stats["outliers_rejected"] == 0
+    # the profile takes curation's embeddings of the kept faces: the very rows it would compute
+    table = pd.read_parquet(store.current("identity/identity_profile", "mixed").path / "embeddings.parquet")
+    np.testing.assert_array_equal(np.stack(table.embedding), DlibEmbedder().prepare().embed_aligned(kept.crops))
 
 
 def test_the_users_file_overrides_curation_and_rebuilds_only_what_depends_on_it(project, mixed_media):

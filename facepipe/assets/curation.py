@@ -29,6 +29,7 @@ from facepipe.store import Artifact
 
 CURATED_FACES_VERSION = "1"
 CURATION_JSON = "curation.json"
+EMBEDDINGS_FILE = "embeddings.npy"  # the kept faces' embeddings, row by row, for the identity profile
 CURATION_FORMAT_VERSION = 1
 SHEET_LIMIT = 64  # dropped faces shown on the sheet (spread over all of them)
 SHEET_THUMB = 128
@@ -67,6 +68,15 @@ def dropped_frames(curated: Path) -> list[str]:
     """Frame names of the faces a curated face set (its folder) left out."""
     record = json.loads((Path(curated) / CURATION_JSON).read_text())
     return [face["frame"] for face in record["faces"] if not face["kept"]]
+
+
+def curated_embeddings(curated: Path, embedder: dict) -> np.ndarray | None:
+    """The kept faces' embeddings as curation computed them, when `embedder` (a `describe()`) is
+    the one curation used (the same model file); None otherwise. Faces are embedded one at a time,
+    so these are the rows the profile would compute itself."""
+    record = json.loads((Path(curated) / CURATION_JSON).read_text())
+    same = record["embedder"] == embedder["name"] and record["embedder_model_hash"] == embedder["model_hash"]
+    return np.load(Path(curated) / EMBEDDINGS_FILE) if same else None
 
 
 def curation_record(role: str, stems: list[str], result: Curation, thresholds: Thresholds, embedder: dict,
@@ -154,6 +164,7 @@ def build_curation_asset(role: str):
                               f"({role}__curated_faces config).", allow_retries=False)
             kept = np.flatnonzero(result.kept)
             write_subset(face_set, kept, out)
+            np.save(out / EMBEDDINGS_FILE, embeddings[kept].astype(np.float32))
             record = curation_record(role, stems, result, thresholds, described, unmatched)
             (out / CURATION_JSON).write_bytes(profile_json_bytes(record))
             sheet = dropped_sheet(face_set, stems, result)

@@ -15,7 +15,7 @@ from dagster import (
     asset_check,
 )
 
-from facepipe.assets.curation import EmbedderConfig, embedder_version
+from facepipe.assets.curation import EmbedderConfig, curated_embeddings, embedder_version
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
 from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
@@ -70,8 +70,12 @@ def identity_profile(context: AssetExecutionContext, config: ProfileConfig, sett
     def write(out: Path) -> dict:
         face_set = FaceSet.load(faces.path)
         size = face_set.crops.shape[1]
-        embeddings = embedder.prepare().embed_aligned(
-            face_set.crops, lambda done, total: context.log.info(f"embedded {done}/{total} faces"))
+        embeddings = curated_embeddings(faces.path, described)
+        if embeddings is not None:
+            context.log.info(f"reusing the {len(embeddings)} embeddings curation computed with the same embedder")
+        else:
+            embeddings = embedder.prepare().embed_aligned(
+                face_set.crops, lambda done, total: context.log.info(f"embedded {done}/{total} faces"))
         profile, table = build_profile(
             key, embeddings, described, face_set.index["score"].to_numpy(),
             crop_sharpness(np.asarray(face_set.crops), np.asarray(face_set.masks)), np.asarray(face_set.landmarks), size,
