@@ -268,7 +268,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
 
     store = ArtifactStore(settings["store"])
     profile = json.loads((store.current("identity/identity_profile", identity).path / "profile.json").read_text())
-    identity_crops = FaceSet.load(store.current("identity/faces", identity).path).crops
+    identity_crops = FaceSet.load(store.current("identity/curated_faces", identity).path).crops
     session = ort.InferenceSession(str(Path(settings["models"]) / "trained" / f"{identity}_{target}.dfm"),
                                    providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[1]

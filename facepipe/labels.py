@@ -20,7 +20,7 @@ file and says what was expected.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -30,7 +30,7 @@ import pandas as pd
 
 from facepipe.align import warp_to_crop
 
-MASKS_FOLDER = "masks"  # inside a target folder; media scanning skips it (media.RESERVED_FOLDERS)
+MASKS_FOLDER = "masks"  # inside a target folder; media scanning skips it (media.RESERVED_NAMES)
 MASK_SUFFIX = ".png"
 FRAME_INDEX_DIGITS = 6
 MATRIX_COLUMNS = [f"m{i}" for i in range(6)]
@@ -111,13 +111,15 @@ class UserLabelReport:
 
     face_ids: list[int] = field(default_factory=list)
     files: dict[str, list[int]] = field(default_factory=dict)  # mask path relative to masks/ -> face ids
+    not_used: list[str] = field(default_factory=list)  # masks of faces that curation dropped
 
     @property
     def count(self) -> int:
         return len(self.face_ids)
 
     def as_metadata(self) -> dict:
-        return {"user_labelled_faces": self.count, "user_mask_files": len(self.files), "files": self.files}
+        return {"user_labelled_faces": self.count, "user_mask_files": len(self.files), "files": self.files,
+                "masks_of_dropped_faces": self.not_used}
 
 
 def build_labels(
@@ -125,6 +127,7 @@ def build_labels(
     hull_masks: np.ndarray,
     masks_dir: Path,
     frame_sizes: Mapping[str, tuple[int, int]],
+    dropped_frames: Collection[str] = (),
 ) -> tuple[np.ndarray, UserLabelReport]:
     """Training labels uint8 {0, 255} [N, S, S]: each face's user mask if its frame has one,
     else its landmark-hull mask. Rows follow `index` (one row per face, in hull_masks order).
@@ -133,7 +136,9 @@ def build_labels(
     matrix taking frame pixels to crop pixels). `frame_sizes` maps each source to its frame
     (width, height). A mask is warped with facepipe.align.warp_to_crop (nearest neighbour,
     outside the frame = not face), the same transform as the face image. A frame with several
-    faces gives each of them the mask through its own matrix.
+    faces gives each of them the mask through its own matrix. A mask of a frame in
+    `dropped_frames` (names of faces that curation left out of the set) is listed in the report
+    as not used rather than refused: the face exists, it is just not trained on.
     """
     masks_dir = Path(masks_dir)
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
@@ -155,6 +160,9 @@ def build_labels(
 
     for stem, path in user_mask_files(masks_dir):
         rows = rows_by_stem.get(stem)
+        if rows is None and stem in dropped_frames:
+            report.not_used.append(path.relative_to(masks_dir).as_posix())
+            continue
         if rows is None:
             raise UserMaskError(
                 f"{path}: names no frame with a face in this target's face set. Expected one of: "

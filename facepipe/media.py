@@ -18,8 +18,9 @@ from facepipe.store import canonical_json, file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-# Folder names inside a partition that hold other inputs (user masks for XSeg), not media.
-RESERVED_FOLDERS = ("masks",)
+# Names inside a partition folder that hold other inputs, not media: user masks for XSeg and the
+# user's curation.toml (facepipe.curation_file.CURATION_FILE).
+RESERVED_NAMES = ("masks", "curation.toml")
 MIN_IMAGE_SIDE = 32
 FRAME_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; frames are re-read, rarely kept
 
@@ -58,11 +59,11 @@ def media_kind(path: Path) -> str | None:
 def candidate_paths(folder: Path) -> Iterator[tuple[str, Path]]:
     """(relative POSIX path, path) of every file a partition folder offers as media, sorted.
 
-    Hidden files and the reserved folders (user masks) are not media and are not listed.
+    Hidden files and the reserved names (user masks, curation.toml) are not media and are not listed.
     """
     for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
         rel = path.relative_to(folder)
-        if rel.parts[0] in RESERVED_FOLDERS or any(part.startswith(".") for part in rel.parts) or path.is_dir():
+        if rel.parts[0] in RESERVED_NAMES or any(part.startswith(".") for part in rel.parts) or path.is_dir():
             continue
         yield rel.as_posix(), path
 

@@ -65,15 +65,20 @@ def medoid_index(embeddings: np.ndarray, metric: str) -> int:
     return int(np.argmin(pairwise.sum(axis=1)))
 
 
-def reject_outliers(embeddings: np.ndarray, metric: str, cutoff: float, max_iterations: int = 20) -> OutlierRejection:
-    """Robust centre and inlier flags: medoid start, then mean of the faces within `cutoff`
-    until the inlier set is stable. The inlier set is never empty (the mean of faces within
-    `cutoff` of a point has at least one of them within `cutoff`)."""
+def reject_outliers(embeddings: np.ndarray, metric: str, cutoff: float, max_iterations: int = 20,
+                    start: np.ndarray | None = None) -> OutlierRejection:
+    """Robust centre and inlier flags: medoid start (or the given `start` centre, for a caller
+    that knows better whose faces these mostly are), then mean of the faces within `cutoff`
+    until the inlier set is stable. The inlier set is never empty when starting from the
+    medoid (the mean of faces within `cutoff` of a point has at least one of them within
+    `cutoff`); a `start` with no face within `cutoff` falls back to the medoid."""
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         raise ValueError(f"need at least one embedding row [N, D], got shape {embeddings.shape}")
-    medoid = embeddings[medoid_index(embeddings, metric)]
-    inliers = embedding_distance(embeddings, medoid, metric) <= cutoff
+    inliers = embedding_distance(embeddings, start, metric) <= cutoff if start is not None else None
+    if inliers is None or not inliers.any():
+        medoid = embeddings[medoid_index(embeddings, metric)]
+        inliers = embedding_distance(embeddings, medoid, metric) <= cutoff
     converged = False
     iterations = 0
     for iterations in range(1, max_iterations + 1):

@@ -6,6 +6,7 @@ import pytest
 import fsspec.config
 from dagster import AssetSelection, DagsterInstance, materialize
 
+from facepipe.assets.curation import build_curation_asset
 from facepipe.assets.identity import identity_model, identity_profile, identity_profile_is_usable
 from facepipe.assets.pair import PAIR_ASSETS, PAIR_CHECKS
 from facepipe.assets.prep import build_prep_assets
@@ -46,10 +47,12 @@ class Project:
         self.instance = DagsterInstance.ephemeral()
         self.models = root / "models"
         self.assets = {role: build_prep_assets(role) for role in PARTITIONS}
-        self.target_assets = [*self.assets["target"], xseg_model, xseg_holdout_iou, target_masks]
+        self.curation = {role: build_curation_asset(role) for role in PARTITIONS}
+        self.curated = {role: [*self.assets[role], self.curation[role]] for role in PARTITIONS}  # preparation + curation
+        self.target_assets = [*self.curated["target"], xseg_model, xseg_holdout_iou, target_masks]
         self.pair_assets = [*PAIR_ASSETS, *PAIR_CHECKS]
-        self.profile_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable]
-        self.identity_assets = [*self.assets["identity"], identity_profile, identity_profile_is_usable, identity_model]
+        self.profile_assets = [*self.curated["identity"], identity_profile, identity_profile_is_usable]
+        self.identity_assets = [*self.curated["identity"], identity_profile, identity_profile_is_usable, identity_model]
 
     def folder(self, role: str, key: str) -> Path:
         folder = self.data / ("identities" if role == "identity" else "targets") / key
@@ -65,7 +68,7 @@ class Project:
         # The whole graph, so every input resolves; only `assets` (default: the role's preparation) run.
         chosen = assets or self.assets[role]
         keys = [key for definition in chosen for key in definition.keys]
-        graph = [*self.assets["identity"], *self.assets["target"], identity_profile, identity_model, xseg_model,
+        graph = [*self.curated["identity"], *self.curated["target"], identity_profile, identity_model, xseg_model,
                  target_masks, *PAIR_ASSETS, identity_profile_is_usable, xseg_holdout_iou, *PAIR_CHECKS]
         graph = [*graph, *(definition for definition in chosen if definition not in graph)]
         return materialize(

@@ -23,6 +23,9 @@ def build(project, clips, key, with_stranger=False):
     shutil.copy(clips / "hopper.mp4", folder / "hopper.mp4")
     if with_stranger:
         shutil.copy(clips / "stranger.png", folder / "stranger.png")
+        # curation drops the stranger (facepipe_tests/test_curation.py); a user who insists on
+        # keeping it still gets a profile that rejects it as an outlier
+        (folder / "curation.toml").write_text('keep = ["stranger"]\n')
     result = project.materialize("identity", key, assets=project.profile_assets)
     artifact = ArtifactStore(project.store).current("identity/identity_profile", key)
     return result, json.loads((artifact.path / "profile.json").read_text()), artifact
@@ -78,7 +81,7 @@ def test_identity_model_learns_exports_and_resumes(project, clips):
     assert [i.name for i in session.get_inputs()] == ["in_face:0"]
     assert [o.name for o in session.get_outputs()] == ["out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0"]
     card = json.loads((artifact.path / "hopper.json").read_text())
-    assert card["lineage"]["faces"] == ArtifactStore(project.store).current("identity/faces", "hopper").content_hash
+    assert card["lineage"]["faces"] == ArtifactStore(project.store).current("identity/curated_faces", "hopper").content_hash
     assert meta["onnx_parity_max_abs_error"] < 1e-4
 
     # raising epochs continues the same run from its last checkpoint

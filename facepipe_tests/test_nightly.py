@@ -176,6 +176,14 @@ def test_user_masks_and_config_changes_are_changes(copy):
     assert role_changes(copy.world(), "identity", "hopper") == {"identity/identity_model": "config changed (epochs)"}
 
 
+def test_a_changed_curation_file_rebuilds_curation_and_what_trains_on_it(copy):
+    (copy.data / "targets" / "talk" / "curation.toml").write_text('drop = ["talk_000001"]\n')
+    assert copy.all_ticks() == {"nightly_identity": [], "nightly_target": [("target_job", "talk")], "nightly_pairs": []}
+    changes = role_changes(copy.world(), "target", "talk")
+    assert changes["target/curated_faces"] == "curation_file changed"
+    assert set(changes) == {"target/curated_faces", "target/xseg_model", "target/target_masks"}  # not the media or faces
+
+
 def test_requests_carry_the_nightly_config_and_validate_against_the_jobs(copy):
     (copy.data / "identities" / "hopper" / "extra.mp4").write_bytes((copy.data / "identities" / "hopper" / "hopper.mp4").read_bytes())
     [request] = copy.requests("nightly_identity")

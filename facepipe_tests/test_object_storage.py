@@ -171,7 +171,7 @@ def test_the_xseg_asset_resumes_on_another_machine(project, clip, bucket, tmp_pa
     folder = project.folder("target", "talk")
     shutil.copy(clip / "talk.mp4", folder / "talk.mp4")
     project.store_root = bucket
-    assets = [*project.assets["target"], xseg_model]
+    assets = [*project.curated["target"], xseg_model]
     config = tiny_run_config("target__xseg_model")
     project.store_cache = str(tmp_path / "machine-a")
     project.materialize("target", "talk", run_config=config, assets=assets)

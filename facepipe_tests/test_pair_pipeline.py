@@ -72,7 +72,7 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     card = json.loads((project.models / "trained" / "hopper_talk.json").read_text())
     size = card["size"]
     session = ort.InferenceSession(str(dfm), providers=["CPUExecutionProvider"])
-    target_crop = FaceSet.load(store.current("target/faces", "talk").path).crops[0]
+    target_crop = FaceSet.load(store.current("target/curated_faces", "talk").path).crops[0]
     crop = cv2.resize(np.asarray(target_crop), (size, size), interpolation=cv2.INTER_AREA)
     face_mask, celeb_face, celeb_mask = session.run(None, {"in_face:0": crop[None].astype(np.float32) / 255})
     assert face_mask.shape == (1, size, size, 1) and celeb_face.shape == (1, size, size, 3)

@@ -50,7 +50,8 @@ def test_two_cold_builds_are_byte_identical_and_a_changed_file_is_named(rebuild_
     for name in ("models/trained/hopper_talk.dfm", "models/trained/index.json", "models/trained/talk_xseg.onnx",
                  "models/identities/hopper.json", "store/identity/identity_profile/hopper/profile.json",
                  "store/pair/lora_adapter/hopper/talk/adapter.safetensors", "store/target/target_masks/talk/masks.npy",
-                 "store/identity/frames/hopper/current.json"):
+                 "store/identity/frames/hopper/current.json", "store/identity/curated_faces/hopper/curation.json",
+                 "store/target/curated_faces/talk/faces.npy"):
         assert name in hashes, f"{name} not compared"
     assert not any("_artifact.json" in name or "/_runs/" in name for name in hashes)
 

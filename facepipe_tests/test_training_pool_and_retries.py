@@ -38,7 +38,7 @@ def no_retry_wait(monkeypatch):
 def test_training_assets_share_the_training_pool_and_data_prep_is_unpooled():
     pools = {key.to_user_string(): defs.resolve_assets_def(key).op.pool
              for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert len(pools) == 16
+    assert len(pools) == 18  # 6 per role (media ... faces, curated_faces), 2 identity, 2 target, 2 pair
     assert {name for name, pool in pools.items() if pool == "training"} == TRAINING_ASSETS
     assert {pool for name, pool in pools.items() if name not in TRAINING_ASSETS} == {None}
 
@@ -137,7 +137,7 @@ def test_a_training_step_waits_for_the_slot_and_gives_it_back(project, tmp_path)
         assert storage.claim_concurrency_slot("training", "another-run", "another_training_step").is_claimed
         outcome = {}
         run = threading.Thread(target=lambda: outcome.update(result=materialize(
-            [*project.assets["identity"], identity_model], selection=[identity_model.key], instance=instance,
+            [*project.curated["identity"], identity_model], selection=[identity_model.key], instance=instance,
             partition_key="nobody", resources={"settings": settings, STORE_INPUT: store_input}, raise_on_error=False)))
         run.start()
         deadline = time.monotonic() + 120
@@ -151,5 +151,5 @@ def test_a_training_step_waits_for_the_slot_and_gives_it_back(project, tmp_path)
         run.join(120)
         # it ran once the slot was free (and failed: this identity has no faces yet)
         error = str(step_events(outcome["result"], "STEP_FAILURE")[0].event_specific_data.error)
-        assert "identity/identity_model [nobody]" in error and "identity/faces" in error
+        assert "identity/identity_model [nobody]" in error and "identity/curated_faces" in error
         assert storage.get_concurrency_info("training").active_slot_count == 0

@@ -348,6 +348,17 @@ def test_a_mask_naming_no_frame_is_an_error_naming_the_file(face_set, tmp_path):
     assert "clip_000024.png" in message and "stills/astro.png" in message
 
 
+def test_a_mask_of_a_face_that_curation_dropped_is_reported_not_refused(face_set, tmp_path):
+    index, hulls, frames, sizes = face_set
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    cv2.imwrite(str(masks_dir / "clip_000025.png"), frame_mask_with_a_bar(frames[0]))
+    labels, report = build_labels(index, hulls, masks_dir, sizes, dropped_frames=["clip_000025"])
+    np.testing.assert_array_equal(labels, hulls)
+    assert report.count == 0 and report.not_used == ["clip_000025.png"]
+    assert report.as_metadata()["masks_of_dropped_faces"] == ["clip_000025.png"]
+
+
 def test_a_mask_of_the_wrong_size_is_an_error_naming_the_file_and_size(face_set, tmp_path):
     index, hulls, frames, sizes = face_set
     masks_dir = tmp_path / "masks"

@@ -47,7 +47,7 @@ def test_xseg_trains_exports_and_masks_every_face(project, clip):
     card = json.loads((xseg.path / "xseg.json").read_text())
     assert card["parity"]["max_abs_error"] <= card["parity"]["tolerance"]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    faces = FaceSet.load(store.current("target/faces", "talk").path)
+    faces = FaceSet.load(store.current("target/curated_faces", "talk").path)
     out = session.run(None, {"input": faces.crops[:1].astype(np.float32) / 255})[0]
     assert out.shape == (1, 256, 256, 1) and 0 <= out.min() and out.max() <= 1
     masks = np.load(store.current("target/target_masks", "talk").path / "masks.npy")
@@ -62,7 +62,7 @@ def test_user_mask_retrains_only_xseg_and_masks(project, clip):
     _, again = build(project, clip)
     assert set(again.values()) == {"hit"}
     store = ArtifactStore(project.store)
-    faces = FaceSet.load(store.current("target/faces", "talk").path)
+    faces = FaceSet.load(store.current("target/curated_faces", "talk").path)
     frame = int(faces.index.source_frame_index.iat[0])
     masks_dir = project.folder("target", "talk") / "masks"
     masks_dir.mkdir()
@@ -71,7 +71,8 @@ def test_user_mask_retrains_only_xseg_and_masks(project, clip):
     cv2.imwrite(str(masks_dir / f"talk_{frame:06d}.png"), user_mask)
     result, after = build(project, clip)
     assert {k: v for k, v in after.items() if k not in ("xseg_model", "target_masks")} == \
-        {"media": "hit", "frames": "hit", "landmarks": "hit", "smoothed_landmarks": "hit", "faces": "hit"}
+        {"media": "hit", "frames": "hit", "landmarks": "hit", "smoothed_landmarks": "hit", "faces": "hit",
+         "curated_faces": "hit"}
     assert after["xseg_model"] == "built" and after["target_masks"] == "built"
     labels = store.current("target/xseg_model", "talk").metadata["user_labels"]
     assert labels["user_labelled_faces"] == 1

@@ -5,7 +5,7 @@ Dagster's `RetryPolicy` is deliberately not used: it also retries a step that wa
 run the user just cancelled, and hold the training slot. Instead every asset is wrapped by
 `failure_policy`, which sorts what its body raised:
 
-- bad input (media, user masks, partition keys, pairs.toml, an upstream never built): a Dagster
+- bad input (media, user masks, curation.toml, partition keys, pairs.toml, an upstream never built): a Dagster
   `Failure(..., allow_retries=False)` naming the asset and partition; the message underneath
   already names the file and the fix. Retrying cannot help.
 - transient trouble (I/O errors other than missing files or permissions, timeouts, lost
@@ -25,13 +25,14 @@ from collections.abc import Callable
 
 from dagster import Failure, RetryRequested
 
+from facepipe.curation_file import CurationFileError
 from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
 from facepipe.pairs import PairsFileError
 from facepipe.partitions import InvalidPartitionKey
 from facepipe.store import MissingInput
 
-BAD_INPUT_ERRORS = (MediaError, MissingInput, InvalidPartitionKey, UserMaskError, PairsFileError)
+BAD_INPUT_ERRORS = (MediaError, MissingInput, InvalidPartitionKey, UserMaskError, PairsFileError, CurationFileError)
 # OSErrors that say the same thing on every attempt: a file or folder that is not there, is in
 # the way, or may not be touched. Retrying them only delays the message.
 DETERMINISTIC_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

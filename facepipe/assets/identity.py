@@ -10,17 +10,16 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
-    Config,
     MaterializeResult,
     asset,
     asset_check,
 )
 
-from facepipe.align import template_points
+from facepipe.assets.curation import EmbedderConfig, curated_embeddings, embedder_version
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
 from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
-from facepipe.embed import EmbedderChoice, get_embedder
+from facepipe.embed import get_embedder
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
@@ -35,28 +34,28 @@ from facepipe.train.tasks.reconstruction import AdversarialConfig, Reconstructio
 
 # One training at a time: the instance limits this pool (.dagster_home/dagster.yaml, default 1).
 
-PROFILE_VERSION = "2"  # 2: quality_stats.avg_face_score
-IDENTITY_MODEL_VERSION = "5"  # 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through
-# the mask; 5: patch discriminator (adversarial_weight), colour jitter, random warp for the first epochs
+PROFILE_VERSION = "3"  # 2: quality_stats.avg_face_score; 3: built from the curated faces
+# 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through the mask;
+# 5: trained on the curated faces; 6: patch discriminator (adversarial_weight), colour jitter, random warp
+# for the first epochs
+IDENTITY_MODEL_VERSION = "6"
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8
 MIN_SELF_SIMILARITY = 0.5
 
 
-class ProfileConfig(Config):
-    embedder: EmbedderChoice = "auto"  # auto = arcface when a model pack is on disk, else dlib
-    arcface_pack: str = ""  # insightface model pack folder (default ~/.insightface/models/buffalo_l)
+class ProfileConfig(EmbedderConfig):
     outlier_cutoff: float = 0.0  # 0 = the embedder's same-person threshold
 
 
 @reads_outside("identity/identity_profile")
 def embedder_input(settings: FacepipeSettings, key: str, config: dict) -> dict[str, str]:
     """Which embedder the profile is built with (auto's pick depends on the machine)."""
-    return {"embedder": json.dumps(get_embedder(config["embedder"], config["arcface_pack"]).describe(), sort_keys=True)}
+    return {"embedder": embedder_version(config)}
 
 
-@asset(key=AssetKey(["identity", "identity_profile"]), ins={"faces": upstream("identity/faces")},
+@asset(key=AssetKey(["identity", "identity_profile"]), ins={"faces": upstream("identity/curated_faces")},
        partitions_def=identity_partitions, group_name="identity", code_version=PROFILE_VERSION,
        description="Per-face embeddings, outliers rejected, L2-normalised mean + std + quality stats as JSON; "
                    "published to models/identities/<key>.json.")
@@ -72,14 +71,14 @@ def identity_profile(context: AssetExecutionContext, config: ProfileConfig, sett
     def write(out: Path) -> dict:
         face_set = FaceSet.load(faces.path)
         size = face_set.crops.shape[1]
-        points5 = np.repeat(template_points(size)[None], len(face_set), axis=0)
-        embedder.prepare()
-        rows = []
-        for start in range(0, len(face_set), 32):
-            rows.append(embedder.embed(np.asarray(face_set.crops[start:start + 32]), points5[start:start + 32]))
-            context.log.info(f"embedded {min(start + 32, len(face_set))}/{len(face_set)} faces")
+        embeddings = curated_embeddings(faces.path, described)
+        if embeddings is not None:
+            context.log.info(f"reusing the {len(embeddings)} embeddings curation computed with the same embedder")
+        else:
+            embeddings = embedder.prepare().embed_aligned(
+                face_set.crops, lambda done, total: context.log.info(f"embedded {done}/{total} faces"))
         profile, table = build_profile(
-            key, np.concatenate(rows), described, face_set.index["score"].to_numpy(),
+            key, embeddings, described, face_set.index["score"].to_numpy(),
             crop_sharpness(np.asarray(face_set.crops), np.asarray(face_set.masks)), np.asarray(face_set.landmarks), size,
             face_ids=[f"{s}#{i}" for s, i in zip(face_set.index["source"], face_set.index["source_frame_index"])],
             cutoff=config.outlier_cutoff or None,
@@ -148,7 +147,7 @@ class IdentityModelConfig(TrainingConfig):
         return AdversarialConfig(weight=self.adversarial_weight, from_epoch=self.adversarial_from_epoch)
 
 
-@asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/faces")},
+@asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/curated_faces")},
        partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, pool=TRAINING_POOL,
        description="Per-identity autoencoder (encoder → dense bottleneck → decoder, BGR + mask) trained with the "
                    "shared engine; weights (safetensors) + config, and a verified ONNX export in the DFM convention.")

@@ -40,10 +40,13 @@ from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
-LORA_VERSION = "4"  # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder;
-# 4: colour jitter in training
-EXPORT_VERSION = "5"  # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
-# 5: previews paste through the target's XSeg mask with colour transfer, the video beside the original frame
+# 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
+# 5: colour jitter in training
+LORA_VERSION = "5"
+# 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
+# 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
+# the target's XSeg mask with colour transfer, the video beside the original frame
+EXPORT_VERSION = "6"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -66,8 +69,8 @@ class LoraConfig(TrainingConfig):
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
        code_version=LORA_VERSION, pool=TRAINING_POOL,
        ins={"identity_model": upstream("identity/identity_model", "identity"),
-            "identity_faces": upstream("identity/faces", "identity"),
-            "target_faces": upstream("target/faces", "target"),
+            "identity_faces": upstream("identity/curated_faces", "identity"),
+            "target_faces": upstream("target/curated_faces", "target"),
             "target_masks": upstream("target/target_masks", "target")},
        description="peft LoRA on the frozen identity model: a shared set on encoder + bottleneck, a target-path set "
                    "on a decoder copy; target faces (masked by XSeg) mixed with identity replay.")
@@ -127,8 +130,8 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
        ins={"lora_adapter": upstream("pair/lora_adapter"),
             "identity_model": upstream("identity/identity_model", "identity"),
             "identity_profile": upstream("identity/identity_profile", "identity"),
-            "identity_faces": upstream("identity/faces", "identity"),
-            "target_faces": upstream("target/faces", "target"),
+            "identity_faces": upstream("identity/curated_faces", "identity"),
+            "target_faces": upstream("target/curated_faces", "target"),
             "xseg_model": upstream("target/xseg_model", "target"),
             "target_masks": upstream("target/target_masks", "target"),
             "frames": upstream("target/frames", "target")},

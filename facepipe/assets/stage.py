@@ -32,8 +32,9 @@ from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact, MissingInput, fingerprint
 
 PREVIEW_FILE = "preview.png"
+DROPPED_FILE = "dropped.png"  # curated faces: what curation dropped, labelled with the reason
 # Images an asset may leave in its output folder; each is shown in the UI as metadata.
-IMAGES = (PREVIEW_FILE, "loss_curve.png")
+IMAGES = (PREVIEW_FILE, DROPPED_FILE, "loss_curve.png")
 LIBRARIES = ("facepipe", "numpy", "opencv-python", "mediapipe", "scipy", "torch", "onnx", "onnxruntime", "dlib-bin", "peft")
 
 

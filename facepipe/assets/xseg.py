@@ -14,9 +14,11 @@ from dagster import (
     asset_check,
 )
 
+from facepipe.assets.curation import dropped_frames
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
 from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
+from facepipe.curation_file import CURATION_FILE
 from facepipe.export import export_verified
 from facepipe.faces import FaceSet
 from facepipe.labels import MASKS_FOLDER, build_labels, user_masks_digest
@@ -29,8 +31,8 @@ from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.tasks.xseg import XSegTask, xseg_preview
 
-XSEG_VERSION = "2"  # 2: model_config.json beside the weights
-TARGET_MASKS_VERSION = "1"
+XSEG_VERSION = "3"  # 2: model_config.json beside the weights; 3: trained on the curated faces
+TARGET_MASKS_VERSION = "2"  # 2: masks of the curated faces
 # The check's floor on held-out IoU against the training labels (clean faces). Measured on the
 # sample with the CPU defaults: see the README; a model below it is not fit to mask swaps.
 MIN_HOLDOUT_IOU = 0.8
@@ -66,7 +68,8 @@ def user_masks_input(settings: FacepipeSettings, key: str, config: dict) -> dict
     return {"user_masks": user_masks_digest(user_masks_dir(settings, key))}
 
 
-@asset(key=AssetKey(["target", "xseg_model"]), ins={"faces": upstream("target/faces"), "frames": upstream("target/frames")},
+@asset(key=AssetKey(["target", "xseg_model"]),
+       ins={"faces": upstream("target/curated_faces"), "frames": upstream("target/frames")},
        partitions_def=target_partitions, group_name="target", code_version=XSEG_VERSION, pool=TRAINING_POOL,
        description="Occlusion-aware face segmentation (U-Net) trained on the target's faces with user masks or "
                    "landmark hulls plus synthetic occluders; IoU on held-out faces; verified ONNX export.")
@@ -82,9 +85,14 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
         nonlocal report
         # A bad user mask raises UserMaskError naming the file: failure_policy fails it without retry.
         labels, report = build_labels(face_set.index, np.asarray(face_set.masks), masks_dir,
-                                      frame_sizes(pd.read_parquet(frames.path / "manifest.parquet")))
+                                      frame_sizes(pd.read_parquet(frames.path / "manifest.parquet")),
+                                      dropped_frames(faces.path))
         if report.count:
             context.log.info(f"user masks label {report.count} face(s): {sorted(report.files)}")
+        if report.not_used:
+            context.log.warning(f"user masks of faces that curation dropped, not used: {report.not_used} (keep "
+                                f"those frames in {media_dir(settings.data_path, 'target', key) / CURATION_FILE} "
+                                "to train on them)")
         return XSegTask.from_faces(np.asarray(face_set.crops), labels, config.width, config.depth, config.resolution,
                                    config.holdout_every, config.samples_per_epoch, config.occlusion_probability)
 
@@ -124,7 +132,7 @@ def xseg_holdout_iou(context: AssetCheckExecutionContext, settings: FacepipeSett
 
 
 @asset(key=AssetKey(["target", "target_masks"]),
-       ins={"faces": upstream("target/faces"), "xseg_model": upstream("target/xseg_model")},
+       ins={"faces": upstream("target/curated_faces"), "xseg_model": upstream("target/xseg_model")},
        partitions_def=target_partitions, group_name="target", code_version=TARGET_MASKS_VERSION,
        description="The XSeg model applied to every target face: masks.npy [N,256,256] uint8 beside the faces array.")
 @failure_policy
