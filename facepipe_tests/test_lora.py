@@ -5,6 +5,7 @@ re-rendered as moving heads by facepipe.sample, landmarked by MediaPipe, aligned
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -38,6 +39,7 @@ from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
+    SWAP_LATENT_OFFSET,
     AdapterConfig,
     PairModel,
     adapter_counts,
@@ -45,6 +47,7 @@ from facepipe.models.pair import (
     base_state,
     merge_adapters,
     merged_swap_model,
+    set_swap_latent_offset,
     save_adapter,
 )
 from facepipe.models.swap import DFM_INPUT, dfm_input, swap_faces
@@ -124,7 +127,7 @@ def test_default_rank_adapter_stays_within_five_percent_and_too_large_a_rank_is_
           f"{100 * model.adapter_share:.2f}% of {model.base_parameters}")
     assert 0 < model.adapter_share <= 0.05
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    assert trainable == set(adapter_state(model))
+    assert trainable == set(adapter_state(model)) - {SWAP_LATENT_OFFSET}  # the offset is set after training
     # Both sets exist: shared on encoder + bottleneck, target on the decoder copy only.
     assert any(name.startswith("autoencoder.encoder.") for name in trainable)
     assert any(name.startswith("autoencoder.bottleneck.") for name in trainable)
@@ -142,12 +145,13 @@ def test_training_moves_only_the_adapter_and_saves_only_its_tensors(trained_pair
     assert all(torch.equal(inside[name], base[name]) for name in base), "the frozen base changed in training"
     # The identity path's decoder is the base decoder itself.
     saved = safetensors.torch.load_file(str(trained_pair.result.weights_path))
-    assert set(saved) == set(adapter_state(model)) and all(".lora_" in name for name in saved)
+    assert set(saved) == set(adapter_state(model)) and all(".lora_" in name for name in saved if name != SWAP_LATENT_OFFSET)
+    assert torch.equal(saved[SWAP_LATENT_OFFSET], torch.zeros(TINY.latent_dim))  # set after training, not in it
     assert any(name.startswith("target_decoder.") for name in saved)
     # lora_B starts at zero: a non-zero B is a delta that training produced.
     assert all(saved[name].abs().max() > 0 for name in saved if ".lora_B." in name)
     counts = adapter_counts(trained_pair.model)
-    assert counts["adapter_parameters"] == sum(t.numel() for t in saved.values())
+    assert counts["adapter_parameters"] == sum(t.numel() for n, t in saved.items() if n != SWAP_LATENT_OFFSET)
     assert counts["adapter_share"] <= 0.05
     # Starting from a zero delta, the target path learns the target's faces.
     assert trained_pair.result.final_metrics["holdout_target_l1"] < trained_pair.initial_metrics["holdout_target_l1"]
@@ -185,6 +189,24 @@ def test_merged_swap_model_is_adapted_encoder_then_base_decoder(trained_pair, id
     # The swap differs from a plain reconstruction by the identity model.
     with torch.no_grad():
         assert (merged.swap(images)[0] - base(images)[0]).abs().max() > 1e-3
+
+
+def test_swap_latent_offset_moves_only_the_swap_and_is_folded_into_the_merge(trained_pair, identity_weights):
+    model, task = copy.deepcopy(trained_pair.model), trained_pair.task
+    identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
+    images = target_tensors()
+    with torch.no_grad():
+        before = model(images)[0]
+        offset = set_swap_latent_offset(model, identity_images, target_images)
+        # the swap's latents of the target's faces are centred where the identity's are
+        moved = model.latent(target_images) + model.swap_latent_offset
+        assert torch.allclose(moved.mean(0), model.latent(identity_images).mean(0), atol=1e-4)
+        assert offset.norm() > 0 and (model(images)[0] - before).abs().max() > 1e-3
+        merged = merge_adapters(IdentityAutoencoder.from_folder(identity_weights.parent), adapter_state(model), TINY_ADAPTER)
+        assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
+        # the target path (the exported input-face mask) reads the latent without the offset
+        expected_mask = torch.sigmoid(model.target_decode(model.encode(images))[1])
+        assert torch.allclose(merged.target_face_mask(images), expected_mask, atol=1e-5)
 
 
 def test_saved_adapter_rebuilds_the_merged_model_and_exports_as_dfm(trained_pair, identity_weights, tmp_path):

@@ -30,7 +30,7 @@ from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
 from facepipe.models.autoencoder import model_config_of
-from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter
+from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter, set_swap_latent_offset
 from facepipe.models.swap import swap_faces
 from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
@@ -41,7 +41,7 @@ from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
-# 5: colour jitter in training
+# 5: colour jitter in training, swap latent offset
 LORA_VERSION = "5"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
@@ -91,9 +91,13 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         model = trained.model
         context.log.info(f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {model.adapter_parameters} adapter "
                          f"parameters, {100 * model.adapter_share:.2f}% of the identity model's {model.base_parameters}")
+        task = trained.task
+        offset = set_swap_latent_offset(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
+        context.log.info(f"swap latent offset (identity mean - target mean): norm {offset.norm():.3f}")
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
-        return {k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()}
+        return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
+                "swap_latent_offset_norm": round(float(offset.norm()), 4)}
 
     return train_in_store(context, settings, config, make_task, write)
 
