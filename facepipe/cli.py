@@ -22,7 +22,7 @@ from pathlib import Path
 
 from facepipe.pairs import PairsFileError
 from facepipe.presets import RunConfig, RunConfigError
-from facepipe.resources import default_data_root, use_project_instance
+from facepipe.resources import FacepipeSettings, default_data_root, use_project_instance
 
 
 def register(data_root: Path) -> dict[str, list[str]]:
@@ -56,10 +56,13 @@ def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = 
     from facepipe.definitions import defs
 
     tags = {"facepipe/run_config": run_config.source} if run_config and run_config.ops else None
+    # The folders as this command sees them now (--data-root, FACEPIPE_*), not as they were when
+    # the code location was imported; they also show on the run's page.
+    folders = {"resources": {"settings": {"config": FacepipeSettings().paths()}}}
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=DagsterInstance.get(), partition_key=key, raise_on_error=False,
-        run_config={**INFO_LOGS, **(job_config or {})}, tags=tags,
+        run_config={**INFO_LOGS, **(job_config or {}), **folders}, tags=tags,
     )
     print(f"{label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     if not result.success and was_interrupted(result):  # Ctrl+C stops the whole build, not just this run
