@@ -3,6 +3,7 @@ writing videos deterministically."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -74,20 +75,43 @@ def scan_media(folder: Path) -> tuple[list[MediaFile], list[Skipped]]:
         raise MediaError(f"media folder {folder} does not exist: create it and put videos or images in it")
     files, skipped = [], []
     for rel, path in candidate_paths(folder):
-        if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-            skipped.append(Skipped(rel, "symbolic link pointing outside the folder; copy the file in instead"))
+        if reason := link_problem(path, folder):
+            skipped.append(Skipped(rel, reason))
             continue
         kind = media_kind(path)
         if kind is None:
             supported = ", ".join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
             skipped.append(Skipped(rel, f"not a media file (supported: {supported})"))
             continue
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+            digest = file_sha256(path) if size else ""
+        except PermissionError as error:
+            skipped.append(Skipped(rel, f"cannot read it ({error.strerror}): give yourself read access (chmod u+r)"))
+            continue
         if size == 0:
             skipped.append(Skipped(rel, "empty file (0 bytes): re-copy it"))
             continue
-        files.append(MediaFile(rel, path, kind, size, file_sha256(path)))
+        files.append(MediaFile(rel, path, kind, size, digest))
     return files, skipped
+
+
+def link_problem(path: Path, folder: Path) -> str | None:
+    """Why a symbolic link in a media folder cannot be used (a loop, a missing or an outside
+    target), or None for a usable link or a plain file."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 reports a loop this way; later versions raise OSError(ELOOP)
+        return "symbolic link loop (it leads back to itself): remove it"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (it leads back to itself): remove it"
+        return f"symbolic link to {os.readlink(path)}, which does not exist: remove the link or copy the file in"
+    if not target.is_relative_to(folder.resolve()):
+        return "symbolic link pointing outside the folder; copy the file in instead"
+    return None
 
 
 def folder_signature(folder: Path) -> str:

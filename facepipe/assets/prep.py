@@ -111,7 +111,8 @@ def build_prep_assets(role: str) -> list:
 
     @reads_outside(f"{role}/media")
     def media_input(settings: FacepipeSettings, key: str, config: dict) -> dict[str, str]:
-        """The media files' content (the nightly's view: every media-named file in the folder)."""
+        """The media files' content: every media-named file in the folder, usable or not (the media
+        step keys its output on the same hash; which of them decode is its output)."""
         return {"media": folder_media_digest(media_dir(settings.data_path, role, key))}
 
     @asset(key=prep_key(role, "media"), code_version=CODE_VERSIONS["media"], **common,
@@ -142,7 +143,9 @@ def build_prep_assets(role: str) -> list:
             return {"files": len(sources), "videos": sum(s.file.kind == "video" for s in sources),
                     "images": sum(s.file.kind == "image" for s in sources), "skipped": [str(s) for s in skipped]}
 
-        return run_stage(context, settings, {}, write, inputs={"media": digest})
+        # Keyed on every media-named file, usable or not, as the nightly hashes them (media_input):
+        # a folder holding an undecodable file is then not "changed" every night.
+        return run_stage(context, settings, {}, write, inputs={"media": media_hash(files)})
 
     @asset(key=prep_key(role, "frames"), ins={"media": own("media")}, code_version=CODE_VERSIONS["frames"], **common,
            description="Frames decoded from videos and images, at most max_frames sampled uniformly; manifest table.")

@@ -1,0 +1,100 @@
+"""Odd files in a media folder: symbolic-link loops, dangling links, undecodable and unreadable
+files are each one line naming the file, never a traceback; the media step and the nightly's
+decision agree about which files count."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facepipe.automation.nightly import World, role_changes
+from facepipe.media import scan_media
+from facepipe.resources import FacepipeSettings
+
+
+
+def a_face_image(path: Path) -> None:
+    from facepipe.sample import hopper_face
+
+    cv2.imwrite(str(path), hopper_face(160))
+
+
+def odd_links(folder: Path) -> None:
+    """A good image, a two-link loop, a link to a missing file inside the folder and one outside."""
+    a_face_image(folder / "good.jpg")
+    os.symlink("loop1.jpg", folder / "loop2.jpg")
+    os.symlink("loop2.jpg", folder / "loop1.jpg")
+    os.symlink("missing.jpg", folder / "dangling.jpg")
+    os.symlink("/nonexistent/clip.mp4", folder / "gone.mp4")
+
+
+def test_link_loops_and_dangling_links_are_skipped_with_a_reason(tmp_path):
+    odd_links(tmp_path)
+    files, skipped = scan_media(tmp_path)
+    assert [f.rel for f in files] == ["good.jpg"]
+    assert {s.rel: s.reason for s in skipped} == {
+        "dangling.jpg": "symbolic link to missing.jpg, which does not exist: remove the link or copy the file in",
+        "gone.mp4": "symbolic link to /nonexistent/clip.mp4, which does not exist: remove the link or copy the file in",
+        "loop1.jpg": "symbolic link loop (it leads back to itself): remove it",
+        "loop2.jpg": "symbolic link loop (it leads back to itself): remove it",
+    }
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_file_is_skipped_naming_it(tmp_path):
+    a_face_image(tmp_path / "good.jpg")
+    a_face_image(tmp_path / "locked.jpg")
+    (tmp_path / "locked.jpg").chmod(0)
+    files, skipped = scan_media(tmp_path)
+    assert [f.rel for f in files] == ["good.jpg"]
+    assert [str(s) for s in skipped] == ["locked.jpg: cannot read it (Permission denied): give yourself read access (chmod u+r)"]
+
+
+def media_only(project, role: str, key: str):
+    return project.materialize(role, key, assets=[project.assets[role][0]], raise_on_error=False)
+
+
+def warnings_of(project, result) -> list[str]:
+    return [entry.user_message for entry in project.instance.all_logs(result.run_id)
+            if entry.level >= 30 and entry.user_message.startswith("skipping")]
+
+
+def world_of(project) -> World:
+    return World.from_settings(FacepipeSettings(data_root=str(project.data), store_root=str(project.store),
+                                                models_root=str(project.models)), {})
+
+
+def test_the_media_step_and_the_nightly_survive_odd_links(project):
+    folder = project.folder("identity", "links")
+    odd_links(folder)
+    result = media_only(project, "identity", "links")
+    assert result.success
+    assert warnings_of(project, result) == [
+        f"skipping {folder}/dangling.jpg: symbolic link to missing.jpg, which does not exist: remove the link or copy the file in",
+        f"skipping {folder}/gone.mp4: symbolic link to /nonexistent/clip.mp4, which does not exist: remove the link or copy the file in",
+        f"skipping {folder}/loop1.jpg: symbolic link loop (it leads back to itself): remove it",
+        f"skipping {folder}/loop2.jpg: symbolic link loop (it leads back to itself): remove it",
+    ]
+    changes = role_changes(world_of(project), "identity", "links")  # used to raise RuntimeError: Symlink loop
+    assert "identity/media" not in changes and changes["identity/frames"] == "no output yet"
+
+
+def test_a_folder_with_an_undecodable_file_is_not_changed_every_night(project):
+    """The nightly hashed every media-named file, the media step only the decodable ones, so a
+    folder holding one broken file looked changed every night."""
+    folder = project.folder("target", "broken")
+    a_face_image(folder / "good.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg" * 10)
+    assert media_only(project, "target", "broken").success
+    world = world_of(project)
+    assert "target/media" not in role_changes(world, "target", "broken")
+    # the broken file replaced by a good one is a change, seen by both
+    shutil.copy(folder / "good.jpg", folder / "broken.jpg")
+    assert role_changes(world_of(project), "target", "broken")["target/media"] == "media changed"
+    result = media_only(project, "target", "broken")
+    assert result.success and "target/media" not in role_changes(world_of(project), "target", "broken")
