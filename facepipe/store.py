@@ -110,6 +110,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """`atomic_write_bytes` unless the file already holds `data` (then nothing is written: a
+    read-only folder is fine); returns whether it wrote."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    atomic_write_bytes(path, data)
+    return True
+
+
 class ArtifactStore:
     """The store under `root`: a local folder, or an fsspec URL (s3://bucket/facepipe, gs://, az://).
 
@@ -202,11 +211,14 @@ class ArtifactStore:
         return artifact
 
     def set_current(self, asset: str, partition: str, artifact: Artifact) -> None:
+        """Point `current.json` at `artifact`; unchanged pointers are not rewritten, so a run of pure
+        cache hits writes nothing (and works from a read-only store)."""
         pointer = canonical_json({"fingerprint": artifact.fingerprint, "content_hash": artifact.content_hash})
         if self.remote:
-            self.remote.write(self._relative(asset, partition) / CURRENT, pointer)
-        else:
-            atomic_write_bytes(self.partition_dir(asset, partition) / CURRENT, pointer)
+            if self.remote.read(self._relative(asset, partition) / CURRENT) != pointer:
+                self.remote.write(self._relative(asset, partition) / CURRENT, pointer)
+            return
+        write_if_changed(self.partition_dir(asset, partition) / CURRENT, pointer)
 
     def current(self, asset: str, partition: str) -> Artifact:
         """The latest successful output of `asset` for `partition`, or a clear MissingInput."""

@@ -29,7 +29,7 @@ from facepipe.partitions import identity_partitions
 from facepipe.preview import write_png
 from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
 from facepipe.resources import FacepipeSettings
-from facepipe.store import Artifact, atomic_write_bytes
+from facepipe.store import Artifact, write_if_changed
 from facepipe.train import Trained
 from facepipe.train.tasks.reconstruction import ReconstructionTask, reconstruction_preview
 
@@ -92,8 +92,8 @@ def identity_profile(context: AssetExecutionContext, config: ProfileConfig, sett
 
     def publish(artifact: Artifact) -> None:
         published = settings.models_path / "identities" / f"{key}.json"
-        atomic_write_bytes(published, (artifact.path / PROFILE_FILE).read_bytes())
-        context.log.info(f"profile published to {published}")
+        written = write_if_changed(published, (artifact.path / PROFILE_FILE).read_bytes())
+        context.log.info(f"profile published to {published}" + ("" if written else " (same bytes, not rewritten)"))
 
     return run_stage(context, settings, config.model_dump(), write, publish)
 
