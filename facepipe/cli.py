@@ -6,6 +6,8 @@
                       pair declared in data/pairs.toml
   facepipe demo       sample + build: the README's first command
   facepipe presets    list the shipped run-config presets, or print one (for the launchpad)
+  facepipe verify     check every output in the store against the sha256 in its record; damaged
+                      ones are removed (the next build rebuilds them); exit 1 if any was damaged
 
 `build` and `demo` take `--preset NAME` (demo, quality, gpu: facepipe/presets/) or `--config FILE`
 (a Dagster run config in YAML or JSON, `{ops: {identity__identity_model: {config: {epochs: 80}}}}`);
@@ -162,6 +164,20 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
     return ok
 
 
+def verify() -> int:
+    """`facepipe verify`: every output on this machine against its record (content hashes)."""
+    store = FacepipeSettings().store
+    checked = store.verify(remove=True)
+    damaged = [(artifact, problem) for artifact, problem in checked if problem]
+    for artifact, problem in damaged:
+        record = artifact.record
+        print(f"{record['asset']} [{record['partition']}] {artifact.path}: damaged ({problem}); removed, "
+              "`facepipe build` rebuilds it")
+    print(f"store {store.root}: {len(checked)} outputs, "
+          + (f"{len(damaged)} damaged (removed)" if damaged else "all intact"))
+    return 1 if damaged else 0
+
+
 def checked_run_config(preset: str | None, config_file: Path | None) -> tuple[RunConfig | None, dict[str, dict]]:
     """The chosen preset or file, validated against every job, and each job's part of it;
     the settings it applies are printed (the run log's record of what this build used)."""
@@ -211,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = sub.add_mutually_exclusive_group()
         chosen.add_argument("--preset", metavar="NAME", help="a shipped run config: demo (the defaults), quality, gpu")
         chosen.add_argument("--config", metavar="FILE", type=Path, help="a Dagster run config file (YAML or JSON)")
+    commands.add_parser("verify", help="check the store's outputs against their records; remove damaged ones")
     show = commands.add_parser("presets", help="list the presets, or print one (--group: only one job's ops, "
                                                 "ready for the launchpad)")
     show.add_argument("name", nargs="?", help="the preset to print")
@@ -247,6 +264,8 @@ def run_command(args: argparse.Namespace, data_root: Path) -> int:
               f"pair {IDENTITY_KEY}|{TARGET_KEY} declared in {data_root / 'pairs.toml'}")
     if args.command == "register":
         register(data_root)
+    if args.command == "verify":
+        return verify()
     if args.command in ("build", "demo"):
         return 0 if build(data_root, args.role or ["identity", "target"], args.partition, pairs=not args.role,
                           run_config=run_config, job_configs=job_configs) else 1

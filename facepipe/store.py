@@ -156,9 +156,11 @@ class ArtifactStore:
             raise InvalidPartitionKey(f"invalid partition {partition!r}: at most two dimensions (identity|target)")
         return PurePosixPath(*parts, *(validate_key(k) for k in keys))
 
-    def lookup(self, asset: str, partition: str, fp: str) -> Artifact | None:
-        """The finished output for `fp`; with a remote, the remote's version, downloaded if needed."""
-        local = self._local(asset, partition, fp)
+    def lookup(self, asset: str, partition: str, fp: str, warn: Callable[[str], None] | None = None) -> Artifact | None:
+        """The finished output for `fp`; with a remote, the remote's version, downloaded if needed.
+        A damaged local copy (files missing or of other sizes than recorded) is never returned:
+        `warn` (default: this module's logger) says so, and a build replaces it."""
+        local = self._intact(asset, partition, fp, warn or logger.warning)
         if self.remote is None:
             return local
         remote_record = self._remote_record(asset, partition, fp)
@@ -173,13 +175,14 @@ class ArtifactStore:
         fp: str,
         write: Callable[[Path], dict[str, Any] | None],
         lineage: dict[str, Any] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> Artifact:
         """Reuse the output for `fp`, or run `write(tmp_folder)` and move it into place.
 
         `write` fills the folder and returns JSON-able metadata, which is kept in the record so
         that a cache hit reports the same metadata as the build that made it.
         """
-        artifact = self.lookup(asset, partition, fp)
+        artifact = self.lookup(asset, partition, fp, warn)
         if artifact is None:
             parent = self.partition_dir(asset, partition)
             parent.mkdir(parents=True, exist_ok=True)
@@ -193,10 +196,13 @@ class ArtifactStore:
                     "fingerprint": fp,
                     "content_hash": digest,
                     "files": files,
+                    "sizes": {name: (tmp / name).stat().st_size for name in files},  # what a cache hit checks
                     "metadata": metadata,
                     **(lineage or {}),
                 }
                 (tmp / RECORD).write_bytes(json.dumps(record, sort_keys=True, indent=2).encode())
+                if (parent / fp).exists() and self._intact(asset, partition, fp) is None:
+                    retire(parent / fp)  # a damaged copy, found by the lookup above
                 commit(tmp, parent / fp)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -223,9 +229,49 @@ class ArtifactStore:
     def current(self, asset: str, partition: str) -> Artifact:
         """The latest successful output of `asset` for `partition`, or a clear MissingInput."""
         fp = self._pointer(asset, partition)["fingerprint"]
-        found = self.lookup(asset, partition, fp)
+        found = self.lookup(asset, partition, fp, warn=lambda _message: None)  # said below, with what to do
         if found is None:
+            local = self._local(asset, partition, fp)
+            if local is not None and (problem := damage(local)):
+                raise MissingInput(f"the output of '{asset}' for partition '{partition}' at {local.path} is damaged "
+                                   f"({problem}): materialize '{asset}' again (it is rebuilt, not reused)")
             raise self._removed(asset, partition, fp)
+        return found
+
+    def current_damage(self, asset: str, partition: str) -> str | None:
+        """What is wrong with the current output's files on this machine (cheap: presence and sizes),
+        or None; None too where this machine holds no copy of a remote store's output."""
+        fp = self._pointer(asset, partition)["fingerprint"]
+        local = self._local(asset, partition, fp)
+        if local is None:
+            return None if self.remote else "its folder is gone"
+        return damage(local)
+
+    def _intact(self, asset: str, partition: str, fp: str, warn: Callable[[str], None] | None = None) -> Artifact | None:
+        """The finished local output for `fp` if its files are all there at their recorded sizes."""
+        local = self._local(asset, partition, fp)
+        if local is not None and (problem := damage(local)):
+            if warn:
+                warn(f"{local.path} is damaged ({problem}); rebuilding it")
+            return None
+        return local
+
+    def verify(self, remove: bool = True) -> list[tuple[Artifact, str | None]]:
+        """Every finished output on this machine checked against its record's sha256 of each file:
+        (artifact, problem or None), sorted by folder. With `remove`, damaged outputs are retired
+        so that the next build rebuilds them (a same-size change passes a cache hit's cheap check)."""
+        found = []
+        for record_path in sorted(self.root.rglob(RECORD)):
+            folder = record_path.parent
+            relative = folder.relative_to(self.root)
+            if relative.parts[0].startswith("_") or any(part.startswith(".") for part in relative.parts):
+                continue  # training runs, temporary and retired folders
+            record = json.loads(record_path.read_text())
+            artifact = Artifact(folder, record["fingerprint"], record["content_hash"], record, reused=True)
+            problem = damage(artifact) or content_damage(artifact)
+            if problem and remove:
+                retire(folder)
+            found.append((artifact, problem))
         return found
 
     def current_record(self, asset: str, partition: str) -> dict[str, Any]:
@@ -301,6 +347,32 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return self._local(asset, partition, fp)
+
+
+def damage(artifact: Artifact) -> str | None:
+    """Cheap check of a finished output: every recorded file present, at its recorded size (records
+    written before sizes were recorded: presence only). None when it looks intact."""
+    sizes = artifact.record.get("sizes", {})
+    for name in sorted(artifact.record["files"]):
+        path = artifact.path / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if name in sizes and path.stat().st_size != sizes[name]:
+            return f"{name}: {path.stat().st_size} bytes, recorded {sizes[name]}"
+    return None
+
+
+def content_damage(artifact: Artifact) -> str | None:
+    """Full check: every recorded file's sha256 as recorded, and no file beside them."""
+    _digest, hashes = content_hash(artifact.path)
+    recorded = artifact.record["files"]
+    changed = sorted(name for name in recorded if hashes.get(name) != recorded[name])
+    extra = sorted(set(hashes) - set(recorded))
+    if changed:
+        return f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from its record"
+    if extra:
+        return f"{', '.join(extra)} not in its record"
+    return None
 
 
 def commit(tmp: Path, final: Path) -> None:

@@ -8,6 +8,10 @@ import cv2
 import pytest
 
 from facepipe.assets.failures import RETRY_DELAY_ENV
+from facepipe.assets.identity import identity_profile
+from facepipe.automation.nightly import World, role_changes
+from facepipe.resources import FacepipeSettings
+from facepipe.store import ArtifactStore
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +49,67 @@ def test_a_read_only_store_serves_cache_hits_and_a_build_fails_once_naming_it(pr
     message = failure.event_specific_data.error.message
     assert f"identity/media [jane]: cannot write in the store at {project.store}: " in message
     assert "make it writable or set FACEPIPE_STORE to a writable folder" in message
+
+
+def metadata_of(result, asset: str) -> dict:
+    [event] = [e for e in events(result, "ASSET_MATERIALIZATION")
+               if e.event_specific_data.materialization.asset_key.to_user_string() == asset]
+    return {k: v.value if hasattr(v, "value") else v for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+@pytest.fixture
+def faces_built(project):
+    """identity 'jane' prepared up to faces (two stills of a face)."""
+    folder = project.folder("identity", "jane")
+    a_face_image(folder / "a.jpg")
+    a_face_image(folder / "b.png")
+    assert project.materialize("identity", "jane").success
+    return project
+
+
+def test_a_truncated_output_is_not_a_cache_hit_and_is_rebuilt(faces_built):
+    project = faces_built
+    store = ArtifactStore(project.store)
+    faces = store.current("identity/faces", "jane")
+    crops = faces.path / "faces.npy"
+    good = crops.read_bytes()
+    crops.write_bytes(good[: len(good) // 3])
+    # a consumer reading it: one line naming the damage, not "mmap length is greater than file size"
+    failed = project.materialize("identity", "jane", assets=[identity_profile], raise_on_error=False)
+    [failure] = events(failed, "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert f"the output of 'identity/faces' for partition 'jane' at {faces.path} is damaged (faces.npy: " \
+           f"{len(good) // 3} bytes, recorded {len(good)})" in message and "materialize 'identity/faces' again" in message
+    world = World.from_settings(FacepipeSettings(data_root=str(project.data), store_root=str(project.store)), {})
+    assert role_changes(world, "identity", "jane")["identity/faces"] == \
+        f"output damaged (faces.npy: {len(good) // 3} bytes, recorded {len(good)})"  # the nightly rebuilds it
+    rebuilt = project.materialize("identity", "jane")
+    assert metadata_of(rebuilt, "identity/faces")["cache"] == "built"
+    assert metadata_of(rebuilt, "identity/landmarks")["cache"] == "hit"
+    assert crops.read_bytes() == good
+    warnings = [entry.user_message for entry in project.instance.all_logs(rebuilt.run_id) if entry.level >= 30]
+    assert any(f"{faces.path} is damaged (faces.npy: {len(good) // 3} bytes, recorded {len(good)}); rebuilding it" in w
+               for w in warnings), warnings
+
+
+def test_verify_finds_damaged_content_removes_it_and_the_next_build_restores_it(faces_built, monkeypatch, capsys):
+    from facepipe import cli
+
+    project = faces_built
+    monkeypatch.setenv("FACEPIPE_STORE", str(project.store))
+    monkeypatch.setenv("DAGSTER_HOME", str(project.root / "home"))
+    assert cli.main(["--data-root", str(project.data), "verify"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"store {project.store}: 5 outputs, all intact"
+    faces = ArtifactStore(project.store).current("identity/faces", "jane")
+    data = bytearray((faces.path / "masks.npy").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: a cache hit's cheap check cannot see it
+    (faces.path / "masks.npy").write_bytes(bytes(data))
+    assert metadata_of(project.materialize("identity", "jane"), "identity/faces")["cache"] == "hit"
+    assert cli.main(["--data-root", str(project.data), "verify"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [f"identity/faces [jane] {faces.path}: damaged (masks.npy differs from its record); removed, "
+                        "`facepipe build` rebuilds it",
+                        f"store {project.store}: 5 outputs, 1 damaged (removed)"]
+    rebuilt = project.materialize("identity", "jane")
+    assert metadata_of(rebuilt, "identity/faces")["cache"] == "built"
+    assert metadata_of(rebuilt, "identity/faces")["content_hash"] == faces.content_hash
