@@ -59,7 +59,10 @@ def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = 
 
     from facepipe.definitions import defs
 
-    tags = {"facepipe/run_config": run_config.source} if run_config and run_config.ops else None
+    from facepipe.slots import process_tags
+
+    # The process running it, so that a later build can tell when it was killed (facepipe.slots).
+    tags = {**process_tags(), **({"facepipe/run_config": run_config.source} if run_config and run_config.ops else {})}
     # The folders as this command sees them now (--data-root, FACEPIPE_*), not as they were when
     # the code location was imported; they also show on the run's page.
     folders = {"resources": {"settings": {"config": FacepipeSettings().paths()}}}
@@ -155,8 +158,13 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
           run_config: RunConfig | None = None, job_configs: dict[str, dict] | None = None) -> bool:
     """Check and plan (`plan_build`), register, then make each planned run with its own job's part
     of the run config (`job_configs`, from `checked_run_config`)."""
+    from dagster import DagsterInstance
+
+    from facepipe.slots import free_dead_runs
+
     plan = plan_build(data_root, roles, partition, pairs)
     register(data_root)
+    free_dead_runs(DagsterInstance.get(), print)  # a build killed earlier must not block this one
     job_configs = job_configs or {}
     ok = True
     for run in plan:

@@ -19,7 +19,7 @@ from dagster import (
 from facepipe.align import template_points
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
+from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
 from facepipe.embed import EmbedderChoice, get_embedder
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
@@ -136,7 +136,7 @@ class IdentityModelConfig(TrainingConfig):
 
 
 @asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/faces")},
-       partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, pool=TRAINING_POOL,
+       partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, op_tags=TRAINING_OP_TAGS,
        description="Per-identity autoencoder (encoder → dense bottleneck → decoder, BGR + mask) trained with the "
                    "shared engine; weights (safetensors) + config, and a verified ONNX export in the DFM convention.")
 @failure_policy

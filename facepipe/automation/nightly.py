@@ -48,7 +48,7 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from facepipe.assets import ASSETS
 from facepipe.assets.stage import OUTSIDE_INPUTS, store_name
-from facepipe.assets.training import TRAINING_POOL
+from facepipe.assets.training import POOL_TAG, TRAINING_POOL
 from facepipe.automation import schedule_default, sensor_default
 from facepipe.automation.discovery import JOB_OF_GROUP, PAIR_JOB, pair_job, role_job_name, role_jobs
 from facepipe.labels import UserMaskError
@@ -99,7 +99,7 @@ def stage_of(assets_def: AssetsDefinition) -> Stage:
         upstream[name] = (store_name(upstream_key), side)
     schema = assets_def.op.config_schema
     config_type = schema.config_type if schema is not None and schema.config_type.kind == ConfigTypeKind.STRICT_SHAPE else None
-    return Stage(store_name(key), assets_def.code_versions_by_key[key], config_type, assets_def.op.pool == TRAINING_POOL,
+    return Stage(store_name(key), assets_def.code_versions_by_key[key], config_type, assets_def.op.tags.get(POOL_TAG) == TRAINING_POOL,
                  upstream)
 
 
