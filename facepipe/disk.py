@@ -13,7 +13,7 @@ NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
 MB = 1 << 20
 # Kept free beyond what a write needs: the record, the fsync'd folder entries, the file system's own blocks.
-SPARE_BYTES = 4 * MB
+SPARE_BYTES = 1 * MB
 
 
 class NoSpace(OSError):
@@ -45,6 +45,21 @@ def require_free_space(folder: Path, needed: int) -> None:
     free = free_bytes(folder)
     if free < needed + SPARE_BYTES:
         raise NoSpace(folder, needed + SPARE_BYTES, free)
+
+
+def reserve_blocks(path: Path) -> None:
+    """Allocate every block of a (sparse) file now, so that writing into it later cannot run out
+    of space; NoSpace if the disk cannot hold it."""
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        raise NoSpace(Path(path).parent, size, free_bytes(path)) from error
+    finally:
+        os.close(fd)
 
 
 def storage_error(error: BaseException) -> OSError | None:

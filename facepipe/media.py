@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from facepipe.disk import NO_SPACE, NoSpace, free_bytes
 from facepipe.store import canonical_json, file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -295,8 +296,7 @@ def _write_source_frames(source, wanted: set[int], out_dir: Path, rows: list[dic
             continue
         frame_id = len(rows)
         name = f"{frame_id:06d}.png"
-        if not cv2.imwrite(str(out_dir / name), frame, FRAME_PNG_PARAMS):
-            raise OSError(f"could not write frame {out_dir / name}")
+        write_frame_png(out_dir / name, frame, frames_left=total - len(rows))
         rows.append(
             {
                 "frame_id": frame_id,
@@ -312,6 +312,22 @@ def _write_source_frames(source, wanted: set[int], out_dir: Path, rows: list[dic
         if progress and (len(rows) % 50 == 0 or len(rows) == total):
             progress(len(rows), total)
     return decoded
+
+
+def write_frame_png(path: Path, frame: np.ndarray, frames_left: int = 1) -> None:
+    """Encode in memory and write with Python's I/O (the same bytes as cv2.imwrite), so that a
+    failed write says why: a full disk is NoSpace with an estimate of what the frames still need."""
+    ok, encoded = cv2.imencode(".png", frame, FRAME_PNG_PARAMS)
+    if not ok:
+        raise MediaError(f"{path.name}: OpenCV could not encode a {frame.shape[1]}x{frame.shape[0]} frame as PNG")
+    try:
+        with open(path, "wb") as handle:
+            handle.write(encoded.tobytes())
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        path.unlink(missing_ok=True)
+        raise NoSpace(path.parent, len(encoded) * frames_left, free_bytes(path.parent)) from error
 
 
 def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.ndarray, str | None]]:

@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -93,10 +95,66 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Temporary names say whose they are, `.tmp-<name>~<host>~<pid>~<random>`, so that a sweep can
+# tell what a killed run left behind from what a live one is writing.
+TEMP_SEPARATOR = "~"
+ABANDONED_AFTER_S = 7 * 24 * 3600  # another machine's temporaries (or unnamed ones) count as left after a week
+
+
+def temp_prefix(name: str) -> str:
+    return f".tmp-{name}{TEMP_SEPARATOR}{socket.gethostname()}{TEMP_SEPARATOR}{os.getpid()}{TEMP_SEPARATOR}"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporary(entry: Path) -> bool:
+    """Whether a `.tmp-*` entry was left by a process that is gone (on this machine), or is old."""
+    if not entry.name.startswith(".tmp-"):
+        return False
+    parts = entry.name.split(TEMP_SEPARATOR)
+    if len(parts) == 4 and parts[1] == socket.gethostname() and parts[2].isdigit():
+        if not process_alive(int(parts[2])):
+            return True
+    try:
+        return time.time() - entry.lstat().st_mtime > ABANDONED_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def tree_size(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
+
+
+def sweep_temporaries(folder: Path) -> list[tuple[Path, int]]:
+    """Remove the stale temporaries directly in `folder`; returns (path, bytes) of each."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if stale_temporary(entry):
+            try:
+                size = tree_size(entry)
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            except FileNotFoundError:
+                continue  # another sweep was first
+            removed.append((entry, size))
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old bytes or the new ones, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")  # swept by checkpoints.remove_stale_temporaries
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name))  # swept by sweep_temporaries
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; published files must be readable by the swapper
         with os.fdopen(fd, "wb") as handle:
@@ -186,7 +244,8 @@ class ArtifactStore:
         if artifact is None:
             parent = self.partition_dir(asset, partition)
             parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
+            sweep_temporaries(parent)  # what killed runs left here: never reused, only taking space
+            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(fp)))
             try:
                 metadata = write(tmp) or {}
                 digest, files = content_hash(tmp)
@@ -255,6 +314,16 @@ class ArtifactStore:
                 warn(f"{local.path} is damaged ({problem}); rebuilding it")
             return None
         return local
+
+    def sweep(self) -> list[tuple[Path, int]]:
+        """Stale temporaries in every partition folder of the store (not inside outputs, not in the
+        training runs, which the engine sweeps under its run lock); returns (path, bytes) of each."""
+        removed, level = [], [self.root]
+        for _depth in range(5):  # <asset group>/<asset>/<key>[/<key>]: partition folders are this shallow
+            removed += [found for folder in level for found in sweep_temporaries(folder)]
+            level = [entry for folder in level for entry in sorted(folder.iterdir()) if entry.is_dir()
+                     and not entry.name.startswith((".", "_")) and not (entry / RECORD).is_file()]
+        return removed
 
     def verify(self, remove: bool = True) -> list[tuple[Artifact, str | None]]:
         """Every finished output on this machine checked against its record's sha256 of each file:
@@ -329,7 +398,7 @@ class ArtifactStore:
         relative = self._relative(asset, partition) / fp
         parent = self.partition_dir(asset, partition)
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(fp)))
         try:
             try:
                 self.remote.download(relative / record["content_hash"], sorted(record["files"]), tmp)
@@ -391,6 +460,6 @@ def commit(tmp: Path, final: Path) -> None:
 def retire(folder: Path) -> None:
     """Move a local copy out of the way (renamed first, so nobody sees it half deleted), then delete it."""
     if folder.exists():
-        aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-retired-{folder.name}-"))
+        aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=temp_prefix(f"retired-{folder.name}")))
         os.rename(folder, aside / folder.name)
         shutil.rmtree(aside, ignore_errors=True)

@@ -4,6 +4,8 @@ full (named with MB needed and free, no retry, nothing left behind), and damaged
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import pytest
 
@@ -113,3 +115,77 @@ def test_verify_finds_damaged_content_removes_it_and_the_next_build_restores_it(
     rebuilt = project.materialize("identity", "jane")
     assert metadata_of(rebuilt, "identity/faces")["cache"] == "built"
     assert metadata_of(rebuilt, "identity/faces")["content_hash"] == faces.content_hash
+
+
+def no_temporaries_in(folder) -> bool:
+    return not [p for p in folder.rglob(".tmp-*")]
+
+
+def test_a_full_disk_while_writing_faces_is_named_not_retried_and_leaves_nothing(project, small_disk):
+    """Writing faces through memory maps on a full disk killed the process with SIGBUS."""
+    small_disk(project.store, 3)
+    folder = project.folder("identity", "jane")
+    for number in range(8):
+        a_face_image(folder / f"{number}.png")
+    result = project.materialize("identity", "jane", raise_on_error=False)
+    assert not result.success and not events(result, "STEP_UP_FOR_RETRY")
+    [failure] = events(result, "STEP_FAILURE")
+    assert failure.step_key == "identity__faces"
+    message = failure.event_specific_data.error.message
+    assert f"identity/faces [jane]: the store at {project.store} is full (3.0 MB needed, " in message  # 2.0 MB of arrays + 1 MB spare
+    assert "MB free): free some space or set FACEPIPE_STORE to a larger disk, then run again" in message
+    assert no_temporaries_in(project.store)
+
+
+def test_a_full_disk_while_writing_frames_is_named_not_retried_and_leaves_nothing(project, small_disk):
+    """It said only "could not write frame ..." three times, as a transient error."""
+    small_disk(project.store, 0.25)
+    folder = project.folder("identity", "jane")
+    for number in range(8):
+        a_face_image(folder / f"{number}.png")
+    result = project.materialize("identity", "jane", raise_on_error=False)
+    assert not result.success and not events(result, "STEP_UP_FOR_RETRY")
+    [failure] = events(result, "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert f"identity/frames [jane]: the store at {project.store} is full (" in message and " MB needed, " in message
+    assert no_temporaries_in(project.store)
+    assert ArtifactStore(project.store).current_record("identity/media", "jane")  # what was written before stays
+
+
+def test_a_checkpoint_save_on_a_full_disk_leaves_no_temporary_folder(tmp_path, small_disk):
+    import torch
+
+    from facepipe.disk import NoSpace
+    from facepipe.train.checkpoints import save_checkpoint
+
+    small_disk(tmp_path / "ckpt", 1)
+    with pytest.raises(NoSpace) as raised:
+        save_checkpoint(tmp_path / "ckpt", epochs_completed=1, step_in_epoch=0,
+                        weights={"w": torch.zeros(512, 1024)}, state={"step": 1}, resume_key="k", check_state_loads=False)
+    assert raised.value.needed > raised.value.free
+    assert list((tmp_path / "ckpt").iterdir()) == []  # the .tmp-ckpt-* folder kept the disk full
+
+
+def test_temporaries_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = ArtifactStore(tmp_path / "store")
+    parent = store.partition_dir("identity/faces", "jane")
+    host = socket.gethostname()
+    killed = parent / f".tmp-0123abcd~{host}~{dead.pid}~x1y2"
+    live = parent / f".tmp-4567ef01~{host}~{os.getpid()}~z3w4"
+    old = parent / ".tmp-89ab-oldformat"
+    for folder in (killed, live, old):
+        folder.mkdir(parents=True)
+        (folder / "faces.npy").write_bytes(b"0" * 1000)
+    week_ago = time.time() - 8 * 24 * 3600
+    os.utime(old, (week_ago, week_ago))
+    removed = store.sweep()
+    assert sorted(path.name for path, _size in removed) == sorted([killed.name, old.name])
+    assert live.is_dir() and not killed.exists() and not old.exists()
+    assert {size for _path, size in removed} == {1000}
