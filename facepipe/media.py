@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,6 +24,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # Folder names inside a partition that hold other inputs (user masks for XSeg), not media.
 RESERVED_FOLDERS = ("masks",)
 MIN_IMAGE_SIDE = 32
+MAX_IMAGE_PIXELS = 64_000_000  # 9248x6936 (a 64 MP photo); decoding more costs GBs for no usable face
 FRAME_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; frames are re-read, rarely kept
 
 
@@ -144,8 +146,33 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header, nothing decoded; None where Pillow cannot tell
+    (OpenCV's decoder then has its say). A header beyond Pillow's own bomb limit is MediaError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as header:
+                return header.size
+    except Image.DecompressionBombError as error:
+        raise MediaError(too_large(path, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels")) from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def too_large(path: Path, size: str) -> str:
+    return (f"{path.name}: {size}, more than facepipe decodes (at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): "
+            "scale it down (a face needs far fewer pixels) and put it back")
+
+
 def load_image(path: Path) -> np.ndarray:
-    """Decode an image file as uint8 BGR (EXIF orientation applied), or raise MediaError."""
+    """Decode an image file as uint8 BGR (EXIF orientation applied), or raise MediaError.
+    Its size is checked from the header first: a small file can claim gigapixels."""
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise MediaError(too_large(path, f"{size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} megapixels)"))
     data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII names
     image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
     if image is None:

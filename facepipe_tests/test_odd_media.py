@@ -98,3 +98,35 @@ def test_a_folder_with_an_undecodable_file_is_not_changed_every_night(project):
     assert role_changes(world_of(project), "target", "broken")["target/media"] == "media changed"
     result = media_only(project, "target", "broken")
     assert result.success and "target/media" not in role_changes(world_of(project), "target", "broken")
+
+
+def small_png_claiming(path: Path, width: int, height: int) -> None:
+    """A valid PNG of one flat colour: a few hundred KB on disk, width x height x 3 bytes decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * width)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def test_a_small_file_claiming_a_huge_image_is_refused_before_decoding(project):
+    """A 420 KB PNG of 12000x12000 px was decoded in full (432 MB; gigapixels cost GBs), twice."""
+    import resource
+
+    folder = project.folder("identity", "huge")
+    a_face_image(folder / "face.jpg")
+    small_png_claiming(folder / "poster.png", 12000, 12000)
+    assert (folder / "poster.png").stat().st_size < 1 << 20
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = media_only(project, "identity", "huge")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert result.success and grown_mb < 200, grown_mb
+    assert warnings_of(project, result) == [
+        f"skipping {folder}/poster.png: poster.png: 12000x12000 px (144 megapixels), more than facepipe decodes "
+        "(at most 64 megapixels): scale it down (a face needs far fewer pixels) and put it back"]

@@ -49,7 +49,7 @@ from facepipe.train.telemetry import format_duration
 # Bump a stage's version when its output for the same inputs changes; the store keys on it
 # (facepipe_tests/test_code_versions.py fails when the code changed and the version did not).
 CODE_VERSIONS = {
-    "media": "1",
+    "media": "2",  # 2: images over 64 megapixels are skipped (were decoded in full)
     "frames": "1",
     "landmarks": "1",
     "smoothed_landmarks": "1",
