@@ -130,3 +130,27 @@ def test_a_small_file_claiming_a_huge_image_is_refused_before_decoding(project):
     assert warnings_of(project, result) == [
         f"skipping {folder}/poster.png: poster.png: 12000x12000 px (144 megapixels), more than facepipe decodes "
         "(at most 64 megapixels): scale it down (a face needs far fewer pixels) and put it back"]
+
+
+def test_frames_with_several_faces_are_named_in_the_run_log(project):
+    """The largest face was kept silently (only a count in the metadata)."""
+    from facepipe.sample import hopper_face
+
+    folder = project.folder("identity", "crowd")
+    face = hopper_face(160)
+    group = np.full((200, 400, 3), 128, dtype=np.uint8)
+    group[20:180, 10:170] = face
+    group[60:160, 260:360] = cv2.resize(face, (100, 100))  # somebody smaller beside the subject
+    cv2.imwrite(str(folder / "group.png"), group)
+    cv2.imwrite(str(folder / "alone.png"), face)
+    landmarks = project.assets["identity"][2]
+    result = project.materialize("identity", "crowd", assets=[*project.assets["identity"][:2], landmarks])
+    assert result.success
+    lines = [entry.user_message for entry in project.instance.all_logs(result.run_id)
+             if entry.level >= 30 and "more than one face" in entry.user_message]
+    assert lines == ["group.png: 1 frame(s) show more than one face (frame 0: 2 faces); the largest is kept. If that is "
+                     "not always the person of this folder, crop or remove those frames"]
+    [event] = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+               and e.event_specific_data.materialization.asset_key.to_user_string() == "identity/landmarks"]
+    metadata = event.event_specific_data.materialization.metadata
+    assert metadata["multi_face_frames"].value == 1 and metadata["multi_face_frames_by_source"].value == {"group.png": 1}

@@ -103,6 +103,20 @@ def folder_media_digest(folder: Path) -> str:
     return _media_digest(str(folder), folder_signature(folder))
 
 
+def several_faces(manifest: pd.DataFrame, num_faces: np.ndarray) -> dict[str, list[tuple[int, int]]]:
+    """{source file: [(frame index in that file, faces found)]} for frames with more than one face."""
+    crowded: dict[str, list[tuple[int, int]]] = {}
+    for row, count in zip(manifest.itertuples(index=False), num_faces):
+        if count > 1:
+            crowded.setdefault(str(row.source), []).append((int(row.source_frame_index), int(count)))
+    return dict(sorted(crowded.items()))
+
+
+def frames_list(frames: list[tuple[int, int]], shown: int = 8) -> str:
+    listed = ", ".join(f"frame {index}: {count} faces" for index, count in frames[:shown])
+    return listed + (f", ... {len(frames) - shown} more" if len(frames) > shown else "")
+
+
 def build_prep_assets(role: str) -> list:
     """The five data-preparation assets for one role."""
     partitions = PARTITIONS[role]
@@ -187,8 +201,14 @@ def build_prep_assets(role: str) -> list:
             missing = manifest.loc[~result.detected, "source"].value_counts().sort_index()
             for source, count in missing.items():
                 context.log.warning(f"{source}: no face in {count} frame(s); they are recorded and left out of faces")
+            crowded = several_faces(manifest, result.num_faces)
+            for source, shown in crowded.items():
+                context.log.warning(f"{source}: {len(shown)} frame(s) show more than one face ({frames_list(shown)}); "
+                                    "the largest is kept. If that is not always the person of this folder, "
+                                    "crop or remove those frames")
             return {"frames": len(manifest), "detected": detected, "detection_rate": round(detected / len(manifest), 4),
                     "multi_face_frames": int((result.num_faces > 1).sum()),
+                    "multi_face_frames_by_source": {source: len(shown) for source, shown in crowded.items()},
                     "no_face_frames": {str(k): int(v) for k, v in missing.items()}}
 
         return run_stage(context, settings, config.model_dump(), write)
