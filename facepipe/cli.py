@@ -49,12 +49,17 @@ def register(data_root: Path) -> dict[str, list[str]]:
     return registered
 
 
-# Progress and cache hits at INFO; Dagster's per-step DEBUG events stay in the UI's run log.
-INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Progress and cache hits at INFO; Dagster's per-step DEBUG events (step started, inputs, outputs)
+# stay in the UI's run log unless `--log-level debug` asks for them here too.
+LOG_LEVELS = ("debug", "info", "warning")
+
+
+def console_logs(level: str) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": level.upper()}}}}
 
 
 def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = None,
-            job_config: dict | None = None) -> bool:
+            job_config: dict | None = None, log_level: str = "info") -> bool:
     from dagster import DagsterInstance
 
     from facepipe.definitions import defs
@@ -69,7 +74,7 @@ def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = 
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=DagsterInstance.get(), partition_key=key, raise_on_error=False,
-        run_config={**INFO_LOGS, **(job_config or {}), **folders}, tags=tags,
+        run_config={**console_logs(log_level), **(job_config or {}), **folders}, tags=tags,
     )
     print(f"{label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     if not result.success and was_interrupted(result):  # Ctrl+C stops the whole build, not just this run
@@ -155,7 +160,8 @@ def plan_build(data_root: Path, roles: list[str], partition: str | None, pairs: 
 
 
 def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True,
-          run_config: RunConfig | None = None, job_configs: dict[str, dict] | None = None) -> bool:
+          run_config: RunConfig | None = None, job_configs: dict[str, dict] | None = None,
+          log_level: str = "info") -> bool:
     """Check and plan (`plan_build`), register, then make each planned run with its own job's part
     of the run config (`job_configs`, from `checked_run_config`)."""
     from dagster import DagsterInstance
@@ -171,7 +177,7 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
     job_configs = job_configs or {}
     ok = True
     for run in plan:
-        ok &= run_job(run.job, run.key, run.label, run_config, job_configs.get(run.job))
+        ok &= run_job(run.job, run.key, run.label, run_config, job_configs.get(run.job), log_level)
     return ok
 
 
@@ -238,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = sub.add_mutually_exclusive_group()
         chosen.add_argument("--preset", metavar="NAME", help="a shipped run config: demo (the defaults), quality, gpu")
         chosen.add_argument("--config", metavar="FILE", type=Path, help="a Dagster run config file (YAML or JSON)")
+        sub.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                         help="run log shown here (debug adds Dagster's step events; default info)")
     commands.add_parser("verify", help="check the store's outputs against their records; remove damaged ones")
     show = commands.add_parser("presets", help="list the presets, or print one (--group: only one job's ops, "
                                                 "ready for the launchpad)")
@@ -279,7 +287,7 @@ def run_command(args: argparse.Namespace, data_root: Path) -> int:
         return verify()
     if args.command in ("build", "demo"):
         return 0 if build(data_root, args.role or ["identity", "target"], args.partition, pairs=not args.role,
-                          run_config=run_config, job_configs=job_configs) else 1
+                          run_config=run_config, job_configs=job_configs, log_level=args.log_level) else 1
     return 0
 
 

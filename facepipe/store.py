@@ -318,7 +318,7 @@ class ArtifactStore:
     def sweep(self) -> list[tuple[Path, int]]:
         """Stale temporaries in every partition folder of the store (not inside outputs, not in the
         training runs, which the engine sweeps under its run lock); returns (path, bytes) of each."""
-        removed, level = [], [self.root]
+        removed, level = [], [self.root] if self.root.is_dir() else []
         for _depth in range(5):  # <asset group>/<asset>/<key>[/<key>]: partition folders are this shallow
             removed += [found for folder in level for found in sweep_temporaries(folder)]
             level = [entry for folder in level for entry in sorted(folder.iterdir()) if entry.is_dir()
