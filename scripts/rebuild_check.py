@@ -156,7 +156,7 @@ def build_once(data_root: Path, store_root: Path, models_root: Path, run_config:
     """Every role partition, then every declared pair, into empty stores; like `facepipe build`."""
     from dagster import DagsterInstance
 
-    from facepipe.cli import plan_build
+    from facepipe.plan import plan_build
     from facepipe.partitions import PARTITIONS, ROLES, discover
 
     # The guarantee is for the CPU; a user's "device" in the run config is overridden on purpose.
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (removed by default)")
     args = parser.parse_args(argv)
 
-    from facepipe.cli import BuildInputError
+    from facepipe.plan import BuildInputError
     from facepipe.pairs import PairsFileError
 
     run_config = load_run_config(args.run_config)
