@@ -8,9 +8,11 @@ DEBUG and ignores Ctrl+C and SIGTERM; here the wait sleeps, says at INFO what it
 stops on Ctrl+C.
 
 A run whose process was killed (`kill -9`, a crash, a lost machine) keeps its slot until
-somebody frees it; Dagster's daemon does that only where it runs. So the process that claims a
-slot tags its run with its host, pid and process start time, and whoever waits for a slot (and
-`facepipe build` when it starts) frees the slots of runs of this machine whose process is gone,
+somebody frees it; Dagster's daemon does that only where it runs. So runs say which process runs
+them (`facepipe build` tags its runs with host, pid and process start time) and which process
+holds their slot (the claiming step tags the run with the same under `facepipe/slot_*`: under
+Celery, steps of one run live in several processes). Whoever waits for a slot, and
+`facepipe build` when it starts, frees the slots of runs of this machine whose process is gone,
 marks those runs failed and says so.
 """
 
@@ -28,26 +30,27 @@ import psutil
 from dagster import DagsterInstance, RunsFilter
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-HOST_TAG = "facepipe/host"
-PID_TAG = "facepipe/pid"
-PROCESS_START_TAG = "facepipe/process_start"  # psutil's create_time: a reused pid is another process
+RUN_PROCESS = "facepipe/"  # tags of the process that runs the whole run (facepipe build)
+SLOT_PROCESS = "facepipe/slot_"  # tags of the process whose step holds the run's slot
+HOST, PID, PROCESS_START = "host", "pid", "process_start"  # process_start: a reused pid is another process
 POLL_SECONDS = 2.0
 REPEAT_WAIT_MESSAGE_S = 60.0
 
 
-def process_tags(pid: int | None = None) -> dict[str, str]:
-    """Tags naming the process that runs (or claims for) a run: host, pid, process start time."""
+def process_tags(pid: int | None = None, prefix: str = RUN_PROCESS) -> dict[str, str]:
+    """Tags naming a process (this one by default): host, pid, process start time."""
     process = psutil.Process(pid or os.getpid())
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(process.pid), PROCESS_START_TAG: f"{process.create_time():.3f}"}
+    return {prefix + HOST: socket.gethostname(), prefix + PID: str(process.pid),
+            prefix + PROCESS_START: f"{process.create_time():.3f}"}
 
 
-def process_gone(tags: dict[str, str]) -> bool:
-    """Whether the tagged process is known to be gone: on this host, and no process with that
-    pid and start time exists. Runs of other hosts, or without the tags, are never judged."""
-    if tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in tags:
+def process_gone(tags: dict[str, str], prefix: str = RUN_PROCESS) -> bool:
+    """Whether the process the tags name is known to be gone: on this host, and no process with
+    that pid and start time exists. Other hosts' processes, or no tags, are never judged."""
+    if tags.get(prefix + HOST) != socket.gethostname() or prefix + PID not in tags:
         return False
     try:
-        process = psutil.Process(int(tags[PID_TAG]))
+        process = psutil.Process(int(tags[prefix + PID]))
         started = process.create_time()
         if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
             return True
@@ -55,7 +58,8 @@ def process_gone(tags: dict[str, str]) -> bool:
         return True
     except psutil.AccessDenied:
         return False
-    return PROCESS_START_TAG in tags and abs(started - float(tags[PROCESS_START_TAG])) > 0.01
+    recorded = tags.get(prefix + PROCESS_START)
+    return recorded is not None and abs(started - float(recorded)) > 0.01
 
 
 def clock(moment: float | datetime | None) -> str:
@@ -86,8 +90,9 @@ def run_info(instance: DagsterInstance, run_id: str) -> RunInfo:
         return RunInfo(run_id, "unknown run", None, None, None, "?")
     run = record.dagster_run
     started = record.start_time or (record.create_timestamp.timestamp() if record.create_timestamp else None)
-    return RunInfo(run_id, run.job_name, run.tags.get("dagster/partition"), run.tags.get(PID_TAG), run.tags.get(HOST_TAG),
-                   clock(started))
+    prefix = SLOT_PROCESS if SLOT_PROCESS + PID in run.tags else RUN_PROCESS
+    return RunInfo(run_id, run.job_name, run.tags.get("dagster/partition"), run.tags.get(prefix + PID),
+                   run.tags.get(prefix + HOST), clock(started))
 
 
 def free_dead_runs(instance: DagsterInstance, say: Callable[[str], None]) -> list[str]:
@@ -95,25 +100,25 @@ def free_dead_runs(instance: DagsterInstance, say: Callable[[str], None]) -> lis
     unfinished runs of this machine whose process is gone (marked failed), and finished runs
     that still hold a slot. Returns their run ids."""
     storage = instance.event_log_storage
+    holders = set()
+    if storage.supports_global_concurrency_limits:
+        holders = {slot.run_id for pool in storage.get_concurrency_keys()
+                   for slot in storage.get_concurrency_info(pool).claimed_slots}
     freed = []
-    unfinished = instance.get_runs(RunsFilter(statuses=NOT_FINISHED_STATUSES))
-    for run in unfinished:
-        if process_gone(run.tags):
+    for run in instance.get_runs(RunsFilter(statuses=NOT_FINISHED_STATUSES)):
+        if process_gone(run.tags) or (run.run_id in holders and process_gone(run.tags, SLOT_PROCESS)):
             info = run_info(instance, run.run_id)
             storage.free_concurrency_slots_for_run(run.run_id)
             instance.report_run_failed(run, message=f"its process (pid {info.pid}) is gone: killed or crashed")
             say(f"{info} has no process any more (killed or crashed): marked failed, its training slot freed")
             freed.append(run.run_id)
-    if storage.supports_global_concurrency_limits:
-        holders = {slot.run_id for pool in storage.get_concurrency_keys()
-                   for slot in storage.get_concurrency_info(pool).claimed_slots}
-        for run_id in sorted(holders - set(freed)):
-            record = instance.get_run_record_by_id(run_id)
-            if record is not None and record.dagster_run.status not in NOT_FINISHED_STATUSES:
-                storage.free_concurrency_slots_for_run(run_id)
-                say(f"{run_info(instance, run_id)} ended ({record.dagster_run.status.value.lower()}) "
-                    "but still held a training slot: freed")
-                freed.append(run_id)
+    for run_id in sorted(holders - set(freed)):
+        record = instance.get_run_record_by_id(run_id)
+        if record is not None and record.dagster_run.status not in NOT_FINISHED_STATUSES:
+            storage.free_concurrency_slots_for_run(run_id)
+            say(f"{run_info(instance, run_id)} ended ({record.dagster_run.status.value.lower()}) "
+                "but still held a training slot: freed")
+            freed.append(run_id)
     return freed
 
 
@@ -141,7 +146,7 @@ def training_slot(instance: DagsterInstance, pool: str, run_id: str, step_key: s
     at once (and each minute) which runs hold the slots, frees those whose process is gone, and
     sleeps between checks, so Ctrl+C (or terminating the run) stops it; the slot, or the place
     in the queue, is given back whatever happens."""
-    instance.add_run_tags(run_id, process_tags())  # so that others can tell if this process dies
+    instance.add_run_tags(run_id, process_tags(prefix=SLOT_PROCESS))  # so that others can tell if this process dies
     storage = instance.event_log_storage
     waited_since, said_at, said_holders = time.monotonic(), None, None
     try:

@@ -144,3 +144,26 @@ def test_build_frees_the_slot_of_a_build_killed_before(instance, holder_process,
     with DagsterInstance.get() as fresh:
         assert fresh.get_run_by_id(holder).status == DagsterRunStatus.FAILURE
         assert fresh.event_log_storage.get_concurrency_info(POOL).claimed_slots == []
+
+
+def test_a_slot_held_by_a_step_whose_process_died_is_freed_and_a_live_one_kept(instance, holder_process):
+    """Under Celery one run's steps live in several processes: the slot's holder is judged by the
+    process its step recorded (facepipe/slot_*), not by the run's."""
+    from facepipe.slots import SLOT_PROCESS, free_dead_runs
+
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    runs = {}
+    for name, pid in (("dead", dead.pid), ("live", holder_process.pid)):
+        runs[name] = str(uuid.uuid4())
+        instance.add_run(DagsterRun(job_name="pair_job", run_id=runs[name], status=DagsterRunStatus.STARTED,
+                                    tags={**process_tags(pid, prefix=SLOT_PROCESS), "dagster/partition": "a|b"}))
+    dead.kill()
+    dead.wait()
+    instance.event_log_storage.set_concurrency_slots(POOL, 2)
+    assert claim(instance, POOL, runs["dead"], "pair__lora_adapter") and claim(instance, POOL, runs["live"], "pair__lora_adapter")
+    said = []
+    assert free_dead_runs(instance, said.append) == [runs["dead"]]
+    assert said == [f"run {runs['dead'][:8]} (pair_job [a|b], pid {dead.pid}, since {said[0].split('since ')[1].split(')')[0]}) "
+                    "has no process any more (killed or crashed): marked failed, its training slot freed"]
+    assert [slot.run_id for slot in instance.event_log_storage.get_concurrency_info(POOL).claimed_slots] == [runs["live"]]
+    assert instance.get_run_by_id(runs["live"]).status == DagsterRunStatus.STARTED
