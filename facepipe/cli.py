@@ -109,13 +109,17 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
     from dagster import DagsterInstance
 
     from facepipe.slots import free_dead_runs
+    from facepipe.store import sweep_temporaries
 
     plan = plan_build(data_root, roles, partition, pairs)
     register(data_root)
     free_dead_runs(DagsterInstance.get(), print)  # a build killed earlier must not block this one
-    if swept := FacepipeSettings().store.sweep():
-        print(f"removed {len(swept)} temporary folder(s) left by killed runs in the store "
-              f"({sum(size for _path, size in swept) / (1 << 20):.1f} MB freed)")
+    settings = FacepipeSettings()
+    swept = settings.store.sweep() + [found for folder in ("trained", "identities")
+                                      for found in sweep_temporaries(settings.models_path / folder)]
+    if swept:
+        print(f"removed {len(swept)} temporary file(s) and folder(s) left by killed runs in the store and "
+              f"models folder ({sum(size for _path, size in swept) / (1 << 20):.1f} MB freed)")
     job_configs = job_configs or {}
     ok = True
     for run in plan:

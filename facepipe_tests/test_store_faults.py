@@ -189,3 +189,29 @@ def test_temporaries_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
     assert sorted(path.name for path, _size in removed) == sorted([killed.name, old.name])
     assert live.is_dir() and not killed.exists() and not old.exists()
     assert {size for _path, size in removed} == {1000}
+
+
+def test_build_sweeps_what_killed_runs_left_in_the_store_and_models_folder(tmp_path, monkeypatch, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from facepipe import cli
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = f"~{socket.gethostname()}~{dead.pid}~abcd"
+    left = [tmp_path / "store" / "identity" / "faces" / "jane" / f".tmp-0123{tag}",
+            tmp_path / "models" / "trained" / f".tmp-jane_talk.dfm{tag}"]
+    left[0].mkdir(parents=True)
+    (left[0] / "faces.npy").write_bytes(b"0" * 2048)
+    left[1].parent.mkdir(parents=True)
+    left[1].write_bytes(b"0" * 1024)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FACEPIPE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("FACEPIPE_MODELS", str(tmp_path / "models"))
+    (tmp_path / "data" / "identities" / "jane").mkdir(parents=True)  # no media: the run itself fails at once
+    cli.main(["--data-root", str(tmp_path / "data"), "build", "--partition", "jane"])
+    assert ("removed 2 temporary file(s) and folder(s) left by killed runs in the store and models folder (0.0 MB freed)"
+            in capsys.readouterr().out)
+    assert not any(path.exists() for path in left)
