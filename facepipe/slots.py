@@ -151,7 +151,8 @@ def training_slot(instance: DagsterInstance, pool: str, run_id: str, step_key: s
     waited_since, said_at, said_holders = time.monotonic(), None, None
     try:
         while not claim(instance, pool, run_id, step_key):
-            free_dead_runs(instance, say)
+            if free_dead_runs(instance, say):
+                continue  # a slot may be free now: claim again before saying anything
             info = storage.get_concurrency_info(pool)
             holders = sorted({slot.run_id for slot in info.claimed_slots} - {run_id})
             now = time.monotonic()

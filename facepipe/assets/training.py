@@ -102,7 +102,7 @@ def train_in_store(
     def build(out: Path) -> dict[str, Any]:
         run_dir = store.partition_dir(f"_runs/{context.asset_key.path[-1]}", partition)
         step_key = context.op_execution_context.get_step_execution_context().step.key
-        with training_slot(context.instance, TRAINING_POOL, context.run_id, step_key,
+        with training_slot(context.instance, TRAINING_POOL, context.run.run_id, step_key,
                            f"{context.asset_key.to_user_string()} [{partition}]", context.log.info):
             trained = train_model(make_task(), train_config, run_dir, context.log.info,
                                   mirrored_checkpoints(context, store, run_dir, train_config))
