@@ -6,6 +6,8 @@
                       pair declared in data/pairs.toml
   facepipe demo       sample + build: the README's first command
   facepipe presets    list the shipped run-config presets, or print one (for the launchpad)
+  facepipe verify     check every output in the store against the sha256 in its record; damaged
+                      ones are removed (the next build rebuilds them); exit 1 if any was damaged
 
 `build` and `demo` take `--preset NAME` (demo, quality, gpu: facepipe/presets/) or `--config FILE`
 (a Dagster run config in YAML or JSON, `{ops: {identity__identity_model: {config: {epochs: 80}}}}`);
@@ -21,8 +23,10 @@ import time
 from pathlib import Path
 
 from facepipe.pairs import PairsFileError
+from facepipe.partitions import InvalidPartitionKey
+from facepipe.plan import BuildInputError, plan_build
 from facepipe.presets import RunConfig, RunConfigError
-from facepipe.resources import default_data_root, use_project_instance
+from facepipe.resources import FacepipeSettings, default_data_root, use_project_instance
 
 
 def register(data_root: Path) -> dict[str, list[str]]:
@@ -45,21 +49,32 @@ def register(data_root: Path) -> dict[str, list[str]]:
     return registered
 
 
-# Progress and cache hits at INFO; Dagster's per-step DEBUG events stay in the UI's run log.
-INFO_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Progress and cache hits at INFO; Dagster's per-step DEBUG events (step started, inputs, outputs)
+# stay in the UI's run log unless `--log-level debug` asks for them here too.
+LOG_LEVELS = ("debug", "info", "warning")
+
+
+def console_logs(level: str) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": level.upper()}}}}
 
 
 def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = None,
-            job_config: dict | None = None) -> bool:
+            job_config: dict | None = None, log_level: str = "info") -> bool:
     from dagster import DagsterInstance
 
     from facepipe.definitions import defs
 
-    tags = {"facepipe/run_config": run_config.source} if run_config and run_config.ops else None
+    from facepipe.slots import process_tags
+
+    # The process running it, so that a later build can tell when it was killed (facepipe.slots).
+    tags = {**process_tags(), **({"facepipe/run_config": run_config.source} if run_config and run_config.ops else {})}
+    # The folders as this command sees them now (--data-root, FACEPIPE_*), not as they were when
+    # the code location was imported; they also show on the run's page.
+    folders = {"resources": {"settings": {"config": FacepipeSettings().paths()}}}
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=DagsterInstance.get(), partition_key=key, raise_on_error=False,
-        run_config={**INFO_LOGS, **(job_config or {})}, tags=tags,
+        run_config={**console_logs(log_level), **(job_config or {}), **folders}, tags=tags,
     )
     print(f"{label}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     if not result.success and was_interrupted(result):  # Ctrl+C stops the whole build, not just this run
@@ -87,34 +102,43 @@ def iter_causes(error):
 
 
 def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True,
-          run_config: RunConfig | None = None, job_configs: dict[str, dict] | None = None) -> bool:
-    """Register, then run each role's job per partition and the pair job per declared pair, each
-    with its own part of the run config (`job_configs`, from `checked_run_config`)."""
-    from facepipe.automation.discovery import PAIR_JOB, role_job_name
-    from facepipe.pairs import declared_pairs, pair_key
+          run_config: RunConfig | None = None, job_configs: dict[str, dict] | None = None,
+          log_level: str = "info") -> bool:
+    """Check and plan (`plan_build`), register, then make each planned run with its own job's part
+    of the run config (`job_configs`, from `checked_run_config`)."""
+    from dagster import DagsterInstance
 
+    from facepipe.slots import free_dead_runs
+    from facepipe.store import sweep_temporaries
+
+    plan = plan_build(data_root, roles, partition, pairs)
+    register(data_root)
+    free_dead_runs(DagsterInstance.get(), print)  # a build killed earlier must not block this one
+    settings = FacepipeSettings()
+    swept = settings.store.sweep() + [found for folder in ("trained", "identities")
+                                      for found in sweep_temporaries(settings.models_path / folder)]
+    if swept:
+        print(f"removed {len(swept)} temporary file(s) and folder(s) left by killed runs in the store and "
+              f"models folder ({sum(size for _path, size in swept) / (1 << 20):.1f} MB freed)")
     job_configs = job_configs or {}
-    keys = register(data_root)
     ok = True
-    if partition:  # a key names an identity, a target or both: build the roles that have it
-        requested, roles = roles, [role for role in roles if partition in keys[role]]
-        if not roles:
-            print(f"no {' or '.join(requested)} folder '{partition}' under {data_root}", file=sys.stderr)
-            return False
-    for role in roles:
-        job = role_job_name(role)
-        for key in [partition] if partition else keys[role]:
-            ok &= run_job(job, key, f"{role}/{key}", run_config, job_configs.get(job))
-    if not pairs:
-        return ok
-    for identity, target in declared_pairs(data_root):
-        if identity not in keys["identity"] or target not in keys["target"]:
-            print(f"pair {identity}|{target} in pairs.toml: no such identity or target folder; skipped", file=sys.stderr)
-            ok = False
-        elif partition in (None, identity, target):
-            ok &= run_job(PAIR_JOB, pair_key(identity, target), f"pair/{identity}|{target}", run_config,
-                          job_configs.get(PAIR_JOB))
+    for run in plan:
+        ok &= run_job(run.job, run.key, run.label, run_config, job_configs.get(run.job), log_level)
     return ok
+
+
+def verify() -> int:
+    """`facepipe verify`: every output on this machine against its record (content hashes)."""
+    store = FacepipeSettings().store
+    checked = store.verify(remove=True)
+    damaged = [(artifact, problem) for artifact, problem in checked if problem]
+    for artifact, problem in damaged:
+        record = artifact.record
+        print(f"{record['asset']} [{record['partition']}] {artifact.path}: damaged ({problem}); removed, "
+              "`facepipe build` rebuilds it")
+    print(f"store {store.root}: {len(checked)} outputs, "
+          + (f"{len(damaged)} damaged (removed)" if damaged else "all intact"))
+    return 1 if damaged else 0
 
 
 def checked_run_config(preset: str | None, config_file: Path | None) -> tuple[RunConfig | None, dict[str, dict]]:
@@ -166,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = sub.add_mutually_exclusive_group()
         chosen.add_argument("--preset", metavar="NAME", help="a shipped run config: demo (the defaults), quality, gpu")
         chosen.add_argument("--config", metavar="FILE", type=Path, help="a Dagster run config file (YAML or JSON)")
+        sub.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                         help="run log shown here (debug adds Dagster's step events; default info)")
+    commands.add_parser("verify", help="check the store's outputs against their records; remove damaged ones")
     show = commands.add_parser("presets", help="list the presets, or print one (--group: only one job's ops, "
                                                 "ready for the launchpad)")
     show.add_argument("name", nargs="?", help="the preset to print")
@@ -177,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     use_project_instance()
     try:
         return run_command(args, data_root)
-    except (PairsFileError, RunConfigError) as error:  # the other bad inputs fail inside Dagster runs, named there
+    except (PairsFileError, RunConfigError, BuildInputError, InvalidPartitionKey) as error:
+        # (the other bad inputs fail inside Dagster runs, named there)
         print(f"facepipe: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -202,9 +230,11 @@ def run_command(args: argparse.Namespace, data_root: Path) -> int:
               f"pair {IDENTITY_KEY}|{TARGET_KEY} declared in {data_root / 'pairs.toml'}")
     if args.command == "register":
         register(data_root)
+    if args.command == "verify":
+        return verify()
     if args.command in ("build", "demo"):
         return 0 if build(data_root, args.role or ["identity", "target"], args.partition, pairs=not args.role,
-                          run_config=run_config, job_configs=job_configs) else 1
+                          run_config=run_config, job_configs=job_configs, log_level=args.log_level) else 1
     return 0
 
 

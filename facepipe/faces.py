@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe.align import align_face
+from facepipe.disk import require_free_space, reserve_blocks
 
 CROPS = "faces.npy"
 MASKS = "masks.npy"
@@ -54,9 +55,16 @@ def build_face_set(
     Arrays are written through memory maps so memory stays flat for large sets.
     Returns (frame ids, 2x3 alignment matrices) in face order.
     """
-    crops = np.lib.format.open_memmap(out_dir / CROPS, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
-    masks = np.lib.format.open_memmap(out_dir / MASKS, mode="w+", dtype=np.uint8, shape=(count, size, size))
-    marks = np.lib.format.open_memmap(out_dir / LANDMARKS, mode="w+", dtype=np.float32, shape=(count, 478, 2))
+    shapes = {CROPS: ((count, size, size, 3), np.uint8), MASKS: ((count, size, size), np.uint8),
+              LANDMARKS: ((count, 478, 2), np.float32)}
+    # A memory map on a full disk dies with SIGBUS at the first page that has no block: check the
+    # space first, then reserve every block before writing through the maps.
+    require_free_space(out_dir, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values()))
+    arrays = [np.lib.format.open_memmap(out_dir / name, mode="w+", dtype=dtype, shape=shape)
+              for name, (shape, dtype) in shapes.items()]
+    for name in shapes:
+        reserve_blocks(out_dir / name)
+    crops, masks, marks = arrays
     frame_ids = np.zeros(count, dtype=np.int64)
     matrices = np.zeros((count, 2, 3), dtype=np.float64)
     for i, (frame_id, frame, landmarks) in enumerate(frames):

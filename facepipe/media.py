@@ -3,9 +3,11 @@ writing videos deterministically."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,6 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from facepipe.disk import NO_SPACE, NoSpace, free_bytes
 from facepipe.store import canonical_json, file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -22,6 +25,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # user's curation.toml (facepipe.curation_file.CURATION_FILE).
 RESERVED_NAMES = ("masks", "curation.toml")
 MIN_IMAGE_SIDE = 32
+MAX_IMAGE_PIXELS = 64_000_000  # 9248x6936 (a 64 MP photo); decoding more costs GBs for no usable face
 FRAME_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; frames are re-read, rarely kept
 
 
@@ -75,20 +79,43 @@ def scan_media(folder: Path) -> tuple[list[MediaFile], list[Skipped]]:
         raise MediaError(f"media folder {folder} does not exist: create it and put videos or images in it")
     files, skipped = [], []
     for rel, path in candidate_paths(folder):
-        if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-            skipped.append(Skipped(rel, "symbolic link pointing outside the folder; copy the file in instead"))
+        if reason := link_problem(path, folder):
+            skipped.append(Skipped(rel, reason))
             continue
         kind = media_kind(path)
         if kind is None:
             supported = ", ".join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
             skipped.append(Skipped(rel, f"not a media file (supported: {supported})"))
             continue
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+            digest = file_sha256(path) if size else ""
+        except PermissionError as error:
+            skipped.append(Skipped(rel, f"cannot read it ({error.strerror}): give yourself read access (chmod u+r)"))
+            continue
         if size == 0:
             skipped.append(Skipped(rel, "empty file (0 bytes): re-copy it"))
             continue
-        files.append(MediaFile(rel, path, kind, size, file_sha256(path)))
+        files.append(MediaFile(rel, path, kind, size, digest))
     return files, skipped
+
+
+def link_problem(path: Path, folder: Path) -> str | None:
+    """Why a symbolic link in a media folder cannot be used (a loop, a missing or an outside
+    target), or None for a usable link or a plain file."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 reports a loop this way; later versions raise OSError(ELOOP)
+        return "symbolic link loop (it leads back to itself): remove it"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (it leads back to itself): remove it"
+        return f"symbolic link to {os.readlink(path)}, which does not exist: remove the link or copy the file in"
+    if not target.is_relative_to(folder.resolve()):
+        return "symbolic link pointing outside the folder; copy the file in instead"
+    return None
 
 
 def folder_signature(folder: Path) -> str:
@@ -120,8 +147,33 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header, nothing decoded; None where Pillow cannot tell
+    (OpenCV's decoder then has its say). A header beyond Pillow's own bomb limit is MediaError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as header:
+                return header.size
+    except Image.DecompressionBombError as error:
+        raise MediaError(too_large(path, f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels")) from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def too_large(path: Path, size: str) -> str:
+    return (f"{path.name}: {size}, more than facepipe decodes (at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): "
+            "scale it down (a face needs far fewer pixels) and put it back")
+
+
 def load_image(path: Path) -> np.ndarray:
-    """Decode an image file as uint8 BGR (EXIF orientation applied), or raise MediaError."""
+    """Decode an image file as uint8 BGR (EXIF orientation applied), or raise MediaError.
+    Its size is checked from the header first: a small file can claim gigapixels."""
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise MediaError(too_large(path, f"{size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} megapixels)"))
     data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII names
     image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
     if image is None:
@@ -272,8 +324,7 @@ def _write_source_frames(source, wanted: set[int], out_dir: Path, rows: list[dic
             continue
         frame_id = len(rows)
         name = f"{frame_id:06d}.png"
-        if not cv2.imwrite(str(out_dir / name), frame, FRAME_PNG_PARAMS):
-            raise OSError(f"could not write frame {out_dir / name}")
+        write_frame_png(out_dir / name, frame, frames_left=total - len(rows))
         rows.append(
             {
                 "frame_id": frame_id,
@@ -289,6 +340,22 @@ def _write_source_frames(source, wanted: set[int], out_dir: Path, rows: list[dic
         if progress and (len(rows) % 50 == 0 or len(rows) == total):
             progress(len(rows), total)
     return decoded
+
+
+def write_frame_png(path: Path, frame: np.ndarray, frames_left: int = 1) -> None:
+    """Encode in memory and write with Python's I/O (the same bytes as cv2.imwrite), so that a
+    failed write says why: a full disk is NoSpace with an estimate of what the frames still need."""
+    ok, encoded = cv2.imencode(".png", frame, FRAME_PNG_PARAMS)
+    if not ok:
+        raise MediaError(f"{path.name}: OpenCV could not encode a {frame.shape[1]}x{frame.shape[0]} frame as PNG")
+    try:
+        with open(path, "wb") as handle:
+            handle.write(encoded.tobytes())
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        path.unlink(missing_ok=True)
+        raise NoSpace(path.parent, len(encoded) * frames_left, free_bytes(path.parent)) from error
 
 
 def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.ndarray, str | None]]:

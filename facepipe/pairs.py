@@ -22,17 +22,46 @@ class PairsFileError(ValueError):
     pass
 
 
+PAIR_SHAPE = 'Each entry is [[pair]] with identity = "<key>" and target = "<key>".'
+
+
 def declared_pairs(data_root: Path) -> list[tuple[str, str]]:
-    """(identity, target) pairs in data/pairs.toml, sorted and de-duplicated; none if no file."""
+    """(identity, target) pairs in data/pairs.toml, sorted and de-duplicated; none if no file.
+    Anything wrong with the file is one PairsFileError line naming it and the fix."""
     path = Path(data_root) / PAIRS_FILE
     if not path.is_file():
         return []
+    raw = path.read_bytes()
     try:
-        entries = tomllib.loads(path.read_text()).get("pair", [])
-        pairs = {(validate_key(e["identity"]), validate_key(e["target"])) for e in entries}
-    except (tomllib.TOMLDecodeError, KeyError, TypeError, InvalidPartitionKey) as error:
-        raise PairsFileError(f"{path}: {error}. Each entry is [[pair]] with identity = \"<key>\" and target = \"<key>\".") from error
-    return sorted(pairs)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise PairsFileError(f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at line {line}): "
+                             "save it as UTF-8") from error
+    try:
+        entries = tomllib.loads(text).get("pair", [])
+    except tomllib.TOMLDecodeError as error:
+        raise PairsFileError(f"{path}: {error}. {PAIR_SHAPE}") from error
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise PairsFileError(f"{path}: 'pair' must be a list of [[pair]] tables. {PAIR_SHAPE}")
+    return sorted({pair_entry(path, number, entry) for number, entry in enumerate(entries, start=1)})
+
+
+def pair_entry(path: Path, number: int, entry: dict) -> tuple[str, str]:
+    """One [[pair]] table as (identity, target), or a PairsFileError saying which entry lacks what."""
+    for side, other in (("identity", "target"), ("target", "identity")):
+        if side not in entry:
+            named = f" ({other} = {entry[other]!r})".replace("'", '"') if other in entry else ""
+            raise PairsFileError(f"{path}: pair {number}{named} has no {side}. {PAIR_SHAPE}")
+    keys = []
+    for side in ("identity", "target"):
+        if not isinstance(entry[side], str):
+            raise PairsFileError(f"{path}: pair {number}: {side} = {entry[side]!r} is not a partition key in quotes. {PAIR_SHAPE}")
+        try:
+            keys.append(validate_key(entry[side]))
+        except InvalidPartitionKey as error:
+            raise PairsFileError(f"{path}: pair {number}: {error}") from error
+    return keys[0], keys[1]
 
 
 def pair_key(identity: str, target: str) -> str:

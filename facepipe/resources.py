@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from facepipe.store import ArtifactStore
 
@@ -41,13 +42,21 @@ def default_models_root() -> str:
 
 
 class FacepipeSettings(ConfigurableResource):
-    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE (/ FACEPIPE_STORE_CACHE) / FACEPIPE_MODELS or in run config."""
+    """Paths and device. Override with FACEPIPE_DATA / FACEPIPE_STORE (/ FACEPIPE_STORE_CACHE) / FACEPIPE_MODELS or in run config.
 
-    data_root: str = default_data_root()
-    store_root: str = default_store_root()  # a folder, or a URL such as s3://bucket/facepipe
-    store_cache: str = default_store_cache()  # this machine's copies, used when store_root is a URL
-    models_root: str = default_models_root()  # published profiles and models (the registry)
+    The path defaults are read from the environment when a FacepipeSettings is made, not when this
+    module is imported: `facepipe --data-root X` sets FACEPIPE_DATA after importing facepipe."""
+
+    data_root: str = Field(default_factory=default_data_root)
+    store_root: str = Field(default_factory=default_store_root)  # a folder, or a URL such as s3://bucket/facepipe
+    store_cache: str = Field(default_factory=default_store_cache)  # this machine's copies, used when store_root is a URL
+    models_root: str = Field(default_factory=default_models_root)  # published profiles and models (the registry)
     device: str = "auto"  # auto = cuda, then mps, then cpu
+
+    def paths(self) -> dict[str, str]:
+        """The path settings as resource run config, for runs that must use exactly these folders."""
+        return {"data_root": self.data_root, "store_root": self.store_root, "store_cache": self.store_cache,
+                "models_root": self.models_root}
 
     @property
     def data_path(self) -> Path:

@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -93,10 +95,66 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Temporary names say whose they are, `.tmp-<name>~<host>~<pid>~<random>`, so that a sweep can
+# tell what a killed run left behind from what a live one is writing.
+TEMP_SEPARATOR = "~"
+ABANDONED_AFTER_S = 7 * 24 * 3600  # another machine's temporaries (or unnamed ones) count as left after a week
+
+
+def temp_prefix(name: str) -> str:
+    return f".tmp-{name}{TEMP_SEPARATOR}{socket.gethostname()}{TEMP_SEPARATOR}{os.getpid()}{TEMP_SEPARATOR}"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temporary(entry: Path) -> bool:
+    """Whether a `.tmp-*` entry was left by a process that is gone (on this machine), or is old."""
+    if not entry.name.startswith(".tmp-"):
+        return False
+    parts = entry.name.split(TEMP_SEPARATOR)
+    if len(parts) == 4 and parts[1] == socket.gethostname() and parts[2].isdigit():
+        if not process_alive(int(parts[2])):
+            return True
+    try:
+        return time.time() - entry.lstat().st_mtime > ABANDONED_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def tree_size(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
+
+
+def sweep_temporaries(folder: Path) -> list[tuple[Path, int]]:
+    """Remove the stale temporaries directly in `folder`; returns (path, bytes) of each."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if stale_temporary(entry):
+            try:
+                size = tree_size(entry)
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            except FileNotFoundError:
+                continue  # another sweep was first
+            removed.append((entry, size))
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old bytes or the new ones, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")  # swept by checkpoints.remove_stale_temporaries
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name))  # swept by sweep_temporaries
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; published files must be readable by the swapper
         with os.fdopen(fd, "wb") as handle:
@@ -108,6 +166,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """`atomic_write_bytes` unless the file already holds `data` (then nothing is written: a
+    read-only folder is fine); returns whether it wrote."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    atomic_write_bytes(path, data)
+    return True
 
 
 class ArtifactStore:
@@ -147,9 +214,11 @@ class ArtifactStore:
             raise InvalidPartitionKey(f"invalid partition {partition!r}: at most two dimensions (identity|target)")
         return PurePosixPath(*parts, *(validate_key(k) for k in keys))
 
-    def lookup(self, asset: str, partition: str, fp: str) -> Artifact | None:
-        """The finished output for `fp`; with a remote, the remote's version, downloaded if needed."""
-        local = self._local(asset, partition, fp)
+    def lookup(self, asset: str, partition: str, fp: str, warn: Callable[[str], None] | None = None) -> Artifact | None:
+        """The finished output for `fp`; with a remote, the remote's version, downloaded if needed.
+        A damaged local copy (files missing or of other sizes than recorded) is never returned:
+        `warn` (default: this module's logger) says so, and a build replaces it."""
+        local = self._intact(asset, partition, fp, warn or logger.warning)
         if self.remote is None:
             return local
         remote_record = self._remote_record(asset, partition, fp)
@@ -164,17 +233,19 @@ class ArtifactStore:
         fp: str,
         write: Callable[[Path], dict[str, Any] | None],
         lineage: dict[str, Any] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> Artifact:
         """Reuse the output for `fp`, or run `write(tmp_folder)` and move it into place.
 
         `write` fills the folder and returns JSON-able metadata, which is kept in the record so
         that a cache hit reports the same metadata as the build that made it.
         """
-        artifact = self.lookup(asset, partition, fp)
+        artifact = self.lookup(asset, partition, fp, warn)
         if artifact is None:
             parent = self.partition_dir(asset, partition)
             parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
+            sweep_temporaries(parent)  # what killed runs left here: never reused, only taking space
+            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(fp)))
             try:
                 metadata = write(tmp) or {}
                 digest, files = content_hash(tmp)
@@ -184,10 +255,13 @@ class ArtifactStore:
                     "fingerprint": fp,
                     "content_hash": digest,
                     "files": files,
+                    "sizes": {name: (tmp / name).stat().st_size for name in files},  # what a cache hit checks
                     "metadata": metadata,
                     **(lineage or {}),
                 }
                 (tmp / RECORD).write_bytes(json.dumps(record, sort_keys=True, indent=2).encode())
+                if (parent / fp).exists() and self._intact(asset, partition, fp) is None:
+                    retire(parent / fp)  # a damaged copy, found by the lookup above
                 commit(tmp, parent / fp)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -202,18 +276,71 @@ class ArtifactStore:
         return artifact
 
     def set_current(self, asset: str, partition: str, artifact: Artifact) -> None:
+        """Point `current.json` at `artifact`; unchanged pointers are not rewritten, so a run of pure
+        cache hits writes nothing (and works from a read-only store)."""
         pointer = canonical_json({"fingerprint": artifact.fingerprint, "content_hash": artifact.content_hash})
         if self.remote:
-            self.remote.write(self._relative(asset, partition) / CURRENT, pointer)
-        else:
-            atomic_write_bytes(self.partition_dir(asset, partition) / CURRENT, pointer)
+            if self.remote.read(self._relative(asset, partition) / CURRENT) != pointer:
+                self.remote.write(self._relative(asset, partition) / CURRENT, pointer)
+            return
+        write_if_changed(self.partition_dir(asset, partition) / CURRENT, pointer)
 
     def current(self, asset: str, partition: str) -> Artifact:
         """The latest successful output of `asset` for `partition`, or a clear MissingInput."""
         fp = self._pointer(asset, partition)["fingerprint"]
-        found = self.lookup(asset, partition, fp)
+        found = self.lookup(asset, partition, fp, warn=lambda _message: None)  # said below, with what to do
         if found is None:
+            local = self._local(asset, partition, fp)
+            if local is not None and (problem := damage(local)):
+                raise MissingInput(f"the output of '{asset}' for partition '{partition}' at {local.path} is damaged "
+                                   f"({problem}): materialize '{asset}' again (it is rebuilt, not reused)")
             raise self._removed(asset, partition, fp)
+        return found
+
+    def current_damage(self, asset: str, partition: str) -> str | None:
+        """What is wrong with the current output's files on this machine (cheap: presence and sizes),
+        or None; None too where this machine holds no copy of a remote store's output."""
+        fp = self._pointer(asset, partition)["fingerprint"]
+        local = self._local(asset, partition, fp)
+        if local is None:
+            return None if self.remote else "its folder is gone"
+        return damage(local)
+
+    def _intact(self, asset: str, partition: str, fp: str, warn: Callable[[str], None] | None = None) -> Artifact | None:
+        """The finished local output for `fp` if its files are all there at their recorded sizes."""
+        local = self._local(asset, partition, fp)
+        if local is not None and (problem := damage(local)):
+            if warn:
+                warn(f"{local.path} is damaged ({problem}); rebuilding it")
+            return None
+        return local
+
+    def sweep(self) -> list[tuple[Path, int]]:
+        """Stale temporaries in every partition folder of the store (not inside outputs, not in the
+        training runs, which the engine sweeps under its run lock); returns (path, bytes) of each."""
+        removed, level = [], [self.root] if self.root.is_dir() else []
+        for _depth in range(5):  # <asset group>/<asset>/<key>[/<key>]: partition folders are this shallow
+            removed += [found for folder in level for found in sweep_temporaries(folder)]
+            level = [entry for folder in level for entry in sorted(folder.iterdir()) if entry.is_dir()
+                     and not entry.name.startswith((".", "_")) and not (entry / RECORD).is_file()]
+        return removed
+
+    def verify(self, remove: bool = True) -> list[tuple[Artifact, str | None]]:
+        """Every finished output on this machine checked against its record's sha256 of each file:
+        (artifact, problem or None), sorted by folder. With `remove`, damaged outputs are retired
+        so that the next build rebuilds them (a same-size change passes a cache hit's cheap check)."""
+        found = []
+        for record_path in sorted(self.root.rglob(RECORD)):
+            folder = record_path.parent
+            relative = folder.relative_to(self.root)
+            if relative.parts[0].startswith("_") or any(part.startswith(".") for part in relative.parts):
+                continue  # training runs, temporary and retired folders
+            record = json.loads(record_path.read_text())
+            artifact = Artifact(folder, record["fingerprint"], record["content_hash"], record, reused=True)
+            problem = damage(artifact) or content_damage(artifact)
+            if problem and remove:
+                retire(folder)
+            found.append((artifact, problem))
         return found
 
     def current_record(self, asset: str, partition: str) -> dict[str, Any]:
@@ -271,7 +398,7 @@ class ArtifactStore:
         relative = self._relative(asset, partition) / fp
         parent = self.partition_dir(asset, partition)
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{fp}-"))
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=temp_prefix(fp)))
         try:
             try:
                 self.remote.download(relative / record["content_hash"], sorted(record["files"]), tmp)
@@ -291,6 +418,32 @@ class ArtifactStore:
         return self._local(asset, partition, fp)
 
 
+def damage(artifact: Artifact) -> str | None:
+    """Cheap check of a finished output: every recorded file present, at its recorded size (records
+    written before sizes were recorded: presence only). None when it looks intact."""
+    sizes = artifact.record.get("sizes", {})
+    for name in sorted(artifact.record["files"]):
+        path = artifact.path / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if name in sizes and path.stat().st_size != sizes[name]:
+            return f"{name}: {path.stat().st_size} bytes, recorded {sizes[name]}"
+    return None
+
+
+def content_damage(artifact: Artifact) -> str | None:
+    """Full check: every recorded file's sha256 as recorded, and no file beside them."""
+    _digest, hashes = content_hash(artifact.path)
+    recorded = artifact.record["files"]
+    changed = sorted(name for name in recorded if hashes.get(name) != recorded[name])
+    extra = sorted(set(hashes) - set(recorded))
+    if changed:
+        return f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from its record"
+    if extra:
+        return f"{', '.join(extra)} not in its record"
+    return None
+
+
 def commit(tmp: Path, final: Path) -> None:
     """fsync a finished temporary folder and rename it to `final`: it appears complete or not at all."""
     fsync_tree(tmp)
@@ -307,6 +460,6 @@ def commit(tmp: Path, final: Path) -> None:
 def retire(folder: Path) -> None:
     """Move a local copy out of the way (renamed first, so nobody sees it half deleted), then delete it."""
     if folder.exists():
-        aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp-retired-{folder.name}-"))
+        aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=temp_prefix(f"retired-{folder.name}")))
         os.rename(folder, aside / folder.name)
         shutil.rmtree(aside, ignore_errors=True)

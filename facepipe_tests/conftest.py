@@ -124,3 +124,57 @@ def bucket(s3_endpoint, monkeypatch):
     name = f"facepipe-{uuid.uuid4().hex[:12]}"
     fs.mkdir(name)
     return f"s3://{name}/store"
+
+
+def _mount(*args: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def read_only():
+    """`read_only(folder)` makes a folder read-only for this test, for real: a read-only bind mount
+    (EROFS) where the test runs as root (root ignores file modes), else its files' write bits
+    removed (EACCES). Undone at teardown."""
+    import stat
+    import subprocess
+
+    undo = []
+
+    def make(folder: Path) -> str:
+        if os.geteuid() == 0:
+            if not (_mount("--bind", str(folder), str(folder)) and _mount("-o", "remount,ro,bind", str(folder))):
+                subprocess.run(["umount", str(folder)], capture_output=True)
+                pytest.skip("cannot bind-mount read-only here")
+            undo.append(lambda: subprocess.run(["umount", str(folder)], check=True))
+            return "EROFS"
+        paths = [folder, *folder.rglob("*")]
+        modes = {p: p.stat().st_mode for p in paths}
+        for p in paths:
+            p.chmod(modes[p] & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        undo.append(lambda: [p.chmod(m) for p, m in modes.items()])
+        return "EACCES"
+
+    yield make
+    for action in reversed(undo):
+        action()
+
+
+@pytest.fixture
+def small_disk():
+    """`small_disk(folder, megabytes)` mounts a tmpfs of that size on `folder` (root only), so
+    writes beyond it fail with ENOSPC like a full disk. Unmounted at teardown."""
+    import subprocess
+
+    mounted = []
+
+    def make(folder: Path, megabytes: float) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", f"size={int(megabytes * 1024)}k", "tmpfs", str(folder)):
+            pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+        mounted.append(folder)
+
+    yield make
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=True)

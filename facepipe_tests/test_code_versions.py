@@ -43,7 +43,8 @@ PACKAGE_ROOT = Path(facepipe.__file__).parent
 # step is wired into Dagster, retried or scheduled. Everything else an asset reaches counts.
 NOT_OUTPUT_CODE = ("facepipe.store", "facepipe.object_storage", "facepipe.checkpoint_mirror", "facepipe.resources",
                    "facepipe.partitions", "facepipe.registry", "facepipe.pairs", "facepipe.assets.failures",
-                   "facepipe.assets.stage", "facepipe.automation", "facepipe.train.interrupts")
+                   "facepipe.assets.stage", "facepipe.automation", "facepipe.train.interrupts", "facepipe.slots",
+                   "facepipe.disk")
 
 
 def module_path(name: str) -> Path:

@@ -156,26 +156,19 @@ def build_once(data_root: Path, store_root: Path, models_root: Path, run_config:
     """Every role partition, then every declared pair, into empty stores; like `facepipe build`."""
     from dagster import DagsterInstance
 
-    from facepipe.automation.discovery import PAIR_JOB, role_job_name
-    from facepipe.pairs import declared_pairs, pair_key
+    from facepipe.plan import plan_build
     from facepipe.partitions import PARTITIONS, ROLES, discover
 
     # The guarantee is for the CPU; a user's "device" in the run config is overridden on purpose.
     settings = {"data_root": str(data_root), "store_root": str(store_root), "models_root": str(models_root), "device": "cpu"}
     ok = True
+    plan = plan_build(data_root, list(ROLES), None)  # the runs `facepipe build` makes, pairs.toml checked first
     with DagsterInstance.ephemeral() as instance:
-        keys = {role: discover(data_root, role).keys for role in ROLES}
         for role in ROLES:
-            if keys[role]:
-                instance.add_dynamic_partitions(PARTITIONS[role].name, keys[role])
-            for key in keys[role]:
-                ok &= run_job(role_job_name(role), key, instance, run_config, settings, f"{role}/{key}")
-        for identity, target in declared_pairs(data_root):
-            if identity in keys["identity"] and target in keys["target"]:
-                ok &= run_job(PAIR_JOB, pair_key(identity, target), instance, run_config, settings, f"pair/{identity}|{target}")
-            else:
-                print(f"  pair {identity}|{target} in pairs.toml: no such identity or target folder", file=sys.stderr)
-                ok = False
+            if keys := discover(data_root, role).keys:
+                instance.add_dynamic_partitions(PARTITIONS[role].name, keys)
+        for run in plan:
+            ok &= run_job(run.job, run.key, instance, run_config, settings, run.label)
     return ok
 
 
@@ -227,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (removed by default)")
     args = parser.parse_args(argv)
 
+    from facepipe.plan import BuildInputError
+    from facepipe.pairs import PairsFileError
+
     run_config = load_run_config(args.run_config)
     work = args.work or Path(tempfile.mkdtemp(prefix="facepipe-rebuild-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -238,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if not data_root.is_dir():
             raise SystemExit(f"--data-root {data_root}: no such folder")
         return check(data_root.resolve(), work.resolve(), run_config)
+    except (PairsFileError, BuildInputError) as error:  # pairs.toml or a pair's folder: one line
+        raise SystemExit(f"rebuild_check: {error}") from error
     finally:
         if args.keep:
             print(f"builds kept in {work}")

@@ -8,6 +8,9 @@ run the user just cancelled, and hold the training slot. Instead every asset is 
 - bad input (media, user masks, curation.toml, partition keys, pairs.toml, an upstream never built): a Dagster
   `Failure(..., allow_retries=False)` naming the asset and partition; the message underneath
   already names the file and the fix. Retrying cannot help.
+- a full disk, a read-only file system or a permission refused: a `Failure(..., allow_retries=False)`
+  naming the place (the store, the models folder) and what to do (facepipe.disk). It says the same
+  on every attempt.
 - transient trouble (I/O errors other than missing files or permissions, timeouts, lost
   connections, a GPU out of memory or reporting a CUDA error): `RetryRequested`, up to
   `TRANSIENT_RETRIES` more attempts with exponential backoff. Training resumes from its last
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from dagster import Failure, RetryRequested
 
 from facepipe.curation_file import CurationFileError
+from facepipe import disk
 from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
 from facepipe.pairs import PairsFileError
@@ -43,6 +47,8 @@ DEFAULT_RETRY_DELAY_S = 15.0
 
 def is_transient(error: BaseException) -> bool:
     """Whether trying the same step again may succeed."""
+    if disk.storage_error(error) is not None:  # full, read-only, not allowed
+        return False
     if isinstance(error, OSError):  # includes TimeoutError and ConnectionError
         return not isinstance(error, DETERMINISTIC_OS_ERRORS)
     # torch.cuda.OutOfMemoryError, matched by name so that this module does not import torch.
@@ -67,6 +73,13 @@ def step_label(context) -> str:
     return f"{name} [{context.partition_key}]" if context.has_partition_key else name
 
 
+def places(settings) -> dict:
+    """Where an asset writes, for naming a full or read-only disk (the asset's `settings` resource)."""
+    if settings is None:
+        return {}
+    return {"store": (settings.store.root, "FACEPIPE_STORE"), "models folder": (settings.models_path, "FACEPIPE_MODELS")}
+
+
 def failure_policy(compute: Callable) -> Callable:
     """Wrap an asset's compute function (context first) with the policy above.
 
@@ -83,6 +96,9 @@ def failure_policy(compute: Callable) -> Callable:
         except BAD_INPUT_ERRORS as error:
             raise bad_input_failure(step_label(context), error) from error
         except Exception as error:
+            if (refused := disk.storage_error(error)) is not None:
+                line = disk.describe(refused, places(kwargs.get("settings")))
+                raise Failure(f"{step_label(context)}: {line}", allow_retries=False) from error
             if not is_transient(error):
                 raise
             delay = retry_delay_seconds(context.retry_number)

@@ -18,8 +18,8 @@ from dagster import (
 from facepipe.assets.curation import EmbedderConfig, curated_embeddings, embedder_version
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
-from facepipe.embed import get_embedder
+from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
+from facepipe.embed import EmbedderChoice, get_embedder
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
@@ -28,7 +28,7 @@ from facepipe.partitions import identity_partitions
 from facepipe.preview import write_png
 from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
 from facepipe.resources import FacepipeSettings
-from facepipe.store import Artifact, atomic_write_bytes
+from facepipe.store import Artifact, write_if_changed
 from facepipe.train import Trained
 from facepipe.train.tasks.reconstruction import AdversarialConfig, ReconstructionTask, reconstruction_preview
 
@@ -92,8 +92,8 @@ def identity_profile(context: AssetExecutionContext, config: ProfileConfig, sett
 
     def publish(artifact: Artifact) -> None:
         published = settings.models_path / "identities" / f"{key}.json"
-        atomic_write_bytes(published, (artifact.path / PROFILE_FILE).read_bytes())
-        context.log.info(f"profile published to {published}")
+        written = write_if_changed(published, (artifact.path / PROFILE_FILE).read_bytes())
+        context.log.info(f"profile published to {published}" + ("" if written else " (same bytes, not rewritten)"))
 
     return run_stage(context, settings, config.model_dump(), write, publish)
 
@@ -148,7 +148,7 @@ class IdentityModelConfig(TrainingConfig):
 
 
 @asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/curated_faces")},
-       partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, pool=TRAINING_POOL,
+       partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, op_tags=TRAINING_OP_TAGS,
        description="Per-identity autoencoder (encoder → dense bottleneck → decoder, BGR + mask) trained with the "
                    "shared engine; weights (safetensors) + config, and a verified ONNX export in the DFM convention.")
 @failure_policy

@@ -23,7 +23,7 @@ from dagster import (
 
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, run_stage, upstream
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
+from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
 from facepipe.embed import embedder_of_profile
 from facepipe.evaluate import evaluate_swaps, mean_identity_face
 from facepipe.export import export_dfm
@@ -67,7 +67,7 @@ class LoraConfig(TrainingConfig):
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
-       code_version=LORA_VERSION, pool=TRAINING_POOL,
+       code_version=LORA_VERSION, op_tags=TRAINING_OP_TAGS,
        ins={"identity_model": upstream("identity/identity_model", "identity"),
             "identity_faces": upstream("identity/curated_faces", "identity"),
             "target_faces": upstream("target/curated_faces", "target"),

@@ -49,7 +49,7 @@ from facepipe.train.telemetry import format_duration
 # Bump a stage's version when its output for the same inputs changes; the store keys on it
 # (facepipe_tests/test_code_versions.py fails when the code changed and the version did not).
 CODE_VERSIONS = {
-    "media": "1",
+    "media": "2",  # 2: images over 64 megapixels are skipped (were decoded in full)
     "frames": "1",
     "landmarks": "1",
     "smoothed_landmarks": "1",
@@ -103,6 +103,20 @@ def folder_media_digest(folder: Path) -> str:
     return _media_digest(str(folder), folder_signature(folder))
 
 
+def several_faces(manifest: pd.DataFrame, num_faces: np.ndarray) -> dict[str, list[tuple[int, int]]]:
+    """{source file: [(frame index in that file, faces found)]} for frames with more than one face."""
+    crowded: dict[str, list[tuple[int, int]]] = {}
+    for row, count in zip(manifest.itertuples(index=False), num_faces):
+        if count > 1:
+            crowded.setdefault(str(row.source), []).append((int(row.source_frame_index), int(count)))
+    return dict(sorted(crowded.items()))
+
+
+def frames_list(frames: list[tuple[int, int]], shown: int = 8) -> str:
+    listed = ", ".join(f"frame {index}: {count} faces" for index, count in frames[:shown])
+    return listed + (f", ... {len(frames) - shown} more" if len(frames) > shown else "")
+
+
 def build_prep_assets(role: str) -> list:
     """The five data-preparation assets for one role."""
     partitions = PARTITIONS[role]
@@ -111,7 +125,8 @@ def build_prep_assets(role: str) -> list:
 
     @reads_outside(f"{role}/media")
     def media_input(settings: FacepipeSettings, key: str, config: dict) -> dict[str, str]:
-        """The media files' content (the nightly's view: every media-named file in the folder)."""
+        """The media files' content: every media-named file in the folder, usable or not (the media
+        step keys its output on the same hash; which of them decode is its output)."""
         return {"media": folder_media_digest(media_dir(settings.data_path, role, key))}
 
     @asset(key=prep_key(role, "media"), code_version=CODE_VERSIONS["media"], **common,
@@ -142,7 +157,9 @@ def build_prep_assets(role: str) -> list:
             return {"files": len(sources), "videos": sum(s.file.kind == "video" for s in sources),
                     "images": sum(s.file.kind == "image" for s in sources), "skipped": [str(s) for s in skipped]}
 
-        return run_stage(context, settings, {}, write, inputs={"media": digest})
+        # Keyed on every media-named file, usable or not, as the nightly hashes them (media_input):
+        # a folder holding an undecodable file is then not "changed" every night.
+        return run_stage(context, settings, {}, write, inputs={"media": media_hash(files)})
 
     @asset(key=prep_key(role, "frames"), ins={"media": own("media")}, code_version=CODE_VERSIONS["frames"], **common,
            description="Frames decoded from videos and images, at most max_frames sampled uniformly; manifest table.")
@@ -184,8 +201,14 @@ def build_prep_assets(role: str) -> list:
             missing = manifest.loc[~result.detected, "source"].value_counts().sort_index()
             for source, count in missing.items():
                 context.log.warning(f"{source}: no face in {count} frame(s); they are recorded and left out of faces")
+            crowded = several_faces(manifest, result.num_faces)
+            for source, shown in crowded.items():
+                context.log.warning(f"{source}: {len(shown)} frame(s) show more than one face ({frames_list(shown)}); "
+                                    "the largest is kept. If that is not always the person of this folder, "
+                                    "crop or remove those frames")
             return {"frames": len(manifest), "detected": detected, "detection_rate": round(detected / len(manifest), 4),
                     "multi_face_frames": int((result.num_faces > 1).sum()),
+                    "multi_face_frames_by_source": {source: len(shown) for source, shown in crowded.items()},
                     "no_face_frames": {str(k): int(v) for k, v in missing.items()}}
 
         return run_stage(context, settings, config.model_dump(), write)

@@ -125,7 +125,7 @@ def run_stage(
     inputs = inputs if inputs is not None else input_versions(context, settings, config)
     fp = fingerprint(code_version, config, inputs)
     lineage = {"code_version": code_version, "config": config, "inputs": inputs, "libraries": library_versions()}
-    artifact = store.build(asset, partition, fp, write, lineage)
+    artifact = store.build(asset, partition, fp, write, lineage, warn=context.log.warning)
     if artifact.reused:
         context.log.info(f"{asset}[{partition}]: cache hit, reusing {artifact.path} (nothing recomputed)")
     else:

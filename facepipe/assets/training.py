@@ -13,6 +13,7 @@ from typing import Any, Callable
 from dagster import AssetExecutionContext, Config, MaterializeResult
 
 from facepipe import checkpoint_mirror
+from facepipe.slots import training_slot
 from facepipe.assets.stage import code_version_of, input_versions, run_stage
 from facepipe.resources import FacepipeSettings
 from facepipe.store import ArtifactStore
@@ -21,6 +22,10 @@ from facepipe.train.device import default_cpu_threads
 from facepipe.train.loop import checkpoints_dir_of
 
 TRAINING_POOL = "training"  # concurrency pool: one training at a time by default (.dagster_home/dagster.yaml)
+# Training assets carry the pool as this op tag, not as Dagster's `pool=`: they claim the slot
+# themselves, around the training only (facepipe.slots says why).
+POOL_TAG = "facepipe/pool"
+TRAINING_OP_TAGS = {POOL_TAG: TRAINING_POOL}
 
 
 class TrainingConfig(Config):
@@ -96,8 +101,11 @@ def train_in_store(
 
     def build(out: Path) -> dict[str, Any]:
         run_dir = store.partition_dir(f"_runs/{context.asset_key.path[-1]}", partition)
-        trained = train_model(make_task(), train_config, run_dir, context.log.info,
-                              mirrored_checkpoints(context, store, run_dir, train_config))
+        step_key = context.op_execution_context.get_step_execution_context().step.key
+        with training_slot(context.instance, TRAINING_POOL, context.run.run_id, step_key,
+                           f"{context.asset_key.to_user_string()} [{partition}]", context.log.info):
+            trained = train_model(make_task(), train_config, run_dir, context.log.info,
+                                  mirrored_checkpoints(context, store, run_dir, train_config))
         result = trained.result
         result.loss_curve_png(out / "loss_curve.png")
         return {"epochs": result.epochs, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,

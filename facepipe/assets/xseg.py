@@ -17,7 +17,7 @@ from dagster import (
 from facepipe.assets.curation import dropped_frames
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
-from facepipe.assets.training import TRAINING_POOL, TrainingConfig, train_in_store
+from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
 from facepipe.curation_file import CURATION_FILE
 from facepipe.export import export_verified
 from facepipe.faces import FaceSet
@@ -70,7 +70,7 @@ def user_masks_input(settings: FacepipeSettings, key: str, config: dict) -> dict
 
 @asset(key=AssetKey(["target", "xseg_model"]),
        ins={"faces": upstream("target/curated_faces"), "frames": upstream("target/frames")},
-       partitions_def=target_partitions, group_name="target", code_version=XSEG_VERSION, pool=TRAINING_POOL,
+       partitions_def=target_partitions, group_name="target", code_version=XSEG_VERSION, op_tags=TRAINING_OP_TAGS,
        description="Occlusion-aware face segmentation (U-Net) trained on the target's faces with user masks or "
                    "landmark hulls plus synthetic occluders; IoU on held-out faces; verified ONNX export.")
 @failure_policy

@@ -7,7 +7,7 @@ output (`_artifact.json`: code version, config, input content hashes) with what 
 - the config a nightly run would use: the Config defaults, overridden by the run config file
   named in FACEPIPE_NIGHTLY_CONFIG (the same file is sent with the runs it requests);
 - the content hash of each upstream asset's current output;
-- a missing output.
+- a missing or damaged output (a file missing or of another size than recorded).
 A partition is requested when any of its assets differs. A false positive only costs a run of
 cache hits (the store keys outputs on exactly these values); a miss would be a stale model, so
 every doubt counts as a change. Nothing is decoded or trained here: a no-op night reads a few
@@ -48,7 +48,7 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from facepipe.assets import ASSETS
 from facepipe.assets.stage import OUTSIDE_INPUTS, store_name
-from facepipe.assets.training import TRAINING_POOL
+from facepipe.assets.training import POOL_TAG, TRAINING_POOL
 from facepipe.automation import schedule_default, sensor_default
 from facepipe.automation.discovery import JOB_OF_GROUP, PAIR_JOB, pair_job, role_job_name, role_jobs
 from facepipe.labels import UserMaskError
@@ -99,7 +99,7 @@ def stage_of(assets_def: AssetsDefinition) -> Stage:
         upstream[name] = (store_name(upstream_key), side)
     schema = assets_def.op.config_schema
     config_type = schema.config_type if schema is not None and schema.config_type.kind == ConfigTypeKind.STRICT_SHAPE else None
-    return Stage(store_name(key), assets_def.code_versions_by_key[key], config_type, assets_def.op.pool == TRAINING_POOL,
+    return Stage(store_name(key), assets_def.code_versions_by_key[key], config_type, assets_def.op.tags.get(POOL_TAG) == TRAINING_POOL,
                  upstream)
 
 
@@ -204,6 +204,8 @@ def stage_change(world: World, stage: Stage, partitions: dict[str, str], rebuilt
         record = world.store.current_record(stage.asset, partition)
     except MissingInput:
         return "no output yet"
+    if problem := world.store.current_damage(stage.asset, partition):  # presence and sizes; `facepipe verify` hashes
+        return f"output damaged ({problem})"
     now = stage.code_version
     if record.get("code_version") != now:
         return f"code version {record.get('code_version')} -> {now}"

@@ -30,6 +30,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from facepipe.disk import require_free_space
 from facepipe.store import atomic_write_bytes, file_sha256, fsync_dir  # noqa: F401 (atomic_write_bytes re-exported)
 
 MANIFEST_FORMAT = "facepipe.train.checkpoint/1"
@@ -133,6 +134,17 @@ def save_checkpoint(
                 "Python values (no functions or custom objects)."
             ) from error
 
+    try:
+        require_free_space(checkpoints_dir, len(weights_bytes) + len(state_bytes))
+        return _commit_checkpoint(checkpoints_dir, temporary, final, name, weights_bytes, state_bytes,
+                                  resume_key=resume_key, epochs_completed=epochs_completed, step_in_epoch=step_in_epoch)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)  # a failed save (a full disk) must not keep the space
+        raise
+
+
+def _commit_checkpoint(checkpoints_dir: Path, temporary: Path, final: Path, name: str, weights_bytes: bytes,
+                       state_bytes: bytes, *, resume_key: str, epochs_completed: int, step_in_epoch: int) -> Checkpoint:
     _write_and_fsync(temporary / WEIGHTS_FILE, weights_bytes)
     _write_and_fsync(temporary / STATE_FILE, state_bytes)
     manifest = {
