@@ -19,7 +19,7 @@ from facepipe.assets.curation import EmbedderConfig, curated_embeddings, embedde
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, reads_outside, run_stage, upstream
 from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
-from facepipe.embed import EmbedderChoice, get_embedder
+from facepipe.embed import get_embedder
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
