@@ -38,6 +38,6 @@ def test_a_build_killed_in_several_stages_finishes_byte_identical(tmp_path, caps
     print(out)
     assert status == 0, out
     assert "kills: 3;" in out and "restarts: 3;" in out
-    assert "byte-identical: 96 artifacts" in out
+    assert "byte-identical: 112 artifacts" in out  # every output of the tiny build (curated_faces included)
     log = (tmp_path / "work" / "chaos.log").read_text()
     assert "has no process any more (killed or crashed): marked failed, its training slot freed" in log
