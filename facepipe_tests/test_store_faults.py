@@ -10,7 +10,6 @@ import cv2
 import pytest
 
 from facepipe.assets.failures import RETRY_DELAY_ENV
-from facepipe.assets.identity import identity_profile
 from facepipe.automation.nightly import World, role_changes
 from facepipe.resources import FacepipeSettings
 from facepipe.store import ArtifactStore
@@ -77,7 +76,7 @@ def test_a_truncated_output_is_not_a_cache_hit_and_is_rebuilt(faces_built):
     good = crops.read_bytes()
     crops.write_bytes(good[: len(good) // 3])
     # a consumer reading it: one line naming the damage, not "mmap length is greater than file size"
-    failed = project.materialize("identity", "jane", assets=[identity_profile], raise_on_error=False)
+    failed = project.materialize("identity", "jane", assets=[project.curation["identity"]], raise_on_error=False)
     [failure] = events(failed, "STEP_FAILURE")
     message = failure.event_specific_data.error.message
     assert f"the output of 'identity/faces' for partition 'jane' at {faces.path} is damaged (faces.npy: " \
