@@ -130,15 +130,16 @@ def test_an_interrupted_step_is_not_retried():
 def test_a_training_step_waits_for_the_slot_and_gives_it_back_and_a_cache_hit_does_not_wait(project, tmp_path):
     import cv2
 
-    from facepipe.sample import hopper_face
+    from facepipe.sample import hopper_face, render_head_frames
     from facepipe_tests.conftest import tiny_run_config
 
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(PROJECT_INSTANCE_YAML, home / "dagster.yaml")
     folder = project.folder("identity", "jane")
-    for number in range(8):  # 8 faces: 6 to train on, 2 held out for the metrics
-        cv2.imwrite(str(folder / f"{number}.png"), hopper_face(160))
+    frames, _ = render_head_frames(hopper_face(160), 8, size=160)  # distinct poses: curation keeps every one
+    for number, frame in enumerate(frames):  # 8 faces: 6 to train on, 2 held out for the metrics
+        cv2.imwrite(str(folder / f"{number}.png"), frame)
     settings = FacepipeSettings(data_root=str(project.data), store_root=str(project.store), models_root=str(project.models))
     with DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("identity", ["jane"])
