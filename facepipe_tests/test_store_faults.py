@@ -120,15 +120,21 @@ def no_temporaries_in(folder) -> bool:
     return not [p for p in folder.rglob(".tmp-*")]
 
 
-def test_a_full_disk_while_writing_faces_is_named_not_retried_and_leaves_nothing(project, small_disk):
-    """Writing faces through memory maps on a full disk killed the process with SIGBUS."""
-    small_disk(project.store, 3)
+def the_one_failure_on_a_small_disk(project, small_disk, megabytes: float):
+    """Build an identity of 8 photos into a store on a disk of `megabytes`: the step failure, not retried."""
+    small_disk(project.store, megabytes)
     folder = project.folder("identity", "jane")
     for number in range(8):
         a_face_image(folder / f"{number}.png")
     result = project.materialize("identity", "jane", raise_on_error=False)
     assert not result.success and not events(result, "STEP_UP_FOR_RETRY")
     [failure] = events(result, "STEP_FAILURE")
+    return failure
+
+
+def test_a_full_disk_while_writing_faces_is_named_not_retried_and_leaves_nothing(project, small_disk):
+    """Writing faces through memory maps on a full disk killed the process with SIGBUS."""
+    failure = the_one_failure_on_a_small_disk(project, small_disk, 3)
     assert failure.step_key == "identity__faces"
     message = failure.event_specific_data.error.message
     assert f"identity/faces [jane]: the store at {project.store} is full (3.0 MB needed, " in message  # 2.0 MB of arrays + 1 MB spare
@@ -138,14 +144,7 @@ def test_a_full_disk_while_writing_faces_is_named_not_retried_and_leaves_nothing
 
 def test_a_full_disk_while_writing_frames_is_named_not_retried_and_leaves_nothing(project, small_disk):
     """It said only "could not write frame ..." three times, as a transient error."""
-    small_disk(project.store, 0.25)
-    folder = project.folder("identity", "jane")
-    for number in range(8):
-        a_face_image(folder / f"{number}.png")
-    result = project.materialize("identity", "jane", raise_on_error=False)
-    assert not result.success and not events(result, "STEP_UP_FOR_RETRY")
-    [failure] = events(result, "STEP_FAILURE")
-    message = failure.event_specific_data.error.message
+    message = the_one_failure_on_a_small_disk(project, small_disk, 0.25).event_specific_data.error.message
     assert f"identity/frames [jane]: the store at {project.store} is full (" in message and " MB needed, " in message
     assert no_temporaries_in(project.store)
     assert ArtifactStore(project.store).current_record("identity/media", "jane")  # what was written before stays

@@ -285,14 +285,6 @@ def check(data_root: Path, config: Path | None, work: Path, kills: int, seed: in
     return 0
 
 
-def write_sample(data_root: Path) -> None:
-    from facepipe.pairs import declare_pair
-    from facepipe.sample import IDENTITY_KEY, TARGET_KEY, build_sample
-
-    build_sample(data_root)
-    declare_pair(data_root, IDENTITY_KEY, TARGET_KEY)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, help="media folder (read only); default: the embedded sample, "
@@ -311,16 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="facepipe-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        data_root = args.data_root
-        if data_root is None:
-            data_root = work / "data"
-            write_sample(data_root)
-        if not data_root.is_dir():
-            raise SystemExit(f"--data-root {data_root}: no such folder")
+        data_root = load_rebuild_check().chosen_data_root(args.data_root, work)
         stages = args.stages.split(",") if args.stages else None
         if unknown := [stage for stage in stages or [] if stage not in dict(STAGES)]:
             raise SystemExit(f"--stages: unknown {', '.join(unknown)} (stages: {', '.join(dict(STAGES))})")
-        return check(data_root.resolve(), args.config.resolve() if args.config else None, work.resolve(),
+        return check(data_root, args.config.resolve() if args.config else None, work.resolve(),
                      args.kills if args.kills is not None else len(stages or STAGES), args.seed, args.attempt_timeout,
                      stages)
     finally:

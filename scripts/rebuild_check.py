@@ -180,6 +180,16 @@ def write_sample(data_root: Path) -> None:
     declare_pair(data_root, IDENTITY_KEY, TARGET_KEY)
 
 
+def chosen_data_root(data_root: Path | None, work: Path) -> Path:
+    """`--data-root` as given (it must exist), or the embedded sample written into `work`/data."""
+    if data_root is None:
+        data_root = work / "data"
+        write_sample(data_root)
+    if not data_root.is_dir():
+        raise SystemExit(f"--data-root {data_root}: no such folder")
+    return data_root.resolve()
+
+
 def check(data_root: Path, work: Path, run_config: dict) -> int:
     builds = []
     for number in (1, 2):
@@ -227,13 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="facepipe-rebuild-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        data_root = args.data_root
-        if data_root is None:
-            data_root = work / "data"
-            write_sample(data_root)
-        if not data_root.is_dir():
-            raise SystemExit(f"--data-root {data_root}: no such folder")
-        return check(data_root.resolve(), work.resolve(), run_config)
+        return check(chosen_data_root(args.data_root, work), work.resolve(), run_config)
     except (PairsFileError, BuildInputError) as error:  # pairs.toml or a pair's folder: one line
         raise SystemExit(f"rebuild_check: {error}") from error
     finally:
