@@ -120,8 +120,11 @@ class Bottleneck(nn.Module):
         self.from_latent = nn.Linear(config.latent_dim, flat)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        latent = self.to_latent(features.flatten(1))
-        # A constant target shape (not nn.Unflatten) keeps the exported graph a single Reshape.
+        return self.code_of(self.to_latent(features.flatten(1)))
+
+    def code_of(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent vector → code tensor. A constant target shape (not nn.Unflatten) keeps the
+        exported graph a single Reshape."""
         return self.from_latent(latent).reshape(-1, *self.code_shape)
 
 

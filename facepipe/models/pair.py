@@ -199,9 +199,7 @@ class PairModel(nn.Module):
 
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The swap: the target's latent, moved by the swap latent offset, through the base decoder."""
-        bottleneck = self.autoencoder.bottleneck
-        code = bottleneck.from_latent(self.latent(bgr) + self.swap_latent_offset).reshape(-1, *bottleneck.code_shape)
-        return self.identity_decode(code)
+        return self.identity_decode(self.autoencoder.bottleneck.code_of(self.latent(bgr) + self.swap_latent_offset))
 
 
 @torch.no_grad()
