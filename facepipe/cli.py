@@ -129,15 +129,13 @@ def build(data_root: Path, roles: list[str], partition: str | None, pairs: bool 
 
 def verify() -> int:
     """`facepipe verify`: every output on this machine against its record (content hashes)."""
+    from facepipe.automation.verify import verify_store
+
     store = FacepipeSettings().store
-    checked = store.verify(remove=True)
-    damaged = [(artifact, problem) for artifact, problem in checked if problem]
-    for artifact, problem in damaged:
-        record = artifact.record
-        print(f"{record['asset']} [{record['partition']}] {artifact.path}: damaged ({problem}); removed, "
-              "`facepipe build` rebuilds it")
-    print(f"store {store.root}: {len(checked)} outputs, "
-          + (f"{len(damaged)} damaged (removed)" if damaged else "all intact"))
+    checked, damaged = verify_store(store)
+    for line in damaged:
+        print(line)
+    print(f"store {store.root}: {checked} outputs, " + (f"{len(damaged)} damaged (removed)" if damaged else "all intact"))
     return 1 if damaged else 0
 
 

@@ -10,6 +10,7 @@ from facepipe.assets import ASSET_CHECKS, ASSETS
 from facepipe.assets.stage import STORE_INPUT, store_input
 from facepipe.automation.discovery import media_sensor, pair_job, role_jobs
 from facepipe.automation.nightly import nightly_schedules, pairs_after_role_runs
+from facepipe.automation.verify import nightly_verify, rebuild_after_verify, verify_job
 from facepipe.resources import FacepipeSettings
 
 
@@ -30,9 +31,9 @@ def step_executor() -> ExecutorDefinition:
 defs = Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
-    jobs=[*role_jobs, pair_job],
-    schedules=nightly_schedules,
-    sensors=[media_sensor, pairs_after_role_runs],
+    jobs=[*role_jobs, pair_job, verify_job],
+    schedules=[*nightly_schedules, nightly_verify],
+    sensors=[media_sensor, pairs_after_role_runs, rebuild_after_verify],
     resources={"settings": FacepipeSettings(), STORE_INPUT: store_input},
     executor=step_executor(),
 )

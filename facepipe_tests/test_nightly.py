@@ -3,6 +3,7 @@ media file -> that partition only; a code-version bump -> everything downstream,
 their identity run has succeeded."""
 
 import json
+import logging
 import shutil
 import time
 from functools import cached_property
@@ -36,6 +37,7 @@ from facepipe.automation.nightly import (
     role_changes,
     stages_by_group,
 )
+from facepipe.automation.verify import nightly_verify, rebuild_after_verify, verify_job
 from facepipe.definitions import defs
 from facepipe.media import decode_video
 from facepipe.pairs import declare_pair, declared_pairs
@@ -232,3 +234,32 @@ def test_pair_code_bump_and_new_declared_pair(copy, monkeypatch):
     declare_pair(copy.data, "hopper", "talk2")  # declared, never built
     declare_pair(copy.data, "hopper", "nobody")  # no such target folder: reported, not requested
     assert copy.tick("nightly_pairs") == [("pair_job", "hopper|talk2")]
+
+
+def test_the_nightly_content_check_retires_a_silently_changed_output_and_rebuilds_it(copy):
+    faces = copy.store / "identity" / "faces" / "hopper"
+    masks = next(faces.glob("*/masks.npy"))
+    data = bytearray(masks.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: the schedules' cheap check (presence, sizes) cannot see it
+    masks.write_bytes(bytes(data))
+    assert copy.all_ticks() == {"nightly_identity": [], "nightly_target": [], "nightly_pairs": []}
+
+    with build_schedule_context(instance=copy.instance) as context:
+        [launch] = nightly_verify.evaluate_tick(context).run_requests
+    assert nightly_verify.job_name == "verify_job" and launch.run_config == {}
+    definitions = Definitions(jobs=[verify_job], resources={"settings": copy.settings}, executor=in_process_executor)
+    result = definitions.resolve_job_def("verify_job").execute_in_process(instance=copy.instance)
+    assert result.success
+    warnings = [e.message for e in copy.instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(f"identity/faces [hopper] {masks.parent}: damaged (masks.npy differs from its record)" in w for w in warnings)
+    assert not masks.parent.exists()  # retired: never served again
+
+    [success] = [e.dagster_event for e in copy.instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_SUCCESS)]
+    context = build_run_status_sensor_context(sensor_name="rebuild_after_verify", dagster_event=success,
+                                              dagster_instance=copy.instance,
+                                              dagster_run=copy.instance.get_run_by_id(result.run_id),
+                                              resources={"settings": copy.settings})
+    [request] = rebuild_after_verify(context)  # the pair hopper|talk follows the identity run (pairs_after_role_runs)
+    assert (request.job_name, request.partition_key) == ("identity_job", "hopper")
+    assert request.tags["facepipe/nightly_reason"].startswith("identity/faces: no output yet")
+    assert request.run_key.endswith(result.run_id)  # one request per content check, not one per partition for ever

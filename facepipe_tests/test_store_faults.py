@@ -109,7 +109,7 @@ def test_verify_finds_damaged_content_removes_it_and_the_next_build_restores_it(
     assert cli.main(["--data-root", str(project.data), "verify"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[-2:] == [f"identity/faces [jane] {faces.path}: damaged (masks.npy differs from its record); removed, "
-                        "`facepipe build` rebuilds it",
+                        "`facepipe build` or the nightly rebuilds it",
                         f"store {project.store}: 5 outputs, 1 damaged (removed)"]
     rebuilt = project.materialize("identity", "jane")
     assert metadata_of(rebuilt, "identity/faces")["cache"] == "built"

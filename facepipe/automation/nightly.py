@@ -322,6 +322,49 @@ def state_digest(world: World, identity: str, target: str) -> str:
     return hashlib.sha256(canonical_json(state)).hexdigest()[:16]
 
 
+def role_requests(context, settings: FacepipeSettings, world: World, role: str,
+                  run_key: str | None = None) -> tuple[list[RunRequest], list[str]]:
+    """Run requests for the `role` partitions that changed, and the changed ones that already have a run."""
+    job_name = role_job_name(role)
+    busy = unfinished_partitions(context.instance, job_name)
+    requests, running = [], []
+    for key in present_partitions(context.instance, settings.data_path, role):
+        changes = role_changes(world, role, key)
+        if not changes:
+            continue
+        if key in busy:
+            context.log.info(f"{role} {key} changed but a run for it is already queued or running: not requested again")
+            running.append(key)
+            continue
+        context.log.info(f"{role} {key}: {describe(changes)}")
+        requests.append(request(job_name, role, key, changes, world.run_config,
+                                run_key and f"{job_name}:{key}:{run_key}"))
+    return requests, running
+
+
+def pair_requests(context, settings: FacepipeSettings, world: World,
+                  run_key: str | None = None) -> tuple[list[RunRequest], list[str], PairPlan]:
+    """Run requests for the declared pairs that changed (not those waiting for a role run), the
+    changed ones that already have a run, and the plan; PairsFileError when pairs.toml is unreadable."""
+    pairs = declared_pairs(settings.data_path)
+    present = {role: present_partitions(context.instance, settings.data_path, role) for role in ROLES}
+    plan = plan_pairs(world, pairs, present)
+    for key in plan.missing_folders:
+        context.log.warning(f"pair {key} in pairs.toml: its identity or target folder is missing or not registered yet")
+    for key, roles in plan.waiting.items():
+        context.log.info(f"pair {key} waits for {', '.join(roles)} (rebuilt tonight); pairs_after_role_runs requests it after")
+    busy = unfinished_partitions(context.instance, PAIR_JOB)
+    requests, running = [], []
+    for key, changes in plan.requested.items():
+        if key in busy:
+            context.log.info(f"pair {key} changed but a run for it is already queued or running")
+            running.append(key)
+            continue
+        context.log.info(f"pair {key}: {describe(changes)}")
+        requests.append(request(PAIR_JOB, "pair", key, changes, world.run_config, run_key and f"{PAIR_JOB}:{key}:{run_key}"))
+    return requests, running, plan
+
+
 # ---------------------------------------------------------------------------------------------
 # Dagster: three schedules on one cron, and the sensor that follows role runs with their pairs.
 
@@ -329,27 +372,18 @@ def nightly_cron() -> str:
     return os.environ.get(NIGHTLY_CRON_ENV) or DEFAULT_NIGHTLY_CRON
 
 
-def role_schedule(role: str, job, cron: str, timezone: str | None):
-    job_name = role_job_name(role)
+def nightly_timezone() -> str | None:
+    return os.environ.get(NIGHTLY_TIMEZONE_ENV) or None
 
+
+def role_schedule(role: str, job, cron: str, timezone: str | None):
     @schedule(name=f"nightly_{role}", cron_schedule=cron, job=job, execution_timezone=timezone,
               default_status=schedule_default(),
               description=f"Rebuilds the {role} partitions whose media, user inputs, config or code version changed "
                           f"(cron from {NIGHTLY_CRON_ENV}, default '{DEFAULT_NIGHTLY_CRON}').")
     def nightly(context: ScheduleEvaluationContext, settings: FacepipeSettings):
         world = World.from_settings(settings, load_nightly_run_config())
-        busy = unfinished_partitions(context.instance, job_name)
-        requests, running = [], []
-        for key in present_partitions(context.instance, settings.data_path, role):
-            changes = role_changes(world, role, key)
-            if not changes:
-                continue
-            if key in busy:
-                context.log.info(f"{role} {key} changed but a run for it is already queued or running: not requested again")
-                running.append(key)
-                continue
-            context.log.info(f"{role} {key}: {describe(changes)}")
-            requests.append(request(job_name, role, key, changes, world.run_config))
+        requests, running = role_requests(context, settings, world, role)
         return requests or SkipReason(nothing_to_request(f"{role} partition", running))
 
     return nightly
@@ -363,24 +397,9 @@ def pairs_schedule(cron: str, timezone: str | None):
     def nightly_pairs(context: ScheduleEvaluationContext, settings: FacepipeSettings):
         world = World.from_settings(settings, load_nightly_run_config())
         try:
-            pairs = declared_pairs(settings.data_path)
+            requests, running, plan = pair_requests(context, settings, world)
         except PairsFileError as error:
             return SkipReason(f"cannot read the declared pairs: {error}")
-        present = {role: present_partitions(context.instance, settings.data_path, role) for role in ROLES}
-        plan = plan_pairs(world, pairs, present)
-        for key in plan.missing_folders:
-            context.log.warning(f"pair {key} in pairs.toml: its identity or target folder is missing or not registered yet")
-        for key, roles in plan.waiting.items():
-            context.log.info(f"pair {key} waits for {', '.join(roles)} (rebuilt tonight); pairs_after_role_runs requests it after")
-        busy = unfinished_partitions(context.instance, PAIR_JOB)
-        requests, running = [], []
-        for key, changes in plan.requested.items():
-            if key in busy:
-                context.log.info(f"pair {key} changed but a run for it is already queued or running")
-                running.append(key)
-                continue
-            context.log.info(f"pair {key}: {describe(changes)}")
-            requests.append(request(PAIR_JOB, "pair", key, changes, world.run_config))
         waiting = f" ({', '.join(plan.waiting)} wait for their identity/target runs)" if plan.waiting else ""
         return requests or SkipReason(nothing_to_request("declared pair", running) + waiting)
 
@@ -463,7 +482,7 @@ def main() -> None:
 
 def build_nightly_schedules(cron: str | None = None, timezone: str | None = None) -> list:
     cron = cron or nightly_cron()
-    timezone = timezone or os.environ.get(NIGHTLY_TIMEZONE_ENV) or None
+    timezone = timezone or nightly_timezone()
     jobs = dict(zip(ROLES, role_jobs))
     return [*(role_schedule(role, jobs[role], cron, timezone) for role in ROLES), pairs_schedule(cron, timezone)]
 
