@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from facepipe.align import align_face
+from facepipe.align import align_face, hull_mask
 from facepipe.disk import require_free_space, reserve_blocks
 
 CROPS = "faces.npy"
@@ -91,6 +91,28 @@ def write_subset(face_set: FaceSet, rows: np.ndarray, out_dir: Path) -> None:
     index = face_set.index.iloc[rows].reset_index(drop=True)
     index["face_id"] = np.arange(len(rows), dtype=index["face_id"].dtype)
     index.to_parquet(out_dir / INDEX, index=False)
+
+
+# The regions a viewer reads expression from (MediaPipe FaceMesh indices, FACE_LANDMARKS_LEFT_EYE /
+# RIGHT_EYE / LIPS): each eye's contour and the outer and inner lips.
+EYE_CONTOURS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
+                (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))
+LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+FEATURE_MARGIN = 0.04  # hulls grown by this share of the crop: lids, lashes and lip edges included
+
+
+def feature_masks(landmarks: np.ndarray, crop_size: int, size: int) -> np.ndarray:
+    """uint8 {0, 255} masks [N, size, size] of the eyes and mouth (each region's convex hull, grown by
+    FEATURE_MARGIN) from crop-space landmarks [N, 478, 2] of crops ``crop_size`` px wide: what the
+    eyes-and-mouth priority of the training loss weighs (DeepFaceLab's eyes_mouth_prio)."""
+    scale = size / crop_size
+    margin = max(1, round(FEATURE_MARGIN * size))
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)
+    out = np.zeros((len(landmarks), size, size), dtype=np.uint8)
+    for i, points in enumerate(np.asarray(landmarks, dtype=np.float64) * scale):
+        regions = [hull_mask(points[list(region)], size) for region in (*EYE_CONTOURS, LIPS)]
+        out[i] = cv2.dilate(np.maximum.reduce(regions), grow)
+    return out
 
 
 def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:

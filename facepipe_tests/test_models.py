@@ -16,11 +16,12 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from facepipe.align import align_face
-from facepipe.faces import resize_crops
+from facepipe.faces import EYE_CONTOURS, LIPS, feature_masks, resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import (
     AugmentConfig,
     augment_batch,
+    augment_with_features,
     elastic_grid,
     elastic_warp,
     faces_to_tensors,
@@ -48,16 +49,21 @@ LANDMARK_SHIFTS = [(0, 0), (6, 0), (-6, 0), (0, 6), (0, -6), (5, 5)]
 
 
 @functools.cache
-def hopper_faces() -> tuple[np.ndarray, np.ndarray]:
-    """Real aligned faces as the faces stage stores them: BGR uint8 crops [6, 256, 256, 3] and
-    hull masks [6, 256, 256] {0, 255}, from the Grace Hopper photo (US Navy, public domain),
-    landmarked by MediaPipe and aligned by facepipe.align."""
+def hopper_aligned() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real aligned faces as the faces stage stores them: BGR uint8 crops [6, 256, 256, 3], hull
+    masks [6, 256, 256] {0, 255} and crop-space landmarks [6, 478, 2], from the Grace Hopper photo
+    (US Navy, public domain), landmarked by MediaPipe and aligned by facepipe.align."""
     path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
     photo = cv2.imread(path)
     landmarks = detect_static(photo)
     assert landmarks is not None, "MediaPipe found no face in the Grace Hopper photo"
     aligned = [align_face(photo, landmarks + np.array([dx, dy, 0], np.float32), STORED_SIZE) for dx, dy in LANDMARK_SHIFTS]
-    return np.stack([crop for crop, *_ in aligned]), np.stack([mask for _, mask, *_ in aligned])
+    return tuple(np.stack([face[part] for face in aligned]) for part in range(3))
+
+
+def hopper_faces() -> tuple[np.ndarray, np.ndarray]:
+    crops, masks, _landmarks = hopper_aligned()
+    return crops, masks
 
 
 def face_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,3 +357,58 @@ def test_adaptable_layers_name_the_conv_and_linear_layers_of_each_part():
     assert set(shared + decoder) == weighted  # every weight is reachable by one of the two sets
     with pytest.raises(ValueError, match="no part"):
         adaptable_layers(model, ("encoderr",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Eyes-and-mouth priority
+
+
+def test_feature_masks_cover_the_eyes_and_mouth_and_not_the_rest_of_the_face():
+    crops, masks, landmarks = hopper_aligned()
+    features = feature_masks(landmarks, STORED_SIZE, 96)
+    assert features.shape == (6, 96, 96) and features.dtype == np.uint8 and set(np.unique(features)) <= {0, 255}
+    points = np.round(landmarks * 96 / STORED_SIZE).astype(int)
+    for face, marks in zip(features, points):
+        inside = [face[y, x] for x, y in marks[[i for region in (*EYE_CONTOURS, LIPS) for i in region]]]
+        assert min(inside) == 255  # every eye-contour and lip point
+        nose_tip, chin, cheek = marks[1], marks[152], marks[205]
+        assert face[nose_tip[1], nose_tip[0]] == 0 and face[chin[1], chin[0]] == 0 and face[cheek[1], cheek[0]] == 0
+    share = features.mean() / 255
+    assert 0.03 < share < 0.15, share  # a few features, not the face (the hull covers ~half the crop)
+    assert (features[resize_crops(masks, 96) == 0] == 0).mean() > 0.99  # inside the face
+
+
+def test_the_eyes_and_mouth_term_weighs_only_those_regions():
+    images, masks = face_tensors(64)
+    _crops, _masks, landmarks = hopper_aligned()
+    features = torch.from_numpy(feature_masks(landmarks, STORED_SIZE, 64)).unsqueeze(1).float() / 255
+    logits = (masks * 20 - 10)
+    plain, _ = reconstruction_loss(images, logits, images, masks)
+    off_feature = images.clone()
+    off_feature[(features == 0).expand_as(images) & (masks == 1).expand_as(images)] += 0.2
+    mouth = images.clone()
+    mouth[(features == 1).expand_as(images)] += 0.2
+    weights = LossWeights(eyes_mouth=1.0)
+    _, outside = reconstruction_loss(off_feature, logits, images, masks, weights, features)
+    _, inside = reconstruction_loss(mouth, logits, images, masks, weights, features)
+    assert float(outside["eyes_mouth"]) == 0.0  # an error elsewhere on the face is the plain loss's business
+    assert abs(float(inside["eyes_mouth"]) - 0.2) < 1e-5  # mean error over the regions alone
+    # per pixel, an eye or mouth error now costs several times a cheek error
+    _, inside_plain = reconstruction_loss(mouth, logits, images, masks)
+    assert float(inside["total"]) - float(inside_plain["total"]) > 0.19
+    _, unweighted = reconstruction_loss(mouth, logits, images, masks, LossWeights(), features)
+    assert "eyes_mouth" not in unweighted and float(unweighted["total"]) == float(inside_plain["total"])
+
+
+def test_feature_masks_are_warped_with_the_face_and_change_no_other_output():
+    images, masks = face_tensors(64)
+    features = torch.rand(masks.shape, generator=torch.Generator().manual_seed(1))
+    config = AugmentConfig()
+    plain = augment_batch(images, masks, torch.Generator().manual_seed(5), config)
+    *with_features, warped = augment_with_features(images, masks, features, torch.Generator().manual_seed(5), config)
+    for a, b in zip(plain, with_features):
+        assert torch.equal(a, b)
+    # the same homography: features stacked as a mask warp exactly like one
+    alone = augment_batch(images, features, torch.Generator().manual_seed(5), config)[2]
+    assert torch.equal(warped, alone)
+    assert augment_with_features(images, masks, None, torch.Generator().manual_seed(5), config)[3] is None

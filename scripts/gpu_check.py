@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MEDIA = REPO.parent / "shared" / "media"
 
 
-def face_crops(video: Path | None, size: int, max_frames: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """Aligned crops and hull masks of up to ``max_frames`` frames of ``video`` (or the sample)."""
+def face_crops(video: Path | None, size: int, max_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Aligned crops, hull masks and crop-space landmarks of up to ``max_frames`` frames of ``video`` (or the sample)."""
     from facepipe.align import align_face
     from facepipe.landmarks import detect_landmarks
     from facepipe.media import decode_video
@@ -48,7 +48,7 @@ def face_crops(video: Path | None, size: int, max_frames: int) -> tuple[np.ndarr
     aligned = [align_face(frame, points, size) for frame, points, ok in zip(frames, found.points, found.detected) if ok]
     if len(aligned) < 8:
         sys.exit(f"gpu_check: only {len(aligned)} faces found in {video}; pick another --video")
-    return np.stack([a[0] for a in aligned]), np.stack([a[1] for a in aligned]), str(video)
+    return (*(np.stack([a[part] for a in aligned]) for part in range(3)), str(video))
 
 
 def main() -> None:
@@ -79,11 +79,12 @@ def main() -> None:
     model_config = settings.architecture()
     device = select_device(args.device)
     video = args.media / "videos" / args.video
-    crops, masks, source = face_crops(video if video.is_file() else None, model_config.size, args.max_frames)
+    crops, masks, landmarks, source = face_crops(video if video.is_file() else None, model_config.size, args.max_frames)
     print(f"faces: {len(crops)} from {source} at {model_config.size} px; model {model_config}")
 
     task = ReconstructionTask.from_faces(crops, masks, model_config, settings.holdout_every, settings.samples_per_epoch,
-                                         adversarial=settings.adversarial(), random_warp_epochs=settings.random_warp_epochs)
+                                         adversarial=settings.adversarial(), random_warp_epochs=settings.random_warp_epochs,
+                                         landmarks=landmarks, eyes_mouth_weight=settings.eyes_mouth_weight)
     run_dir = args.work / "run"
     if run_dir.exists():
         import shutil

@@ -41,8 +41,8 @@ from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
-# 5: colour jitter in training, swap latent offset
-LORA_VERSION = "5"
+# 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses
+LORA_VERSION = "6"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame
@@ -60,6 +60,7 @@ class LoraConfig(TrainingConfig):
     rank: int = 8
     alpha: float = 16.0
     identity_replay_weight: float = 1.0
+    eyes_mouth_weight: float = 1.0  # extra L1 over the eyes and mouth in both paths (see the identity model's)
     epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
@@ -79,13 +80,15 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                  identity_faces: Artifact, target_faces: Artifact, target_masks: Artifact) -> MaterializeResult:
     identity, _ = pair_keys(context)
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
-    adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight)
+    adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
+                            eyes_mouth_weight=config.eyes_mouth_weight)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
         return PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
-                                   config.samples_per_epoch, adapter)
+                                   config.samples_per_epoch, adapter, identity_landmarks=ident.landmarks,
+                                   target_landmarks=targ.landmarks)
 
     def write(trained: Trained, out: Path) -> dict:
         model = trained.model

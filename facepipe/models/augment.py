@@ -55,8 +55,12 @@ def faces_to_tensors(crops: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor
     """uint8 crops [N, S, S, 3] BGR and masks [N, S, S] {0..255} → float32 NCHW in [0, 1]:
     images [N, 3, S, S] (still BGR) and masks [N, 1, S, S]."""
     images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
-    mask_tensor = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1).float().div_(255.0)
-    return images.contiguous(), mask_tensor
+    return images.contiguous(), masks_to_tensor(masks)
+
+
+def masks_to_tensor(masks: np.ndarray) -> torch.Tensor:
+    """uint8 masks [N, S, S] {0..255} → float32 [N, 1, S, S] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1).float().div_(255.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,3 +248,19 @@ def augment_batch(
     if jitter is not None:
         inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)
     return inputs, targets, target_masks
+
+
+def augment_with_features(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    feature_masks: torch.Tensor | None,
+    generator: torch.Generator,
+    config: AugmentConfig = AugmentConfig(),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``augment_batch`` that also warps the eyes-and-mouth masks [N, 1, S, S] (or None) exactly like
+    the face masks: (input, target, target_mask, target_feature_mask or None). The masks travel as
+    extra channels of one warp, so the random draws, and every other output, are those of
+    ``augment_batch`` alone."""
+    stacked = masks if feature_masks is None else torch.cat([masks, feature_masks], dim=1)
+    inputs, targets, warped = augment_batch(images, stacked, generator, config)
+    return inputs, targets, warped[:, :1], None if feature_masks is None else warped[:, 1:]

@@ -1,6 +1,7 @@
 """Reconstruction loss of the face autoencoders: masked L1 + masked DSSIM + mask BCE.
 
     total = L1_WEIGHT · masked L1 + DSSIM_WEIGHT · masked DSSIM + MASK_WEIGHT · BCE(mask logits)
+            [+ EYES_MOUTH_WEIGHT · L1 over the eyes and mouth]
 
 Weights (``LossWeights``): L1 and DSSIM count equally, as DeepFaceLab weighs its pixel and
 structure terms (10 : 10 there; the common factor only rescales the learning rate). L1 keeps
@@ -11,6 +12,11 @@ never dominates the image terms once training is underway.
 Image terms count only the face: pixels are weighted by the target mask (the landmark hull,
 warped with the target), because the background of a crop is not the identity's and the swap
 is pasted through the mask anyway. The mask is supervised everywhere.
+
+The eyes-and-mouth term (DeepFaceLab's eyes_mouth_prio; ``eyes_mouth`` > 0 and a feature mask given,
+facepipe.faces.feature_masks) is an L1 normalised over those regions alone: they cover ~8 % of the
+crop, so at weight 1 each of their pixels counts ~7x a face pixel. Expression is read from a few
+pixels there (a blink, a parted lip), which a face-wide average loss rounds away.
 
 The mask head outputs logits and this module applies the one sigmoid, inside
 ``binary_cross_entropy_with_logits`` (numerically stable, and never a second sigmoid).
@@ -35,6 +41,7 @@ class LossWeights:
     l1: float = 1.0
     dssim: float = 1.0
     mask: float = 1.0
+    eyes_mouth: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,12 +92,14 @@ def reconstruction_loss(
     target_bgr: torch.Tensor,
     target_mask: torch.Tensor,
     weights: LossWeights = LossWeights(),
+    feature_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted loss and its detached parts {"l1", "dssim", "mask", "total"}.
 
     pred_bgr [N, 3, S, S] in [0, 1] (after the model's sigmoid), mask_logits [N, 1, S, S] raw
     logits, target_bgr [N, 3, S, S] in [0, 1], target_mask [N, 1, S, S] in [0, 1] (soft after
-    warping is fine: BCE takes soft targets).
+    warping is fine: BCE takes soft targets); feature_mask [N, 1, S, S] in [0, 1], the eyes and
+    mouth warped like target_mask, scored when ``weights.eyes_mouth`` > 0 (part "eyes_mouth").
     """
     if mask_logits.shape != target_mask.shape or pred_bgr.shape != target_bgr.shape:
         raise ValueError(
@@ -105,5 +114,10 @@ def reconstruction_loss(
     structure = dssim(pred_bgr * target_mask, target_bgr * target_mask)
     mask = F.binary_cross_entropy_with_logits(mask_logits, target_mask)
     total = weights.l1 * l1 + weights.dssim * structure + weights.mask * mask
-    parts = {"l1": l1.detach(), "dssim": structure.detach(), "mask": mask.detach(), "total": total.detach()}
+    parts = {"l1": l1.detach(), "dssim": structure.detach(), "mask": mask.detach()}
+    if weights.eyes_mouth and feature_mask is not None:
+        features = masked_l1(pred_bgr, target_bgr, feature_mask.float())
+        total = total + weights.eyes_mouth * features
+        parts["eyes_mouth"] = features.detach()
+    parts["total"] = total.detach()
     return total, parts

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from facepipe.faces import holdout_split, resize_crops
-from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors
+from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors
 from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
-from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
 from facepipe.train.task import TrainTask
+from facepipe.train.tasks.reconstruction import eyes_mouth_tensor
 
 
 def check_masks(masks: np.ndarray, what: str) -> None:
@@ -44,7 +45,12 @@ class PairTask(TrainTask):
         samples_per_epoch: int = 0,
         adapter: AdapterConfig = AdapterConfig(),
         augment: AugmentConfig = AugmentConfig(),
+        identity_features: torch.Tensor | None = None,
+        target_features: torch.Tensor | None = None,
     ):
+        # *_features [N, 1, S, S]: the eyes and mouth, scored by adapter.eyes_mouth_weight.
+        self.identity_features, self.target_features = identity_features, target_features
+        self.loss_weights = LossWeights(eyes_mouth=adapter.eyes_mouth_weight)
         self.identity_model = Path(identity_model)  # the identity model's saved folder (weights + config)
         self.adapter, self.augment = adapter, augment
         self.identity_images, self.identity_masks = identity_images, identity_masks
@@ -76,16 +82,21 @@ class PairTask(TrainTask):
         samples_per_epoch: int = 0,
         adapter: AdapterConfig = AdapterConfig(),
         augment: AugmentConfig = AugmentConfig(),
+        identity_landmarks: np.ndarray | None = None,
+        target_landmarks: np.ndarray | None = None,
     ) -> PairTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face and masks
         [N, S0, S0] uint8 0..255 (identity: hull masks; target: target_masks, e.g. XSeg),
-        resized once to the identity model's size."""
+        resized once to the identity model's size; with ``adapter.eyes_mouth_weight`` > 0 the
+        crop-space landmarks [N, 478, 2] of both give the eyes-and-mouth masks."""
         check_masks(identity_masks, "identity")
         check_masks(target_masks, "target")
-        size = model_config_of(identity_model).size
+        size, weight = model_config_of(identity_model).size, adapter.eyes_mouth_weight
         return cls(identity_model, *faces_to_tensors(resize_crops(identity_crops, size), resize_crops(identity_masks, size)),
                    *faces_to_tensors(resize_crops(target_crops, size), resize_crops(target_masks, size)),
-                   holdout_every, samples_per_epoch, adapter, augment)
+                   holdout_every, samples_per_epoch, adapter, augment,
+                   eyes_mouth_tensor(identity_landmarks, identity_crops.shape[1], size, weight),
+                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight))
 
     def build_model(self) -> PairModel:
         return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
@@ -97,11 +108,13 @@ class PairTask(TrainTask):
         identity_rows = self.identity_train[
             torch.randint(len(self.identity_train), (len(batch_indices),), generator=generator)
         ]
-        target_in, target_out, target_mask = augment_batch(
-            self.target_images[target_rows], self.target_masks[target_rows], generator, self.augment
+        target_in, target_out, target_mask, target_features = augment_with_features(
+            self.target_images[target_rows], self.target_masks[target_rows], rows_of(self.target_features, target_rows),
+            generator, self.augment
         )
-        identity_in, identity_out, identity_mask = augment_batch(
-            self.identity_images[identity_rows], self.identity_masks[identity_rows], generator, self.augment
+        identity_in, identity_out, identity_mask, identity_features = augment_with_features(
+            self.identity_images[identity_rows], self.identity_masks[identity_rows],
+            rows_of(self.identity_features, identity_rows), generator, self.augment
         )
         # One encoder pass for both: no normalisation layers, so a face's code does not depend
         # on its batch neighbours.
@@ -109,10 +122,11 @@ class PairTask(TrainTask):
         target_code, identity_code = codes.split([len(target_rows), len(identity_rows)])
         target_bgr, target_logits = model.target_decode(target_code)
         identity_bgr, identity_logits = model.identity_decode(identity_code)
-        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out.to(device), target_mask.to(device))
-        identity_loss, _ = reconstruction_loss(
-            identity_bgr, identity_logits, identity_out.to(device), identity_mask.to(device)
-        )
+        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out.to(device), target_mask.to(device),
+                                             self.loss_weights, to_device(target_features, device))
+        identity_loss, _ = reconstruction_loss(identity_bgr, identity_logits, identity_out.to(device),
+                                               identity_mask.to(device), self.loss_weights,
+                                               to_device(identity_features, device))
         return target_loss + self.adapter.identity_replay_weight * identity_loss
 
     def evaluate(self, model, device) -> dict[str, float]:
@@ -133,6 +147,14 @@ class PairTask(TrainTask):
 
     def weights_to_save(self, model: PairModel) -> dict[str, torch.Tensor]:
         return adapter_state(model)
+
+
+def rows_of(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor[rows]
+
+
+def to_device(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 @torch.no_grad()

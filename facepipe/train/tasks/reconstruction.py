@@ -15,15 +15,16 @@ import cv2
 import numpy as np
 import torch
 
-from facepipe.faces import holdout_split, resize_crops
 from dataclasses import asdict, dataclass, replace
+
+from facepipe.faces import feature_masks, holdout_split, resize_crops
 
 from torch import nn
 
-from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors
+from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
-from facepipe.models.losses import masked_l1, reconstruction_loss
+from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.preview import blend, contact_sheet
 from facepipe.train.task import TrainTask
 
@@ -52,8 +53,10 @@ class ReconstructionTask(TrainTask):
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
                  samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
-                 adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None):
-        self.images, self.masks = images, masks
+                 adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None,
+                 feature_masks: torch.Tensor | None = None, loss_weights: LossWeights = LossWeights()):
+        # feature_masks [N, 1, S, S]: the eyes and mouth, scored by loss_weights.eyes_mouth.
+        self.images, self.masks, self.feature_masks, self.loss_weights = images, masks, feature_masks, loss_weights
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
         # Small sets are repeated within an epoch (each repeat augmented differently), so an
@@ -70,12 +73,17 @@ class ReconstructionTask(TrainTask):
     def from_faces(cls, crops: np.ndarray, masks: np.ndarray, model_config: AutoencoderConfig, holdout_every: int = 10,
                    samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
                    adversarial: AdversarialConfig = AdversarialConfig(),
-                   random_warp_epochs: int | None = None) -> ReconstructionTask:
-        """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the model size."""
-        images, mask_tensor = faces_to_tensors(resize_crops(crops, model_config.size), resize_crops(masks, model_config.size))
+                   random_warp_epochs: int | None = None, landmarks: np.ndarray | None = None,
+                   eyes_mouth_weight: float = 0.0) -> ReconstructionTask:
+        """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the
+        model size; with ``eyes_mouth_weight`` > 0 the crop-space ``landmarks`` [N, 478, 2] give the
+        eyes-and-mouth masks that term weighs."""
+        size = model_config.size
+        images, mask_tensor = faces_to_tensors(resize_crops(crops, size), resize_crops(masks, size))
         train_idx, held_idx = holdout_split(len(images), holdout_every)
+        features = eyes_mouth_tensor(landmarks, crops.shape[1], size, eyes_mouth_weight)
         return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial,
-                   random_warp_epochs)
+                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight))
 
     def build_model(self) -> nn.Module:
         autoencoder = IdentityAutoencoder(self.model_config)
@@ -97,10 +105,13 @@ class ReconstructionTask(TrainTask):
 
     def compute_loss(self, model, batch_indices, generator, device):
         rows = self.train_idx[batch_indices % len(self.train_idx)]
-        inputs, targets, target_masks = augment_batch(self.images[rows], self.masks[rows], generator, self.epoch_augment())
+        features = None if self.feature_masks is None else self.feature_masks[rows]
+        inputs, targets, target_masks, features = augment_with_features(self.images[rows], self.masks[rows], features,
+                                                                         generator, self.epoch_augment())
         bgr, mask_logits = model(inputs.to(device))
         targets, target_masks = targets.to(device), target_masks.to(device)
-        total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks)
+        total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks, self.loss_weights,
+                                       None if features is None else features.to(device))
         if isinstance(model, AdversarialAutoencoder):
             # The face only (both masked alike): the background is never pasted, so it is not judged.
             generator_loss, discriminator_loss = adversarial_losses(model.discriminator, bgr * target_masks,
@@ -113,6 +124,15 @@ class ReconstructionTask(TrainTask):
         if not len(self.held_idx):
             return {}
         return {"holdout_l1": holdout_l1(model, self.images[self.held_idx], self.masks[self.held_idx], device)}
+
+
+def eyes_mouth_tensor(landmarks: np.ndarray | None, crop_size: int, size: int, weight: float) -> torch.Tensor | None:
+    """The eyes-and-mouth masks [N, 1, size, size] a task's loss weighs, or None when the weight is 0."""
+    if not weight:
+        return None
+    if landmarks is None:
+        raise ValueError("an eyes-and-mouth loss weight needs the faces' crop-space landmarks")
+    return masks_to_tensor(feature_masks(landmarks, crop_size, size))
 
 
 @torch.no_grad()
