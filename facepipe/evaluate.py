@@ -32,7 +32,8 @@ Image quality, from the pixels (all at the swap's own size; the other crops are 
 - sharpness ratio: variance of the Laplacian over the central face (``CENTRAL_FACE``), candidate
   over target, median over faces (< 1: blurrier than the face it replaces);
 - checkerboard: the RMS amplitude, in grey levels, of what lies within ``CHECKER_RADIUS``
-  cycles/px of the three period-2 frequencies (0.5, 0), (0, 0.5), (0.5, 0.5) of a crop's spectrum
+  cycles/px of the three period-2 frequencies (0.5, 0), (0, 0.5), (0.5, 0.5) of the spectrum of
+  the central face (the raw background of a swap is never pasted)
   (Hann window, compensated) — where a x2 pixel-shuffle upsampler leaves its pattern: a +-a
   2-px checker reads a, a smooth face ~0; compare the swap's with the target's (real fine
   detail reads some too);
@@ -302,25 +303,24 @@ def sharpness_ratio(candidate: np.ndarray, reference: np.ndarray) -> float:
 
 
 def checkerboard(crops: np.ndarray, radius: float = CHECKER_RADIUS) -> np.ndarray:
-    """[N] RMS amplitude (grey levels) of each crop's content within ``radius`` cycles/px of the
+    """[N] RMS amplitude (grey levels) of the central face of each crop (``CENTRAL_FACE``: what a
+    runtime pastes; a swap's raw background never shows) within ``radius`` cycles/px of the
     period-2 frequencies (0.5, 0), (0, 0.5) and (0.5, 0.5): Parseval over those spectral bins of
-    the Hann-windowed grey crop, divided by the window's mean square."""
-    crops = checked_crops(crops)
-    size = crops.shape[1]
-    window = np.outer(np.hanning(size), np.hanning(size))
-    frequencies = np.fft.fftfreq(size)
-    fy, fx = np.meshgrid(frequencies, frequencies, indexing="ij")
+    the Hann-windowed grey region, divided by the window's mean square."""
+    faces = [_grey(central_face(crop)).astype(np.float64) for crop in checked_crops(crops)]
+    height, width = faces[0].shape
+    window = np.outer(np.hanning(height), np.hanning(width))
+    fy, fx = np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij")
 
     def distance_to(f, centre):  # on the periodic frequency axis, where -0.5 and 0.5 meet
         d = np.abs(f - centre)
         return np.minimum(d, 1 - d)
 
-    near = np.zeros((size, size), dtype=bool)
+    near = np.zeros((height, width), dtype=bool)
     for cy, cx in ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)):
         near |= np.hypot(distance_to(fy, cy), distance_to(fx, cx)) <= radius
     amplitudes = []
-    for crop in crops:
-        grey = _grey(crop).astype(np.float64)
+    for grey in faces:
         power = np.abs(np.fft.fft2((grey - grey.mean()) * window)) ** 2
         amplitudes.append(np.sqrt(power[near].sum() / grey.size**2 / (window**2).mean()))
     return np.array(amplitudes)

@@ -119,6 +119,16 @@ def test_a_two_pixel_checker_reads_its_amplitude_and_a_smooth_face_low():
     assert (checkerboard(with_checker(natural, 4.0)) > natural_score + 2.0).all()
 
 
+def test_checkerboard_reads_the_central_face_not_the_unpasted_background():
+    smooth = smooth_crops(1)
+    checkered = with_checker(smooth)
+    background_only = smooth.copy()
+    background_only[:, :20] = checkered[:, :20]  # the top rows lie outside the central face
+    background_only[:, -20:] = checkered[:, -20:]
+    assert checkerboard(background_only)[0] == pytest.approx(checkerboard(smooth)[0], abs=1e-9)
+    assert checkerboard(checkered)[0] > 10
+
+
 def test_checkerboard_sees_two_pixel_stripes_and_not_coarser_ones():
     smooth = smooth_crops(1)
     ys, xs = np.mgrid[0:SIZE, 0:SIZE]
