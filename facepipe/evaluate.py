@@ -131,15 +131,21 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(height, 1e-9)
 
 
-def eye_opening(landmarks: np.ndarray) -> np.ndarray:
-    """[N] lid gap over eye width, the mean of both eyes (~0.25-0.35 open, under 0.1 closed)."""
+def eye_openings(landmarks: np.ndarray) -> np.ndarray:
+    """[N, 2] lid gap over eye width of each eye (image left, image right; ~0.25-0.35 open, under
+    0.1 closed): a wink closes one."""
     points = _as_batch(landmarks)
     ratios = []
     for (corner_a, corner_b), (upper, lower) in zip(EYE_CORNERS, EYE_LIDS):
         gap = np.linalg.norm(points[:, lower] - points[:, upper], axis=1)
         width = np.linalg.norm(points[:, corner_b] - points[:, corner_a], axis=1)
         ratios.append(gap / np.maximum(width, 1e-9))
-    return np.mean(ratios, axis=0)
+    return np.stack(ratios, axis=1)
+
+
+def eye_opening(landmarks: np.ndarray) -> np.ndarray:
+    """[N] the mean opening of both eyes (``eye_openings``)."""
+    return eye_openings(landmarks).mean(axis=1)
 
 
 def crop_landmarks(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
