@@ -145,6 +145,9 @@ class IdentityModelConfig(TrainingConfig):
     # mouth following -0.45 -> 0.06, eyes 0.28 -> 0.30, pitch 0.92 -> 0.95, sharpness 0.14 -> 0.16,
     # yaw 0.50 -> 0.29 (noise on one run of 60 frames is about +-0.2).
     eyes_mouth_weight: float = 1.0
+    # Draw rare poses and expressions (a blink, a wide mouth, a turned head) more often: each face's
+    # weight is its rarity to this power (facepipe.train.balance; 0: every face alike).
+    balance_power: float = 0.0
 
     def architecture(self) -> AutoencoderConfig:
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
@@ -167,7 +170,8 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         return ReconstructionTask.from_faces(face_set.crops, face_set.masks, model_config, config.holdout_every,
                                              config.samples_per_epoch, adversarial=config.adversarial(),
                                              random_warp_epochs=config.random_warp_epochs,
-                                             landmarks=face_set.landmarks, eyes_mouth_weight=config.eyes_mouth_weight)
+                                             landmarks=face_set.landmarks, eyes_mouth_weight=config.eyes_mouth_weight,
+                                             balance_power=config.balance_power)
 
     def write(trained: Trained, out: Path) -> dict:
         model, task = trained.model, trained.task

@@ -24,8 +24,10 @@ from torch import nn
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
+from facepipe.models.expression import expression_measures
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.preview import blend, contact_sheet
+from facepipe.train.balance import draw_rows, rarity_weights
 from facepipe.train.task import TrainTask
 
 
@@ -54,9 +56,12 @@ class ReconstructionTask(TrainTask):
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, train_idx, held_idx, model_config: AutoencoderConfig,
                  samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
                  adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None,
-                 feature_masks: torch.Tensor | None = None, loss_weights: LossWeights = LossWeights()):
+                 feature_masks: torch.Tensor | None = None, loss_weights: LossWeights = LossWeights(),
+                 sample_weights: torch.Tensor | None = None):
         # feature_masks [N, 1, S, S]: the eyes and mouth, scored by loss_weights.eyes_mouth.
         self.images, self.masks, self.feature_masks, self.loss_weights = images, masks, feature_masks, loss_weights
+        # sample_weights [len(train_idx)]: draw training faces in proportion (facepipe.train.balance); None: uniform.
+        self.sample_weights = sample_weights
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
         # Small sets are repeated within an epoch (each repeat augmented differently), so an
@@ -74,16 +79,22 @@ class ReconstructionTask(TrainTask):
                    samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
                    adversarial: AdversarialConfig = AdversarialConfig(),
                    random_warp_epochs: int | None = None, landmarks: np.ndarray | None = None,
-                   eyes_mouth_weight: float = 0.0) -> ReconstructionTask:
+                   eyes_mouth_weight: float = 0.0, balance_power: float = 0.0) -> ReconstructionTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the
         model size; with ``eyes_mouth_weight`` > 0 the crop-space ``landmarks`` [N, 478, 2] give the
-        eyes-and-mouth masks that term weighs."""
+        eyes-and-mouth masks that term weighs, with ``balance_power`` > 0 the rarity of each face's
+        pose and expression (facepipe.train.balance)."""
         size = model_config.size
         images, mask_tensor = faces_to_tensors(resize_crops(crops, size), resize_crops(masks, size))
         train_idx, held_idx = holdout_split(len(images), holdout_every)
         features = eyes_mouth_tensor(landmarks, crops.shape[1], size, eyes_mouth_weight)
+        weights = None
+        if balance_power > 0:
+            if landmarks is None:
+                raise ValueError("balancing poses and expressions needs the faces' crop-space landmarks")
+            weights = rarity_weights(expression_measures(np.asarray(landmarks)[train_idx], crops.shape[1]), balance_power)
         return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial,
-                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight))
+                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights)
 
     def build_model(self) -> nn.Module:
         autoencoder = IdentityAutoencoder(self.model_config)
@@ -104,7 +115,7 @@ class ReconstructionTask(TrainTask):
         return replace(self.augment, elastic_strength=0.0)
 
     def compute_loss(self, model, batch_indices, generator, device):
-        rows = self.train_idx[batch_indices % len(self.train_idx)]
+        rows = draw_rows(self.train_idx, self.sample_weights, batch_indices, generator)
         features = None if self.feature_masks is None else self.feature_masks[rows]
         inputs, targets, target_masks, features = augment_with_features(self.images[rows], self.masks[rows], features,
                                                                          generator, self.epoch_augment())

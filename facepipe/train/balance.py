@@ -1,0 +1,46 @@
+"""Balanced sampling of a face set: rare poses and expressions drawn more often.
+
+A talking-head video is lopsided: nearly every frame is frontal with open eyes and a half-closed
+mouth; a blink is a handful of frames (on the german_news dev video 5 of 500 faces have their
+eyes closed), a wide mouth or a turned head a few dozen. Drawn uniformly, the identity model
+sees a blink once in a hundred faces and learns to paint open eyes, so its swaps never blink,
+whatever the target does. DeepFaceLab users balance such sets by hand; here each face gets a
+weight from how rare its measures are (facepipe.models.expression: mouth, each eye, yaw, pitch)
+and the training draws faces in proportion to it, from the engine's generator (so a resumed run
+draws the same faces). Nothing is dropped: a common face is drawn a little less often.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BINS = 8  # per measure, equal width over its whole range: a blink is the tail, it must get a bin of its own
+MAX_WEIGHT = 10.0  # a face is drawn at most this many times as often as the most common ones
+
+
+def rarity_weights(measures: np.ndarray, power: float) -> torch.Tensor:
+    """[N] float64 sampling weights from measures [N, K]: for each measure, the share of faces a bin
+    would hold if they were spread evenly over the bins, over the share its bin holds; a face's
+    rarity is its rarest measure's, and its weight that rarity to ``power`` (0: uniform, 0.5: the
+    square root), between 1 and MAX_WEIGHT."""
+    measures = np.asarray(measures, dtype=np.float64)
+    rarity = np.ones(len(measures))
+    if power > 0 and len(measures):
+        for column in measures.T:
+            low, high = column.min(), column.max()
+            if high <= low:
+                continue  # a measure that does not vary cannot be lopsided
+            bins = np.clip(((column - low) / (high - low) * BINS).astype(int), 0, BINS - 1)
+            counts = np.bincount(bins, minlength=BINS)
+            rarity = np.maximum(rarity, (len(column) / BINS) / counts[bins])
+    return torch.from_numpy(np.clip(rarity ** power, 1.0, MAX_WEIGHT))
+
+
+def draw_rows(rows: torch.Tensor, weights: torch.Tensor | None, batch_indices: torch.Tensor,
+              generator: torch.Generator) -> torch.Tensor:
+    """The face rows of one batch: the engine's order (``batch_indices``) when unweighted, else as
+    many rows drawn with replacement in proportion to ``weights`` from ``generator``."""
+    if weights is None:
+        return rows[batch_indices % len(rows)]
+    return rows[torch.multinomial(weights, len(batch_indices), replacement=True, generator=generator)]
