@@ -4,6 +4,7 @@ import pytest
 
 from facepipe.media import (
     decode_video,
+    FRAME_EXTENSION,
     MediaError,
     extract_frames,
     load_image,
@@ -131,6 +132,6 @@ def test_truncated_video_replans_to_keep_the_cap_exact(tmp_path):
     assert decodable < 40
     assert len(manifest) == min(30, decodable)
     assert manifest.source_frame_index.max() < decodable
-    assert len(list((tmp_path / "frames").glob("*.png"))) == len(manifest)
+    assert len(list((tmp_path / "frames").glob(f"*{FRAME_EXTENSION}"))) == len(manifest)
     assert source.frame_count == 40  # the header overstates what is there
     assert warnings and "cut.avi" in warnings[0]
