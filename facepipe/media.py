@@ -411,7 +411,8 @@ def extract_frames(
 ) -> pd.DataFrame:
     """Write the sampled frames as JPEG files into `out_dir` and return the manifest table.
 
-    A background thread decodes while this one encodes and writes (two cores). Container
+    A background thread decodes while two others encode, write and fsync (the store's commit then
+    finds the files on disk instead of waiting for each one); the manifest keeps frame order. Container
     headers can overstate a video's frame count (truncated files); when decoding disagrees we
     re-plan with the true counts, so the cap stays exact and uniform. `decodings`, if given,
     receives what reading each video did (frames decoded, seeks).
@@ -424,8 +425,10 @@ def extract_frames(
         for source, wanted in zip(sources, plan):
             rows_before = len(rows)
             decoding = Decoding()
-            for index, frame in prefetch(source_frames(source, wanted, decoding)):
-                rows.append(write_frame(out_dir, len(rows), source, index, frame, total))
+            numbered = ((rows_before + i, index, frame)
+                        for i, (index, frame) in enumerate(prefetch(source_frames(source, wanted, decoding))))
+            for row in map_ordered(lambda item: write_frame(out_dir, *item, source, total), numbered, workers=2):
+                rows.append(row)
                 if progress and (len(rows) % 50 == 0 or len(rows) == total):
                     progress(len(rows), total)
             stride = int(np.ceil(source.frame_count / max(len(wanted), 1)))
@@ -463,8 +466,8 @@ def source_frames(source: Source, wanted: np.ndarray, decoding: Decoding) -> Ite
     yield from VideoFrames(source.file.path, source.frame_count, source.fps, decoding).read(wanted)
 
 
-def write_frame(out_dir: Path, frame_id: int, source: Source, index: int, frame: np.ndarray, total: int) -> dict:
-    """Store one frame as `<frame_id>.jpg`; its manifest row (without the stride)."""
+def write_frame(out_dir: Path, frame_id: int, index: int, frame: np.ndarray, source: Source, total: int) -> dict:
+    """Store one frame as `<frame_id>.jpg`, on disk when this returns; its manifest row (without the stride)."""
     name = f"{frame_id:06d}{FRAME_EXTENSION}"
     write_frame_file(out_dir / name, frame, frames_left=total - frame_id)
     return {
@@ -481,13 +484,16 @@ def write_frame(out_dir: Path, frame_id: int, source: Source, index: int, frame:
 
 def write_frame_file(path: Path, frame: np.ndarray, frames_left: int = 1) -> None:
     """Encode in memory and write with Python's I/O (the same bytes as cv2.imwrite), so that a
-    failed write says why: a full disk is NoSpace with an estimate of what the frames still need."""
+    failed write says why: a full disk is NoSpace with an estimate of what the frames still need.
+    fsynced here, in the writer's thread, so that the disk's latency overlaps the decoding."""
     ok, encoded = cv2.imencode(FRAME_EXTENSION, frame, FRAME_ENCODING)
     if not ok:
         raise MediaError(f"{path.name}: OpenCV could not encode a {frame.shape[1]}x{frame.shape[0]} frame as {FRAME_EXTENSION}")
     try:
         with open(path, "wb") as handle:
             handle.write(encoded.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
     except OSError as error:
         if error.errno not in NO_SPACE:
             raise
