@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from facepipe.media import (
+    Decoding,
+    VideoFrames,
     decode_video,
     FRAME_EXTENSION,
     MediaError,
@@ -135,3 +137,37 @@ def test_truncated_video_replans_to_keep_the_cap_exact(tmp_path):
     assert len(list((tmp_path / "frames").glob(f"*{FRAME_EXTENSION}"))) == len(manifest)
     assert source.frame_count == 40  # the header overstates what is there
     assert warnings and "cut.avi" in warnings[0]
+
+
+def test_sparse_frames_come_from_seeks_and_equal_the_sequential_decode(tmp_path):
+    # mp4v (OpenCV's FFmpeg writer) puts a keyframe at least every 12 frames: with every 100th
+    # frame wanted, seeking decodes far fewer frames than reading through.
+    path = write_video(tmp_path / "long.mp4", frames=400, fourcc="mp4v")
+    every = list(decode_video(path))
+    wanted = sample_positions(len(every), 4)
+    decoding = Decoding()
+    got = list(VideoFrames(path, len(every), 25.0, decoding).read(wanted))
+    assert [index for index, _ in got] == wanted.tolist()
+    assert all(np.array_equal(frame, every[index]) for index, frame in got)
+    assert decoding.frame_count == 400  # the count is still checked (last frame decodes, the next does not)
+    assert decoding.seeks > 0 and decoding.decoded < 200
+
+
+def test_dense_frames_are_read_through_and_counted(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", frames=40, fourcc="mp4v")
+    decoding = Decoding()
+    got = list(VideoFrames(path, 40, 25.0, decoding).read(np.arange(0, 40, 2)))
+    assert [index for index, _ in got] == list(range(0, 40, 2))
+    assert decoding.seeks == 0 and decoding.decoded == 40 and decoding.frame_count == 40
+
+
+def test_stored_frames_are_jpeg_and_the_same_bytes_on_a_rebuild(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    write_video(media / "clip.mp4", frames=30, fourcc="mp4v")
+    sources = [probe(f) for f in scan_media(media)[0]]
+    first = extract_frames(sources, 10, tmp_path / "a")
+    second = extract_frames(sources, 10, tmp_path / "b")
+    assert first.equals(second) and all(name.endswith(".jpg") for name in first.file)
+    assert all((tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes() for name in first.file)
+    assert cv2.imread(str(tmp_path / "a" / first.file.iat[0])).shape == (64, 64, 3)
