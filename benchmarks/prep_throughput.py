@@ -11,15 +11,15 @@ faces, frames the full-range detector scored).
 
 Videos: from --media (default ../shared/media; see MANIFEST.md there) the 480p-class
 german_news_20s and obama_20s, kim_7s scaled to 1280x720 (written once into --work) for 720p,
-and kim_7s and mead_w040_happy for 1080p; the embedded sample's partitions when that folder is
-absent. --long adds a synthetic 10-minute 1080p video (15000 frames, written once into --work):
+and kim_7s and mead_w040_happy for 1080p; the embedded sample's two partitions (videos and
+stills) when that folder is absent or with --sample. --long adds a synthetic 10-minute 1080p video (15000 frames, written once into --work):
 with max_frames 1000 only every 15th frame is kept, and the table says how many frames were
 decoded to get them.
 
 Each measurement runs in its own process (peak RSS is that process's). The machine may be
 shared: compare the ratio, which divides by a bound measured in the same run.
 
-    .venv/bin/python benchmarks/prep_throughput.py [--long] [--only kim_7s ...] [--work /tmp/prep_bench]
+    .venv/bin/python benchmarks/prep_throughput.py [--long] [--sample] [--only kim_7s ...] [--work /tmp/prep_bench]
 
 To measure another version of facepipe with the same script, put it first on PYTHONPATH.
 """
@@ -45,8 +45,9 @@ LONG_NAME = "synthetic_10min_1080p"
 LONG_FRAMES = 15000  # 10 minutes at 25 fps
 
 
-def cases(media: Path, work: Path, long: bool) -> list[dict]:
-    """{name, role, key, folder, resolution} per partition to prepare; folders under `work/data`."""
+def cases(media: Path, work: Path, long: bool, sample: bool = False) -> list[dict]:
+    """{name, role, key, folder, resolution} per partition to prepare; folders under `work/data`
+    (the sample's under `work/sample`)."""
     data = work / "data"
     videos = media / "videos"
     found: list[dict] = []
@@ -62,13 +63,14 @@ def cases(media: Path, work: Path, long: bool) -> list[dict]:
                 else:
                     shutil.copyfile(videos / f"{name}.mp4", target)
             found.append({"name": name, "role": "target", "key": folder.name, "folder": str(folder), "resolution": resolution})
-    else:
+    if sample or not videos.is_dir():
         from facepipe.sample import IDENTITY_KEY, TARGET_KEY, build_sample
 
-        if not (data / "targets" / TARGET_KEY).is_dir():
-            build_sample(data)
+        sample_data = work / "sample" / "data"
+        if not (sample_data / "targets" / TARGET_KEY).is_dir():
+            build_sample(sample_data)
         for role, key, folder in (("identity", IDENTITY_KEY, "identities"), ("target", TARGET_KEY, "targets")):
-            found.append({"name": f"sample {role}", "role": role, "key": key, "folder": str(data / folder / key),
+            found.append({"name": f"sample_{role}", "role": role, "key": key, "folder": str(sample_data / folder / key),
                           "resolution": "sample"})
     if long:
         folder = data / "targets" / LONG_NAME.replace("_", "-")
@@ -263,6 +265,7 @@ def main() -> None:
                         help="keeps the derived 720p and 10-minute videos between runs")
     parser.add_argument("--max-frames", type=int, default=1000)
     parser.add_argument("--long", action="store_true", help="add the synthetic 10-minute 1080p video")
+    parser.add_argument("--sample", action="store_true", help="add the embedded sample's two partitions")
     parser.add_argument("--only", nargs="*", help="names of the videos to run")
     parser.add_argument("--child", choices=("bound", "prepare"), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -275,7 +278,7 @@ def main() -> None:
 
     print(f"facepipe from {Path(facepipe.__file__).parent}, max_frames {args.max_frames}, {os.cpu_count()} CPUs")
     results = []
-    for case in cases(args.media, args.work, args.long):
+    for case in cases(args.media, args.work, args.long, args.sample):
         if args.only and case["name"] not in args.only:
             continue
         measured = {**case, **run_child("bound", case, args, []), **run_child("prepare", case, args, [])}
