@@ -241,7 +241,7 @@ def child(args: argparse.Namespace) -> None:
 
 def table_rows(results: list[dict]) -> list[str]:
     header = ("| video | res | frames | decoded | frames stage | landmarks | smoothing | faces | media | total | "
-              "bound (decode + mesh) | ratio | cached | peak RSS | detected | several faces | detector ran |")
+              "bound (decode + mesh) | ratio | cached | peak RSS | detected | several faces | detector ran | mean score |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         s, total = r["stages_s"], r["total_s"]
@@ -254,7 +254,7 @@ def table_rows(results: list[dict]) -> list[str]:
             f"| {r['name']} | {r['resolution']} | {r['frames']} | {decoded} | {cell('frames')} | {cell('landmarks')} | "
             f"{cell('smoothed_landmarks')} | {cell('faces')} | {cell('media')} | {total:.2f} s | {r['bound_s']:.2f} s "
             f"({r['decode_s']:.2f} + {r['mesh_s']:.2f}) | **{r['bound_s'] / total:.2f}** | {r['cached_s']:.2f} s | "
-            f"{r['peak_rss_mb']:.0f} MB | {r['detected']} | {r['several_faces']} | {r['detector_frames']} |")
+            f"{r['peak_rss_mb']:.0f} MB | {r['detected']} | {r['several_faces']} | {r['detector_frames']} | {r['mean_score']:.3f} |")
     return lines
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe.disk import NO_SPACE, NoSpace, free_bytes
-from facepipe.pipelining import map_ordered, prefetch
+from facepipe.pipelining import depth_for, map_ordered, prefetch
 from facepipe.store import canonical_json, file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -425,9 +425,11 @@ def extract_frames(
         for source, wanted in zip(sources, plan):
             rows_before = len(rows)
             decoding = Decoding()
-            numbered = ((rows_before + i, index, frame)
-                        for i, (index, frame) in enumerate(prefetch(source_frames(source, wanted, decoding))))
-            for row in map_ordered(lambda item: write_frame(out_dir, *item, source, total), numbered, workers=2):
+            frame_bytes = video_frame_bytes(source.file.path) if source.file.kind == "video" else 0
+            decoded = prefetch(source_frames(source, wanted, decoding), depth=depth_for(frame_bytes, 4))
+            numbered = ((rows_before + i, index, frame) for i, (index, frame) in enumerate(decoded))
+            for row in map_ordered(lambda item: write_frame(out_dir, *item, source, total), numbered, workers=2,
+                                   depth=depth_for(frame_bytes, 8)):
                 rows.append(row)
                 if progress and (len(rows) % 50 == 0 or len(rows) == total):
                     progress(len(rows), total)
@@ -454,6 +456,15 @@ def extract_frames(
 MANIFEST_COLUMNS = [
     "frame_id", "file", "source", "kind", "source_frame_index", "timestamp_s", "width", "height", "stride",
 ]
+
+
+def video_frame_bytes(path: Path) -> int:
+    """Bytes of one decoded BGR frame of a video, from its header."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) * int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) * 3
+    finally:
+        capture.release()
 
 
 def source_frames(source: Source, wanted: np.ndarray, decoding: Decoding) -> Iterator[tuple[int, np.ndarray]]:
@@ -509,15 +520,18 @@ def read_frame(path: Path) -> np.ndarray:
     return image
 
 
-def read_stored_frames(frames_dir: Path, files: Iterable[str], workers: int = 2) -> Iterator[np.ndarray]:
-    """The stored frames named `files`, in order, decoded by `workers` threads ahead of the caller."""
-    return map_ordered(lambda name: read_frame(frames_dir / name), files, workers=workers)
+def read_stored_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[np.ndarray]:
+    """The stored frames of `manifest`'s rows, in order, decoded by two threads ahead of the
+    caller (as many ahead as fit IN_FLIGHT_BYTES at the largest frame's size)."""
+    largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
+    return map_ordered(lambda name: read_frame(frames_dir / name), manifest.file.tolist(), workers=2,
+                       depth=depth_for(largest, 8))
 
 
 def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.ndarray, str | None]]:
     """(BGR frame, video group or None for stills) in manifest order, for the landmark stage."""
     groups = [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
-    return zip(read_stored_frames(frames_dir, manifest.file.tolist()), groups)
+    return zip(read_stored_frames(frames_dir, manifest), groups)
 
 
 def replace_if_changed(temporary: Path, final: Path) -> bool:

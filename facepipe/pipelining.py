@@ -18,7 +18,16 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Decoded frames waiting between threads take at most about this much memory per queue: a few
+# 1080p frames, one frame of a 64-megapixel photo (peak memory must not grow with frame size).
+IN_FLIGHT_BYTES = 128 * 1024 * 1024
+
 _DONE = object()
+
+
+def depth_for(item_bytes: int, most: int) -> int:
+    """How many items of `item_bytes` may wait in one queue: up to `most`, within IN_FLIGHT_BYTES."""
+    return max(1, min(most, IN_FLIGHT_BYTES // max(int(item_bytes), 1)))
 
 
 def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:

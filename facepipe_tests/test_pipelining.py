@@ -68,3 +68,11 @@ def test_map_ordered_raises_a_workers_error():
 
     with pytest.raises(OSError, match="disk full"):
         list(map_ordered(work, range(10)))
+
+
+def test_depth_keeps_large_frames_few():
+    from facepipe.pipelining import IN_FLIGHT_BYTES, depth_for
+
+    assert depth_for(1920 * 1080 * 3, 8) == 8  # 1080p: the full depth
+    assert depth_for(9248 * 6936 * 3, 8) == 1  # a 64-megapixel photo: one at a time
+    assert depth_for(IN_FLIGHT_BYTES // 3, 8) == 3 and depth_for(0, 4) == 4

@@ -249,7 +249,7 @@ def build_prep_assets(role: str) -> list:
             manifest = pd.read_parquet(frames.path / "manifest.parquet")
             marks = LandmarkResult.load(smoothed_landmarks.path)
             rows = np.flatnonzero(marks.detected)
-            images = read_stored_frames(frames.path / "frames", manifest.file.iloc[rows].tolist())
+            images = read_stored_frames(frames.path / "frames", manifest.iloc[rows])
             detected_frames = ((int(manifest.frame_id.iat[i]), image, marks.points[i]) for i, image in zip(rows, images))
             frame_ids, matrices = face_set.build_face_set(detected_frames, len(rows), config.size, out,
                                                           progress_logger(context, "faces aligned"))
