@@ -63,7 +63,7 @@ class LandmarkResult:
 
     points: np.ndarray  # float32 [N, 478, 3], px; NaN where no face
     detected: np.ndarray  # bool [N]
-    score: np.ndarray  # float32 [N], detector confidence of the chosen face; 0 if none
+    score: np.ndarray  # float32 [N], detector confidence of the chosen face (or of its track, see score_measured); 0 if none
     box: np.ndarray  # float32 [N, 4], x0, y0, x1, y1 px; NaN where no face
     num_faces: np.ndarray  # int32 [N], faces FaceMesh found (at most max_faces)
     score_measured: np.ndarray | None = None  # bool [N], the detector scored this frame (else the track's score)
