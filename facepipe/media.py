@@ -20,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -522,18 +522,15 @@ def read_frame(path: Path) -> np.ndarray:
     return image
 
 
-def read_stored_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[np.ndarray]:
-    """The stored frames of `manifest`'s rows, in order, decoded by two threads ahead of the
-    caller (as many ahead as fit IN_FLIGHT_BYTES at the largest frame's size)."""
-    largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
-    return map_ordered(lambda name: read_frame(frames_dir / name), manifest.file.tolist(), workers=2,
-                       depth=depth_for(largest, 8))
-
-
 def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.ndarray, str | None]]:
-    """(BGR frame, video group or None for stills) in manifest order, for the landmark stage."""
+    """(BGR frame, video group or None for stills) in manifest order, for the landmark stage:
+    decoded by two threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES at the
+    largest frame's size)."""
     groups = [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
-    return zip(read_stored_frames(frames_dir, manifest), groups)
+    largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
+    images = map_ordered(lambda name: read_frame(frames_dir / name), manifest.file.tolist(), workers=2,
+                         depth=depth_for(largest, 8))
+    return zip(images, groups)
 
 
 def replace_if_changed(temporary: Path, final: Path) -> bool:

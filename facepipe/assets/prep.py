@@ -7,7 +7,7 @@ The asset functions only resolve inputs, call the plain functions and report met
 
 import dataclasses
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from facepipe.media import (
     probe,
     read_frames,
     read_sources,
-    read_stored_frames,
+    read_frame,
     scan_media,
     write_sources,
 )
@@ -249,8 +249,8 @@ def build_prep_assets(role: str) -> list:
             manifest = pd.read_parquet(frames.path / "manifest.parquet")
             marks = LandmarkResult.load(smoothed_landmarks.path)
             rows = np.flatnonzero(marks.detected)
-            images = read_stored_frames(frames.path / "frames", manifest.iloc[rows])
-            detected_frames = ((int(manifest.frame_id.iat[i]), image, marks.points[i]) for i, image in zip(rows, images))
+            detected_frames = ((int(manifest.frame_id.iat[i]), partial(read_frame, frames.path / "frames" / manifest.file.iat[i]),
+                                marks.points[i]) for i in rows)
             frame_ids, matrices = face_set.build_face_set(detected_frames, len(rows), config.size, out,
                                                           progress_logger(context, "faces aligned"))
             index = manifest.iloc[rows][["frame_id", "source", "kind", "source_frame_index", "timestamp_s"]].reset_index(drop=True)
