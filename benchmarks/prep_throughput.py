@@ -5,8 +5,10 @@ For each video it materializes the five preparation assets of one target partiti
 video: frames kept, each stage's seconds and share of the total, the total, the serial bound
 measured in the same run on the same file — decoding every frame alone plus MediaPipe FaceMesh
 (tracking mode, the landmarks stage's settings) alone on the frames the pipeline keeps — the
-ratio bound / total (1.0 = as fast as the bound; the goal is >= 0.5), the cached repeat, the peak
-RSS of the preparation process, and what was detected (frames with a face, frames with several
+ratio bound / total (1.0 = as fast as the bound; the goal is >= 0.5), the CPU seconds the
+preparation used (all threads) and how many cores that kept busy on average (on a shared
+machine, fewer than 2 says the others took the rest), the cached repeat, the peak RSS of the
+preparation process, and what was detected (frames with a face, frames with several
 faces, frames the full-range detector scored).
 
 Videos: from --media (default ../shared/media; see MANIFEST.md there) the 480p-class
@@ -142,13 +144,13 @@ def bound(video: Path, max_frames: int) -> dict:
     from facepipe.media import sample_positions
 
     capture = cv2.VideoCapture(str(video))
-    total, started = 0, time.perf_counter()
+    total, started, cpu_started = 0, time.perf_counter(), cpu_seconds()
     while True:
         ok, _frame = capture.read()
         if not ok:
             break
         total += 1
-    decode_s = time.perf_counter() - started
+    decode_s, decode_cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_started
     capture.release()
     keep = set(sample_positions(total, max_frames).tolist())
     mesh_s = 0.0
@@ -164,7 +166,14 @@ def bound(video: Path, max_frames: int) -> dict:
             mesh.process(rgb)
             mesh_s += time.perf_counter() - started
     capture.release()
-    return {"video_frames": total, "decode_s": decode_s, "mesh_s": mesh_s, "bound_s": decode_s + mesh_s}
+    return {"video_frames": total, "decode_s": decode_s, "mesh_s": mesh_s, "bound_s": decode_s + mesh_s,
+            "decode_cpu_s": decode_cpu_s}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all its threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def prepare(case: dict, store: Path, max_frames: int) -> dict:
@@ -184,10 +193,10 @@ def prepare(case: dict, store: Path, max_frames: int) -> dict:
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(PARTITIONS[role].name, [key])
     run_config = {"ops": {f"{role}__frames": {"config": {"max_frames": max_frames}}}}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     result = materialize(build_prep_assets(role), instance=instance, partition_key=key, resources=resources,
                          run_config=run_config)
-    total_s = time.perf_counter() - started
+    total_s, cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_started
     starts, seconds = {}, {}
     for entry in instance.all_logs(result.run_id):
         event = entry.dagster_event
@@ -207,7 +216,7 @@ def prepare(case: dict, store: Path, max_frames: int) -> dict:
     frames = settings.store.current(f"{role}/frames", key)
     scored = table["score_measured"] if "score_measured" in table else table["detected"]
     return {
-        "stages_s": seconds, "total_s": total_s, "cached_s": cached_s,
+        "stages_s": seconds, "total_s": total_s, "cpu_s": cpu_s, "cached_s": cached_s,
         "frames": len(table), "detected": int(table["detected"].sum()),
         "several_faces": int((table["num_faces"] > 1).sum()), "detector_frames": int(scored.sum()),
         "mean_score": float(table.loc[table["detected"], "score"].mean()),
@@ -231,7 +240,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "bound":
         videos = sorted(Path(case["folder"]).glob("*.mp4"))
         parts = [bound(video, args.max_frames) for video in videos]  # the sample: each video on its own
-        print(json.dumps({k: sum(p[k] for p in parts) for k in ("video_frames", "decode_s", "mesh_s", "bound_s")}))
+        print(json.dumps({k: sum(p[k] for p in parts) for k in ("video_frames", "decode_s", "mesh_s", "bound_s", "decode_cpu_s")}))
     else:
         store = args.work / "stores" / case["key"]
         shutil.rmtree(store, ignore_errors=True)
@@ -241,7 +250,7 @@ def child(args: argparse.Namespace) -> None:
 
 def table_rows(results: list[dict]) -> list[str]:
     header = ("| video | res | frames | decoded | frames stage | landmarks | smoothing | faces | media | total | "
-              "bound (decode + mesh) | ratio | cached | peak RSS | detected | several faces | detector ran | mean score |")
+              "bound (decode + mesh) | ratio | CPU s (cores busy) | cached | peak RSS | detected | several faces | detector ran | mean score |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         s, total = r["stages_s"], r["total_s"]
@@ -253,7 +262,8 @@ def table_rows(results: list[dict]) -> list[str]:
         lines.append(
             f"| {r['name']} | {r['resolution']} | {r['frames']} | {decoded} | {cell('frames')} | {cell('landmarks')} | "
             f"{cell('smoothed_landmarks')} | {cell('faces')} | {cell('media')} | {total:.2f} s | {r['bound_s']:.2f} s "
-            f"({r['decode_s']:.2f} + {r['mesh_s']:.2f}) | **{r['bound_s'] / total:.2f}** | {r['cached_s']:.2f} s | "
+            f"({r['decode_s']:.2f} + {r['mesh_s']:.2f}) | **{r['bound_s'] / total:.2f}** | {r['cpu_s']:.1f} ({r['cpu_s'] / total:.2f}) | "
+            f"{r['cached_s']:.2f} s | "
             f"{r['peak_rss_mb']:.0f} MB | {r['detected']} | {r['several_faces']} | {r['detector_frames']} | {r['mean_score']:.3f} |")
     return lines
 
