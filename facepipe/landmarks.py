@@ -233,12 +233,14 @@ def detect_landmarks(
     items: Iterable[tuple[np.ndarray, str | None]],
     max_faces: int = 4,
     progress: Callable[[int], None] | None = None,
+    rgb: bool = False,
 ) -> LandmarkResult:
     """Landmarks, score and box of the chosen face in every frame (see the module docstring).
 
     `items` yields (BGR uint8 image, group): group is the video's id for video frames (frames of
-    one video consecutive and in time order) or None for a still. `progress`, if given, is
-    called after each frame with the number of frames done so far.
+    one video consecutive and in time order) or None for a still. `rgb`: the images are RGB
+    already (decoded in MediaPipe's order, no conversion). `progress`, if given, is called after
+    each frame with the number of frames done so far.
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
@@ -263,8 +265,8 @@ def detect_landmarks(
                         video_mesh, video_group = _new_face_mesh(static=False, max_faces=max_faces), group
                     mesh = video_mesh
                 height, width = image.shape[:2]
-                rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-                faces = _mesh_faces_in_pixels(mesh.process(rgb), width, height)
+                rgb_image = image if rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+                faces = _mesh_faces_in_pixels(mesh.process(rgb_image), width, height)
                 face_counts.append(len(faces))
                 if len(faces) == 0:
                     points.append(np.full((NUM_POINTS, 3), np.nan, dtype=np.float32))
@@ -280,7 +282,7 @@ def detect_landmarks(
                     if carried:
                         score = track.score
                     else:
-                        detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb), width, height)
+                        detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb_image), width, height)
                         score = matched_score(face_boxes[chosen], detector_boxes, detector_scores)
                     measured.append(not carried)
                     track = _Track(group, face_boxes[chosen], len(faces), score) if group is not None else None

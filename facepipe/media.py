@@ -514,21 +514,21 @@ def write_frame_file(path: Path, frame: np.ndarray, frames_left: int = 1) -> Non
         raise NoSpace(path.parent, len(encoded) * frames_left, free_bytes(path.parent)) from error
 
 
-def read_frame(path: Path) -> np.ndarray:
-    """One stored frame as BGR uint8, or MediaError naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def read_frame(path: Path, rgb: bool = False) -> np.ndarray:
+    """One stored frame as BGR (or, decoded straight into that order, RGB) uint8, or MediaError naming it."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB if rgb else cv2.IMREAD_COLOR)
     if image is None:
         raise MediaError(f"stored frame {path} is unreadable: re-materialize the frames asset")
     return image
 
 
-def read_frames(frames_dir: Path, manifest: pd.DataFrame) -> Iterator[tuple[np.ndarray, str | None]]:
-    """(BGR frame, video group or None for stills) in manifest order, for the landmark stage:
-    decoded by two threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES at the
-    largest frame's size)."""
+def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False) -> Iterator[tuple[np.ndarray, str | None]]:
+    """(BGR or RGB frame, video group or None for stills) in manifest order, for the landmark
+    stage: decoded by two threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES at
+    the largest frame's size)."""
     groups = [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
     largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
-    images = map_ordered(lambda name: read_frame(frames_dir / name), manifest.file.tolist(), workers=2,
+    images = map_ordered(lambda name: read_frame(frames_dir / name, rgb), manifest.file.tolist(), workers=2,
                          depth=depth_for(largest, 8))
     return zip(images, groups)
 

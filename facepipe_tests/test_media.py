@@ -12,6 +12,7 @@ from facepipe.media import (
     load_image,
     media_hash,
     probe,
+    read_frame,
     sample_positions,
     scan_media,
 )
@@ -170,4 +171,9 @@ def test_stored_frames_are_jpeg_and_the_same_bytes_on_a_rebuild(tmp_path):
     second = extract_frames(sources, 10, tmp_path / "b")
     assert first.equals(second) and all(name.endswith(".jpg") for name in first.file)
     assert all((tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes() for name in first.file)
-    assert cv2.imread(str(tmp_path / "a" / first.file.iat[0])).shape == (64, 64, 3)
+    bgr = read_frame(tmp_path / "a" / first.file.iat[0])
+    assert bgr.shape == (64, 64, 3)
+    assert np.array_equal(read_frame(tmp_path / "a" / first.file.iat[0], rgb=True), bgr[..., ::-1])  # same decode, RGB order
+    with pytest.raises(MediaError, match="000003.jpg is unreadable"):
+        (tmp_path / "a" / "000003.jpg").write_bytes(b"")
+        read_frame(tmp_path / "a" / "000003.jpg")

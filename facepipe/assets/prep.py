@@ -194,9 +194,9 @@ def build_prep_assets(role: str) -> list:
         def write(out: Path) -> dict:
             manifest = pd.read_parquet(frames.path / "manifest.parquet")
             report = progress_logger(context, "landmarks (frames)")
-            result = detect_landmarks(read_frames(frames.path / "frames", manifest), max_faces=config.max_faces,
+            result = detect_landmarks(read_frames(frames.path / "frames", manifest, rgb=True), max_faces=config.max_faces,
                                       progress=lambda done: (done % 50 == 0 or done == len(manifest))
-                                      and report(done, len(manifest)))
+                                      and report(done, len(manifest)), rgb=True)
             detected = int(result.detected.sum())
             if detected == 0:
                 raise Failure(f"{role} '{key}': no face found in any of {len(manifest)} frames of "
