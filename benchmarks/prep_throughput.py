@@ -14,9 +14,9 @@ faces, frames the full-range detector scored).
 Videos: from --media (default ../shared/media; see MANIFEST.md there) the 480p-class
 german_news_20s and obama_20s, kim_7s scaled to 1280x720 (written once into --work) for 720p,
 and kim_7s and mead_w040_happy for 1080p; the embedded sample's two partitions (videos and
-stills) when that folder is absent or with --sample. --long adds a synthetic 10-minute 1080p video (15000 frames, written once into --work):
-with max_frames 1000 only every 15th frame is kept, and the table says how many frames were
-decoded to get them.
+stills) when that folder is absent or with --sample. --long adds a synthetic 10-minute 1080p
+video (15000 frames, written once into --work, which takes a few minutes): with max_frames 1000
+only every 15th frame is kept, and the table says how many frames were decoded to get them.
 
 Each measurement runs in its own process (peak RSS is that process's). The machine may be
 shared: compare the ratio, which divides by a bound measured in the same run.
