@@ -16,6 +16,7 @@ import pandas as pd
 
 from facepipe.align import align_face, hull_mask
 from facepipe.disk import require_free_space, reserve_blocks
+from facepipe.pipelining import map_ordered
 
 CROPS = "faces.npy"
 MASKS = "masks.npy"
@@ -44,16 +45,18 @@ class FaceSet:
 
 
 def build_face_set(
-    frames: Iterable[tuple[int, np.ndarray, np.ndarray]],
+    frames: Iterable[tuple[int, Callable[[], np.ndarray], np.ndarray]],
     count: int,
     size: int,
     out_dir: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Align `count` faces given as (frame_id, BGR frame, [478,3] landmarks) into arrays on disk.
+    """Align `count` faces given as (frame_id, a function returning the BGR frame, [478,3]
+    landmarks) into arrays on disk.
 
-    Arrays are written through memory maps so memory stays flat for large sets.
-    Returns (frame ids, 2x3 alignment matrices) in face order.
+    Two threads load and align the frames (decoding and warping release the GIL), this one
+    writes the results in order. Arrays are written through memory maps so memory stays flat
+    for large sets. Returns (frame ids, 2x3 alignment matrices) in face order.
     """
     shapes = {CROPS: ((count, size, size, 3), np.uint8), MASKS: ((count, size, size), np.uint8),
               LANDMARKS: ((count, 478, 2), np.float32)}
@@ -67,8 +70,12 @@ def build_face_set(
     crops, masks, marks = arrays
     frame_ids = np.zeros(count, dtype=np.int64)
     matrices = np.zeros((count, 2, 3), dtype=np.float64)
-    for i, (frame_id, frame, landmarks) in enumerate(frames):
-        crops[i], masks[i], marks[i], matrices[i] = align_face(frame, landmarks, size)
+    def aligned(item: tuple[int, Callable[[], np.ndarray], np.ndarray]) -> tuple[int, tuple]:
+        frame_id, load, landmarks = item
+        return frame_id, align_face(load(), landmarks, size)
+
+    for i, (frame_id, face) in enumerate(map_ordered(aligned, frames, workers=2)):
+        crops[i], masks[i], marks[i], matrices[i] = face
         frame_ids[i] = frame_id
         if progress and ((i + 1) % 50 == 0 or i + 1 == count):
             progress(i + 1, count)

@@ -11,11 +11,19 @@ A swap dataset is about the main subject, who is normally the largest face in th
 In tracking mode the choice is made per frame, so two faces of nearly equal size may swap
 roles between frames; downstream identity filtering (identity_profile) rejects such frames.
 
-Score: FaceMesh's legacy API reports no confidence, so each chosen face is matched to the
+Score: FaceMesh's legacy API reports no confidence, so a chosen face is matched to the
 full-range face detector (mp.solutions.face_detection, model_selection=1) by box IoU and takes
 that detection's score. When FaceMesh finds a face that the detector misses (no detection
 with IoU >= SCORE_MATCH_MIN_IOU), the face is kept with score 0.0: FaceMesh's own detector
 already accepted it, and downstream stages can filter on the score.
+The detector runs only where it can tell something new (it costs about as much as FaceMesh
+itself): on every still, and in a video on the first face of a track — the first frame with a
+face, the first after a frame without one (a tracking loss), a frame whose face count differs
+from the previous frame's, a frame with several faces (the several-faces policy), and a frame
+whose chosen face does not overlap the previous one (IoU < SCORE_MATCH_MIN_IOU: another face).
+Every other frame of a track carries the score its track was given. `score_measured` says which
+frames the detector scored. Landmarks, boxes and face counts come from FaceMesh alone, so they
+are the same as with the detector on every frame.
 When FaceMesh finds nothing: detected False, score 0, NaN points and box, num_faces 0.
 
 Coordinates are pixels of the frame they came from: x, y in px; z is MediaPipe's relative
@@ -55,11 +63,15 @@ class LandmarkResult:
 
     points: np.ndarray  # float32 [N, 478, 3], px; NaN where no face
     detected: np.ndarray  # bool [N]
-    score: np.ndarray  # float32 [N], detector confidence of the chosen face; 0 if none
+    score: np.ndarray  # float32 [N], detector confidence of the chosen face (or of its track, see score_measured); 0 if none
     box: np.ndarray  # float32 [N, 4], x0, y0, x1, y1 px; NaN where no face
     num_faces: np.ndarray  # int32 [N], faces FaceMesh found (at most max_faces)
+    score_measured: np.ndarray | None = None  # bool [N], the detector scored this frame (else the track's score)
 
     def __post_init__(self) -> None:
+        if self.score_measured is None:
+            self.score_measured = np.asarray(self.detected, dtype=bool).copy()
+        self.score_measured = np.asarray(self.score_measured, dtype=bool)
         self.points = np.asarray(self.points, dtype=np.float32)
         self.detected = np.asarray(self.detected, dtype=bool)
         self.score = np.asarray(self.score, dtype=np.float32)
@@ -72,6 +84,7 @@ class LandmarkResult:
             "score": (count,),
             "box": (count, 4),
             "num_faces": (count,),
+            "score_measured": (count,),
         }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
@@ -81,11 +94,12 @@ class LandmarkResult:
         return len(self.detected)
 
     def to_table(self) -> pd.DataFrame:
-        """One row per frame: detected, score, box_x0..box_y1, num_faces."""
+        """One row per frame: detected, score, box_x0..box_y1, num_faces, score_measured."""
         table = pd.DataFrame({"detected": self.detected, "score": self.score})
         for column, values in zip(BOX_COLUMNS, self.box.T):
             table[column] = values
         table["num_faces"] = self.num_faces
+        table["score_measured"] = self.score_measured
         return table
 
     def save(self, folder: str | Path) -> None:
@@ -119,6 +133,7 @@ class LandmarkResult:
             score=table["score"].to_numpy(),
             box=table[list(BOX_COLUMNS)].to_numpy(),
             num_faces=table["num_faces"].to_numpy(),
+            score_measured=table["score_measured"].to_numpy() if "score_measured" in table else None,
         )
 
 
@@ -218,16 +233,19 @@ def detect_landmarks(
     items: Iterable[tuple[np.ndarray, str | None]],
     max_faces: int = 4,
     progress: Callable[[int], None] | None = None,
+    rgb: bool = False,
 ) -> LandmarkResult:
     """Landmarks, score and box of the chosen face in every frame (see the module docstring).
 
     `items` yields (BGR uint8 image, group): group is the video's id for video frames (frames of
-    one video consecutive and in time order) or None for a still. `progress`, if given, is
-    called after each frame with the number of frames done so far.
+    one video consecutive and in time order) or None for a still. `rgb`: the images are RGB
+    already (decoded in MediaPipe's order, no conversion). `progress`, if given, is called after
+    each frame with the number of frames done so far.
     """
     if max_faces < 1:
         raise ValueError(f"max_faces must be at least 1, got {max_faces}")
-    points, detected, scores, boxes, face_counts = [], [], [], [], []
+    points, detected, scores, boxes, face_counts, measured = [], [], [], [], [], []
+    track: _Track | None = None  # the previous frame's chosen face, while a video keeps a face
     with contextlib.ExitStack() as graphs:
         detector = graphs.enter_context(_new_face_detector())
         still_mesh = None
@@ -247,21 +265,30 @@ def detect_landmarks(
                         video_mesh, video_group = _new_face_mesh(static=False, max_faces=max_faces), group
                     mesh = video_mesh
                 height, width = image.shape[:2]
-                rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-                faces = _mesh_faces_in_pixels(mesh.process(rgb), width, height)
+                rgb_image = image if rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+                faces = _mesh_faces_in_pixels(mesh.process(rgb_image), width, height)
                 face_counts.append(len(faces))
                 if len(faces) == 0:
                     points.append(np.full((NUM_POINTS, 3), np.nan, dtype=np.float32))
                     detected.append(False)
                     scores.append(0.0)
                     boxes.append(np.full(4, np.nan, dtype=np.float32))
+                    measured.append(False)
+                    track = None
                 else:
                     face_boxes = np.stack([landmark_box(face) for face in faces])
                     chosen = choose_face(face_boxes, width, height)
-                    detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb), width, height)
+                    carried = group is not None and track is not None and track.continues(group, face_boxes[chosen], len(faces))
+                    if carried:
+                        score = track.score
+                    else:
+                        detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb_image), width, height)
+                        score = matched_score(face_boxes[chosen], detector_boxes, detector_scores)
+                    measured.append(not carried)
+                    track = _Track(group, face_boxes[chosen], len(faces), score) if group is not None else None
                     points.append(faces[chosen])
                     detected.append(True)
-                    scores.append(matched_score(face_boxes[chosen], detector_boxes, detector_scores))
+                    scores.append(score)
                     boxes.append(face_boxes[chosen])
                 if progress is not None:
                     progress(index + 1)
@@ -276,7 +303,24 @@ def detect_landmarks(
         score=np.array(scores),
         box=np.stack(boxes),
         num_faces=np.array(face_counts),
+        score_measured=np.array(measured),
     )
+
+
+@dataclass(frozen=True)
+class _Track:
+    """The chosen face of the previous video frame and the score its track was given."""
+
+    group: str
+    box: np.ndarray
+    faces: int
+    score: float
+
+    def continues(self, group: str, box: np.ndarray, faces: int) -> bool:
+        """Whether a frame's chosen face is this track's face (no new detector score needed):
+        same video, one face as before, overlapping the previous box."""
+        return (group == self.group and faces == 1 and self.faces == 1
+                and box_iou(box, self.box) >= SCORE_MATCH_MIN_IOU)
 
 
 def detect_static(image: np.ndarray, max_faces: int = 4) -> np.ndarray | None:

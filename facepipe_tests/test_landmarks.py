@@ -150,18 +150,36 @@ def test_video_groups_track_separately(hopper_crop, astronaut_crop):
     # The tracked face follows the 9 px shift within each file.
     assert abs((centres_x[3] - centres_x[0]) - 9) < 5
     assert abs((centres_x[7] - centres_x[4]) - 9) < 5
+    # The detector scores the first face of each file's track; the rest of a track carries it.
+    assert result.score_measured.tolist() == [True, False, False, False] * 2
+    assert result.score[:4].tolist() == [result.score[0]] * 4 and result.score[4:].tolist() == [result.score[4]] * 4
+
+
+def test_detector_scores_again_after_a_tracking_loss_and_with_several_faces(hopper_crop, astronaut_crop):
+    blank = np.full((400, 720, 3), 255, dtype=np.uint8)
+    one = [_on_canvas(hopper_crop, 10 + s, 20) for s in (0, 3)]
+    two = _on_canvas(hopper_crop, 10, 20)
+    two[50 : 50 + astronaut_crop.shape[0], 380 : 380 + astronaut_crop.shape[1]] = astronaut_crop
+    frames = [*one, blank, *one, two, two, *one]
+    result = detect_landmarks([(frame, "clip.mp4") for frame in frames], max_faces=2)
+    assert result.detected.tolist() == [True, True, False, True, True, True, True, True, True]
+    assert result.num_faces.tolist() == [1, 1, 0, 1, 1, 2, 2, 1, 1]
+    # first face; a carried frame; none; after the loss; carried; several faces (each scored);
+    # one face again (the count changed); carried
+    assert result.score_measured.tolist() == [True, False, False, True, False, True, True, True, False]
+    assert (result.score[result.detected] > 0.5).all()
 
 
 def test_table_and_save_load_roundtrip(stills_result, tmp_path):
     table = stills_result.to_table()
-    assert list(table.columns) == ["detected", "score", *BOX_COLUMNS, "num_faces"]
+    assert list(table.columns) == ["detected", "score", *BOX_COLUMNS, "num_faces", "score_measured"]
     assert len(table) == len(stills_result) == 3
     assert table["detected"].tolist() == [True, False, True]
     assert table["num_faces"].tolist() == [1, 0, 2]
 
     stills_result.save(tmp_path / "landmarks")
     loaded = LandmarkResult.load(tmp_path / "landmarks")
-    for name in ("points", "detected", "score", "box", "num_faces"):
+    for name in ("points", "detected", "score", "box", "num_faces", "score_measured"):
         original, restored = getattr(stills_result, name), getattr(loaded, name)
         assert restored.dtype == original.dtype, name
         np.testing.assert_array_equal(restored, original, err_msg=name)

@@ -3,12 +3,16 @@ import numpy as np
 import pytest
 
 from facepipe.media import (
+    Decoding,
+    VideoFrames,
     decode_video,
+    FRAME_EXTENSION,
     MediaError,
     extract_frames,
     load_image,
     media_hash,
     probe,
+    read_frame,
     sample_positions,
     scan_media,
 )
@@ -131,6 +135,45 @@ def test_truncated_video_replans_to_keep_the_cap_exact(tmp_path):
     assert decodable < 40
     assert len(manifest) == min(30, decodable)
     assert manifest.source_frame_index.max() < decodable
-    assert len(list((tmp_path / "frames").glob("*.png"))) == len(manifest)
+    assert len(list((tmp_path / "frames").glob(f"*{FRAME_EXTENSION}"))) == len(manifest)
     assert source.frame_count == 40  # the header overstates what is there
     assert warnings and "cut.avi" in warnings[0]
+
+
+def test_sparse_frames_come_from_seeks_and_equal_the_sequential_decode(tmp_path):
+    # mp4v (OpenCV's FFmpeg writer) puts a keyframe at least every 12 frames: with every 100th
+    # frame wanted, seeking decodes far fewer frames than reading through.
+    path = write_video(tmp_path / "long.mp4", frames=400, fourcc="mp4v")
+    every = list(decode_video(path))
+    wanted = sample_positions(len(every), 4)
+    decoding = Decoding()
+    got = list(VideoFrames(path, len(every), 25.0, decoding).read(wanted))
+    assert [index for index, _ in got] == wanted.tolist()
+    assert all(np.array_equal(frame, every[index]) for index, frame in got)
+    assert decoding.frame_count == 400  # the count is still checked (last frame decodes, the next does not)
+    assert decoding.seeks > 0 and decoding.decoded < 200
+
+
+def test_dense_frames_are_read_through_and_counted(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", frames=40, fourcc="mp4v")
+    decoding = Decoding()
+    got = list(VideoFrames(path, 40, 25.0, decoding).read(np.arange(0, 40, 2)))
+    assert [index for index, _ in got] == list(range(0, 40, 2))
+    assert decoding.seeks == 0 and decoding.decoded == 40 and decoding.frame_count == 40
+
+
+def test_stored_frames_are_jpeg_and_the_same_bytes_on_a_rebuild(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    write_video(media / "clip.mp4", frames=30, fourcc="mp4v")
+    sources = [probe(f) for f in scan_media(media)[0]]
+    first = extract_frames(sources, 10, tmp_path / "a")
+    second = extract_frames(sources, 10, tmp_path / "b")
+    assert first.equals(second) and all(name.endswith(".jpg") for name in first.file)
+    assert all((tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes() for name in first.file)
+    bgr = read_frame(tmp_path / "a" / first.file.iat[0])
+    assert bgr.shape == (64, 64, 3)
+    assert np.array_equal(read_frame(tmp_path / "a" / first.file.iat[0], rgb=True), bgr[..., ::-1])  # same decode, RGB order
+    with pytest.raises(MediaError, match="000003.jpg is unreadable"):
+        (tmp_path / "a" / "000003.jpg").write_bytes(b"")
+        read_frame(tmp_path / "a" / "000003.jpg")

@@ -7,10 +7,9 @@ The asset functions only resolve inputs, call the plain functions and report met
 
 import dataclasses
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from dagster import (
@@ -27,6 +26,7 @@ from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, reads_outside, run_stage, upstream
 from facepipe.landmarks import LandmarkResult, detect_landmarks
 from facepipe.media import (
+    FRAME_ENCODING,
     MEDIA_LISTING,
     MediaError,
     Skipped,
@@ -36,6 +36,7 @@ from facepipe.media import (
     probe,
     read_frames,
     read_sources,
+    read_frame,
     scan_media,
     write_sources,
 )
@@ -50,10 +51,10 @@ from facepipe.train.telemetry import format_duration
 # (facepipe_tests/test_code_versions.py fails when the code changed and the version did not).
 CODE_VERSIONS = {
     "media": "2",  # 2: images over 64 megapixels are skipped (were decoded in full)
-    "frames": "1",
-    "landmarks": "1",
-    "smoothed_landmarks": "1",
-    "faces": "1",
+    "frames": "2",  # 2: JPEG q95 instead of PNG; videos read by grabbing/seeking (same frames)
+    "landmarks": "2",  # 2: the detector scores the first face of a track, the track carries it; score_measured column
+    "smoothed_landmarks": "2",  # 2: passes the score_measured column on
+    "faces": "2",  # 2: frames 2 (JPEG), read by two threads ahead of the alignment
 }
 
 
@@ -170,12 +171,16 @@ def build_prep_assets(role: str) -> list:
 
         def write(out: Path) -> dict:
             sources = read_sources(media.path / MEDIA_LISTING, folder)
+            decodings: dict = {}
             manifest = extract_frames(sources, config.max_frames, out / "frames", progress_logger(context, "frames written"),
-                                      context.log.warning)
+                                      context.log.warning, decodings)
             manifest.to_parquet(out / "manifest.parquet", index=False)
             per_source = manifest.groupby("source").size().to_dict()
             return {"frames": len(manifest), "max_frames": config.max_frames, "sources": len(sources),
-                    "frames_per_source": {k: int(v) for k, v in sorted(per_source.items())}}
+                    "frames_per_source": {k: int(v) for k, v in sorted(per_source.items())},
+                    "format": f"JPEG quality {FRAME_ENCODING[1]}",
+                    "video_frames_decoded": sum(d.decoded for d in decodings.values()),
+                    "video_seeks": sum(d.seeks for d in decodings.values())}
 
         return run_stage(context, settings, config.model_dump(), write)
 
@@ -189,9 +194,9 @@ def build_prep_assets(role: str) -> list:
         def write(out: Path) -> dict:
             manifest = pd.read_parquet(frames.path / "manifest.parquet")
             report = progress_logger(context, "landmarks (frames)")
-            result = detect_landmarks(read_frames(frames.path / "frames", manifest), max_faces=config.max_faces,
+            result = detect_landmarks(read_frames(frames.path / "frames", manifest, rgb=True), max_faces=config.max_faces,
                                       progress=lambda done: (done % 50 == 0 or done == len(manifest))
-                                      and report(done, len(manifest)))
+                                      and report(done, len(manifest)), rgb=True)
             detected = int(result.detected.sum())
             if detected == 0:
                 raise Failure(f"{role} '{key}': no face found in any of {len(manifest)} frames of "
@@ -207,6 +212,7 @@ def build_prep_assets(role: str) -> list:
                                     "the largest is kept. If that is not always the person of this folder, "
                                     "crop or remove those frames")
             return {"frames": len(manifest), "detected": detected, "detection_rate": round(detected / len(manifest), 4),
+                    "detector_frames": int(result.score_measured.sum()),
                     "multi_face_frames": int((result.num_faces > 1).sum()),
                     "multi_face_frames_by_source": {source: len(shown) for source, shown in crowded.items()},
                     "no_face_frames": {str(k): int(v) for k, v in missing.items()}}
@@ -243,11 +249,8 @@ def build_prep_assets(role: str) -> list:
             manifest = pd.read_parquet(frames.path / "manifest.parquet")
             marks = LandmarkResult.load(smoothed_landmarks.path)
             rows = np.flatnonzero(marks.detected)
-            detected_frames = (
-                (int(manifest.frame_id.iat[i]), cv2.imread(str(frames.path / "frames" / manifest.file.iat[i])),
-                 marks.points[i])
-                for i in rows
-            )
+            detected_frames = ((int(manifest.frame_id.iat[i]), partial(read_frame, frames.path / "frames" / manifest.file.iat[i]),
+                                marks.points[i]) for i in rows)
             frame_ids, matrices = face_set.build_face_set(detected_frames, len(rows), config.size, out,
                                                           progress_logger(context, "faces aligned"))
             index = manifest.iloc[rows][["frame_id", "source", "kind", "source_frame_index", "timestamp_s"]].reset_index(drop=True)
