@@ -6,7 +6,6 @@ re-rendered as moving heads by facepipe.sample, landmarked by MediaPipe, aligned
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import json
 import os
@@ -37,7 +36,6 @@ from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_landmarks, detect_static
 from facepipe.models.augment import faces_to_tensors
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
-from facepipe.models.expression import EXPRESSION_NAMES, FollowingPairModel, following_losses
 from facepipe.models.pair import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
@@ -86,17 +84,13 @@ def pair_train_config(epochs: int, key: str = "pair") -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=4, lr=5e-3, resume_key=key, seed=3, cpu_threads=1)
 
 
-def pair_task(identity_weights, adapter: AdapterConfig = TINY_ADAPTER) -> PairTask:
-    identity_crops, identity_masks, identity_landmarks = moving_faces("hopper")
-    target_crops, target_masks, target_landmarks = moving_faces("astronaut")
-    return PairTask.from_faces(identity_weights.parent, identity_crops, identity_masks, target_crops, target_masks,
-                               holdout_every=HOLDOUT_EVERY, samples_per_epoch=16, adapter=adapter,
-                               identity_landmarks=identity_landmarks, target_landmarks=target_landmarks)
-
-
-def train_pair(identity_weights, run_dir, epochs: int, adapter: AdapterConfig = TINY_ADAPTER):
+def train_pair(identity_weights, run_dir, epochs: int):
     """The pair adapter trained on the saved identity model (the folder of `identity_weights`)."""
-    return train_model(pair_task(identity_weights, adapter), pair_train_config(epochs), run_dir, log=lambda line: None)
+    identity_crops, identity_masks, _ = moving_faces("hopper")
+    target_crops, target_masks, _ = moving_faces("astronaut")
+    task = PairTask.from_faces(identity_weights.parent, identity_crops, identity_masks, target_crops, target_masks,
+                               holdout_every=HOLDOUT_EVERY, samples_per_epoch=16, adapter=TINY_ADAPTER)
+    return train_model(task, pair_train_config(epochs), run_dir, log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -170,46 +164,6 @@ def test_resume_gives_the_same_adapter_bytes(trained_pair, identity_weights, tmp
     resumed = train_pair(identity_weights, tmp_path, epochs=4)  # a new task object, same run dir and key
     assert resumed.result.resumed_from_epoch == 2
     assert resumed.result.weights_path.read_bytes() == trained_pair.result.weights_path.read_bytes()
-
-
-FOLLOWING = dataclasses.replace(TINY_ADAPTER, following_weight=1.0, eyes_mouth_weight=1.0)
-
-
-def test_the_expression_critic_moves_only_itself_and_its_verdict_only_the_adapter(identity_weights):
-    task = pair_task(identity_weights, FOLLOWING)
-    torch.manual_seed(0)
-    model = task.build_model()
-    assert isinstance(model, FollowingPairModel) and task.deliverable(model) is model.pair
-    # standardised measures of both people: pooled mean 0, spread 1
-    pooled = torch.cat([task.identity_measures, task.target_measures])
-    assert torch.allclose(pooled.mean(0), torch.zeros(5), atol=1e-5) and pooled.shape[1] == len(EXPRESSION_NAMES)
-    indices = torch.arange(4)
-    # the critic's own loss reaches only the critic; its verdict on the swaps only the adapter
-    codes = model.pair.encode(task.target_images[:4])
-    swaps, _ = model.pair.identity_decode(codes)
-    following, critic_loss = following_losses(model.critic, swaps, task.target_measures[:4], task.target_images[:4],
-                                              task.target_measures[:4])
-    critic_grads = torch.autograd.grad(critic_loss, list(model.critic.parameters()), allow_unused=True)
-    assert all(g is not None and g.abs().sum() > 0 for g in critic_grads)
-    adapter = [p for n, p in model.pair.named_parameters() if p.requires_grad]
-    assert all(g is None for g in torch.autograd.grad(critic_loss, adapter, allow_unused=True, retain_graph=True))
-    assert all(g is None for g in torch.autograd.grad(following, list(model.critic.parameters()), allow_unused=True,
-                                                      retain_graph=True))
-    assert any(g is not None and g.abs().sum() > 0
-               for g in torch.autograd.grad(following, adapter, allow_unused=True))
-    assert float(task.compute_loss(model, indices, torch.Generator().manual_seed(0), torch.device("cpu")).detach()) > 0
-
-
-def test_training_with_the_critic_resumes_exactly_and_saves_only_the_adapter(identity_weights, tmp_path):
-    whole = train_pair(identity_weights, tmp_path / "whole", epochs=3, adapter=FOLLOWING)
-    train_pair(identity_weights, tmp_path / "halves", epochs=2, adapter=FOLLOWING)
-    resumed = train_pair(identity_weights, tmp_path / "halves", epochs=3, adapter=FOLLOWING)
-    assert resumed.result.resumed_from_epoch == 2
-    assert resumed.result.weights_path.read_bytes() == whole.result.weights_path.read_bytes()
-    assert isinstance(whole.model, PairModel)  # the deliverable: the critic is never written with the adapter
-    save_adapter(whole.model, identity_weights, tmp_path / "adapter")
-    saved = safetensors.torch.load_file(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE)
-    assert not any("critic" in name for name in saved) and set(saved) == set(adapter_state(whole.model))
 
 
 def test_merged_swap_model_is_adapted_encoder_then_base_decoder(trained_pair, identity_weights):

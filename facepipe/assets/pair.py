@@ -61,8 +61,6 @@ class LoraConfig(TrainingConfig):
     alpha: float = 16.0
     identity_replay_weight: float = 1.0
     eyes_mouth_weight: float = 1.0  # extra L1 over the eyes and mouth in both paths (see the identity model's)
-    # The expression critic's verdict on the swaps (facepipe.models.expression; 0: no critic).
-    following_weight: float = 0.0
     epochs: int = 40
     batch_size: int = 16
     lr: float = 1e-3
@@ -83,7 +81,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     identity, _ = pair_keys(context)
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
-                            eyes_mouth_weight=config.eyes_mouth_weight, following_weight=config.following_weight)
+                            eyes_mouth_weight=config.eyes_mouth_weight)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)

@@ -86,8 +86,6 @@ class AdapterConfig:
     identity_replay_weight: float = 1.0
     # Weight of the eyes-and-mouth L1 in both paths' losses (facepipe.models.losses; 0: off).
     eyes_mouth_weight: float = 0.0
-    # Weight of the expression critic's verdict on the swaps (facepipe.models.expression; 0: no critic).
-    following_weight: float = 0.0
     # Both adapter sets together may hold at most this share of the base's parameters.
     max_share: float = 0.05
 
@@ -100,8 +98,6 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.identity_replay_weight >= 0:
             raise ValueError(f"AdapterConfig.identity_replay_weight must be >= 0, got {self.identity_replay_weight!r}")
-        if not self.following_weight >= 0:
-            raise ValueError(f"AdapterConfig.following_weight must be >= 0, got {self.following_weight!r}")
         if not self.eyes_mouth_weight >= 0:
             raise ValueError(f"AdapterConfig.eyes_mouth_weight must be >= 0, got {self.eyes_mouth_weight!r}")
 

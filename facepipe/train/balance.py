@@ -5,7 +5,7 @@ mouth; a blink is a handful of frames (on the german_news dev video 5 of 500 fac
 eyes closed), a wide mouth or a turned head a few dozen. Drawn uniformly, the identity model
 sees a blink once in a hundred faces and learns to paint open eyes, so its swaps never blink,
 whatever the target does. DeepFaceLab users balance such sets by hand; here each face gets a
-weight from how rare its measures are (facepipe.models.expression: mouth, each eye, yaw, pitch)
+weight from how rare its measures are (``expression_measures``: mouth, each eye, yaw, pitch)
 and the training draws faces in proportion to it, from the engine's generator (so a resumed run
 draws the same faces). Nothing is dropped: a common face is drawn a little less often.
 """
@@ -17,6 +17,15 @@ import torch
 
 BINS = 8  # per measure, equal width over its whole range: a blink is the tail, it must get a bin of its own
 MAX_WEIGHT = 10.0  # a face is drawn at most this many times as often as the most common ones
+
+
+def expression_measures(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
+    """[N, 5] float64 (mouth opening, left and right eye opening, yaw, pitch in degrees) from
+    crop-space landmarks [N, 478, 2] of crops ``crop_size`` px wide, as facepipe.evaluate defines them."""
+    from facepipe.evaluate import eye_openings, head_pose, mouth_opening  # evaluate imports MediaPipe
+
+    pose = head_pose(landmarks, crop_size)
+    return np.nan_to_num(np.column_stack([mouth_opening(landmarks), eye_openings(landmarks), pose[:, :2]]))
 
 
 def rarity_weights(measures: np.ndarray, power: float) -> torch.Tensor:

@@ -14,13 +14,6 @@ from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors
 from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
-from facepipe.models.expression import (
-    ExpressionCritic,
-    FollowingPairModel,
-    expression_measures,
-    following_losses,
-    standardised,
-)
 from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
 from facepipe.train.task import TrainTask
 from facepipe.train.tasks.reconstruction import eyes_mouth_tensor
@@ -54,15 +47,9 @@ class PairTask(TrainTask):
         augment: AugmentConfig = AugmentConfig(),
         identity_features: torch.Tensor | None = None,
         target_features: torch.Tensor | None = None,
-        identity_measures: torch.Tensor | None = None,
-        target_measures: torch.Tensor | None = None,
     ):
         # *_features [N, 1, S, S]: the eyes and mouth, scored by adapter.eyes_mouth_weight.
         self.identity_features, self.target_features = identity_features, target_features
-        # *_measures [N, 5]: standardised expression measures, for the critic (adapter.following_weight).
-        if adapter.following_weight and (identity_measures is None or target_measures is None):
-            raise ValueError("a following weight needs the expression measures of the identity's and the target's faces")
-        self.identity_measures, self.target_measures = identity_measures, target_measures
         self.loss_weights = LossWeights(eyes_mouth=adapter.eyes_mouth_weight)
         self.identity_model = Path(identity_model)  # the identity model's saved folder (weights + config)
         self.adapter, self.augment = adapter, augment
@@ -105,27 +92,16 @@ class PairTask(TrainTask):
         check_masks(identity_masks, "identity")
         check_masks(target_masks, "target")
         size, weight = model_config_of(identity_model).size, adapter.eyes_mouth_weight
-        measures = [None, None]
-        if adapter.following_weight:
-            if identity_landmarks is None or target_landmarks is None:
-                raise ValueError("a following weight needs the faces' crop-space landmarks")
-            measures = standardised(expression_measures(identity_landmarks, identity_crops.shape[1]),
-                                    expression_measures(target_landmarks, target_crops.shape[1]))
         return cls(identity_model, *faces_to_tensors(resize_crops(identity_crops, size), resize_crops(identity_masks, size)),
                    *faces_to_tensors(resize_crops(target_crops, size), resize_crops(target_masks, size)),
                    holdout_every, samples_per_epoch, adapter, augment,
                    eyes_mouth_tensor(identity_landmarks, identity_crops.shape[1], size, weight),
-                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), *measures)
+                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight))
 
-    def build_model(self) -> PairModel | FollowingPairModel:
-        pair = PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
-        return FollowingPairModel(pair, ExpressionCritic()) if self.adapter.following_weight else pair
-
-    def deliverable(self, model: PairModel | FollowingPairModel) -> PairModel:
-        return model.pair if isinstance(model, FollowingPairModel) else model
+    def build_model(self) -> PairModel:
+        return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
 
     def compute_loss(self, model, batch_indices, generator, device):
-        trained, model = model, self.deliverable(model)
         target_rows = self.target_train[batch_indices % len(self.target_train)]
         # Drawn from the engine's generator: every target face meets varying identity faces, and
         # the draw is checkpointed with the generator, so resume stays exact.
@@ -151,21 +127,9 @@ class PairTask(TrainTask):
         identity_loss, _ = reconstruction_loss(identity_bgr, identity_logits, identity_out.to(device),
                                                identity_mask.to(device), self.loss_weights,
                                                to_device(identity_features, device))
-        total = target_loss + self.adapter.identity_replay_weight * identity_loss
-        if isinstance(trained, FollowingPairModel):
-            # The swap of each target face (the base decoder, as exported), judged by the critic
-            # against the target's own expression; both seen through the target's mask.
-            swaps, _ = model.identity_decode(target_code)
-            target_mask, identity_mask = target_mask.to(device), identity_mask.to(device)
-            real = torch.cat([target_out.to(device) * target_mask, identity_out.to(device) * identity_mask])
-            wanted = self.target_measures[target_rows].to(device)
-            real_measures = torch.cat([wanted, self.identity_measures[identity_rows].to(device)])
-            following, critic_loss = following_losses(trained.critic, swaps * target_mask, wanted, real, real_measures)
-            total = total + critic_loss + self.adapter.following_weight * following
-        return total
+        return target_loss + self.adapter.identity_replay_weight * identity_loss
 
     def evaluate(self, model, device) -> dict[str, float]:
-        model = self.deliverable(model)
         metrics = {}
         if len(self.target_held):
             metrics["holdout_target_l1"] = path_l1(
@@ -181,10 +145,7 @@ class PairTask(TrainTask):
             )
         return metrics
 
-    def weights_to_save(self, model: PairModel | FollowingPairModel) -> dict[str, torch.Tensor]:
-        if isinstance(model, FollowingPairModel):  # the critic is trained too: a resume needs it back
-            return {**{f"pair.{name}": tensor for name, tensor in adapter_state(model.pair).items()},
-                    **{f"critic.{name}": tensor for name, tensor in model.critic.state_dict().items()}}
+    def weights_to_save(self, model: PairModel) -> dict[str, torch.Tensor]:
         return adapter_state(model)
 
 

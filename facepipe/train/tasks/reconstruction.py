@@ -24,10 +24,9 @@ from torch import nn
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
-from facepipe.models.expression import expression_measures
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.preview import blend, contact_sheet
-from facepipe.train.balance import draw_rows, rarity_weights
+from facepipe.train.balance import draw_rows, expression_measures, rarity_weights
 from facepipe.train.task import TrainTask
 
 
