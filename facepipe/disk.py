@@ -5,6 +5,7 @@ place (the store, the models folder) and what to do; none of them is worth retry
 from __future__ import annotations
 
 import errno
+import re
 import os
 import shutil
 from pathlib import Path
@@ -62,6 +63,10 @@ def reserve_blocks(path: Path) -> None:
         os.close(fd)
 
 
+# numpy's np.save / tofile on a full disk: an OSError with no errno, only "<n> requested and <m> written".
+SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
 def storage_error(error: BaseException) -> OSError | None:
     """The OSError behind `error` (itself or a cause) that says a disk is full or refuses writes."""
     seen = set()
@@ -69,6 +74,8 @@ def storage_error(error: BaseException) -> OSError | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in NO_SPACE | REFUSED:
             return error
+        if isinstance(error, OSError) and error.errno is None and SHORT_WRITE.match(str(error)):
+            return OSError(errno.ENOSPC, f"No space left on device ({error})")
         error = error.__cause__ or error.__context__
     return None
 
@@ -79,12 +86,14 @@ def describe(error: OSError, places: dict[str, tuple[Path, str]]) -> str:
     path = Path(error.filename) if error.filename else None
     name, root, variable = next(((name, root, variable) for name, (root, variable) in places.items()
                                  if path is not None and is_under(path, root)), (None, None, None))
+    if path is None and places:  # a write that names no file (numpy's short write): steps write into the first place
+        name, (root, variable) = next(iter(places.items()))
     where = f"the {name} at {root}" if name else f"the disk holding {path.parent if path else 'a file'}"
     if error.errno in NO_SPACE:
         needed = getattr(error, "needed", None)
         free = getattr(error, "free", None)
-        if free is None and path is not None:
-            free = free_bytes(path.parent)
+        if free is None and (path is not None or root is not None):
+            free = free_bytes(path.parent if path is not None else root)
         amounts = (f"{megabytes(needed)} needed, " if needed is not None else "") + (
             f"{megabytes(free)} free" if free is not None else "")
         return (f"{where} is full ({amounts}): free some space"

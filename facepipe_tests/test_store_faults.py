@@ -150,6 +150,16 @@ def test_a_full_disk_while_writing_frames_is_named_not_retried_and_leaves_nothin
     assert ArtifactStore(project.store).current_record("identity/media", "jane")  # what was written before stays
 
 
+def test_a_full_disk_under_numpys_short_write_is_named_not_retried(project, small_disk):
+    """np.save on a full disk raises an OSError without errno ("11472 requested and 992 written"):
+    it was retried as a transient error. On 0.25 MB the frames fit and the landmark arrays do not."""
+    failure = the_one_failure_on_a_small_disk(project, small_disk, 0.25)
+    message = failure.event_specific_data.error.message
+    assert failure.step_key in ("identity__landmarks", "identity__smoothed_landmarks"), failure.step_key
+    assert f"the store at {project.store} is full (" in message and "MB free): free some space" in message
+    assert no_temporaries_in(project.store)
+
+
 def test_a_checkpoint_save_on_a_full_disk_leaves_no_temporary_folder(tmp_path, small_disk):
     import torch
 
