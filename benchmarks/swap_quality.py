@@ -253,11 +253,11 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
 def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_frames: int, sheet_path: Path) -> dict:
     import onnxruntime as ort
 
+    from facepipe.align import five_points
     from facepipe.embed import get_embedder
     from facepipe.evaluate import (
         evaluate_swaps,
         facefusion_crop,
-        facefusion_five_points,
         facefusion_input,
         facefusion_output,
         facefusion_paste_back,
@@ -292,7 +292,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     for (frame_index, frame), points, ok in zip(frames, found.points, found.detected):
         if not ok:
             continue
-        five = facefusion_five_points(points)
+        five = five_points(points)
         model_crop, matrix = facefusion_crop(frame, five, size)
         face_mask, celeb_face, celeb_mask = run(facefusion_input(model_crop[None]))
         swap = facefusion_output(celeb_face[0])

@@ -53,7 +53,7 @@ CODE_VERSIONS = {
     "frames": "1",
     "landmarks": "1",
     "smoothed_landmarks": "1",
-    "faces": "1",
+    "faces": "2",  # 2: aligned on the eye-contour means (FaceFusion's five points), not the iris centres
 }
 
 
