@@ -37,8 +37,8 @@ from facepipe.train.tasks.reconstruction import AdversarialConfig, Reconstructio
 PROFILE_VERSION = "3"  # 2: quality_stats.avg_face_score; 3: built from the curated faces
 # 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through the mask;
 # 5: trained on the curated faces; 6: patch discriminator (adversarial_weight), colour jitter, random warp
-# for the first epochs
-IDENTITY_MODEL_VERSION = "6"
+# for the first epochs; 7: half the inputs sharpened as FaceFusion feeds them
+IDENTITY_MODEL_VERSION = "7"
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8

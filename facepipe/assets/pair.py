@@ -41,8 +41,8 @@ from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
-# 5: colour jitter in training, swap latent offset
-LORA_VERSION = "5"
+# 5: colour jitter in training, swap latent offset; 6: half the inputs sharpened as FaceFusion feeds them
+LORA_VERSION = "6"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame
