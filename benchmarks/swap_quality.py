@@ -266,10 +266,8 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     )
     from facepipe.faces import FaceSet
     from facepipe.landmarks import detect_landmarks
-    from facepipe.models.swap import DFM_INPUT, dfm_input
+    from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input
     from facepipe.store import ArtifactStore
-
-    DFM_MORPH_INPUT = "morph_value:0"  # the optional morph input both runtimes feed by this name
 
     store = ArtifactStore(settings["store"])
     profile = json.loads((store.current("identity/identity_profile", identity).path / "profile.json").read_text())

@@ -45,8 +45,9 @@ from facepipe.train.tasks.pair import PairTask
 LORA_VERSION = "6"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
-# the target's XSeg mask with colour transfer, the video beside the original frame
-EXPORT_VERSION = "6"
+# the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
+# (target path at 0, swap at 1), crops aligned as the runtimes align them
+EXPORT_VERSION = "7"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -169,7 +170,7 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
                    "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config")}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
-            "runtime": "FaceFusion deep_swapper: copy the .dfm into .assets/models/custom/"})
+            "runtime": "facepipe install facefusion|deepfacelive PATH puts the .dfm (alone) where each runtime reads it"})
         for suffix in ("onnx", "hash", "json"):  # the target's occluder model, published beside the swap model
             (out / f"{target}_xseg.{suffix}").write_bytes((xseg_model.path / f"xseg.{suffix}").read_bytes())
         crops = resize_crops(np.asarray(targ.crops), size)
