@@ -188,8 +188,8 @@ def install(runtime_name: str, root: Path, models_root: Path, names: list[str] |
         place(ledger, model.read_bytes(), destination, report)
         if isinstance(runtime, FaceFusion):
             # FaceFusion lists these under the model's own name, in its place.
-            for sibling in sorted(runtime.swap_folder.glob(f"{model.stem}.*")):
-                if sibling != destination and not sibling.name.startswith((".", "__")):
+            for sibling in sorted(runtime.swap_folder.iterdir()):
+                if sibling.stem == model.stem and sibling != destination and not sibling.name.startswith((".", "__")):
                     move_aside(ledger, sibling, f"FaceFusion would load it as custom/{model.stem} instead of the model", report)
         check_installed(runtime, destination, report)
     if occluder_source is not None:

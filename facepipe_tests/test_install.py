@@ -89,13 +89,15 @@ def facefusion_hash_valid(model: Path) -> bool:
 def test_facefusion_install_lists_only_the_model_and_runs_it_as_deep_swapper_does(published, tmp_path):
     root = facefusion_install(tmp_path / "facefusion")
     models = root / ".assets" / "models"
+    (models / "custom" / f"{NAME}.v1.dfm").write_bytes(b"another model (custom/hopper_astronaut.v1)")
     # The bug this fixes: with the card beside the model, FaceFusion's custom/<name> is the .json.
     assert facefusion_lists(models / "custom")[f"custom/{NAME}"].suffix == ".json"
 
     report = install("facefusion", root, published, [NAME], occluder="astronaut", slot=1)
     text = "\n".join(report.lines)
 
-    assert facefusion_lists(models / "custom") == {f"custom/{NAME}": models / "custom" / f"{NAME}.dfm"}
+    assert facefusion_lists(models / "custom") == {f"custom/{NAME}": models / "custom" / f"{NAME}.dfm",
+                                                   f"custom/{NAME}.v1": models / "custom" / f"{NAME}.v1.dfm"}
     assert (models / "custom" / f"{NAME}.dfm").read_bytes() == (published / "trained" / f"{NAME}.dfm").read_bytes()
     assert f"custom/{NAME}.json: moved to {BACKUP_FOLDER}/custom/{NAME}.json" in text
     assert f"kept as {BACKUP_FOLDER}/custom/{NAME}.dfm" in text
@@ -128,7 +130,7 @@ def test_facefusion_install_lists_only_the_model_and_runs_it_as_deep_swapper_doe
     # --undo puts FaceFusion back as it was.
     undo("facefusion", root)
     assert (models / "xseg_1.onnx").read_bytes() == b"facefusion's own occluder" and facefusion_hash_valid(models / "xseg_1.onnx")
-    assert sorted(p.name for p in (models / "custom").iterdir()) == [f"{NAME}.{s}" for s in ("dfm", "hash", "json")]
+    assert sorted(p.name for p in (models / "custom").iterdir()) == [f"{NAME}.{s}" for s in ("dfm", "hash", "json", "v1.dfm")]
     assert (models / "custom" / f"{NAME}.dfm").read_bytes() == b"older dfm"
     assert not (models / BACKUP_FOLDER).exists()
 
