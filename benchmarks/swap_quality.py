@@ -286,7 +286,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
 
     frames = held_out_frames(media, target, eval_frames)
     found = detect_landmarks([(frame, "held-out") for _, frame in frames])
-    targets, swaps, plain_swaps, rows = [], [], [], []
+    targets, swaps, plain_swaps, model_crops, rows = [], [], [], [], []
     for (frame_index, frame), points, ok in zip(frames, found.points, found.detected):
         if not ok:
             continue
@@ -297,6 +297,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         pasted = facefusion_paste_back(frame, swap, facefusion_paste_mask(face_mask[0], celeb_mask[0]), matrix)
         # The same crop without FaceFusion's sharpening: what DeepFaceLive feeds (uint8 / 255).
         plain_swaps.append(facefusion_output(run(dfm_input(model_crop))[1][0]))
+        model_crops.append(model_crop)
         targets.append(facefusion_crop(frame, five, MEASURE_SIZE)[0])
         swaps.append(swap)
         rows.append((frame_index, frame, pasted, five))
@@ -306,6 +307,12 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     summary = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, mean_identity_face(identity_crops)).summary()
     summary["unsharpened"] = evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
                                             mean_identity_face(identity_crops)).summary()
+    # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
+    # of the sharpened and the plain input, beside how much the inputs themselves differ.
+    summary["feeding_gap"] = {
+        "swaps": float(np.mean([np.abs(a.astype(np.float64) - b).mean() for a, b in zip(swaps, plain_swaps)])),
+        "inputs": float(np.mean([np.abs(facefusion_input(c[None])[0] - dfm_input(c)[0]).mean() * 255 for c in model_crops])),
+    }
     summary["held_out_frames"] = [r[0] for r in rows]
     summary["model_size"] = int(size)
 
@@ -390,6 +397,10 @@ def report(results: dict, options: dict) -> str:
         plain = metric_rows(last["metrics"]["unsharpened"]) if "unsharpened" in last["metrics"] else None
         lines += [f"| {name} | {swap} | {plain[row][1] if plain else '–'} | {baseline} |"
                   for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
+        if "feeding_gap" in last["metrics"]:
+            gap = last["metrics"]["feeding_gap"]
+            lines += ["", f"Sharpened vs plain input: the swaps differ by {gap['swaps']:.2f} grey levels (mean absolute, "
+                          f"0-255), the inputs by {gap['inputs']:.2f}."]
         if len(stages) > 1:
             lines += ["", "Quality against training time:", "",
                       "| stage | epochs id/adapter | train s | within thr. | closer to id. | mouth r | eye r | yaw r | "
