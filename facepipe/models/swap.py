@@ -55,10 +55,6 @@ class DfmSwapModel(nn.Module):
         self.face_mask_source = face_mask_source
         self.takes_morph = takes_morph
 
-    @property
-    def input_names(self) -> list[str]:
-        return [DFM_INPUT, DFM_MORPH_INPUT] if self.takes_morph else [DFM_INPUT]
-
     @classmethod
     def from_autoencoders(
         cls, encoding_model: nn.Module, decoding_model: nn.Module | None = None, face_mask_source: nn.Module | None = None
