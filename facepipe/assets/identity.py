@@ -22,6 +22,7 @@ from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_
 from facepipe.embed import get_embedder
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
+from facepipe.models.augment import AugmentConfig
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
 from facepipe.models.swap import DfmSwapModel
 from facepipe.partitions import identity_partitions
@@ -139,6 +140,8 @@ class IdentityModelConfig(TrainingConfig):
     # swap follow better (german_news -> obama, 60 epochs, off from 40: held-out L1 0.0186 -> 0.0172,
     # mouth following 0.15 -> 0.41, yaw 0.02 -> 0.62).
     random_warp_epochs: int | None = 40
+    # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
+    sharpen: float = AugmentConfig.sharpen
 
     def architecture(self) -> AutoencoderConfig:
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
@@ -160,7 +163,8 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         face_set = FaceSet.load(faces.path)
         return ReconstructionTask.from_faces(face_set.crops, face_set.masks, model_config, config.holdout_every,
                                              config.samples_per_epoch, adversarial=config.adversarial(),
-                                             random_warp_epochs=config.random_warp_epochs)
+                                             random_warp_epochs=config.random_warp_epochs,
+                                             augment=AugmentConfig(sharpen=config.sharpen))
 
     def write(trained: Trained, out: Path) -> dict:
         model, task = trained.model, trained.task

@@ -29,6 +29,7 @@ from facepipe.evaluate import evaluate_swaps, mean_identity_face
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
+from facepipe.models.augment import AugmentConfig
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter, set_swap_latent_offset
 from facepipe.models.swap import swap_faces
@@ -65,6 +66,8 @@ class LoraConfig(TrainingConfig):
     batch_size: int = 16
     lr: float = 1e-3
     samples_per_epoch: int = 128
+    # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
+    sharpen: float = AugmentConfig.sharpen
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -86,7 +89,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
         return PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
-                                   config.samples_per_epoch, adapter)
+                                   config.samples_per_epoch, adapter, AugmentConfig(sharpen=config.sharpen))
 
     def write(trained: Trained, out: Path) -> dict:
         model = trained.model
