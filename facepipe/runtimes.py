@@ -109,7 +109,7 @@ class DeepFaceLive:
     @classmethod
     def at(cls, root: Path | str) -> DeepFaceLive:
         root = Path(root)
-        for folder in (root / "dfm_models", root / "userdata" / "dfm_models"):
+        for folder in (root / "dfm_models", root / "userdata" / "dfm_models", *([root] if root.name == "dfm_models" else [])):
             if folder.is_dir():
                 return cls(folder)
         raise NotAnInstallation(

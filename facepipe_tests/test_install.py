@@ -158,7 +158,9 @@ def test_deepfacelive_install_lists_the_model_and_runs_it_as_dfmmodel_does(publi
     at_start = deepfacelive_convert(session, crop)  # its control's starting value, 0.75
     assert [o.shape for o in at_start] == [(1, SIZE, SIZE, 1), (1, SIZE, SIZE, 3), (1, SIZE, SIZE, 1)]
 
-    undo("deepfacelive", userdata)  # the userdata folder itself is accepted too
+    undo("deepfacelive", folder)  # the userdata folder, or dfm_models itself, is accepted too
+    install("deepfacelive", userdata, published)
+    undo("deepfacelive", userdata)
     assert deepfacelive_lists(folder) == {"Keanu_Reeves": folder / "Keanu_Reeves.dfm"}
 
 
