@@ -16,8 +16,9 @@ nose tip, mouth corners — FaceFusion's semantics):
     .venv/bin/python benchmarks/crop_alignment.py                  # ../shared/media, 40 frames a video
     .venv/bin/python benchmarks/crop_alignment.py --frames 100 --media DIR
 
-Landmarks: MediaPipe FaceMesh as the landmarks asset runs it (tracking within a video). The run
-skips with a message when the media are absent.
+Landmarks: MediaPipe FaceMesh as the landmarks asset runs it (tracking within a video), for both
+crops: this measures the choice of five points, not how FaceFusion's own 68-point landmarker
+differs from MediaPipe. The run skips with a message when the media are absent.
 """
 
 from __future__ import annotations
