@@ -7,6 +7,8 @@ dfl_whole_face, INTER_AREA warp, 1.75·crop − 0.75·blur sharpening, outputs b
 eroded/blurred mask ∩ box mask pasted back) and reports, beside pasting the mean identity face:
 identity shares, attribute following (mouth, eyes, yaw, pitch), sharpness ratio, checkerboard,
 temporal ratio and training time — at every stage of a staged training (quality against time).
+The same crops are also fed without the sharpening, as DeepFaceLive feeds them (uint8 / 255), and
+measured alike (``metrics.unsharpened`` in results.json, a column of its own in results.md).
 
     .venv/bin/python benchmarks/swap_quality.py                       # every pair, default epochs
     .venv/bin/python benchmarks/swap_quality.py --pairs german_news/obama_late,obama_early/obama_late \\
@@ -251,11 +253,11 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
 def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_frames: int, sheet_path: Path) -> dict:
     import onnxruntime as ort
 
+    from facepipe.align import five_points
     from facepipe.embed import get_embedder
     from facepipe.evaluate import (
         evaluate_swaps,
         facefusion_crop,
-        facefusion_five_points,
         facefusion_input,
         facefusion_output,
         facefusion_paste_back,
@@ -264,6 +266,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     )
     from facepipe.faces import FaceSet
     from facepipe.landmarks import detect_landmarks
+    from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input
     from facepipe.store import ArtifactStore
 
     store = ArtifactStore(settings["store"])
@@ -273,24 +276,43 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
                                    providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[1]
 
+    def run(model_input: np.ndarray) -> list[np.ndarray]:
+        # As both runtimes call it: inputs by name (morph_value:0 at 1, the full swap, when the
+        # model has it), outputs by position.
+        feeds = {DFM_INPUT: model_input}
+        if DFM_MORPH_INPUT in [i.name for i in session.get_inputs()]:
+            feeds[DFM_MORPH_INPUT] = np.ones(1, dtype=np.float32)
+        return session.run(None, feeds)
+
     frames = held_out_frames(media, target, eval_frames)
     found = detect_landmarks([(frame, "held-out") for _, frame in frames])
-    targets, swaps, rows = [], [], []
+    targets, swaps, plain_swaps, model_crops, rows = [], [], [], [], []
     for (frame_index, frame), points, ok in zip(frames, found.points, found.detected):
         if not ok:
             continue
-        five = facefusion_five_points(points)
+        five = five_points(points)
         model_crop, matrix = facefusion_crop(frame, five, size)
-        face_mask, celeb_face, celeb_mask = session.run(None, {session.get_inputs()[0].name: facefusion_input(model_crop[None])})
+        face_mask, celeb_face, celeb_mask = run(facefusion_input(model_crop[None]))
         swap = facefusion_output(celeb_face[0])
         pasted = facefusion_paste_back(frame, swap, facefusion_paste_mask(face_mask[0], celeb_mask[0]), matrix)
+        # The same crop without FaceFusion's sharpening: what DeepFaceLive feeds (uint8 / 255).
+        plain_swaps.append(facefusion_output(run(dfm_input(model_crop))[1][0]))
+        model_crops.append(model_crop)
         targets.append(facefusion_crop(frame, five, MEASURE_SIZE)[0])
         swaps.append(swap)
         rows.append((frame_index, frame, pasted, five))
     if len(targets) < 3:
         raise RuntimeError(f"{identity}|{target}: MediaPipe found a face in only {len(targets)} held-out frames")
-    summary = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, get_embedder(profile["embedder"]).prepare(),
-                             mean_identity_face(identity_crops)).summary()
+    embedder = get_embedder(profile["embedder"]).prepare()
+    summary = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, mean_identity_face(identity_crops)).summary()
+    summary["unsharpened"] = evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
+                                            mean_identity_face(identity_crops)).summary()
+    # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
+    # of the sharpened and the plain input, beside how much the inputs themselves differ.
+    summary["feeding_gap"] = {
+        "swaps": float(np.mean([np.abs(a.astype(np.float64) - b).mean() for a, b in zip(swaps, plain_swaps)])),
+        "inputs": float(np.mean([np.abs(facefusion_input(c[None])[0] - dfm_input(c)[0]).mean() * 255 for c in model_crops])),
+    }
     summary["held_out_frames"] = [r[0] for r in rows]
     summary["model_size"] = int(size)
 
@@ -358,7 +380,7 @@ def over_time_row(stage: dict) -> str:
 
 
 def report(results: dict, options: dict) -> str:
-    lines = ["# Swap quality (FaceFusion deep_swapper feeding)", "",
+    lines = ["# Swap quality (FaceFusion deep_swapper feeding; DeepFaceLive's, without the sharpening, beside it)", "",
              f"Options: `{json.dumps(options, sort_keys=True)}`", ""]
     for pair, entry in results.items():
         stages = entry["stages"]
@@ -370,8 +392,15 @@ def report(results: dict, options: dict) -> str:
                   f"{last['times']['xseg_model']:.0f} s, adapter {last['times']['lora_adapter']:.0f} s); build wall time "
                   f"this stage {last['build_s']:.0f} s. {len(last['metrics']['held_out_frames'])} held-out frames. "
                   f"Contact sheet: `{last['contact_sheet']}`.", "",
-                  "| metric | swap | paste mean identity |", "|---|---|---|"]
-        lines += [f"| {name} | {swap} | {baseline} |" for name, swap, baseline in metric_rows(last["metrics"])]
+                  "| metric | swap (FaceFusion: sharpened input) | swap (DeepFaceLive: unsharpened input) | "
+                  "paste mean identity |", "|---|---|---|---|"]
+        plain = metric_rows(last["metrics"]["unsharpened"]) if "unsharpened" in last["metrics"] else None
+        lines += [f"| {name} | {swap} | {plain[row][1] if plain else '–'} | {baseline} |"
+                  for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
+        if "feeding_gap" in last["metrics"]:
+            gap = last["metrics"]["feeding_gap"]
+            lines += ["", f"Sharpened vs plain input: the swaps differ by {gap['swaps']:.2f} grey levels (mean absolute, "
+                          f"0-255), the inputs by {gap['inputs']:.2f}."]
         if len(stages) > 1:
             lines += ["", "Quality against training time:", "",
                       "| stage | epochs id/adapter | train s | within thr. | closer to id. | mouth r | eye r | yaw r | "

@@ -1,7 +1,7 @@
 """Face alignment: similarity transform from five landmarks to the `dfl_whole_face` template.
 
 The exported swap model (DeepFaceLive DFM convention) expects crops aligned to this template,
-so everything we train on is aligned the same way.
+so everything we train on is aligned the same way, on the same five points the runtimes use.
 """
 
 from __future__ import annotations
@@ -23,15 +23,25 @@ DFL_WHOLE_FACE_TEMPLATE = np.array(
     dtype=np.float64,
 )
 
-# MediaPipe FaceMesh (refined, 478 points) indices of the same five points, in template order.
-# 468/473 are the iris centres (468 appears on the image left for a frontal face), 1 the nose
-# tip, 61/291 the mouth corners. Checked on the Grace Hopper photo.
-MEDIAPIPE_FIVE_POINTS = np.array([468, 473, 1, 61, 291])
+# The five points as the runtimes take them: FaceFusion's '5/68' (deep_swapper warps by these)
+# are the means of the 68-point eye contours (36-41 image left, 42-47 image right), the nose tip
+# (30) and the mouth corners (48, 54); here from their MediaPipe FaceMesh counterparts. An eye
+# contour's mean stays on the eye when the gaze turns; the iris centre (468/473) does not, and
+# aligning on it rotated and shifted our crops against the runtime's (benchmarks/crop_alignment.py).
+EYE_CONTOURS = ((33, 160, 158, 133, 153, 144), (362, 385, 387, 263, 373, 380))
+NOSE_TIP = 4
+MOUTH_CORNERS = (61, 291)
+# The iris-centre points facepipe aligned on before (468 appears on the image left for a frontal
+# face), kept only to measure against (benchmarks/crop_alignment.py).
+IRIS_FIVE_POINTS = np.array([468, 473, 1, 61, 291])
 
 
 def five_points(landmarks: np.ndarray) -> np.ndarray:
-    """The five template points from a [478, >=2] FaceMesh landmark array (pixel coordinates)."""
-    return np.asarray(landmarks, dtype=np.float64)[MEDIAPIPE_FIVE_POINTS, :2]
+    """[5, 2] template points (eye-contour means, nose tip, mouth corners) from [478, >=2]
+    FaceMesh landmarks in pixels, in template order."""
+    points = np.asarray(landmarks, dtype=np.float64)[:, :2]
+    eyes = [points[list(contour)].mean(axis=0) for contour in EYE_CONTOURS]
+    return np.stack([*eyes, points[NOSE_TIP], *points[list(MOUTH_CORNERS)]])
 
 
 def template_points(size: int) -> np.ndarray:

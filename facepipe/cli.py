@@ -8,6 +8,10 @@
   facepipe presets    list the shipped run-config presets, or print one (for the launchpad)
   facepipe verify     check every output in the store against the sha256 in its record; damaged
                       ones are removed (the next build rebuilds them); exit 1 if any was damaged
+  facepipe install facefusion|deepfacelive PATH
+                      copy published swap models (models/trained/) into a FaceFusion or
+                      DeepFaceLive installation as it reads them; --occluder TARGET also puts the
+                      target's XSeg in FaceFusion's occluder slot; --undo puts back what it replaced
 
 `build` and `demo` take `--preset NAME` (demo, quality, gpu: facepipe/presets/) or `--config FILE`
 (a Dagster run config in YAML or JSON, `{ops: {identity__identity_model: {config: {epochs: 80}}}}`);
@@ -195,7 +199,19 @@ def main(argv: list[str] | None = None) -> int:
                                                 "ready for the launchpad)")
     show.add_argument("name", nargs="?", help="the preset to print")
     show.add_argument("--group", choices=["identity", "target", "pair"], help="only the ops of this group's job")
+    put = commands.add_parser("install", help="copy published swap models into FaceFusion or DeepFaceLive")
+    put.add_argument("runtime", choices=["facefusion", "deepfacelive"])
+    put.add_argument("path", type=Path, help="FaceFusion: the folder with facefusion.py; DeepFaceLive: its userdata "
+                                             "folder (the one with dfm_models/)")
+    put.add_argument("--model", action="append", metavar="NAME",
+                     help="a published swap model, <identity>_<target> (repeatable; default: every one)")
+    put.add_argument("--occluder", metavar="TARGET", help="FaceFusion: also install this target's XSeg occluder")
+    put.add_argument("--slot", type=int, choices=[1, 2, 3], default=1,
+                     help="the occluder slot it replaces, xseg_N (default 1; FaceFusion's --face-occluder-model)")
+    put.add_argument("--undo", action="store_true", help="put back what facepipe replaced, remove what it wrote")
     args = parser.parse_args(argv)
+    if args.command == "install":  # needs no Dagster instance or data folder
+        return install_command(args)
 
     data_root = args.data_root or Path(default_data_root())
     os.environ["FACEPIPE_DATA"] = str(data_root)  # the resource's default, for in-process runs
@@ -210,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
         print("facepipe: interrupted; run the same command again to continue (trainings resume from their "
               "last checkpoint, finished stages are cache hits)", file=sys.stderr)
         return 130
+
+
+def install_command(args: argparse.Namespace) -> int:
+    from facepipe.install import InstallError, run_command as run_install
+    from facepipe.runtimes import NotAnInstallation
+
+    try:
+        run_install(args.runtime, args.path, FacepipeSettings().models_path, args.model or [], args.occluder,
+                    args.slot, args.undo)
+    except (InstallError, NotAnInstallation) as error:
+        print(f"facepipe install: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_command(args: argparse.Namespace, data_root: Path) -> int:

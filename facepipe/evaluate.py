@@ -499,28 +499,16 @@ def evaluate_swaps(
 # ---------------------------------------------------------------------------------------------
 # Feeding a DFM model the way FaceFusion's deep_swapper does (DESIGN.md, Exports)
 #
-# Five points from 68-point landmarks (eye-contour means, nose tip, mouth corners — not the iris
-# centres our own crops use), a partial affine fit by RANSAC to the dfl_whole_face template at
+# Five points from 68-point landmarks (facepipe.align.five_points: eye-contour means, nose tip,
+# mouth corners, the points our own crops are aligned on), a partial affine fit by RANSAC to the dfl_whole_face template at
 # the model's size, INTER_AREA warp with replicated borders; the crop is sharpened
 # (1.75·crop − 0.75·GaussianBlur(σ=2), saturated to uint8) and scaled to [0, 1]; the outputs are
 # unpacked by position (face mask, celeb face, celeb mask); the paste-back mask is the minimum
 # of a blurred box and the eroded, blurred minimum of both output masks. FaceFusion's optional
 # colour matching and occluder model are not emulated.
 
-# MediaPipe FaceMesh indices of the 68-point eye contours (36-41 image left, 42-47 image right),
-# nose tip (30) and mouth corners (48, 54).
-FACEFUSION_EYE_CONTOURS = ((33, 160, 158, 133, 153, 144), (362, 385, 387, 263, 373, 380))
-FACEFUSION_NOSE_TIP = 4
-FACEFUSION_MOUTH_CORNERS = (61, 291)
 FACEFUSION_BOX_BLUR = 0.3  # its default face_mask_blur
 FACEFUSION_MASK_BLUR = 6.25
-
-
-def facefusion_five_points(landmarks: np.ndarray) -> np.ndarray:
-    """[5, 2] FaceFusion's five points ('5/68') from [478, >=2] FaceMesh landmarks in pixels."""
-    points = np.asarray(landmarks, dtype=np.float64)[:, :2]
-    eyes = [points[list(contour)].mean(axis=0) for contour in FACEFUSION_EYE_CONTOURS]
-    return np.stack([*eyes, points[FACEFUSION_NOSE_TIP], *points[list(FACEFUSION_MOUTH_CORNERS)]])
 
 
 def facefusion_crop(frame: np.ndarray, points5: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -38,11 +38,13 @@ import torch
 from torch import nn
 
 from facepipe.align import DFL_WHOLE_FACE_TEMPLATE
-from facepipe.models.swap import DFM_INPUT, DFM_OUTPUTS, dfm_input
+from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, dfm_input
 from facepipe.store import atomic_write_bytes, file_sha256
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4  # max abs difference, outputs in [0, 1]: far below one 8-bit level (0.004)
+# A model with morph_value:0 is checked at both ends and halfway (every parity crop at each).
+MORPH_CHECK_VALUES = (0.0, 0.5, 1.0)
 
 
 
@@ -252,11 +254,20 @@ def write_model_card(path: Path | str, card: dict[str, Any]) -> Path:
 # DFM swap model (the module itself and its input lie in facepipe.models.swap)
 
 
-def dfm_card(size: int) -> dict[str, Any]:
+MORPH_INPUT_CARD = {
+    "name": DFM_MORPH_INPUT, "dtype": "float32", "shape": [1],
+    "meaning": "0: the target's own face (the target path), 1: the full swap; FaceFusion feeds its "
+               "--deep-swapper-morph / 100 (default 1), DeepFaceLive its morph control (starts at 0.75)",
+    "checked_at": list(MORPH_CHECK_VALUES),
+}
+
+
+def dfm_card(size: int, morph: bool = False) -> dict[str, Any]:
     """What a runtime needs to feed the model and read its outputs."""
     return {
         "format": "DFM (DeepFaceLive) swap model, ONNX",
-        "inputs": [{"name": DFM_INPUT, "dtype": "float32", "shape": [1, size, size, 3]}],
+        "inputs": [{"name": DFM_INPUT, "dtype": "float32", "shape": [1, size, size, 3]},
+                   *([MORPH_INPUT_CARD] if morph else [])],
         "outputs": [
             {"name": DFM_OUTPUTS[0], "dtype": "float32", "shape": [1, size, size, 1], "meaning": "input face mask, [0, 1]"},
             {"name": DFM_OUTPUTS[1], "dtype": "float32", "shape": [1, size, size, 3], "meaning": "swapped face, BGR [0, 1]"},
@@ -291,18 +302,26 @@ def export_dfm(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportedModel:
     """Export a DFM-convention model to ``path`` (e.g. ``name.dfm``), verify it against torch
-    on ``crops`` (real uint8 BGR crops [S, S, 3], aligned to dfl_whole_face), and write
-    ``name.hash`` and ``name.json`` (``dfm_card`` + ``card`` (lineage, metrics) + parity + exporter).
+    on ``crops`` (real uint8 BGR crops [S, S, 3], aligned to dfl_whole_face; a model that takes
+    ``morph_value:0`` at each of MORPH_CHECK_VALUES), and write ``name.hash`` and ``name.json``
+    (``dfm_card`` + ``card`` (lineage, metrics) + parity + exporter).
 
     A failed verification removes the model file and raises: nothing unverified is left behind.
     """
     path = Path(path)
     if not len(crops):
         raise ValueError(f"export_dfm({path}): no crops given; pass real aligned crops for the parity check")
-    cases = [[dfm_input(crop)] for crop in crops]
-    if cases[0][0].shape != (1, size, size, 3):
-        raise ValueError(f"export_dfm({path}): crops are {list(cases[0][0].shape[1:3])} px, the model size is {size}; resize them first")
-    return export_verified(model, cases, path, [DFM_INPUT], list(DFM_OUTPUTS), {**dfm_card(size), **(card or {})}, tolerance)
+    morph = bool(getattr(model, "takes_morph", False))
+    inputs = [dfm_input(crop) for crop in crops]
+    if inputs[0].shape != (1, size, size, 3):
+        raise ValueError(f"export_dfm({path}): crops are {list(inputs[0].shape[1:3])} px, the model size is {size}; resize them first")
+    if morph:
+        cases = [[x, np.array([m], dtype=np.float32)] for x in inputs for m in MORPH_CHECK_VALUES]
+    else:
+        cases = [[x] for x in inputs]
+    names = [DFM_INPUT, DFM_MORPH_INPUT] if morph else [DFM_INPUT]
+    return export_verified(model, cases, path, names, list(DFM_OUTPUTS), {**dfm_card(size, morph), **(card or {})}, tolerance,
+                           num_crops=len(inputs))
 
 
 def export_verified(
@@ -313,8 +332,10 @@ def export_verified(
     output_names: list[str],
     card: dict[str, Any],
     tolerance: float = DEFAULT_TOLERANCE,
+    num_crops: int | None = None,
 ) -> ExportedModel:
-    """Export, verify against torch on real `cases`, then write ``.hash`` and the card.
+    """Export, verify against torch on real `cases`, then write ``.hash`` and the card
+    (``num_crops``: how many crops the cases hold, when several cases share a crop).
 
     A failed verification removes the model file and raises: nothing unverified is left behind.
     """
@@ -330,7 +351,7 @@ def export_verified(
         "parity": {
             "max_abs_error": float(f"{error:.3g}"),  # 3 digits: the figure stays byte-stable
             "tolerance": tolerance,
-            "num_crops": len(cases),
+            "num_crops": num_crops or len(cases),
             "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         },
         "exporter": {"tool": f"torch.onnx (TorchScript, dynamo=False), torch {torch.__version__}", "opset": DEFAULT_OPSET},

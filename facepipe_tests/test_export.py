@@ -17,6 +17,7 @@ from torch import nn
 
 from facepipe.export import (
     OnnxParityError,
+    MORPH_CHECK_VALUES,
     export_dfm,
     export_onnx,
     verify_onnx,
@@ -25,7 +26,8 @@ from facepipe.export import (
 )
 from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
-from facepipe.models.swap import DFM_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input
+from facepipe.models.pair import AdapterConfig, MergedPair, PairModel, adapter_state, merge_adapters
+from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input
 
 SIZE = 96  # the CPU default
 
@@ -106,19 +108,55 @@ def test_verify_onnx_fails_when_the_file_is_not_the_model(tmp_path):
 # DFM convention
 
 
-def deep_swapper_forward(session: ort.InferenceSession, crop_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def deep_swapper_forward(session: ort.InferenceSession, crop_bgr: np.ndarray, morph_percent: int = 100
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What FaceFusion's deep_swapper processor does with a custom .dfm (facefusion/processors/
-    modules/deep_swapper.py): model size from the `in_face:0` input, the aligned uint8 BGR crop
-    sharpened, scaled to [0, 1], batched as NHWC float32, and three outputs unpacked in order."""
+    modules/deep_swapper/core.py): model size from the `in_face:0` input, the aligned uint8 BGR
+    crop sharpened, scaled to [0, 1], batched as NHWC float32; inputs fed by name (`morph_value:0`
+    = morph / 100 when the model has it), three outputs unpacked in order."""
     model_size = next(i.shape[1:3] for i in session.get_inputs() if i.name == "in_face:0")
     assert list(crop_bgr.shape[:2]) == list(model_size)
     sharpened = cv2.addWeighted(crop_bgr, 1.75, cv2.GaussianBlur(crop_bgr, (0, 0), 2), -0.75, 0)
-    feed = {"in_face:0": np.expand_dims(sharpened / 255.0, axis=0).astype(np.float32)}
+    feed = {}
+    for model_input in session.get_inputs():
+        if model_input.name == "in_face:0":
+            feed[model_input.name] = np.expand_dims(sharpened / 255.0, axis=0).astype(np.float32)
+        if model_input.name == "morph_value:0":
+            feed[model_input.name] = np.array([np.interp(morph_percent, [0, 100], [0, 1])]).astype(np.float32)
     crop_target_mask, crop_frame, crop_source_mask = session.run(None, feed)
     swapped = (crop_frame[0] * 255.0).clip(0, 255).astype(np.uint8)
     mask = np.minimum.reduce([crop_source_mask[0], crop_target_mask[0]]).reshape(model_size).clip(0, 1)
     mask = cv2.GaussianBlur(cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=2), (0, 0), 6.25)
     return swapped, mask, feed["in_face:0"]
+
+
+def deepfacelive_convert(session: ort.InferenceSession, crop_bgr: np.ndarray, morph_factor: float = 0.75) -> list[np.ndarray]:
+    """What DeepFaceLive's DFMModel does (modelhub/DFLive/DFMModel.py): refuses a model whose
+    first input's name lacks `in_face`, or whose second lacks `morph_value`, or with more than two;
+    feeds the crop as uint8 / 255 (no sharpening) and, for a two-input model, the morph factor
+    (its control starts at 0.75); outputs by position."""
+    inputs = session.get_inputs()
+    assert "in_face" in inputs[0].name and len(inputs) <= 2
+    feed = {"in_face:0": crop_bgr[None].astype(np.float32) / 255.0}
+    if len(inputs) == 2:
+        assert "morph_value" in inputs[1].name
+        feed["morph_value:0"] = np.float32([morph_factor])
+    return session.run(None, feed)
+
+
+def random_merged_pair(size: int = 48, seed: int = 0) -> MergedPair:
+    """A pair model with random (non-zero) LoRA deltas and swap latent offset, merged: its two
+    paths differ, as a trained pair's do, without training one."""
+    torch.manual_seed(seed)
+    base = IdentityAutoencoder(AutoencoderConfig(size=size, width=8, latent_dim=64, depth=3)).eval()
+    adapter = AdapterConfig(rank=2, alpha=4.0)
+    pair = PairModel(base, adapter)
+    with torch.no_grad():
+        for name, parameter in pair.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+        pair.swap_latent_offset.normal_(0, 0.5)
+    return merge_adapters(base, adapter_state(pair), adapter)
 
 
 def test_dfm_export_names_order_and_facefusion_style_run(tmp_path):
@@ -195,6 +233,68 @@ def test_export_dfm_removes_a_model_that_fails_parity(tmp_path):
     with pytest.raises(OnnxParityError, match="broken.dfm"):
         export_dfm(broken, SIZE, tmp_path / "broken.dfm", crops[:2])
     assert not list(tmp_path.iterdir())
+
+
+def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(tmp_path):
+    merged = random_merged_pair()
+    crops = real_crops(48)
+    exported = export_dfm(merged.dfm_model(), 48, tmp_path / "pair.dfm", crops[:2])
+    assert exported.max_abs_error < 1e-4  # checked in onnxruntime at each of 0, 0.5, 1
+    assert MORPH_CHECK_VALUES == (0.0, 0.5, 1.0)
+    session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape, i.type) for i in session.get_inputs()] == [
+        (DFM_INPUT, [1, 48, 48, 3], "tensor(float)"), (DFM_MORPH_INPUT, [1], "tensor(float)")]
+    assert [o.name for o in session.get_outputs()] == list(DFM_OUTPUTS)
+    card = json.loads(exported.card_path.read_text())
+    assert [i["name"] for i in card["inputs"]] == [DFM_INPUT, DFM_MORPH_INPUT]
+    assert card["inputs"][1]["checked_at"] == [0.0, 0.5, 1.0] and card["parity"]["num_crops"] == 2
+
+    crop = crops[3]  # not one of the parity crops
+    bgr = torch.from_numpy(dfm_input(crop)).permute(0, 3, 1, 2)
+    target = merged.target_face_mask
+    with torch.no_grad():
+        swap_face, swap_logits = merged.swap(bgr)
+        own_face, own_logits = target.target_decoder(target.bottleneck(target.encoder(bgr)))
+    nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    run = {m: session.run(None, {DFM_INPUT: dfm_input(crop), DFM_MORPH_INPUT: np.float32([m])}) for m in MORPH_CHECK_VALUES}
+    # 1: the swap (what the evaluation measured); 0: the target path, the target's own face.
+    np.testing.assert_allclose(run[1.0][1], nhwc(swap_face), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run[1.0][2], nhwc(torch.sigmoid(swap_logits)), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run[0.0][1], nhwc(own_face), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run[0.0][2], nhwc(torch.sigmoid(own_logits)), atol=1e-4, rtol=0)
+    # Halfway is neither end, and closer to each than the ends are to each other.
+    ends = np.abs(run[1.0][1] - run[0.0][1]).mean()
+    assert ends > 1e-3
+    for end in (0.0, 1.0):
+        assert 0.05 * ends < np.abs(run[0.5][1] - run[end][1]).mean() < ends
+    # The input face's mask does not depend on the morph.
+    np.testing.assert_array_equal(run[0.0][0], run[1.0][0])
+    # Without a morph value (the evaluation's swap_faces) the torch model is the full swap.
+    with torch.no_grad():
+        np.testing.assert_allclose(merged.dfm_model()(torch.from_numpy(dfm_input(crop)))[1].numpy(), run[1.0][1], atol=1e-4)
+
+    # As the runtimes detect and feed it: FaceFusion by name at --deep-swapper-morph / 100,
+    # DeepFaceLive by position at its morph control's value.
+    swapped, _, _ = deep_swapper_forward(session, crop, morph_percent=100)
+    with torch.no_grad():
+        sharpened = merged.swap(torch.from_numpy(deep_swapper_forward(session, crop)[2]).permute(0, 3, 1, 2))[0]
+    assert np.abs(swapped.astype(np.float64) - nhwc(sharpened)[0] * 255).max() <= 1.0
+    own = deepfacelive_convert(session, crop, morph_factor=0.0)[1]
+    np.testing.assert_allclose(own, run[0.0][1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["identity", "pair"])
+def test_exports_load_in_deepfacelives_onnxruntime(kind, tmp_path):
+    """DeepFaceLive ships onnxruntime 1.15.1: IR 9 and opset 18 are its newest. Pinned at IR <= 9
+    and opset <= 17 (the exporter's), so a torch upgrade that raises either fails here first."""
+    if kind == "identity":
+        exported = export_dfm(DfmSwapModel.from_autoencoders(identity_model(0, 48)), 48, tmp_path / "m.dfm", real_crops(48)[:1])
+    else:
+        exported = export_dfm(random_merged_pair().dfm_model(), 48, tmp_path / "m.dfm", real_crops(48)[:1])
+    model = onnx.load(str(exported.model_path))
+    assert model.ir_version <= 9
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    assert max(o.version for o in model.opset_import) <= 17
 
 
 def test_export_dfm_rejects_crops_of_another_size(tmp_path):

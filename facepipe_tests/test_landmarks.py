@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from facepipe.align import five_points
 from facepipe.landmarks import (
     BOX_COLUMNS,
     NUM_POINTS,
@@ -81,8 +82,12 @@ def test_hopper_still_has_478_points_inside_the_face(stills_result, hopper):
     assert 150 < x1 - x0 < 260 and 150 < y1 - y0 < 260
     # The box is the landmarks' bounding box.
     np.testing.assert_allclose(stills_result.box[0], [*points[:, :2].min(0), *points[:, :2].max(0)])
-    # Iris 468 is on the image left (what align.MEDIAPIPE_FIVE_POINTS relies on).
+    # Iris 468 is on the image left (what align.IRIS_FIVE_POINTS assumed), and so is the first
+    # eye contour (what align.five_points relies on: template order, image left first).
     assert points[468, 0] < points[473, 0]
+    eyes = five_points(points)[:2]
+    assert eyes[0, 0] < eyes[1, 0]
+    assert np.linalg.norm(eyes[0] - points[468, :2]) < 0.25 * np.linalg.norm(eyes[1] - eyes[0])
 
 
 def test_blank_image_is_recorded_as_no_face(stills_result):

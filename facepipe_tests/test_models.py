@@ -16,6 +16,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from facepipe.align import align_face
+from facepipe.evaluate import facefusion_sharpen
 from facepipe.faces import EYE_CONTOURS, LIPS, feature_masks, resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import (
@@ -26,6 +27,7 @@ from facepipe.models.augment import (
     elastic_warp,
     faces_to_tensors,
     random_homography,
+    sharpen,
     warp_face_batch,
 )
 from facepipe.models.autoencoder import (
@@ -230,9 +232,9 @@ def test_elastic_warp_is_smooth_seeded_and_keeps_the_border():
 
 def test_augment_batch_warps_all_alike_and_elastic_only_the_input():
     images, masks = face_tensors(64)
-    config = AugmentConfig()
+    config = AugmentConfig(sharpen=0.0)
     inputs, targets, target_masks = augment_batch(images, masks, torch.Generator().manual_seed(5), config)
-    no_elastic = AugmentConfig(elastic_strength=0.0)
+    no_elastic = AugmentConfig(elastic_strength=0.0, sharpen=0.0)
     plain_inputs, plain_targets, plain_masks = augment_batch(images, masks, torch.Generator().manual_seed(5), no_elastic)
     # Homography and colour are drawn first, so targets and masks do not depend on the elastic warp.
     assert torch.equal(targets, plain_targets) and torch.equal(target_masks, plain_masks)
@@ -252,7 +254,8 @@ def test_input_warp_is_the_elastic_warp_of_the_homography_warp():
     # Away from the bottom rows, where the shift brings in repeated border pixels.
     torch.testing.assert_close(composed[:, :, :48], sequential[:, :, :48], atol=1e-5, rtol=0)
     # With no geometric or colour augmentation the input is exactly the elastic warp of the image.
-    still = AugmentConfig(rotation_deg=0, scale=0, shift=0, perspective=0, brightness=0, contrast=0, channel_gain=0)
+    still = AugmentConfig(rotation_deg=0, scale=0, shift=0, perspective=0, brightness=0, contrast=0, channel_gain=0,
+                          sharpen=0)
     generator = torch.Generator().manual_seed(4)
     inputs, targets, _ = augment_batch(images, masks, generator, still)
     replay = torch.Generator().manual_seed(4)
@@ -274,11 +277,43 @@ def test_augment_batch_is_deterministic_per_seed():
 
 def test_colour_jitter_is_the_same_on_input_and_target():
     images, masks = face_tensors(64)
-    config = AugmentConfig(elastic_strength=0.0, brightness=0.2, contrast=0.2, channel_gain=0.1)
+    config = AugmentConfig(elastic_strength=0.0, brightness=0.2, contrast=0.2, channel_gain=0.1, sharpen=0.0)
     inputs, targets, _ = augment_batch(images, masks, torch.Generator().manual_seed(2), config)
-    plain = augment_batch(images, masks, torch.Generator().manual_seed(2), AugmentConfig(elastic_strength=0.0))[1]
+    plain = augment_batch(images, masks, torch.Generator().manual_seed(2), AugmentConfig(elastic_strength=0.0, sharpen=0.0))[1]
     assert torch.equal(inputs, targets)
     assert (targets - plain).abs().mean() > 0.01
+
+
+def test_sharpen_is_facefusions_sharpening():
+    """The float sharpening equals FaceFusion's on uint8 crops (facepipe.evaluate's copy of its
+    feeding) to within its 8-bit rounding, borders included."""
+    crops, _ = hopper_faces()
+    small = resize_crops(crops, 96)
+    ours = sharpen(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255).permute(0, 2, 3, 1).numpy() * 255
+    theirs = np.stack([facefusion_sharpen(crop) for crop in small]).astype(np.float64)
+    assert np.abs(ours - theirs).max() <= 2.0
+    assert np.abs(ours - theirs).mean() < 0.5
+    assert np.abs(theirs - small).mean() > 1.0  # and it does change the crop
+
+
+def test_sharpening_goes_to_a_share_of_the_inputs_only_and_is_drawn_last():
+    images, masks = face_tensors(64)
+    geometric_off = dict(rotation_deg=0, scale=0, shift=0, perspective=0, elastic_strength=0, brightness=0,
+                         contrast=0, channel_gain=0)
+    inputs, targets, _ = augment_batch(images, masks, torch.Generator().manual_seed(3), AugmentConfig(**geometric_off, sharpen=1.0))
+    assert torch.equal(targets, images) and torch.equal(inputs, sharpen(images))
+    kinds = set()
+    for seed in range(4):
+        with_sharpening = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(sharpen=0.5))
+        without = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(sharpen=0.0))
+        # Drawn after everything else: targets and masks are the same, each input is either the
+        # unsharpened one or its sharpening.
+        assert torch.equal(with_sharpening[1], without[1]) and torch.equal(with_sharpening[2], without[2])
+        for got, plain in zip(with_sharpening[0], without[0]):
+            same = torch.equal(got, plain)
+            assert same or torch.equal(got, sharpen(plain[None])[0])
+            kinds.add(same)
+    assert kinds == {True, False}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,10 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     session = ort.InferenceSession(str(dfm), providers=["CPUExecutionProvider"])
     target_crop = FaceSet.load(store.current("target/curated_faces", "talk").path).crops[0]
     crop = cv2.resize(np.asarray(target_crop), (size, size), interpolation=cv2.INTER_AREA)
-    face_mask, celeb_face, celeb_mask = session.run(None, {"in_face:0": crop[None].astype(np.float32) / 255})
+    # the card names both inputs; morph_value:0 at 1 is the full swap (FaceFusion's default)
+    assert [i["name"] for i in card["inputs"]] == [i.name for i in session.get_inputs()] == ["in_face:0", "morph_value:0"]
+    face_mask, celeb_face, celeb_mask = session.run(None, {"in_face:0": crop[None].astype(np.float32) / 255,
+                                                           "morph_value:0": np.float32([1.0])})
     assert face_mask.shape == (1, size, size, 1) and celeb_face.shape == (1, size, size, 3)
 
     meta = export.metadata

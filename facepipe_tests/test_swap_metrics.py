@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from facepipe.align import align_face, template_points
+from facepipe.align import align_face, five_points, template_points
 from facepipe.evaluate import (
     EYE_CORNERS,
     EYE_LIDS,
@@ -26,7 +26,6 @@ from facepipe.evaluate import (
     eye_opening,
     facefusion_box_mask,
     facefusion_crop,
-    facefusion_five_points,
     facefusion_input,
     facefusion_output,
     facefusion_paste_back,
@@ -288,7 +287,7 @@ def test_facefusion_crop_maps_the_five_points_onto_the_template():
     assert np.allclose(mapped, template, atol=1e-6)
     # the five points from FaceMesh landmarks: eye-contour means, nose tip, mouth corners
     landmarks = np.random.default_rng(1).uniform(0, 100, (478, 3))
-    five = facefusion_five_points(landmarks)
+    five = five_points(landmarks)
     assert five.shape == (5, 2)
     assert np.allclose(five[0], landmarks[[33, 160, 158, 133, 153, 144], :2].mean(axis=0))
     assert np.allclose(five[3], landmarks[61, :2]) and np.allclose(five[4], landmarks[291, :2])

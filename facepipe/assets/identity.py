@@ -22,6 +22,7 @@ from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_
 from facepipe.embed import get_embedder
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
+from facepipe.models.augment import AugmentConfig
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
 from facepipe.models.swap import DfmSwapModel
 from facepipe.partitions import identity_partitions
@@ -37,7 +38,8 @@ from facepipe.train.tasks.reconstruction import AdversarialConfig, Reconstructio
 PROFILE_VERSION = "3"  # 2: quality_stats.avg_face_score; 3: built from the curated faces
 # 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through the mask;
 # 5: trained on the curated faces; 6: patch discriminator (adversarial_weight), colour jitter, random warp
-# for the first epochs; 7: eyes-and-mouth priority in the loss (eyes_mouth_weight)
+# for the first epochs; 7: eyes-and-mouth priority in the loss (eyes_mouth_weight), optional FaceFusion sharpening
+# of the inputs (sharpen), balanced sampling (balance_power)
 IDENTITY_MODEL_VERSION = "7"
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
@@ -148,6 +150,8 @@ class IdentityModelConfig(TrainingConfig):
     # Draw rare poses and expressions (a blink, a wide mouth, a turned head) more often: each face's
     # weight is its rarity to this power (facepipe.train.balance; 0: every face alike).
     balance_power: float = 0.0
+    # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
+    sharpen: float = AugmentConfig.sharpen
 
     def architecture(self) -> AutoencoderConfig:
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
@@ -170,6 +174,7 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         return ReconstructionTask.from_faces(face_set.crops, face_set.masks, model_config, config.holdout_every,
                                              config.samples_per_epoch, adversarial=config.adversarial(),
                                              random_warp_epochs=config.random_warp_epochs,
+                                             augment=AugmentConfig(sharpen=config.sharpen),
                                              landmarks=face_set.landmarks, eyes_mouth_weight=config.eyes_mouth_weight,
                                              balance_power=config.balance_power)
 

@@ -29,6 +29,7 @@ from facepipe.evaluate import evaluate_swaps, mean_identity_face
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
+from facepipe.models.augment import AugmentConfig
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter, set_swap_latent_offset
 from facepipe.models.swap import swap_faces
@@ -41,12 +42,14 @@ from facepipe.train import Trained
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
-# 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses
+# 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses, optional
+# FaceFusion sharpening of the inputs (sharpen)
 LORA_VERSION = "6"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
-# the target's XSeg mask with colour transfer, the video beside the original frame
-EXPORT_VERSION = "6"
+# the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
+# (target path at 0, swap at 1), crops aligned as the runtimes align them
+EXPORT_VERSION = "7"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -65,6 +68,8 @@ class LoraConfig(TrainingConfig):
     batch_size: int = 16
     lr: float = 1e-3
     samples_per_epoch: int = 128
+    # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
+    sharpen: float = AugmentConfig.sharpen
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -87,8 +92,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
         return PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
-                                   config.samples_per_epoch, adapter, identity_landmarks=ident.landmarks,
-                                   target_landmarks=targ.landmarks)
+                                   config.samples_per_epoch, adapter, AugmentConfig(sharpen=config.sharpen),
+                                   identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
 
     def write(trained: Trained, out: Path) -> dict:
         model = trained.model
@@ -172,7 +177,7 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
                    "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config")}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
-            "runtime": "FaceFusion deep_swapper: copy the .dfm into .assets/models/custom/"})
+            "runtime": "facepipe install facefusion|deepfacelive PATH puts the .dfm (alone) where each runtime reads it"})
         for suffix in ("onnx", "hash", "json"):  # the target's occluder model, published beside the swap model
             (out / f"{target}_xseg.{suffix}").write_bytes((xseg_model.path / f"xseg.{suffix}").read_bytes())
         crops = resize_crops(np.asarray(targ.crops), size)

@@ -54,7 +54,9 @@ CODE_VERSIONS = {
     "frames": "2",  # 2: JPEG q95 instead of PNG; videos read by grabbing/seeking (same frames)
     "landmarks": "2",  # 2: the detector scores the first face of a track, the track carries it; score_measured column
     "smoothed_landmarks": "2",  # 2: passes the score_measured column on
-    "faces": "2",  # 2: frames 2 (JPEG), read by two threads ahead of the alignment
+    # 2: frames 2 (JPEG), read by two threads ahead of the alignment; 3: aligned on the eye-contour means
+    # (FaceFusion's five points), not the iris centres
+    "faces": "3",
 }
 
 

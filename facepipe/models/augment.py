@@ -6,6 +6,11 @@ the target's pose, so that warp goes to the input, the target image and the targ
 An elastic warp on the input only (DeepFaceLab's "random warp") makes the model reconstruct
 a clean face from a distorted one instead of copying pixels through. Colour jitter, when
 enabled, is applied identically to input and target so the model learns to follow the light.
+FaceFusion's deep_swapper sharpens the crop before the model (1.75·crop − 0.75·GaussianBlur,
+σ 2) and DeepFaceLive does not, so a share of the inputs (``sharpen``) is sharpened that way
+while the target stays as it is, so that the model sees either runtime's input. (Measured on
+german_news -> obama: the swap differs by under one grey level between the two feedings with or
+without it; eye following was lower in both sharpened runs: README, "Swap quality".)
 
 All randomness is drawn on the CPU from the given generator (the training engine seeds and
 checkpoints it) and only then moved to the images' device, so a batch's augmentation does not
@@ -42,6 +47,10 @@ class AugmentConfig:
     brightness: float = 0.1  # additive, uniform in ±brightness
     contrast: float = 0.2  # multiplicative around the image mean, uniform in ±contrast
     channel_gain: float = 0.1  # per-channel multiplicative, uniform in ±channel_gain
+    # Share of inputs sharpened as FaceFusion feeds them (see the module docstring). Off by default:
+    # measured, the swap answers both runtimes' inputs alike without it (under one grey level apart)
+    # and eye following was lower in both sharpened runs.
+    sharpen: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -218,6 +227,34 @@ def apply_colour_jitter(images: torch.Tensor, jitter: ColourJitter) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
+# FaceFusion's sharpening (input only)
+
+SHARPEN_SIGMA = 2.0
+SHARPEN_AMOUNT = 0.75  # out = (1 + amount)·x − amount·blur(x)
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """[K] normalised 1-D Gaussian with OpenCV's size for 8-bit images and kernel size 0
+    (round(6σ + 1), made odd), which FaceFusion's GaussianBlur(crop, (0, 0), σ) uses."""
+    size = int(round(sigma * 6 + 1)) | 1
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return (kernel / kernel.sum()).float()
+
+
+def sharpen(images: torch.Tensor, sigma: float = SHARPEN_SIGMA, amount: float = SHARPEN_AMOUNT) -> torch.Tensor:
+    """FaceFusion's deep_swapper sharpening of NCHW images in [0, 1], clamped to [0, 1]: the
+    float form of ``facepipe.evaluate.facefusion_sharpen`` (reflect-101 borders, as OpenCV's)."""
+    channels = images.shape[1]
+    kernel = gaussian_kernel(sigma).to(images.device, images.dtype)
+    pad = len(kernel) // 2
+    blurred = F.pad(images, (pad, pad, pad, pad), mode="reflect")  # torch's reflect is OpenCV's REFLECT_101
+    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return ((1 + amount) * images - amount * blurred).clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
 # One call for a training batch
 
 
@@ -228,9 +265,10 @@ def augment_batch(
 
     Target and mask get the shared homography; the input gets the same homography composed with
     the elastic warp (one resampling, see ``warp_face_batch``); colour jitter (if enabled) is
-    the same on input and target. Random draws happen in a fixed order (homography, colour,
-    elastic), so the same generator state gives the same batch, and switching the elastic warp
-    off leaves targets and masks unchanged.
+    the same on input and target; then the inputs drawn for it are sharpened (``sharpen``).
+    Random draws happen in a fixed order (homography, colour, elastic, which faces to sharpen),
+    each only when its part is enabled, so the same generator state gives the same batch, and
+    switching the elastic warp off leaves targets and masks unchanged.
     """
     batch, _, height, width = images.shape
     homographies = random_homography(
@@ -244,9 +282,16 @@ def augment_batch(
         distortion = elastic_grid(
             generator, batch, height, width, images.device, config.elastic_strength, config.elastic_cells
         )
+    sharpened = None
+    if config.sharpen > 0:
+        sharpened = torch.rand(batch, generator=generator) < config.sharpen
     inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion)
     if jitter is not None:
         inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)
+    if sharpened is not None and sharpened.any():
+        # Last, as FaceFusion sharpens the crop it is about to feed.
+        chosen = sharpened.to(inputs.device).view(batch, 1, 1, 1)
+        inputs = torch.where(chosen, sharpen(inputs), inputs)
     return inputs, targets, target_masks
 
 

@@ -19,7 +19,8 @@ Export merges Δshared into the encoder with peft's ``merge_and_unload``; the sw
 plain ``IdentityAutoencoder`` (merged encoder, base decoder). Δtarget stays in the adapter file
 (the training scaffold); merged into its decoder copy it also gives the input face's mask (the
 target path's mask head, trained on the target masks), the default ``out_face_mask:0`` of the
-DFM export.
+DFM export, and the far end of its ``morph_value:0`` input (0: the target path, the target's
+own face; 1: the swap; see MorphingDecoder).
 
 The swap latent offset: the adapter brings the target's latents toward the identity's but not onto
 them, and the base decoder renders latents off the identity's manifold as a washed-out average
@@ -348,23 +349,103 @@ class TargetFaceMask(nn.Module):
         return torch.sigmoid(logits)
 
 
+class TargetLatent(nn.Module):
+    """NCHW BGR [0, 1] → [N, latent_dim]: the merged encoder and the target path's first
+    bottleneck linear (no swap latent offset)."""
+
+    def __init__(self, encoder: nn.Module, bottleneck: nn.Module):
+        super().__init__()
+        self.encoder, self.bottleneck = encoder, bottleneck
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck.to_latent(self.encoder(bgr).flatten(1))
+
+
+class BlendedConv2d(nn.Module):
+    """A conv whose weights are base + share·(target − base), ``share`` a [1] tensor set by its
+    MorphingDecoder for each call."""
+
+    def __init__(self, base: nn.Conv2d, target: nn.Conv2d):
+        super().__init__()
+        self.conv = base
+        self.register_buffer("weight_delta", (target.weight - base.weight).detach())
+        self.register_buffer("bias_delta", (target.bias - base.bias).detach())
+        self.share: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.share is None:
+            raise RuntimeError("BlendedConv2d runs only inside MorphingDecoder.forward, which sets its share")
+        return self.conv._conv_forward(x, self.conv.weight + self.share * self.weight_delta,
+                                       self.conv.bias + self.share * self.bias_delta)
+
+
+class MorphingDecoder(nn.Module):
+    """(target-path latent [N, D], morph [1]) → (BGR [0, 1], mask logits): the DFM export's
+    ``morph_value:0``. Morph 1 is the swap (latent + swap latent offset, base decoder), 0 the
+    target path (the latent as it is, the decoder with Δtarget merged: the target's own face);
+    in between both move together, latent + m·offset and decoder weights base + (1 − m)·Δtarget,
+    so a half morph is one face the decoder paints, not two faces cross-faded. (DeepFaceLab's
+    morphable models blend the two codes for one shared decoder; ours has a decoder per path,
+    and a LoRA delta is linear in its weights, so it is blended too.) In ONNX the blended
+    weights are computed from the input and feed the Conv nodes.
+
+    The decoder is a copy of the base decoder with each conv made a BlendedConv2d, so its own
+    forward (the wiring) is reused as it is; the share reaches the layers as an attribute set
+    for the call (torch.func.functional_call would be tidier, but the ONNX tracer refuses it).
+    """
+
+    def __init__(self, bottleneck: nn.Module, swap_latent_offset: torch.Tensor, swap_decoder: nn.Module,
+                 target_decoder: nn.Module):
+        super().__init__()
+        self.bottleneck = bottleneck
+        self.register_buffer("swap_latent_offset", swap_latent_offset.detach().clone())
+        self.decoder = copy.deepcopy(swap_decoder)
+        targets = dict(target_decoder.named_modules())
+        self.blended: list[BlendedConv2d] = []
+        for name, module in list(self.decoder.named_modules()):
+            if isinstance(module, nn.Conv2d):
+                blended = BlendedConv2d(module, targets[name])
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.decoder.get_submodule(parent_name), child, blended)
+                self.blended.append(blended)
+
+    def forward(self, latent: torch.Tensor, morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.bottleneck.code_of(latent + morph * self.swap_latent_offset)
+        share = 1 - morph
+        for layer in self.blended:
+            layer.share = share
+        try:
+            return self.decoder(code)
+        finally:
+            for layer in self.blended:
+                layer.share = None
+
+
 @dataclass
 class MergedPair:
     """``swap``: plain IdentityAutoencoder, Δshared merged into encoder + bottleneck, base decoder
     — ``swap(x)`` is the swap. ``target_face_mask``: the input face's mask (see TargetFaceMask),
-    sharing ``swap``'s encoder modules."""
+    sharing ``swap``'s encoder modules. ``swap_latent_offset``: the offset folded into ``swap``'s
+    bottleneck (kept apart for the morph)."""
 
     swap: IdentityAutoencoder
     target_face_mask: TargetFaceMask
+    swap_latent_offset: torch.Tensor
 
-    def dfm_model(self, face_mask_source: nn.Module | None = None) -> DfmSwapModel:
-        """The DFM-convention module for facepipe.export.export_dfm. ``out_face_mask:0`` comes
-        from ``face_mask_source`` (e.g. the target's XSeg), by default from the target path's
-        mask head. (The encoder then runs twice in the graph, once per output; it is the cheap
-        half of the model.)"""
+    def dfm_model(self, face_mask_source: nn.Module | None = None, morph: bool = True) -> DfmSwapModel:
+        """The DFM-convention module for facepipe.export.export_dfm, by default with the
+        ``morph_value:0`` input (MorphingDecoder; ``morph=False``: the swap alone).
+        ``out_face_mask:0`` comes from ``face_mask_source`` (e.g. the target's XSeg), by default
+        from the target path's mask head. (The encoder then runs twice in the graph, once per
+        output; it is the cheap half of the model.)"""
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
-        return DfmSwapModel.from_autoencoders(self.swap, face_mask_source=face_mask_source)
+        if not morph:
+            return DfmSwapModel.from_autoencoders(self.swap, face_mask_source=face_mask_source)
+        target = self.target_face_mask
+        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck),
+                            MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder),
+                            face_mask_source, takes_morph=True)
 
 
 def _merged(
@@ -396,9 +477,10 @@ def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor
     # The target path reads the adapted latent as it is; only the swap's is moved by the offset,
     # folded into its own copy of the bottleneck's first linear (to_latent(x) + offset).
     target_bottleneck = copy.deepcopy(swap.bottleneck)
+    offset = tensors[SWAP_LATENT_OFFSET]
     with torch.no_grad():
-        swap.bottleneck.to_latent.bias += tensors[SWAP_LATENT_OFFSET]
-    return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder))
+        swap.bottleneck.to_latent.bias += offset
+    return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone())
 
 
 def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:

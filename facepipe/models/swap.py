@@ -4,7 +4,11 @@ DFM convention (DeepFaceLive; FaceFusion's ``deep_swapper`` loads ``.dfm`` files
 ``.assets/models/custom/``): one input ``in_face:0`` float32 NHWC [1, S, S, 3], BGR in [0, 1];
 outputs in this order: ``out_face_mask:0`` [1, S, S, 1] (the input face's mask),
 ``out_celeb_face:0`` [1, S, S, 3] BGR in [0, 1], ``out_celeb_face_mask:0`` [1, S, S, 1].
-Crops are aligned to the ``dfl_whole_face`` template (facepipe.align). ``swap_faces`` feeds a
+An optional second input ``morph_value:0`` float32 [1] (a pair model's export has it: 0 the
+target's own face, 1 the full swap) is what both runtimes look for: DeepFaceLive's DFMModel
+takes a second input whose name holds ``morph_value`` and shows its morph control (starting at
+0.75), FaceFusion's deep_swapper feeds ``morph_value:0`` by name from its morph option (default
+100 → 1.0). Crops are aligned to the ``dfl_whole_face`` template (facepipe.align). ``swap_faces`` feeds a
 module exactly the way the exported file is fed, so what the evaluation and the previews show
 is what a runtime gets.
 """
@@ -21,6 +25,7 @@ from facepipe.faces import resize_crops
 
 DFM_INPUT = "in_face:0"
 DFM_OUTPUTS = ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0")
+DFM_MORPH_INPUT = "morph_value:0"
 
 
 def _to_nhwc(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,13 +42,18 @@ class DfmSwapModel(nn.Module):
     the input face (e.g. an XSeg resized to S). Without one, ``out_face_mask:0`` is the mask
     the model predicts for its output from this input — the same face silhouette, in the
     input's pose, as ``out_celeb_face_mask:0``.
+    ``takes_morph``: ``decoder_part`` also takes the morph value ([1] tensor) and the model has
+    the second input ``morph_value:0``; called without one (``swap_faces``, the evaluation) it
+    is the full swap, morph 1.
     """
 
-    def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None):
+    def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None,
+                 takes_morph: bool = False):
         super().__init__()
         self.encoder_part = encoder_part
         self.decoder_part = decoder_part
         self.face_mask_source = face_mask_source
+        self.takes_morph = takes_morph
 
     @classmethod
     def from_autoencoders(
@@ -56,9 +66,16 @@ class DfmSwapModel(nn.Module):
         encoder_part = nn.Sequential(encoding_model.encoder, encoding_model.bottleneck)
         return cls(encoder_part, decoding_model.decoder, face_mask_source)
 
-    def forward(self, in_face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, in_face: torch.Tensor, morph_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bgr = in_face.permute(0, 3, 1, 2)
-        celeb_face, celeb_mask_logits = self.decoder_part(self.encoder_part(bgr))
+        code = self.encoder_part(bgr)
+        if self.takes_morph:
+            morph = in_face.new_ones(1) if morph_value is None else morph_value
+            celeb_face, celeb_mask_logits = self.decoder_part(code, morph)
+        elif morph_value is not None:
+            raise ValueError("this DFM model has no morph_value input")
+        else:
+            celeb_face, celeb_mask_logits = self.decoder_part(code)
         celeb_mask = torch.sigmoid(celeb_mask_logits)
         face_mask = celeb_mask if self.face_mask_source is None else self.face_mask_source(bgr)
         return _to_nhwc(face_mask), _to_nhwc(celeb_face), _to_nhwc(celeb_mask)
