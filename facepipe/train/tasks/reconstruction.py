@@ -6,21 +6,21 @@ copying pixels; afterwards it learns the detail, as DeepFaceLab users switch ran
 late), masked L1 + DSSIM + mask loss, and (when
 ``AdversarialConfig.weight`` > 0) a patch discriminator's verdict on the face from
 ``AdversarialConfig.from_epoch`` on (facepipe.models.discriminator: sharper faces at the same
-pixel error). A fixed share of faces is held out to measure reconstruction error.
+pixel error). With landmarks given, an extra L1 over the eyes and mouth (``LossWeights.eyes_mouth``)
+and faces drawn by the rarity of their pose and expression (facepipe.train.balance). A fixed share
+of faces is held out to measure reconstruction error.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+
 import cv2
 import numpy as np
 import torch
-
-from dataclasses import asdict, dataclass, replace
-
-from facepipe.faces import feature_masks, holdout_split, resize_crops
-
 from torch import nn
 
+from facepipe.faces import feature_masks, holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
