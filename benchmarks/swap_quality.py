@@ -213,9 +213,13 @@ class Builder:
             self.instance.add_dynamic_partitions(name, [key])
 
     def run(self, job: str, key: str, run_config: dict) -> float:
+        from facepipe.assets.training import RUNS_ALONE_TAG
+
         started = time.perf_counter()
+        # One run at a time, as `facepipe build` makes them: the trainings take every core.
         result = self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, partition_key=key, run_config=run_config, raise_on_error=False)
+            instance=self.instance, partition_key=key, run_config=run_config, raise_on_error=False,
+            tags={RUNS_ALONE_TAG: "true"})
         seconds = time.perf_counter() - started
         print(f"  {job} [{key}]: {'ok' if result.success else 'FAILED'} in {seconds:.1f}s", flush=True)
         if not result.success:

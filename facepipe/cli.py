@@ -66,12 +66,14 @@ def run_job(job_name: str, key: str, label: str, run_config: RunConfig | None = 
             job_config: dict | None = None, log_level: str = "info") -> bool:
     from dagster import DagsterInstance
 
+    from facepipe.assets.training import RUNS_ALONE_TAG
     from facepipe.definitions import defs
-
     from facepipe.slots import process_tags
 
-    # The process running it, so that a later build can tell when it was killed (facepipe.slots).
-    tags = {**process_tags(), **({"facepipe/run_config": run_config.source} if run_config and run_config.ops else {})}
+    # The process running it, so that a later build can tell when it was killed (facepipe.slots);
+    # this command makes one run at a time, so its trainings may take every core.
+    tags = {**process_tags(), RUNS_ALONE_TAG: "true",
+            **({"facepipe/run_config": run_config.source} if run_config and run_config.ops else {})}
     # The folders as this command sees them now (--data-root, FACEPIPE_*), not as they were when
     # the code location was imported; they also show on the run's page.
     folders = {"resources": {"settings": {"config": FacepipeSettings().paths()}}}

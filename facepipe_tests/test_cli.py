@@ -14,6 +14,7 @@ import yaml
 from dagster import validate_run_config
 
 from facepipe import cli
+from facepipe.assets.training import RUNS_ALONE_TAG
 from facepipe.definitions import defs
 from facepipe.store import ArtifactStore
 from facepipe_tests.conftest import TINY_TRAINING
@@ -69,13 +70,14 @@ def test_presets_command_lists_and_prints_a_jobs_part_for_the_launchpad(project_
 def test_build_with_a_config_file_logs_its_settings_and_applies_them(project_env, tmp_path):
     """`facepipe build --config` on a 10-frame identity, as a command (the code location reads its
     folders from the environment when it loads): the settings are printed before the run, the run
-    is tagged with its source and the identity model is built with them (its store record)."""
+    is tagged with its source and the identity model is built with them (its store record). The
+    command makes one run at a time, so with `cpu_threads: 0` its training takes every core."""
     from facepipe.sample import hopper_face, render_head_video
 
     folder = project_env / "identities" / "hopper"
     folder.mkdir(parents=True)
     render_head_video(hopper_face(160), folder / "hopper.mp4", n_frames=10, size=160)
-    tiny = {**TINY_TRAINING["identity__identity_model"], "epochs": 2}
+    tiny = {**TINY_TRAINING["identity__identity_model"], "epochs": 2, "cpu_threads": 0}
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"ops": {"identity__identity_model": {"config": tiny}}}))
     done = subprocess.run([sys.executable, "-m", "facepipe.cli", "build", "--role", "identity", "--partition", "hopper",
@@ -85,11 +87,13 @@ def test_build_with_a_config_file_logs_its_settings_and_applies_them(project_env
     assert done.stdout.splitlines()[0] == settings_line
     record = ArtifactStore(tmp_path / "store").current_record("identity/identity_model", "hopper")
     assert {key: record["config"][key] for key in tiny} == tiny
+    assert f"training ReconstructionTask on cpu (fp32, deterministic, {os.cpu_count()} threads)" in done.stderr
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
         [run] = instance.get_runs()
         assert run.tags["facepipe/run_config"] == f"config {config}"
+        assert run.tags[RUNS_ALONE_TAG] == "true"
         assert run.run_config["ops"]["identity__identity_model"]["config"] == tiny
 
 
@@ -132,3 +136,11 @@ def test_an_interrupted_run_is_told_apart_from_a_failed_one():
 
     assert cli.was_interrupted(interrupted_job.execute_in_process(raise_on_error=False))
     assert not cli.was_interrupted(failing_job.execute_in_process(raise_on_error=False))
+
+
+def test_trainings_take_every_core_only_when_they_run_alone():
+    from facepipe.train.device import default_cpu_threads
+
+    cores = os.cpu_count()
+    assert default_cpu_threads(alone=True) == cores
+    assert default_cpu_threads() == max(1, cores // 2)

@@ -26,6 +26,9 @@ TRAINING_POOL = "training"  # concurrency pool: one training at a time by defaul
 # themselves, around the training only (facepipe.slots says why).
 POOL_TAG = "facepipe/pool"
 TRAINING_OP_TAGS = {POOL_TAG: TRAINING_POOL}
+# Run tag of a run that nothing else computes beside (`facepipe build` makes one run at a time):
+# its trainings take every core (facepipe.train.device.default_cpu_threads).
+RUNS_ALONE_TAG = "facepipe/runs_alone"
 
 
 class TrainingConfig(Config):
@@ -38,13 +41,18 @@ class TrainingConfig(Config):
     seed: int = 0
     holdout_every: int = 10  # every n-th face is held out for the metrics
     samples_per_epoch: int = 0  # small face sets are repeated (augmented anew) up to this per epoch
-    cpu_threads: int = 0  # 0 = half the cores (see facepipe.train.device.default_cpu_threads)
+    # 0 = every core under `facepipe build`, half of them in runs Dagster launches
+    # (facepipe.train.device.default_cpu_threads). The count changes the last bits of the weights
+    # (parallel sums in another order), not what the model learns, so it stays out of the cache key.
+    cpu_threads: int = 0
 
-    def engine_config(self, device: str, **resume_inputs) -> TrainConfig:
-        """The engine's config; the resume key covers everything but the epoch count."""
+    def engine_config(self, device: str, alone: bool = False, **resume_inputs) -> TrainConfig:
+        """The engine's config; the resume key covers everything but the epoch count. ``alone``:
+        nothing else computes beside this training (see RUNS_ALONE_TAG)."""
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-            grad_accum_steps=self.grad_accum_steps, device=device, cpu_threads=self.cpu_threads or default_cpu_threads(),
+            grad_accum_steps=self.grad_accum_steps, device=device,
+            cpu_threads=self.cpu_threads or default_cpu_threads(alone),
             resume_key=resume_key_for(self.model_dump(), **resume_inputs,
                                       settings={k: v for k, v in self.model_dump().items() if k not in ("epochs", "cpu_threads")}),
         )
@@ -97,7 +105,8 @@ def train_in_store(
     hyper = config.model_dump()
     record_config = {**hyper, "device": settings.device_kind}
     inputs = input_versions(context, settings, hyper)
-    train_config = config.engine_config(settings.device, inputs=inputs, code=code_version_of(context))
+    train_config = config.engine_config(settings.device, alone=context.run.tags.get(RUNS_ALONE_TAG) == "true",
+                                        inputs=inputs, code=code_version_of(context))
 
     def build(out: Path) -> dict[str, Any]:
         run_dir = store.partition_dir(f"_runs/{context.asset_key.path[-1]}", partition)

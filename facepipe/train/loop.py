@@ -183,8 +183,9 @@ def train(
 
         precision = "fp16 mixed precision" if mixed_precision else "fp32"
         determinism = ", deterministic" if config.deterministic and device.type == "cpu" else ""
+        threads = f", {config.cpu_threads or torch.get_num_threads()} threads" if device.type == "cpu" else ""
         log(
-            f"training {type(task).__name__} on {device} ({precision}{determinism}): {num_samples} samples, "
+            f"training {type(task).__name__} on {device} ({precision}{determinism}{threads}): {num_samples} samples, "
             f"batch_size {config.batch_size} x grad_accum_steps {config.grad_accum_steps} = effective batch "
             f"{config.effective_batch}, {steps_per_epoch} steps/epoch, {config.epochs} epochs, run dir {run_key_dir}"
         )
