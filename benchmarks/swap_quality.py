@@ -4,7 +4,8 @@ Builds declared dev pairs through the normal asset graph (each role's job, then 
 with a run config), then feeds each pair's published `.dfm` held-out target frames exactly as
 FaceFusion does (facepipe.evaluate: five points from the eye contours, RANSAC partial affine to
 dfl_whole_face, INTER_AREA warp, 1.75·crop − 0.75·blur sharpening, outputs by position,
-eroded/blurred mask ∩ box mask pasted back) and reports, beside pasting the mean identity face:
+eroded/blurred mask ∩ box mask, the swap colour-matched to the crop it replaces and pasted back)
+and reports, on the model's own output, beside pasting the mean identity face:
 identity shares, attribute following (mouth, eyes, yaw, pitch), sharpness ratio, checkerboard,
 temporal ratio and training time — at every stage of a staged training (quality against time).
 The same crops are also fed without the sharpening, as DeepFaceLive feeds them (uint8 / 255), and
@@ -263,6 +264,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         evaluate_swaps,
         facefusion_crop,
         facefusion_input,
+        facefusion_match_colour,
         facefusion_output,
         facefusion_paste_back,
         facefusion_paste_mask,
@@ -298,7 +300,10 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         model_crop, matrix = facefusion_crop(frame, five, size)
         face_mask, celeb_face, celeb_mask = run(facefusion_input(model_crop[None]))
         swap = facefusion_output(celeb_face[0])
-        pasted = facefusion_paste_back(frame, swap, facefusion_paste_mask(face_mask[0], celeb_mask[0]), matrix)
+        # What a FaceFusion user sees: the swap in the replaced face's colours, pasted back. The
+        # metrics read the model's own output (``swap``), so the colour matching flatters none of them.
+        pasted = facefusion_paste_back(frame, facefusion_match_colour(model_crop, swap),
+                                       facefusion_paste_mask(face_mask[0], celeb_mask[0]), matrix)
         # The same crop without FaceFusion's sharpening: what DeepFaceLive feeds (uint8 / 255).
         plain_swaps.append(facefusion_output(run(dfm_input(model_crop))[1][0]))
         model_crops.append(model_crop)

@@ -504,8 +504,9 @@ def evaluate_swaps(
 # the model's size, INTER_AREA warp with replicated borders; the crop is sharpened
 # (1.75·crop − 0.75·GaussianBlur(σ=2), saturated to uint8) and scaled to [0, 1]; the outputs are
 # unpacked by position (face mask, celeb face, celeb mask); the paste-back mask is the minimum
-# of a blurred box and the eroded, blurred minimum of both output masks. FaceFusion's optional
-# colour matching and occluder model are not emulated.
+# of a blurred box and the eroded, blurred minimum of both output masks; before pasting, the swap's
+# colours are matched to the crop it replaces, as far as their hue/saturation histograms agree
+# (``facefusion_match_colour``). FaceFusion's optional occluder model is not emulated.
 
 FACEFUSION_BOX_BLUR = 0.3  # its default face_mask_blur
 FACEFUSION_MASK_BLUR = 6.25
@@ -535,6 +536,34 @@ def facefusion_input(crops: np.ndarray) -> np.ndarray:
 def facefusion_output(face: np.ndarray) -> np.ndarray:
     """A celeb face in [0, 1] → uint8 as FaceFusion converts it (scaled, clipped, truncated)."""
     return (np.asarray(face) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def facefusion_match_colour(crop: np.ndarray, swap: np.ndarray) -> np.ndarray:
+    """The swap [S, S, 3] uint8 with the colours of the crop it replaces, as deep_swapper does it
+    before pasting: the crop-minus-swap difference, low-passed by resizing it down (INTER_AREA)
+    to 16 px and two more sizes evenly spaced below S (rounded to even) and back up (cubic),
+    added to the swap (saturating to uint8 at every size); then blended with the plain swap by
+    how alike the two are, the correlation of their hue-saturation histograms (50x60 bins)
+    mapped from [-1, 1] to [0, 1]. So a swap in the identity's skin tone takes the target's light
+    and skin tone, a coarse correction that leaves the detail to the swap."""
+    crop, swap = np.ascontiguousarray(crop), np.ascontiguousarray(swap)
+    size = swap.shape[0]
+
+    def toward(reference: np.ndarray, image: np.ndarray, side: int) -> np.ndarray:
+        small = [cv2.resize(x, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) for x in (reference, image)]
+        difference = cv2.resize(small[0] - small[1], (size, size), interpolation=cv2.INTER_CUBIC)
+        return (image + difference).clip(0, 255).astype(np.uint8)
+
+    matched = crop
+    for side in np.linspace(16, size, 3, endpoint=False):
+        matched = toward(matched, swap, int(round(side / 2)) * 2)
+    matched = toward(matched, swap, size)
+
+    def histogram(image: np.ndarray) -> np.ndarray:
+        return cv2.calcHist([cv2.cvtColor(image, cv2.COLOR_BGR2HSV)], [0, 1], None, [50, 60], [0, 180, 0, 256])
+
+    alike = float(np.interp(cv2.compareHist(histogram(crop), histogram(swap), cv2.HISTCMP_CORREL), [-1, 1], [0, 1]))
+    return cv2.addWeighted(swap, 1 - alike, matched, alike, 0)
 
 
 def facefusion_box_mask(size: int, blur: float = FACEFUSION_BOX_BLUR) -> np.ndarray:

@@ -27,6 +27,7 @@ from facepipe.evaluate import (
     facefusion_box_mask,
     facefusion_crop,
     facefusion_input,
+    facefusion_match_colour,
     facefusion_output,
     facefusion_paste_back,
     facefusion_paste_mask,
@@ -291,6 +292,28 @@ def test_facefusion_crop_maps_the_five_points_onto_the_template():
     assert five.shape == (5, 2)
     assert np.allclose(five[0], landmarks[[33, 160, 158, 133, 153, 144], :2].mean(axis=0))
     assert np.allclose(five[3], landmarks[61, :2]) and np.allclose(five[4], landmarks[291, :2])
+
+
+def test_facefusion_colour_matching_takes_the_replaced_crops_colours_as_far_as_they_are_alike():
+    rng = np.random.default_rng(3)
+    swap = rng.integers(60, 190, (96, 96, 3), dtype=np.uint8)
+    assert np.array_equal(facefusion_match_colour(swap, swap), swap)  # nothing to match
+    # The crop is the swap in another light (+30 blue, -20 red): the difference is uniform, so every
+    # low-pass keeps it and the matched swap is the crop itself; it is blended in by how alike the
+    # two hue-saturation histograms are, which lies strictly between "unrelated" and "the same".
+    crop = (swap.astype(int) + [30, 0, -20]).clip(0, 255).astype(np.uint8)
+    matched = facefusion_match_colour(crop, swap).astype(float)
+    share = (matched - swap).mean() / (crop.astype(float) - swap).mean()
+    assert 0.05 < share < 0.95
+    expected = swap * (1 - share) + crop * share
+    assert np.abs(matched - expected).max() <= 1.5
+    # Fine detail stays the swap's: a checkerboard in the crop does not come through (16 px is the
+    # coarsest step), only its mean.
+    checker = np.indices((96, 96)).sum(axis=0) % 2 * 100 + 80
+    busy = np.repeat(checker[..., None], 3, axis=2).astype(np.uint8)
+    flat = np.full((96, 96, 3), 130, np.uint8)
+    result = facefusion_match_colour(busy, flat)
+    assert result.std() < 3 and abs(float(result.mean()) - 130) < 3
 
 
 def test_paste_mask_and_paste_back():
