@@ -62,7 +62,7 @@ def test_quality_and_gpu_change_fingerprints_where_they_change_settings():
         assert differs == changed, name
     quality = resolved_op_configs(presets.load_preset("quality").config)
     # quality trains longer and nothing else: same model, so the demo's checkpoints are continued
-    assert quality["identity__identity_model"]["epochs"] == 10 * defaults["identity__identity_model"]["epochs"]
+    assert quality["identity__identity_model"]["epochs"] == 4 * defaults["identity__identity_model"]["epochs"]
     assert quality["pair__lora_adapter"]["epochs"] == 4 * defaults["pair__lora_adapter"]["epochs"]
     for op in ("identity__identity_model", "pair__lora_adapter"):
         assert {k: v for k, v in quality[op].items() if k != "epochs"} == {k: v for k, v in defaults[op].items() if k != "epochs"}
