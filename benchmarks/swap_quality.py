@@ -234,6 +234,23 @@ class Builder:
 # Evaluation the FaceFusion way
 
 
+RANGE_MEASURES = ("yaw", "pitch", "mouth")
+
+
+def ranges(identity_faces, evaluation) -> dict[str, dict[str, list[float]]]:
+    """5th-95th percentile of yaw, pitch (degrees) and mouth opening over the identity's training
+    faces, the held-out targets and their swaps: where the swaps stop following, is it where the
+    identity's own faces stop?"""
+    from facepipe.train.balance import expression_measures
+
+    measures = expression_measures(np.asarray(identity_faces.landmarks), identity_faces.crops.shape[1])
+    sides = {"identity": {"yaw": measures[:, 3], "pitch": measures[:, 4], "mouth": measures[:, 0]}}
+    for side, faces in (("target", evaluation.target), ("swap", evaluation.swap)):
+        sides[side] = {"yaw": faces.pose[:, 0], "pitch": faces.pose[:, 1], "mouth": faces.mouth}
+    return {side: {name: [round(float(np.nanpercentile(values, q)), 3 if name == "mouth" else 1) for q in (5, 95)]
+                   for name, values in columns.items()} for side, columns in sides.items()}
+
+
 def held_out_frames(media: Path, target: str, count: int) -> list[tuple[int, np.ndarray]]:
     """Up to ``count`` frames of the target video's held-out tail, evenly strided, in time order."""
     frames, _ = read_video(media / "videos" / TARGETS[target].video)
@@ -277,7 +294,8 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
 
     store = ArtifactStore(settings["store"])
     profile = json.loads((store.current("identity/identity_profile", identity).path / "profile.json").read_text())
-    identity_crops = FaceSet.load(store.current("identity/curated_faces", identity).path).crops
+    identity_faces = FaceSet.load(store.current("identity/curated_faces", identity).path)
+    identity_crops = identity_faces.crops
     session = ort.InferenceSession(str(Path(settings["models"]) / "trained" / f"{identity}_{target}.dfm"),
                                    providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[1]
@@ -313,7 +331,9 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     if len(targets) < 3:
         raise RuntimeError(f"{identity}|{target}: MediaPipe found a face in only {len(targets)} held-out frames")
     embedder = get_embedder(profile["embedder"]).prepare()
-    summary = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, mean_identity_face(identity_crops)).summary()
+    evaluation = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, mean_identity_face(identity_crops))
+    summary = evaluation.summary()
+    summary["ranges"] = ranges(identity_faces, evaluation)
     summary["unsharpened"] = evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
                                             mean_identity_face(identity_crops)).summary()
     # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
@@ -406,6 +426,13 @@ def report(results: dict, options: dict) -> str:
         plain = metric_rows(last["metrics"]["unsharpened"]) if "unsharpened" in last["metrics"] else None
         lines += [f"| {name} | {swap} | {plain[row][1] if plain else '–'} | {baseline} |"
                   for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
+        if "ranges" in last["metrics"]:
+            spans = last["metrics"]["ranges"]
+            lines += ["", "What each side shows (5th-95th percentile): " + "; ".join(
+                f"{name} identity's faces {spans['identity'][name][0]:g}..{spans['identity'][name][1]:g}, "
+                f"targets {spans['target'][name][0]:g}..{spans['target'][name][1]:g}, "
+                f"swaps {spans['swap'][name][0]:g}..{spans['swap'][name][1]:g}" for name in RANGE_MEASURES)
+                + ". A swap can only paint what the identity model has seen."]
         if "feeding_gap" in last["metrics"]:
             gap = last["metrics"]["feeding_gap"]
             lines += ["", f"Sharpened vs plain input: the swaps differ by {gap['swaps']:.2f} grey levels (mean absolute, "
