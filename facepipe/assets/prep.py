@@ -55,8 +55,9 @@ CODE_VERSIONS = {
     "landmarks": "2",  # 2: the detector scores the first face of a track, the track carries it; score_measured column
     "smoothed_landmarks": "2",  # 2: passes the score_measured column on
     # 2: frames 2 (JPEG), read by two threads ahead of the alignment; 3: aligned on the eye-contour means
-    # (FaceFusion's five points), not the iris centres
-    "faces": "3",
+    # (FaceFusion's five points), not the iris centres; 4: a frame whose crop shrinks the face 2x or more is
+    # decoded at 1/2 (1/4, 1/8) of its size (libjpeg's DCT scaling) and warped from there
+    "faces": "4",
 }
 
 
