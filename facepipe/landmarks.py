@@ -170,11 +170,28 @@ def choose_face(boxes: np.ndarray, width: int, height: int) -> int:
 def _mesh_faces_in_pixels(mesh_result, width: int, height: int) -> np.ndarray:
     """[F, 478, 3] pixel landmarks of every face in a FaceMesh result."""
     faces = mesh_result.multi_face_landmarks or []
-    normalised = np.array(
-        [[(point.x, point.y, point.z) for point in face.landmark] for face in faces],
-        dtype=np.float64,
-    ).reshape(len(faces), NUM_POINTS, 3)
+    normalised = np.array([_normalised_points(face) for face in faces], dtype=np.float64).reshape(len(faces), NUM_POINTS, 3)
     return (normalised * np.array([width, height, width])).astype(np.float32)
+
+
+# A NormalizedLandmark on the wire as FaceMesh fills it: a length-delimited field 1 of 15 bytes
+# holding x, y and z as fixed32 fields 1, 2, 3 (proto2 writes set fields even when 0), nothing else.
+_LANDMARK_WIRE = np.dtype([("key", "u1"), ("size", "u1"), ("x_key", "u1"), ("x", "<f4"), ("y_key", "u1"), ("y", "<f4"),
+                           ("z_key", "u1"), ("z", "<f4")])
+_LANDMARK_WIRE_BYTES = {"key": 0x0A, "size": 15, "x_key": 0x0D, "y_key": 0x15, "z_key": 0x1D}
+
+
+def _normalised_points(face) -> np.ndarray:
+    """[478, 3] (x, y, z) of one face's NormalizedLandmarkList, read from its serialized bytes when
+    they have FaceMesh's layout (~15 us a face, where reading 1434 attributes from Python takes
+    ~0.35 ms, on the thread that feeds FaceMesh); otherwise attribute by attribute. Same float32
+    values either way."""
+    data = face.SerializeToString()
+    if len(data) == NUM_POINTS * _LANDMARK_WIRE.itemsize:
+        records = np.frombuffer(data, dtype=_LANDMARK_WIRE)
+        if all(bool((records[field] == byte).all()) for field, byte in _LANDMARK_WIRE_BYTES.items()):
+            return np.stack([records["x"], records["y"], records["z"]], axis=1).astype(np.float64)
+    return np.array([(point.x, point.y, point.z) for point in face.landmark], dtype=np.float64)
 
 
 def _detections_in_pixels(detection_result, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

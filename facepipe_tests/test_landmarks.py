@@ -200,3 +200,25 @@ def test_empty_input_and_bad_images():
     gray = np.zeros((64, 64), dtype=np.uint8)
     with pytest.raises(ValueError, match=r"frame 0 \(group 'v.mp4'\).*HxWx3 uint8"):
         detect_landmarks([(gray, "v.mp4")])
+
+
+def landmark_list(points, visibility=None):
+    from mediapipe.framework.formats import landmark_pb2
+
+    listed = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in points:
+        listed.landmark.add(x=x, y=y, z=z)
+    if visibility is not None:
+        listed.landmark[0].visibility = visibility
+    return listed
+
+
+def test_landmarks_read_from_the_wire_are_the_attribute_values_and_other_layouts_fall_back():
+    from facepipe.landmarks import _normalised_points
+
+    points = np.random.default_rng(0).normal(size=(NUM_POINTS, 3)).astype(np.float32)
+    points[5] = 0.0  # zeros set explicitly are on the wire too
+    for listed in (landmark_list(points), landmark_list(points, visibility=0.9)):  # the second: not FaceMesh's layout
+        by_attribute = np.array([(p.x, p.y, p.z) for p in listed.landmark], dtype=np.float64)
+        assert np.array_equal(_normalised_points(listed), by_attribute)
+        assert np.array_equal(_normalised_points(listed), points.astype(np.float64))
