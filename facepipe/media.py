@@ -530,15 +530,20 @@ def read_frame(path: Path, rgb: bool = False, *, reduction: int = 1) -> np.ndarr
     return image
 
 
-def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False) -> Iterator[tuple[np.ndarray, str | None]]:
+def frame_groups(manifest: pd.DataFrame) -> list[str | None]:
+    """Per frame, the video it belongs to (its source), or None for a still: what FaceMesh tracks along."""
+    return [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
+
+
+def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False,
+                workers: int = 2) -> Iterator[tuple[np.ndarray, str | None]]:
     """(BGR or RGB frame, video group or None for stills) in manifest order, for the landmark
-    stage: decoded by two threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES at
-    the largest frame's size)."""
-    groups = [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
+    stage: decoded by `workers` threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES
+    at the largest frame's size)."""
     largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
-    images = map_ordered(lambda name: read_frame(frames_dir / name, rgb), manifest.file.tolist(), workers=2,
+    images = map_ordered(lambda name: read_frame(frames_dir / name, rgb), manifest.file.tolist(), workers=workers,
                          depth=depth_for(largest, 8))
-    return zip(images, groups)
+    return zip(images, frame_groups(manifest))
 
 
 def replace_if_changed(temporary: Path, final: Path) -> bool:
