@@ -2,7 +2,8 @@
 
 Frames come from one of two kinds of source:
 - video frames (a group id, the source file): FaceMesh runs in tracking mode, with a fresh
-  graph for every group, so tracking never carries a face from one file into the next;
+  graph for every group, so tracking never carries a face from one file into the next (a long
+  run of frames is tracked in segments at once, see `tracking_segments`);
 - stills (group None): FaceMesh runs in static mode, each image on its own.
 
 Face choice policy (several faces in a frame): keep the face with the largest landmark
@@ -18,7 +19,7 @@ with IoU >= SCORE_MATCH_MIN_IOU), the face is kept with score 0.0: FaceMesh's ow
 already accepted it, and downstream stages can filter on the score.
 The detector runs only where it can tell something new (it costs about as much as FaceMesh
 itself): on every still, and in a video on the first face of a track — the first frame with a
-face, the first after a frame without one (a tracking loss), a frame whose face count differs
+face, the first of a tracking segment, the first after a frame without one (a tracking loss), a frame whose face count differs
 from the previous frame's, a frame with several faces (the several-faces policy), and a frame
 whose chosen face does not overlap the previous one (IoU < SCORE_MATCH_MIN_IOU: another face).
 Every other frame of a track carries the score its track was given. `score_measured` says which
