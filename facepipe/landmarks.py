@@ -19,9 +19,10 @@ with IoU >= SCORE_MATCH_MIN_IOU), the face is kept with score 0.0: FaceMesh's ow
 already accepted it, and downstream stages can filter on the score.
 The detector runs only where it can tell something new (it costs about as much as FaceMesh
 itself): on every still, and in a video on the first face of a track — the first frame with a
-face, the first of a tracking segment, the first after a frame without one (a tracking loss), a frame whose face count differs
-from the previous frame's, a frame with several faces (the several-faces policy), and a frame
-whose chosen face does not overlap the previous one (IoU < SCORE_MATCH_MIN_IOU: another face).
+face, the first of a tracking segment, the first after a frame without one (a tracking loss), a
+frame whose face count differs from the previous frame's, a frame with several faces (the
+several-faces policy), and a frame whose chosen face does not overlap the previous one
+(IoU < SCORE_MATCH_MIN_IOU: another face).
 Every other frame of a track carries the score its track was given. `score_measured` says which
 frames the detector scored. Landmarks, boxes and face counts come from FaceMesh alone, so they
 are the same as with the detector on every frame.
