@@ -84,7 +84,39 @@ def hull_mask(points: np.ndarray, size: int) -> np.ndarray:
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Aligned crop, hull mask, crop-space landmarks and the 2x3 matrix for one face."""
-    matrix = alignment_matrix(five_points(landmarks), size)
-    crop = warp_to_crop(image, matrix, size)
+    return face_crop(image, landmarks, alignment_matrix(five_points(landmarks), size), size)
+
+
+def face_crop(image: np.ndarray, landmarks: np.ndarray, matrix: np.ndarray, size: int,
+              reduction: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`align_face` with the matrix already known, from `image` decoded at 1/`reduction` of the
+    frame's size (see `decode_reduction`); landmarks and matrix stay in the frame's pixels."""
+    crop = warp_to_crop(image, reduced_matrix(matrix, reduction), size)
     crop_landmarks = transform_points(landmarks, matrix)
     return crop, hull_mask(crop_landmarks, size), crop_landmarks.astype(np.float32), matrix
+
+
+# The JPEG reductions a stored frame can be decoded at (libjpeg's DCT scaling), largest first.
+REDUCTIONS = (8, 4, 2)
+
+
+def crop_scale(matrix: np.ndarray) -> float:
+    """Crop pixels per frame pixel of a similarity transform (< 1: the crop shrinks the face)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix, dtype=np.float64)[:, :2]))))
+
+
+def decode_reduction(matrix: np.ndarray) -> int:
+    """The largest reduction (8, 4, 2 or 1) a frame can be decoded at without the crop enlarging
+    what was decoded: where the crop shrinks the face r times or more, decoding at 1/r costs a
+    fraction of a full decode (and filters before the warp shrinks, where a full-size warp aliases)."""
+    scale = crop_scale(matrix)
+    return next((r for r in REDUCTIONS if scale * r <= 1.0), 1)
+
+
+def reduced_matrix(matrix: np.ndarray, reduction: int) -> np.ndarray:
+    """`matrix` (frame pixels -> crop) for the frame decoded at 1/`reduction`: a reduced pixel x
+    covers frame pixels r*x .. r*x + r - 1, so its centre is the frame's r*x + (r - 1) / 2."""
+    if reduction == 1:
+        return matrix
+    to_frame = np.array([[reduction, 0.0, (reduction - 1) / 2], [0.0, reduction, (reduction - 1) / 2], [0.0, 0.0, 1.0]])
+    return np.asarray(matrix, dtype=np.float64) @ to_frame

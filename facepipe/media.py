@@ -413,8 +413,8 @@ def extract_frames(
 ) -> pd.DataFrame:
     """Write the sampled frames as JPEG files into `out_dir` and return the manifest table.
 
-    A background thread decodes while two others encode, write and fsync (the store's commit then
-    finds the files on disk instead of waiting for each one); the manifest keeps frame order. Container
+    A background thread decodes while two others encode and write (the store's commit fsyncs them);
+    the manifest keeps frame order. Container
     headers can overstate a video's frame count (truncated files); when decoding disagrees we
     re-plan with the true counts, so the cap stays exact and uniform. `decodings`, if given,
     receives what reading each video did (frames decoded, seeks).
@@ -498,15 +498,15 @@ def write_frame(out_dir: Path, frame_id: int, index: int, frame: np.ndarray, sou
 def write_frame_file(path: Path, frame: np.ndarray, frames_left: int = 1) -> None:
     """Encode in memory and write with Python's I/O (the same bytes as cv2.imwrite), so that a
     failed write says why: a full disk is NoSpace with an estimate of what the frames still need.
-    fsynced here, in the writer's thread, so that the disk's latency overlaps the decoding."""
+    Not fsynced here: the store's commit fsyncs the whole folder from a pool of threads (all the
+    frames of a 1080p video in ~0.05 s), where one fsync per frame in the writer cost ~4 ms of the
+    writer's time, as long as encoding the frame, and the commit fsynced every file again."""
     ok, encoded = cv2.imencode(FRAME_EXTENSION, frame, FRAME_ENCODING)
     if not ok:
         raise MediaError(f"{path.name}: OpenCV could not encode a {frame.shape[1]}x{frame.shape[0]} frame as {FRAME_EXTENSION}")
     try:
         with open(path, "wb") as handle:
             handle.write(encoded.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
     except OSError as error:
         if error.errno not in NO_SPACE:
             raise
@@ -514,23 +514,36 @@ def write_frame_file(path: Path, frame: np.ndarray, frames_left: int = 1) -> Non
         raise NoSpace(path.parent, len(encoded) * frames_left, free_bytes(path.parent)) from error
 
 
-def read_frame(path: Path, rgb: bool = False) -> np.ndarray:
-    """One stored frame as BGR (or, decoded straight into that order, RGB) uint8, or MediaError naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB if rgb else cv2.IMREAD_COLOR)
+# libjpeg's DCT scaling: a JPEG decoded at 1/2, 1/4 or 1/8 of its size costs a fraction of a full decode.
+REDUCED_READS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def read_frame(path: Path, rgb: bool = False, *, reduction: int = 1) -> np.ndarray:
+    """One stored frame as BGR (or, decoded straight into that order, RGB) uint8, or MediaError naming it.
+    `reduction` (1, 2, 4 or 8; BGR only): decoded at 1/reduction of its width and height (REDUCED_READS)."""
+    if rgb and reduction != 1:
+        raise ValueError("read_frame decodes reduced frames as BGR only")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB if rgb else REDUCED_READS[reduction])
     if image is None:
         raise MediaError(f"stored frame {path} is unreadable: re-materialize the frames asset")
     return image
 
 
-def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False) -> Iterator[tuple[np.ndarray, str | None]]:
+def frame_groups(manifest: pd.DataFrame) -> list[str | None]:
+    """Per frame, the video it belongs to (its source), or None for a still: what FaceMesh tracks along."""
+    return [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
+
+
+def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False,
+                workers: int = 2) -> Iterator[tuple[np.ndarray, str | None]]:
     """(BGR or RGB frame, video group or None for stills) in manifest order, for the landmark
-    stage: decoded by two threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES at
-    the largest frame's size)."""
-    groups = [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
+    stage: decoded by `workers` threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES
+    at the largest frame's size)."""
     largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
-    images = map_ordered(lambda name: read_frame(frames_dir / name, rgb), manifest.file.tolist(), workers=2,
+    images = map_ordered(lambda name: read_frame(frames_dir / name, rgb), manifest.file.tolist(), workers=workers,
                          depth=depth_for(largest, 8))
-    return zip(images, groups)
+    return zip(images, frame_groups(manifest))
 
 
 def replace_if_changed(temporary: Path, final: Path) -> bool:

@@ -200,3 +200,59 @@ def test_empty_input_and_bad_images():
     gray = np.zeros((64, 64), dtype=np.uint8)
     with pytest.raises(ValueError, match=r"frame 0 \(group 'v.mp4'\).*HxWx3 uint8"):
         detect_landmarks([(gray, "v.mp4")])
+
+
+def landmark_list(points, visibility=None):
+    from mediapipe.framework.formats import landmark_pb2
+
+    listed = landmark_pb2.NormalizedLandmarkList()
+    for x, y, z in points:
+        listed.landmark.add(x=x, y=y, z=z)
+    if visibility is not None:
+        listed.landmark[0].visibility = visibility
+    return listed
+
+
+def test_landmarks_read_from_the_wire_are_the_attribute_values_and_other_layouts_fall_back():
+    from facepipe.landmarks import _normalised_points
+
+    points = np.random.default_rng(0).normal(size=(NUM_POINTS, 3)).astype(np.float32)
+    points[5] = 0.0  # zeros set explicitly are on the wire too
+    for listed in (landmark_list(points), landmark_list(points, visibility=0.9)):  # the second: not FaceMesh's layout
+        by_attribute = np.array([(p.x, p.y, p.z) for p in listed.landmark], dtype=np.float64)
+        assert np.array_equal(_normalised_points(listed), by_attribute)
+        assert np.array_equal(_normalised_points(listed), points.astype(np.float64))
+
+
+def test_long_runs_are_cut_into_segments_warmed_up_on_their_own_video():
+    from facepipe.landmarks import MIN_SEGMENT_FRAMES, WARM_UP_FRAMES, Segment, tracking_segments
+
+    short = ["a.mp4"] * (2 * MIN_SEGMENT_FRAMES - 1)
+    assert tracking_segments(short) == [Segment(0, 0, len(short))]  # too short to be worth a second graph
+    video = ["a.mp4"] * 500
+    assert tracking_segments(video) == [Segment(0, 0, 250), Segment(250 - WARM_UP_FRAMES, 250, 500)]
+    # cut where another video starts: nothing of the previous video to warm up on
+    assert tracking_segments(["a.mp4"] * 250 + ["b.mp4"] * 250)[1] == Segment(250, 250, 500)
+    # cut 3 frames into a video: only those 3 frames warm it up
+    assert tracking_segments(["a.mp4"] * 247 + ["b.mp4"] * 253)[1] == Segment(247, 250, 500)
+    # a still is not tracked: no warm-up for it
+    assert tracking_segments(["a.mp4"] * 250 + [None] * 250)[1] == Segment(250, 250, 500)
+
+
+def test_segments_tracked_in_parallel_find_what_one_graph_finds(hopper_crop):
+    """A 24-frame moving face cut in two: the same frames detected, the same face counts and
+    landmarks within a pixel of one graph's; the second segment's warm-up frames are not in the
+    result, and the detector scores its first frame (a track of its own)."""
+    from facepipe.landmarks import Segment, detect_landmarks_in_segments
+
+    items = [(_on_canvas(hopper_crop, 10 + 3 * i, 20 + i // 2), "clip.mp4") for i in range(24)]
+    one_graph = detect_landmarks(items)
+    done: list[int] = []
+    segmented = detect_landmarks_in_segments([Segment(0, 0, 12), Segment(4, 12, 24)],
+                                             lambda first, end: items[first:end], progress=done.append)
+    assert len(segmented) == 24 and sorted(done) == done and done[-1] == 24
+    assert np.array_equal(segmented.detected, one_graph.detected) and segmented.detected.all()
+    assert np.array_equal(segmented.num_faces, one_graph.num_faces)
+    distances = np.linalg.norm(segmented.points[..., :2] - one_graph.points[..., :2], axis=2).mean(axis=1)
+    assert np.array_equal(segmented.points[:12], one_graph.points[:12]) and distances.max() < 1.0
+    assert segmented.score_measured.tolist() == [True] + [False] * 11 + [True] + [False] * 11

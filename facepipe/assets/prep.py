@@ -24,7 +24,7 @@ from dagster import (
 from facepipe import faces as face_set
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, reads_outside, run_stage, upstream
-from facepipe.landmarks import LandmarkResult, detect_landmarks
+from facepipe.landmarks import LandmarkResult, detect_landmarks_in_segments, tracking_segments
 from facepipe.media import (
     FRAME_ENCODING,
     MEDIA_LISTING,
@@ -32,6 +32,7 @@ from facepipe.media import (
     Skipped,
     folder_signature,
     extract_frames,
+    frame_groups,
     media_hash,
     probe,
     read_frames,
@@ -52,11 +53,14 @@ from facepipe.train.telemetry import format_duration
 CODE_VERSIONS = {
     "media": "2",  # 2: images over 64 megapixels are skipped (were decoded in full)
     "frames": "2",  # 2: JPEG q95 instead of PNG; videos read by grabbing/seeking (same frames)
-    "landmarks": "2",  # 2: the detector scores the first face of a track, the track carries it; score_measured column
+    # 2: the detector scores the first face of a track, the track carries it; score_measured column; 3: runs
+    # of 200 frames or more tracked in two segments at once (landmarks.tracking_segments)
+    "landmarks": "3",
     "smoothed_landmarks": "2",  # 2: passes the score_measured column on
     # 2: frames 2 (JPEG), read by two threads ahead of the alignment; 3: aligned on the eye-contour means
-    # (FaceFusion's five points), not the iris centres
-    "faces": "3",
+    # (FaceFusion's five points), not the iris centres; 4: a frame whose crop shrinks the face 2x or more is
+    # decoded at 1/2 (1/4, 1/8) of its size (libjpeg's DCT scaling) and warped from there
+    "faces": "4",
 }
 
 
@@ -196,9 +200,14 @@ def build_prep_assets(role: str) -> list:
         def write(out: Path) -> dict:
             manifest = pd.read_parquet(frames.path / "manifest.parquet")
             report = progress_logger(context, "landmarks (frames)")
-            result = detect_landmarks(read_frames(frames.path / "frames", manifest, rgb=True), max_faces=config.max_faces,
-                                      progress=lambda done: (done % 50 == 0 or done == len(manifest))
-                                      and report(done, len(manifest)), rgb=True)
+            segments = tracking_segments(frame_groups(manifest))
+            # Both cores decode between them: one thread per segment where two segments are tracked.
+            decoders = max(1, 2 // len(segments))
+            result = detect_landmarks_in_segments(
+                segments, lambda first, end: read_frames(frames.path / "frames", manifest.iloc[first:end], rgb=True,
+                                                         workers=decoders),
+                max_faces=config.max_faces, rgb=True,
+                progress=lambda done: (done % 50 == 0 or done == len(manifest)) and report(done, len(manifest)))
             detected = int(result.detected.sum())
             if detected == 0:
                 raise Failure(f"{role} '{key}': no face found in any of {len(manifest)} frames of "
