@@ -47,8 +47,9 @@ from facepipe.models.pair import (
     base_state,
     merge_adapters,
     merged_swap_model,
-    set_swap_latent_offset,
+    pose_matched_weights,
     save_adapter,
+    set_swap_latent_offset,
 )
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
 from facepipe.profile import build_profile, crop_sharpness
@@ -207,6 +208,30 @@ def test_swap_latent_offset_moves_only_the_swap_and_is_folded_into_the_merge(tra
         # the target path (the exported input-face mask) reads the latent without the offset
         expected_mask = torch.sigmoid(model.target_decode(model.encode(images))[1])
         assert torch.allclose(merged.target_face_mask(images), expected_mask, atol=1e-5)
+
+
+def test_pose_matched_weights_give_the_identity_the_targets_poses():
+    # identity faces turned left, frontal and right; the target only ever turns right
+    identity = np.array([[-10.0, 0.0], [-9.0, 1.0], [0.0, 0.0], [1.0, -1.0], [10.0, 0.0], [11.0, 1.0]])
+    target = np.array([[10.5, 0.5], [9.0, 0.0], [12.0, 1.0]])
+    weights = pose_matched_weights(identity, target, neighbours=2)
+    np.testing.assert_allclose(weights, [0, 0, 0, 0, 0.5, 0.5])
+    assert weights @ identity[:, 0] > 10  # the weighted identity turns as the target does
+    # more neighbours than faces: every face counts, each target face alike
+    np.testing.assert_allclose(pose_matched_weights(identity, target, neighbours=50), np.full(6, 1 / 6))
+    with pytest.raises(ValueError, match="pose matching needs faces on both sides"):
+        pose_matched_weights(identity, np.zeros((0, 2)))
+
+
+def test_weighted_swap_latent_offset_is_the_weighted_identity_mean(trained_pair):
+    model, task = copy.deepcopy(trained_pair.model), trained_pair.task
+    identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
+    weights = np.zeros(len(identity_images))
+    weights[[0, 2]] = 0.5
+    with torch.no_grad():
+        offset = set_swap_latent_offset(model, identity_images, target_images, weights)
+        expected = model.latent(identity_images[[0, 2]]).mean(0) - model.latent(target_images).mean(0)
+    assert torch.allclose(offset, expected, atol=1e-5)
 
 
 def test_saved_adapter_rebuilds_the_merged_model_and_exports_as_dfm(trained_pair, identity_weights, tmp_path):

@@ -316,6 +316,30 @@ def test_sharpening_goes_to_a_share_of_the_inputs_only_and_is_drawn_last():
     assert kinds == {True, False}
 
 
+def test_mirroring_goes_to_a_share_of_the_faces_and_is_drawn_last():
+    images, masks = face_tensors(64)
+    geometric_off = dict(rotation_deg=0, scale=0, shift=0, perspective=0, elastic_strength=0, brightness=0,
+                         contrast=0, channel_gain=0)
+    inputs, targets, target_masks = augment_batch(images, masks, torch.Generator().manual_seed(3),
+                                                  AugmentConfig(**geometric_off, flip=1.0))
+    torch.testing.assert_close(targets, images.flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(target_masks, masks.flip(-1), atol=1e-5, rtol=0)
+    assert torch.equal(inputs, targets)
+    kinds = set()
+    for seed in range(4):
+        with_mirroring = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(flip=0.5))
+        without = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(flip=0.0))
+        # Drawn after everything else: targets and masks are the unmirrored ones or their mirror
+        # images (the input's elastic warp is not mirrored with them).
+        for got_all, plain_all in zip(with_mirroring[1:], without[1:]):
+            for got, plain in zip(got_all, plain_all):
+                same = torch.equal(got, plain)
+                if not same:
+                    torch.testing.assert_close(got, plain.flip(-1), atol=1e-5, rtol=0)
+                kinds.add(same)
+    assert kinds == {True, False}
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses
 

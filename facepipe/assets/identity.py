@@ -156,6 +156,10 @@ class IdentityModelConfig(TrainingConfig):
     balance_power: float = 0.5
     # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
     sharpen: float = AugmentConfig.sharpen
+    # Share of faces mirrored in training (facepipe.models.augment): the swap can only turn as far
+    # as the identity's faces do, and a video of a person turning one way says nothing about the
+    # other way (kim's faces turn -0..12 deg, mead's -12..-5).
+    flip: float = 0.5
 
     def architecture(self) -> AutoencoderConfig:
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
@@ -178,7 +182,7 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         return ReconstructionTask.from_faces(face_set.crops, face_set.masks, model_config, config.holdout_every,
                                              config.samples_per_epoch, adversarial=config.adversarial(),
                                              random_warp_epochs=config.random_warp_epochs,
-                                             augment=AugmentConfig(sharpen=config.sharpen),
+                                             augment=AugmentConfig(sharpen=config.sharpen, flip=config.flip),
                                              landmarks=face_set.landmarks, eyes_mouth_weight=config.eyes_mouth_weight,
                                              balance_power=config.balance_power)
 

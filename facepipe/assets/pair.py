@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -31,7 +32,8 @@ from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig
 from facepipe.models.autoencoder import model_config_of
-from facepipe.models.pair import AdapterConfig, adapter_counts, merged_swap_model, save_adapter, set_swap_latent_offset
+from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
+                                  set_swap_latent_offset)
 from facepipe.models.swap import swap_faces
 from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
@@ -39,12 +41,13 @@ from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact
 from facepipe.train import Trained
+from facepipe.train.balance import expression_measures
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
 # 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses, optional
-# FaceFusion sharpening of the inputs (sharpen)
-LORA_VERSION = "6"
+# FaceFusion sharpening of the inputs (sharpen); 7: swap latent offset at the target's poses
+LORA_VERSION = "7"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -104,14 +107,32 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         context.log.info(f"pair adapter: rank {adapter.rank}, alpha {adapter.alpha}: {model.adapter_parameters} adapter "
                          f"parameters, {100 * model.adapter_share:.2f}% of the identity model's {model.base_parameters}")
         task = trained.task
-        offset = set_swap_latent_offset(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
-        context.log.info(f"swap latent offset (identity mean - target mean): norm {offset.norm():.3f}")
+        mirrored = identity_model.record["config"].get("flip", 0) > 0
+        identity_images, weights = pose_matched_identity(task, FaceSet.load(identity_faces.path),
+                                                         FaceSet.load(target_faces.path), mirrored)
+        offset = set_swap_latent_offset(model, identity_images, task.target_images[task.target_train], weights)
+        context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
+                         f"{' (identity faces mirrored too)' if mirrored else ''}")
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
                 "swap_latent_offset_norm": round(float(offset.norm()), 4)}
 
     return train_in_store(context, settings, config, make_task, write)
+
+
+def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet, mirrored: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """The identity's training faces (and their mirror images, when the identity model learnt
+    mirrored faces) and weights that give them the poses of the target's training faces
+    (facepipe.models.pair.pose_matched_weights), for the swap latent offset."""
+    identity_rows, target_rows = task.identity_train.numpy(), task.target_train.numpy()
+    images = task.identity_images[task.identity_train]
+    poses = expression_measures(identity.landmarks[identity_rows], identity.crops.shape[1])[:, 3:]  # yaw, pitch
+    target_poses = expression_measures(target.landmarks[target_rows], target.crops.shape[1])[:, 3:]
+    if mirrored:
+        images = torch.cat([images, images.flip(-1)])
+        poses = np.concatenate([poses, poses * np.array([-1.0, 1.0])])  # a mirror image turns the other way
+    return images, pose_matched_weights(poses, target_poses)
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,11 @@ class AugmentConfig:
     # measured, the swap answers both runtimes' inputs alike without it (under one grey level apart)
     # and eye following was lower in both sharpened runs.
     sharpen: float = 0.0
+    # Share of faces mirrored left-right (input, target and masks alike; the crops are aligned on a
+    # symmetric template, so a mirrored crop is still aligned). An identity filmed turning one way
+    # teaches the model the other way too (DeepFaceLab's random_flip), at the price of averaging
+    # the face's asymmetries (a parting, a mole) with their mirror image.
+    flip: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -266,9 +271,9 @@ def augment_batch(
     Target and mask get the shared homography; the input gets the same homography composed with
     the elastic warp (one resampling, see ``warp_face_batch``); colour jitter (if enabled) is
     the same on input and target; then the inputs drawn for it are sharpened (``sharpen``).
-    Random draws happen in a fixed order (homography, colour, elastic, which faces to sharpen),
-    each only when its part is enabled, so the same generator state gives the same batch, and
-    switching the elastic warp off leaves targets and masks unchanged.
+    Random draws happen in a fixed order (homography, colour, elastic, which faces to sharpen,
+    which to mirror), each only when its part is enabled, so the same generator state gives the
+    same batch, and switching the elastic warp off leaves targets and masks unchanged.
     """
     batch, _, height, width = images.shape
     homographies = random_homography(
@@ -285,6 +290,11 @@ def augment_batch(
     sharpened = None
     if config.sharpen > 0:
         sharpened = torch.rand(batch, generator=generator) < config.sharpen
+    if config.flip > 0:
+        # Mirror before sampling: H·diag(-1, 1, 1) reads the source at H(-x, y), so target and mask
+        # are the mirror images of the unflipped ones (the input's elastic warp stays unmirrored).
+        flipped = torch.rand(batch, generator=generator) < config.flip
+        homographies[flipped, :, 0] *= -1.0
     inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion)
     if jitter is not None:
         inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)

@@ -32,6 +32,11 @@ frames, FaceFusion feeding): the target latents sat 10.9 from the identity's mea
 per-face spread of 3.8 (24.3 before the adapter); with the offset, sharpness ratio 0.05 -> 0.13
 (0.07 -> 0.24 on an identity model trained with the discriminator), yaw following 0.02 -> 0.67,
 eyes -0.17 -> 0.54, identity distance 0.38 -> 0.36.
+The identity's mean is taken over faces matched to the target's poses (``pose_matched_weights``:
+each target face picks the identity faces nearest in yaw and pitch, their mirror images too when
+the identity model learnt mirrored faces). A plain mean carries the identity's average pose into
+every swap: on kim -> mead (kim turns 0..12 deg, mead -12..-5) the swaps turned 2..10 deg, the
+wrong way, whatever mead did.
 
 Saved adapter: ``adapter.safetensors`` (the LoRA tensors and the swap latent offset, named as in ``PairModel.state_dict()``)
 beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
@@ -47,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import peft
 import safetensors.torch
 import torch
@@ -207,17 +213,41 @@ class PairModel(nn.Module):
         return self.identity_decode(self.autoencoder.bottleneck.code_of(self.latent(bgr) + self.swap_latent_offset))
 
 
+POSE_NEIGHBOURS = 8  # identity faces each target face picks for the swap latent offset
+
+
+def pose_matched_weights(identity_poses: np.ndarray, target_poses: np.ndarray,
+                         neighbours: int = POSE_NEIGHBOURS) -> np.ndarray:
+    """[N_identity] weights summing to 1 that give the identity's faces the target's pose
+    distribution: each target face shares its weight among its ``neighbours`` identity faces nearest
+    in pose (rows of [yaw, pitch] in degrees; ties go to the earlier face)."""
+    identity_poses = np.asarray(identity_poses, dtype=np.float64)
+    target_poses = np.asarray(target_poses, dtype=np.float64)
+    if not len(identity_poses) or not len(target_poses):
+        raise ValueError(f"pose matching needs faces on both sides, got {len(identity_poses)} identity and "
+                         f"{len(target_poses)} target poses")
+    count = min(neighbours, len(identity_poses))
+    distances = np.linalg.norm(target_poses[:, None, :] - identity_poses[None, :, :], axis=2)
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :count]
+    weights = np.bincount(nearest.ravel(), minlength=len(identity_poses)).astype(np.float64)
+    return weights / weights.sum()
+
+
 @torch.no_grad()
 def set_swap_latent_offset(model: PairModel, identity_images: torch.Tensor, target_images: torch.Tensor,
-                           batch: int = 32) -> torch.Tensor:
-    """Store (and return) the mean latent of ``identity_images`` minus that of ``target_images``
-    ([N, 3, S, S] BGR in [0, 1], the training faces) as the model's swap latent offset."""
+                           identity_weights: np.ndarray | None = None, batch: int = 32) -> torch.Tensor:
+    """Store (and return) the mean latent of ``identity_images`` (weighted by ``identity_weights``,
+    summing to 1; None: all alike) minus that of ``target_images`` ([N, 3, S, S] BGR in [0, 1],
+    the training faces) as the model's swap latent offset."""
     model.eval()
 
-    def mean_latent(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.latent(images[i:i + batch]) for i in range(0, len(images), batch)]).mean(0)
+    def latents(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.latent(images[i:i + batch]) for i in range(0, len(images), batch)])
 
-    model.swap_latent_offset.copy_(mean_latent(identity_images) - mean_latent(target_images))
+    identity = latents(identity_images)
+    identity_mean = identity.mean(0) if identity_weights is None else (
+        torch.from_numpy(np.asarray(identity_weights)).to(identity) @ identity)
+    model.swap_latent_offset.copy_(identity_mean - latents(target_images).mean(0))
     return model.swap_latent_offset.clone()
 
 
