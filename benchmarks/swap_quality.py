@@ -10,6 +10,11 @@ identity shares, attribute following (mouth, eyes, yaw, pitch), sharpness ratio,
 temporal ratio and training time — at every stage of a staged training (quality against time).
 The same crops are also fed without the sharpening, as DeepFaceLive feeds them (uint8 / 255), and
 measured alike (``metrics.unsharpened`` in results.json, a column of its own in results.md).
+And what a viewer judges is measured too: the frame with the swap pasted back, cropped as the
+target is (``metrics.pasted``), beside the mean identity face pasted back through the same mask
+with the same colour matching (``metrics.pasted_baseline``) — the target's hair, ears and face
+shape around a pasted face carry some of its pose and of its identity, so a pasted swap is
+compared with a pasted mean face, not with zero.
 
     .venv/bin/python benchmarks/swap_quality.py                       # every pair, default epochs
     .venv/bin/python benchmarks/swap_quality.py --pairs german_news/obama_late,obama_early/obama_late \\
@@ -285,6 +290,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         facefusion_output,
         facefusion_paste_back,
         facefusion_paste_mask,
+        face_alone,
         mean_identity_face,
     )
     from facepipe.faces import FaceSet
@@ -310,7 +316,11 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
 
     frames = held_out_frames(media, target, eval_frames)
     found = detect_landmarks([(frame, "held-out") for _, frame in frames])
+    mean_face = mean_identity_face(identity_crops)
+    baseline_face = face_alone(mean_face, mean_identity_face(identity_faces.masks))
+    baseline_at_size = cv2.resize(mean_face, (size, size), interpolation=cv2.INTER_AREA)
     targets, swaps, plain_swaps, model_crops, rows = [], [], [], [], []
+    pasted_swaps, pasted_baselines = [], []  # the pasted frames, cropped as the targets are
     for (frame_index, frame), points, ok in zip(frames, found.points, found.detected):
         if not ok:
             continue
@@ -318,24 +328,37 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         model_crop, matrix = facefusion_crop(frame, five, size)
         face_mask, celeb_face, celeb_mask = run(facefusion_input(model_crop[None]))
         swap = facefusion_output(celeb_face[0])
+        alone = face_alone(swap, celeb_mask[0][..., 0])  # what is measured: the face the model paints (see evaluate)
         # What a FaceFusion user sees: the swap in the replaced face's colours, pasted back. The
         # metrics read the model's own output (``swap``), so the colour matching flatters none of them.
-        pasted = facefusion_paste_back(frame, facefusion_match_colour(model_crop, swap),
-                                       facefusion_paste_mask(face_mask[0], celeb_mask[0]), matrix)
+        paste_mask = facefusion_paste_mask(face_mask[0], celeb_mask[0])
+        pasted = facefusion_paste_back(frame, facefusion_match_colour(model_crop, swap), paste_mask, matrix)
+        # The mean identity face pasted the same way (same mask, same colour matching): what the
+        # pasted swap is compared with, as the raw swap is with the mean face itself.
+        pasted_baseline = facefusion_paste_back(frame, facefusion_match_colour(model_crop, baseline_at_size), paste_mask, matrix)
+        pasted_swaps.append(facefusion_crop(pasted, five, MEASURE_SIZE)[0])
+        pasted_baselines.append(facefusion_crop(pasted_baseline, five, MEASURE_SIZE)[0])
         # The same crop without FaceFusion's sharpening: what DeepFaceLive feeds (uint8 / 255).
-        plain_swaps.append(facefusion_output(run(dfm_input(model_crop))[1][0]))
+        _, plain_face, plain_mask = run(dfm_input(model_crop))
+        plain_swaps.append(face_alone(facefusion_output(plain_face[0]), plain_mask[0][..., 0]))
         model_crops.append(model_crop)
         targets.append(facefusion_crop(frame, five, MEASURE_SIZE)[0])
-        swaps.append(swap)
+        swaps.append(alone)
         rows.append((frame_index, frame, pasted, five))
     if len(targets) < 3:
         raise RuntimeError(f"{identity}|{target}: MediaPipe found a face in only {len(targets)} held-out frames")
     embedder = get_embedder(profile["embedder"]).prepare()
-    evaluation = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, mean_identity_face(identity_crops))
+    evaluation = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, baseline_face)
     summary = evaluation.summary()
     summary["ranges"] = ranges(identity_faces, evaluation)
     summary["unsharpened"] = evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
-                                            mean_identity_face(identity_crops)).summary()
+                                            baseline_face).summary()
+    # What a viewer judges: the frame with the swap pasted back (the target's hair, ears and face
+    # shape around it, its colours matched), beside the mean identity face pasted the same way.
+    # Measured at MEASURE_SIZE like the targets, sharpness included.
+    summary["pasted"] = evaluate_swaps(np.stack(targets), np.stack(pasted_swaps), profile, embedder, baseline_face).summary()
+    summary["pasted_baseline"] = evaluate_swaps(np.stack(targets), np.stack(pasted_baselines), profile, embedder,
+                                                baseline_face).summary()
     # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
     # of the sharpened and the plain input, beside how much the inputs themselves differ.
     summary["feeding_gap"] = {
@@ -351,7 +374,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         wide = context_points(five)
         tiles.append(np.hstack([
             label(targets[pick], f"target #{frame_index}"),
-            label(cv2.resize(swaps[pick], (MEASURE_SIZE, MEASURE_SIZE), interpolation=cv2.INTER_NEAREST), f"swap {size}px"),
+            label(cv2.resize(swaps[pick], (MEASURE_SIZE, MEASURE_SIZE), interpolation=cv2.INTER_NEAREST), f"swap {size}px, alone"),
             label(facefusion_crop(frame, wide, MEASURE_SIZE)[0], "target (context)"),
             label(facefusion_crop(pasted, wide, MEASURE_SIZE)[0], "pasted back"),
         ]))
@@ -422,10 +445,13 @@ def report(results: dict, options: dict) -> str:
                   f"this stage {last['build_s']:.0f} s. {len(last['metrics']['held_out_frames'])} held-out frames. "
                   f"Contact sheet: `{last['contact_sheet']}`.", "",
                   "| metric | swap (FaceFusion: sharpened input) | swap (DeepFaceLive: unsharpened input) | "
-                  "paste mean identity |", "|---|---|---|---|"]
-        plain = metric_rows(last["metrics"]["unsharpened"]) if "unsharpened" in last["metrics"] else None
-        lines += [f"| {name} | {swap} | {plain[row][1] if plain else '–'} | {baseline} |"
-                  for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
+                  "paste mean identity | swap pasted back (what a viewer sees) | mean identity pasted back |",
+                  "|---|---|---|---|---|---|"]
+        columns = {name: metric_rows(last["metrics"][name]) if name in last["metrics"] else None
+                   for name in ("unsharpened", "pasted", "pasted_baseline")}
+        cell = lambda name, row: columns[name][row][1] if columns[name] else "–"  # noqa: E731
+        lines += [f"| {name} | {swap} | {cell('unsharpened', row)} | {baseline} | {cell('pasted', row)} | "
+                  f"{cell('pasted_baseline', row)} |" for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
         if "ranges" in last["metrics"]:
             spans = last["metrics"]["ranges"]
             lines += ["", "What each side shows (5th-95th percentile): " + "; ".join(

@@ -11,6 +11,11 @@ A swap is good when its identity distance to the profile is well below the targe
 identity-transfer gain) and its pose and mouth follow the target clearly better than the
 baseline's do.
 
+A model's face is measured alone (``face_alone``: mid-grey outside its own mask), the baseline's
+alike: what a model paints around the face (its training backdrop, an export's fill) is never
+pasted, yet the landmarker and the embedder read it — measured, a backdrop or a fill around the
+same face moved its read yaw by up to 12 degrees.
+
 Attributes come from MediaPipe FaceMesh landmarks, detected the same way on every crop (static
 mode, crop by crop), so target and swap are measured alike:
 - head pose (yaw, pitch, roll in degrees) by ``cv2.solvePnP`` (SQPnP) of six landmarks against a
@@ -211,12 +216,26 @@ def repeated(measures: FaceMeasures, count: int) -> FaceMeasures:
 # Baseline faces
 
 
+NEUTRAL_GREY = 128
+
+
+def face_alone(crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Aligned uint8 crops [N, S, S, 3] (or one [S, S, 3]) with everything outside their masks
+    [N, S, S] (or one [S, S]; uint8 0-255 or float 0-1, cut at half) set to mid-grey."""
+    crops, masks = np.asarray(crops), np.asarray(masks)
+    inside = masks >= (128 if masks.dtype == np.uint8 else 0.5)
+    if inside.shape != crops.shape[:-1]:
+        raise ValueError(f"face_alone needs one mask per crop, got crops {list(crops.shape)} and masks {list(masks.shape)}")
+    return np.where(inside[..., None], crops, np.uint8(NEUTRAL_GREY)).astype(np.uint8)
+
+
 def mean_identity_face(identity_crops: np.ndarray) -> np.ndarray:
     """The pixel mean of the identity's aligned crops [S, S, 3] uint8 — the "mean identity face"
-    (sharp when the poses agree, ghosted when they vary a lot: then use most_frontal_face)."""
+    (sharp when the poses agree, ghosted when they vary a lot: then use most_frontal_face). Of
+    their masks [N, S, S], the mean mask [S, S]."""
     crops = np.asarray(identity_crops)
-    if crops.ndim != 4 or len(crops) == 0:
-        raise ValueError(f"mean_identity_face needs aligned crops [N, S, S, 3], got {list(crops.shape)}")
+    if crops.ndim not in (3, 4) or len(crops) == 0:
+        raise ValueError(f"mean_identity_face needs aligned crops [N, S, S, 3] or masks [N, S, S], got {list(crops.shape)}")
     total = np.zeros(crops.shape[1:], dtype=np.float64)
     for crop in crops:  # one at a time: the crops may be a memory map
         total += crop

@@ -27,7 +27,7 @@ from facepipe.export import (
 from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import AdapterConfig, MergedPair, PairModel, adapter_state, merge_adapters
-from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input
+from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input, fill_outside_mask
 
 SIZE = 96  # the CPU default
 
@@ -209,6 +209,49 @@ def test_dfm_face_mask_comes_from_the_supplied_source(tmp_path):
     np.testing.assert_allclose(face_mask[0, :, :, 0], crops[0][:, :, 1] / 255.0, atol=1e-6)
 
 
+class BackdropPainter(nn.Module):
+    """A stand-in decoder with a known output: a red face on a disc (the mask), a blue backdrop
+    around it and a one-pixel blue rim just inside the disc's edge, as a decoder trained on a
+    face filmed before a blue backdrop paints it."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        radius = ((x - size / 2 + 0.5) ** 2 + (y - size / 2 + 0.5) ** 2).sqrt()
+        disc = (radius < size / 3).float()
+        rim = ((radius < size / 3) & (radius >= size / 3 - 1)).float()
+        face = torch.stack([torch.full_like(disc, 0.1), torch.full_like(disc, 0.3), torch.full_like(disc, 0.8)])  # BGR red
+        backdrop = torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1).expand(3, size, size)  # BGR blue
+        inside = disc - rim
+        self.register_buffer("bgr", (face * inside + backdrop * (1 - inside))[None])
+        self.register_buffer("logits", (disc * 20 - 10)[None, None])
+
+    def forward(self, code: torch.Tensor):
+        still = 0 * code.mean()  # keeps the input in the exported graph
+        return self.bgr + still, self.logits + still
+
+
+def test_a_filled_background_carries_the_faces_colours_not_the_backdrop(tmp_path):
+    size = SIZE  # the fill erodes the mask by 2 px at 96: the 1-px rim goes
+    painter = BackdropPainter(size)
+    plain = DfmSwapModel(nn.Flatten(), painter).eval()
+    filled = DfmSwapModel(nn.Flatten(), painter, fill_background=True).eval()
+    face = torch.from_numpy(dfm_input(real_crops(size)[0]))
+    with torch.no_grad():
+        _, raw, raw_mask = plain(face)
+        _, out, out_mask = filled(face)
+    torch.testing.assert_close(out_mask, raw_mask, atol=0, rtol=0)  # the masks are untouched
+    red = torch.tensor([0.1, 0.3, 0.8])
+    inside = painter.logits[0, 0] > 0
+    core = -torch.nn.functional.max_pool2d(-inside[None, None].float(), 7, stride=1, padding=3)[0, 0] > 0
+    torch.testing.assert_close(out[0][core], raw[0][core], atol=0, rtol=0)  # the face itself is kept
+    assert (raw[0][~inside] - torch.tensor([0.9, 0.2, 0.1])).abs().max() < 1e-6  # the decoder's backdrop ...
+    assert (out[0][~core] - red).abs().max() < 1e-4  # ... and its rim become the face's own colour
+    exported = export_dfm(filled, size, tmp_path / "filled.dfm", real_crops(size)[:2])  # and it exports as it runs
+    session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {DFM_INPUT: face.numpy()})[1], out.numpy(), atol=1e-5)
+
+
 class TraceBreakingSwap(nn.Module):
     """Data-dependent Python control flow: the trace keeps the branch the example input took,
     so the exported file does not reproduce the module on other crops."""
@@ -257,7 +300,11 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(tmp_path):
         own_face, own_logits = target.target_decoder(target.bottleneck(target.encoder(bgr)))
     nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     run = {m: session.run(None, {DFM_INPUT: dfm_input(crop), DFM_MORPH_INPUT: np.float32([m])}) for m in MORPH_CHECK_VALUES}
-    # 1: the swap (what the evaluation measured); 0: the target path, the target's own face.
+    # 1: the swap (what the evaluation measured); 0: the target path, the target's own face; both
+    # filled outside their masks.
+    with torch.no_grad():
+        swap_face = fill_outside_mask(swap_face, torch.sigmoid(swap_logits))
+        own_face = fill_outside_mask(own_face, torch.sigmoid(own_logits))
     np.testing.assert_allclose(run[1.0][1], nhwc(swap_face), atol=1e-4, rtol=0)
     np.testing.assert_allclose(run[1.0][2], nhwc(torch.sigmoid(swap_logits)), atol=1e-4, rtol=0)
     np.testing.assert_allclose(run[0.0][1], nhwc(own_face), atol=1e-4, rtol=0)
@@ -277,7 +324,8 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(tmp_path):
     # DeepFaceLive by position at its morph control's value.
     swapped, _, _ = deep_swapper_forward(session, crop, morph_percent=100)
     with torch.no_grad():
-        sharpened = merged.swap(torch.from_numpy(deep_swapper_forward(session, crop)[2]).permute(0, 3, 1, 2))[0]
+        face, logits = merged.swap(torch.from_numpy(deep_swapper_forward(session, crop)[2]).permute(0, 3, 1, 2))
+        sharpened = fill_outside_mask(face, torch.sigmoid(logits))
     assert np.abs(swapped.astype(np.float64) - nhwc(sharpened)[0] * 255).max() <= 1.0
     own = deepfacelive_convert(session, crop, morph_factor=0.0)[1]
     np.testing.assert_allclose(own, run[0.0][1], atol=1e-6)

@@ -24,6 +24,7 @@ from facepipe.evaluate import (
     checkerboard,
     evaluate_swaps,
     eye_opening,
+    face_alone,
     facefusion_box_mask,
     facefusion_crop,
     facefusion_input,
@@ -363,3 +364,25 @@ def test_evaluate_swaps_reports_eyes_shares_and_image_quality():
     assert summary["image"]["temporal_ratio"]["baseline"] == 0.0
     assert 0.0 <= summary["identity"]["swap_closer_to_identity_than_target"] <= 1.0
     assert "baseline_closer_to_identity_than_target" in summary["identity"]
+
+
+def test_a_face_alone_keeps_its_mask_and_greys_the_rest():
+    crops = np.full((2, 8, 8, 3), 200, np.uint8)
+    crops[1] = 30
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, 2:6, 2:6] = 255
+    alone = face_alone(crops, masks)
+    assert (alone[:, 2:6, 2:6] == crops[:, 2:6, 2:6]).all()
+    assert (alone[:, :2] == 128).all() and (alone[:, 6:] == 128).all()
+    # float masks are cut at half, one crop works alike, and a mask of the wrong size is refused
+    soft = masks.astype(np.float32) / 255 * 0.6
+    assert (face_alone(crops[0], soft[0]) == alone[0]).all()
+    assert (face_alone(crops[0], soft[0] * 0.8)[2:6, 2:6] == 128).all()
+    with pytest.raises(ValueError, match="one mask per crop"):
+        face_alone(crops, masks[:, :4])
+
+
+def test_the_mean_of_masks_is_a_mask():
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0] = 255
+    assert (mean_identity_face(masks) == 128).all()

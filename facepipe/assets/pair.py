@@ -26,7 +26,7 @@ from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, run_stage, upstream
 from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
 from facepipe.embed import embedder_of_profile
-from facepipe.evaluate import evaluate_swaps, mean_identity_face
+from facepipe.evaluate import evaluate_swaps, face_alone, mean_identity_face
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
@@ -51,8 +51,9 @@ LORA_VERSION = "7"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
-# (target path at 0, swap at 1), crops aligned as the runtimes align them
-EXPORT_VERSION = "7"
+# (target path at 0, swap at 1), crops aligned as the runtimes align them; 8: the celeb face is filled outside
+# its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone)
+EXPORT_VERSION = "8"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -193,9 +194,10 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
         profile = json.loads((identity_profile.path / "profile.json").read_text())
         swapped = swap_faces(dfm, np.asarray(targ.crops), size)
-        evaluation = evaluate_swaps(np.asarray(targ.crops[held]), swapped.faces[held], profile,
-                                    embedder_of_profile(profile, identity_profile.record["config"]).prepare(),
-                                    mean_identity_face(FaceSet.load(identity_faces.path).crops))
+        identity_set = FaceSet.load(identity_faces.path)
+        evaluation = evaluate_swaps(np.asarray(targ.crops[held]), face_alone(swapped.faces[held], swapped.celeb_masks[held]),
+                                    profile, embedder_of_profile(profile, identity_profile.record["config"]).prepare(),
+                                    face_alone(mean_identity_face(identity_set.crops), mean_identity_face(identity_set.masks)))
         metrics = evaluation.summary()
         lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
                    "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,

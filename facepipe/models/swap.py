@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facepipe.faces import resize_crops
@@ -30,6 +31,43 @@ DFM_MORPH_INPUT = "morph_value:0"
 
 def _to_nhwc(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.permute(0, 2, 3, 1)
+
+
+FILL_ERODE = 1 / 48  # of the crop side: the rim of the face the decoder paints into the background
+FILL_SIGMA = 1 / 16  # of the crop side: how far the face's colours spread outward
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, H, W], zero outside the image (3 sigma each side)."""
+    radius = max(1, int(round(3 * sigma)))
+    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
+    taps = (taps / taps.sum()).to(image)
+    channels = image.shape[1]
+    image = F.conv2d(image, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, radius), groups=channels)
+    return F.conv2d(image, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(radius, 0), groups=channels)
+
+
+def fill_outside_mask(bgr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The face [N, 3, S, S] with everything outside its mask [N, 1, S, S] (eroded by
+    ``FILL_ERODE``) replaced by the face's own colours spread outward (normalised convolution:
+    blur(face · mask) / blur(mask), fading to the face's mean colour far from it).
+
+    Why: the decoder is trained on the face alone, so outside the mask it paints whatever its
+    weights give — on a real pair the identity's studio backdrop (blue at the jaw of kim -> mead)
+    and the upsampler's grid — and its rim carries a line of that backdrop. A runtime pastes
+    through a blurred mask whose soft edge reaches a few pixels outside the face: there it now
+    blends skin of the face's own colour, not a colour cast."""
+    size = int(bgr.shape[-1])  # static in an export (the DFM input has a fixed size)
+    radius = max(1, int(round(FILL_ERODE * size)))
+    keep = -F.max_pool2d(-mask, 2 * radius + 1, stride=1, padding=radius)  # erosion (min filter)
+    # The colours spread from the face proper: a sigmoid mask is never quite 0 outside, and summed
+    # over the whole backdrop those traces would tint the fill.
+    face = (keep > 0.5).to(bgr.dtype)
+    sigma = FILL_SIGMA * size
+    eps = 1e-3  # where the blurred mask is this thin, the face's mean colour takes over
+    mean = (bgr * face).sum(dim=(2, 3), keepdim=True) / face.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    spread = (_gaussian_blur(bgr * face, sigma) + eps * mean) / (_gaussian_blur(face, sigma) + eps)
+    return bgr * keep + spread * (1 - keep)
 
 
 class DfmSwapModel(nn.Module):
@@ -45,26 +83,32 @@ class DfmSwapModel(nn.Module):
     ``takes_morph``: ``decoder_part`` also takes the morph value ([1] tensor) and the model has
     the second input ``morph_value:0``; called without one (``swap_faces``, the evaluation) it
     is the full swap, morph 1.
+    ``fill_background``: ``out_celeb_face:0`` outside its mask is the face's colours spread
+    outward (``fill_outside_mask``) instead of what the decoder paints there. On for the pair
+    exports; the identity model's own export leaves it off, as changing it would retrain every
+    identity model (its code version is in the training's resume key).
     """
 
     def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None,
-                 takes_morph: bool = False):
+                 takes_morph: bool = False, fill_background: bool = False):
         super().__init__()
         self.encoder_part = encoder_part
         self.decoder_part = decoder_part
         self.face_mask_source = face_mask_source
         self.takes_morph = takes_morph
+        self.fill_background = fill_background
 
     @classmethod
     def from_autoencoders(
-        cls, encoding_model: nn.Module, decoding_model: nn.Module | None = None, face_mask_source: nn.Module | None = None
+        cls, encoding_model: nn.Module, decoding_model: nn.Module | None = None, face_mask_source: nn.Module | None = None,
+        fill_background: bool = False,
     ) -> DfmSwapModel:
         """From IdentityAutoencoder(s): the code of ``encoding_model`` (e.g. the identity model
         with its merged LoRA encoder delta) rendered by ``decoding_model``'s decoder (the base
         identity decoder; defaults to ``encoding_model``'s own, i.e. a reconstruction)."""
         decoding_model = decoding_model or encoding_model
         encoder_part = nn.Sequential(encoding_model.encoder, encoding_model.bottleneck)
-        return cls(encoder_part, decoding_model.decoder, face_mask_source)
+        return cls(encoder_part, decoding_model.decoder, face_mask_source, fill_background=fill_background)
 
     def forward(self, in_face: torch.Tensor, morph_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bgr = in_face.permute(0, 3, 1, 2)
@@ -77,6 +121,8 @@ class DfmSwapModel(nn.Module):
         else:
             celeb_face, celeb_mask_logits = self.decoder_part(code)
         celeb_mask = torch.sigmoid(celeb_mask_logits)
+        if self.fill_background:
+            celeb_face = fill_outside_mask(celeb_face, celeb_mask)
         face_mask = celeb_mask if self.face_mask_source is None else self.face_mask_source(bgr)
         return _to_nhwc(face_mask), _to_nhwc(celeb_face), _to_nhwc(celeb_mask)
 
