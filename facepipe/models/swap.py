@@ -35,6 +35,7 @@ def _to_nhwc(tensor: torch.Tensor) -> torch.Tensor:
 
 FILL_ERODE = 1 / 48  # of the crop side: the rim of the face the decoder paints into the background
 FILL_SIGMA = 1 / 16  # of the crop side: how far the face's colours spread outward
+FILL_FLOOR = 0.1  # mask values under this give no colour to the fill
 
 
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -61,8 +62,9 @@ def fill_outside_mask(bgr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     radius = max(1, int(round(FILL_ERODE * size)))
     keep = -F.max_pool2d(-mask, 2 * radius + 1, stride=1, padding=radius)  # erosion (min filter)
     # The colours spread from the face proper: a sigmoid mask is never quite 0 outside, and summed
-    # over the whole backdrop those traces would tint the fill.
-    face = (keep > 0.5).to(bgr.dtype)
+    # over the whole backdrop those traces would tint the fill. Continuous (no threshold), so the
+    # exported graph and torch, a rounding apart, give the same fill.
+    face = ((keep - FILL_FLOOR) / (1 - FILL_FLOOR)).clamp(0, 1)
     sigma = FILL_SIGMA * size
     eps = 1e-3  # where the blurred mask is this thin, the face's mean colour takes over
     mean = (bgr * face).sum(dim=(2, 3), keepdim=True) / face.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
