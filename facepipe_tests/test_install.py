@@ -115,7 +115,7 @@ def test_facefusion_install_lists_only_the_model_and_runs_it_as_deep_swapper_doe
     swapped, mask, fed = deep_swapper_forward(session, crop, morph_percent=100)
     merged = random_merged_pair(SIZE)
     with torch.no_grad():
-        expected = merged.swap(torch.from_numpy(fed).permute(0, 3, 1, 2))[0].permute(0, 2, 3, 1).numpy()[0]
+        expected = merged.dfm_model()(torch.from_numpy(fed))[1].numpy()[0]  # the exported module, in torch
     assert np.abs(swapped.astype(np.float64) - expected * 255).max() <= 1.0
     assert mask.shape == (SIZE, SIZE) and np.isfinite(mask).all()
     # The occluder as face_masker calls it: input 'input', first output's first item.
@@ -148,11 +148,10 @@ def test_deepfacelive_install_lists_the_model_and_runs_it_as_dfmmodel_does(publi
     session = ort.InferenceSession(str(listed[NAME]), providers=["CPUExecutionProvider"])
     crop = real_crops(SIZE)[1]
     merged = random_merged_pair(SIZE)
-    bgr = torch.from_numpy(dfm_input(crop)).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        swap = merged.swap(bgr)[0].permute(0, 2, 3, 1).numpy()
-        target = merged.target_face_mask
-        own = target.target_decoder(target.bottleneck(target.encoder(bgr)))[0].permute(0, 2, 3, 1).numpy()
+    face = torch.from_numpy(dfm_input(crop))
+    with torch.no_grad():  # the exported module in torch: the swap at morph 1, the target's own face at 0
+        swap = merged.dfm_model()(face)[1].numpy()
+        own = merged.dfm_model()(face, torch.zeros(1))[1].numpy()
     np.testing.assert_allclose(deepfacelive_convert(session, crop, morph_factor=1.0)[1], swap, atol=1e-4)
     np.testing.assert_allclose(deepfacelive_convert(session, crop, morph_factor=0.0)[1], own, atol=1e-4)
     at_start = deepfacelive_convert(session, crop)  # its control's starting value, 0.75
