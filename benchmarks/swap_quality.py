@@ -292,6 +292,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         facefusion_paste_mask,
         face_alone,
         mean_identity_face,
+        mean_identity_face_alone,
     )
     from facepipe.faces import FaceSet
     from facepipe.landmarks import detect_landmarks
@@ -317,7 +318,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     frames = held_out_frames(media, target, eval_frames)
     found = detect_landmarks([(frame, "held-out") for _, frame in frames])
     mean_face = mean_identity_face(identity_crops)
-    baseline_face = face_alone(mean_face, mean_identity_face(identity_faces.masks))
+    baseline_face = mean_identity_face_alone(identity_crops, identity_faces.masks)
     baseline_at_size = cv2.resize(mean_face, (size, size), interpolation=cv2.INTER_AREA)
     targets, swaps, plain_swaps, model_crops, rows = [], [], [], [], []
     pasted_swaps, pasted_baselines = [], []  # the pasted frames, cropped as the targets are

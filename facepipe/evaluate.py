@@ -229,6 +229,12 @@ def face_alone(crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(inside[..., None], crops, np.uint8(NEUTRAL_GREY)).astype(np.uint8)
 
 
+def mean_identity_face_alone(identity_crops: np.ndarray, identity_masks: np.ndarray) -> np.ndarray:
+    """The mean identity face on mid-grey outside the identity's mean mask: the baseline measured
+    as the swaps are (``face_alone``)."""
+    return face_alone(mean_identity_face(identity_crops), mean_identity_face(identity_masks))
+
+
 def mean_identity_face(identity_crops: np.ndarray) -> np.ndarray:
     """The pixel mean of the identity's aligned crops [S, S, 3] uint8 — the "mean identity face"
     (sharp when the poses agree, ghosted when they vary a lot: then use most_frontal_face). Of

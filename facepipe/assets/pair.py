@@ -26,7 +26,7 @@ from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, code_version_of, run_stage, upstream
 from facepipe.assets.training import TRAINING_OP_TAGS, TrainingConfig, train_in_store
 from facepipe.embed import embedder_of_profile
-from facepipe.evaluate import evaluate_swaps, face_alone, mean_identity_face
+from facepipe.evaluate import evaluate_swaps, face_alone, mean_identity_face_alone
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
@@ -197,7 +197,7 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
         identity_set = FaceSet.load(identity_faces.path)
         evaluation = evaluate_swaps(np.asarray(targ.crops[held]), face_alone(swapped.faces[held], swapped.celeb_masks[held]),
                                     profile, embedder_of_profile(profile, identity_profile.record["config"]).prepare(),
-                                    face_alone(mean_identity_face(identity_set.crops), mean_identity_face(identity_set.masks)))
+                                    mean_identity_face_alone(identity_set.crops, identity_set.masks))
         metrics = evaluation.summary()
         lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
                    "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,

@@ -47,11 +47,16 @@ class LossWeights:
         return asdict(self)
 
 
-def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    """[size, size] normalised Gaussian kernel, float32."""
+def gaussian_taps(size: int, sigma: float) -> torch.Tensor:
+    """[size] normalised 1-D Gaussian, float64, centred on the middle tap."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     profile = torch.exp(-(coords**2) / (2 * sigma**2))
-    profile = profile / profile.sum()
+    return profile / profile.sum()
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """[size, size] normalised Gaussian kernel, float32."""
+    profile = gaussian_taps(size, sigma)
     return torch.outer(profile, profile).float()
 
 

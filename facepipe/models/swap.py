@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.faces import resize_crops
+from facepipe.models.losses import gaussian_taps
 
 DFM_INPUT = "in_face:0"
 DFM_OUTPUTS = ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0")
@@ -41,8 +42,7 @@ FILL_FLOOR = 0.1  # mask values under this give no colour to the fill
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of [N, C, H, W], zero outside the image (3 sigma each side)."""
     radius = max(1, int(round(3 * sigma)))
-    taps = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
-    taps = (taps / taps.sum()).to(image)
+    taps = gaussian_taps(2 * radius + 1, sigma).to(image)
     channels = image.shape[1]
     image = F.conv2d(image, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, radius), groups=channels)
     return F.conv2d(image, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(radius, 0), groups=channels)
