@@ -148,10 +148,10 @@ def test_deepfacelive_install_lists_the_model_and_runs_it_as_dfmmodel_does(publi
     session = ort.InferenceSession(str(listed[NAME]), providers=["CPUExecutionProvider"])
     crop = real_crops(SIZE)[1]
     merged = random_merged_pair(SIZE)
-    face = torch.from_numpy(dfm_input(crop))
+    face, exported = torch.from_numpy(dfm_input(crop)), merged.dfm_model()
     with torch.no_grad():  # the exported module in torch: the swap at morph 1, the target's own face at 0
-        swap = merged.dfm_model()(face)[1].numpy()
-        own = merged.dfm_model()(face, torch.zeros(1))[1].numpy()
+        swap = exported(face)[1].numpy()
+        own = exported(face, torch.zeros(1))[1].numpy()
     np.testing.assert_allclose(deepfacelive_convert(session, crop, morph_factor=1.0)[1], swap, atol=1e-4)
     np.testing.assert_allclose(deepfacelive_convert(session, crop, morph_factor=0.0)[1], own, atol=1e-4)
     at_start = deepfacelive_convert(session, crop)  # its control's starting value, 0.75
