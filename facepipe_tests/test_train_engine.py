@@ -485,3 +485,40 @@ def test_mixed_precision_on_cuda_saves_scaler_and_resumes(tmp_path):
     result = train(ToyTask(), config, tmp_path, log=lines.append)
     assert result.resumed_from_epoch == 1 and result.device.startswith("cuda")
     assert any("fp16 mixed precision" in line for line in lines)
+
+
+class ConvTask(TrainTask):
+    """A small convolution net that records the layout its activations come out in."""
+
+    def __init__(self):
+        data = torch.Generator().manual_seed(5)
+        self.inputs = torch.randn(NUM_SAMPLES, 3, 8, 8, generator=data)
+        self.num_samples = NUM_SAMPLES
+        self.channels_last: set[bool] = set()
+
+    def build_model(self):
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+    def compute_loss(self, model, batch_indices, generator, device):
+        inputs = self.inputs[batch_indices].to(device)
+        output = model(inputs)
+        self.channels_last.add(output.is_contiguous(memory_format=torch.channels_last))
+        return nn.functional.l1_loss(output, inputs)
+
+
+def test_cpu_training_runs_channels_last_and_saves_plain_tensors(tmp_path):
+    task = ConvTask()
+    result = train(task, toy_config(epochs=2, device="cpu"), tmp_path, log=lambda line: None)
+    assert task.channels_last == {True}
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    saved = safetensors.torch.load_file(str(result.weights_path))
+    assert all(tensor.dtype == torch.float32 and tensor.is_contiguous() for tensor in saved.values())
+    # The same weights as a run whose model is laid out the usual way, to float rounding.
+    plain = ConvTask()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("facepipe.train.loop.uses_channels_last", lambda device: False)
+        plain_result = train(plain, toy_config(epochs=2, device="cpu"), tmp_path / "plain", log=lambda line: None)
+    assert plain.channels_last == {False}
+    plain_saved = safetensors.torch.load_file(str(plain_result.weights_path))
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, plain_saved[name], rtol=1e-4, atol=1e-5)

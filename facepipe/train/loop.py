@@ -47,7 +47,7 @@ from facepipe.train.determinism import (
     rng_to_checkpoint,
     seed_global_rngs,
 )
-from facepipe.train.device import select_device, uses_mixed_precision
+from facepipe.train.device import select_device, uses_channels_last, uses_mixed_precision
 from facepipe.train.interrupts import (
     StopRequest,
     forward_to_previous_handler,
@@ -236,6 +236,8 @@ def _train_epochs(
     # Seeded before build_model so a fresh run's initial weights are reproducible; a resumed
     # run then overwrites weights and random streams from the checkpoint.
     model = initial_model(task, config.seed).to(device)
+    if uses_channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
     generator = make_augmentation_generator(config.seed)
     _check_weights_to_save(task, model)
     optimizer = task.build_optimizer(model, config.lr)
