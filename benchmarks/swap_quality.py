@@ -42,7 +42,9 @@ original file).
 Staging (--stages K): stage k trains the identity model for k/K of its epochs (resumed from the
 stage before) and the adapter for k/K of its epochs (from scratch: it depends on the identity
 model's weights). "train_s" is the training time a fresh build of that stage would take: the
-identity model's runs so far + XSeg + this stage's adapter (the engine's own figures);
+identity model's epochs so far + XSeg + this stage's adapter (the engine's per-epoch seconds,
+summed over every session: an identity model resumed from an earlier run counts its first epochs
+too; checkpoint writes are not counted);
 "build_s" is the wall time of every job this pair needed in this stage (preparation included,
 cache hits cost ~0).
 """
@@ -476,13 +478,11 @@ def report(results: dict, options: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def training_seconds(store, key: str, asset: str, seen: dict) -> float:
-    """The engine's duration of the current output, counted once per fingerprint (a cache hit adds 0)."""
-    artifact = store.current(asset, key)
-    if artifact.fingerprint not in seen:
-        seen[artifact.fingerprint] = float(artifact.metadata.get("duration_s", 0.0))
-        return seen[artifact.fingerprint]
-    return 0.0
+def training_seconds(store, key: str, asset: str) -> float:
+    """Seconds of training behind the current output: every epoch's, sessions before a resume
+    included (the record's `epochs_s`; older records only have this session's `duration_s`)."""
+    metadata = store.current(asset, key).metadata
+    return float(metadata.get("epochs_s", metadata.get("duration_s", 0.0)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,9 +543,6 @@ def main(argv: list[str] | None = None) -> int:
     builder = Builder(settings["data"])
     store = ArtifactStore(settings["store"])
     results: dict = {pair_key(i, t): {"kind": kind, "stages": []} for i, t, kind in pairs}
-    seen_runs: dict = {}
-    identity_train: dict = {i: 0.0 for i, _, _ in pairs}
-    xseg_train: dict = {}
     for stage in range(1, args.stages + 1):
         run_ops = stage_ops(ops, stage, args.stages)
         print(f"stage {stage}/{args.stages}: identity model {op_config(run_ops, 'identity__identity_model')['epochs']} "
@@ -555,16 +552,12 @@ def main(argv: list[str] | None = None) -> int:
             for key in keys:
                 builder.register(role, key)
                 walls[(role, key)] = builder.run(role_job_name(role), key, job_ops(run_ops, role))
-        for identity in sorted({i for i, _, _ in pairs}):
-            identity_train[identity] += training_seconds(store, identity, "identity/identity_model", seen_runs)
-        for target in sorted({t for _, t, _ in pairs}):
-            xseg_train[target] = xseg_train.get(target, 0.0) + training_seconds(store, target, "target/xseg_model", seen_runs)
         for identity, target, _ in pairs:
             key = pair_key(identity, target)
             pair_wall = builder.run(PAIR_JOB, key, job_ops(run_ops, "pair"))
-            adapter = store.current("pair/lora_adapter", key)
-            times = {"identity_model": identity_train[identity], "xseg_model": xseg_train[target],
-                     "lora_adapter": float(adapter.metadata.get("duration_s", 0.0))}
+            times = {"identity_model": training_seconds(store, identity, "identity/identity_model"),
+                     "xseg_model": training_seconds(store, target, "target/xseg_model"),
+                     "lora_adapter": training_seconds(store, key, "pair/lora_adapter")}
             sheet = work / f"contact_{identity}_{target}_stage{stage}.png"
             started = time.perf_counter()
             metrics = evaluate_pair(settings, args.media, identity, target, args.eval_frames, sheet)

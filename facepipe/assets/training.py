@@ -118,7 +118,11 @@ def train_in_store(
         result = trained.result
         result.loss_curve_png(out / "loss_curve.png")
         return {"epochs": result.epochs, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
-                "duration_s": round(result.duration_seconds, 1), "initial": rounded(trained.initial_metrics),
+                "duration_s": round(result.duration_seconds, 1),
+                # Every epoch's seconds, those of sessions before a resume too (steps and evaluation;
+                # not checkpoint writes): what training these epochs costs, however it was split.
+                "epochs_s": round(sum(entry["seconds"] for entry in result.history), 1),
+                "initial": rounded(trained.initial_metrics),
                 "final": rounded(result.final_metrics), **write(trained, out),
                 "loss_table_md": result.loss_table_markdown()}
 
