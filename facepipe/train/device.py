@@ -40,11 +40,12 @@ def uses_mixed_precision(device: torch.device, wanted: bool) -> bool:
 
 
 def uses_channels_last(device: torch.device) -> bool:
-    """Convolution weights and activations in channels-last layout on CPU and CUDA, where oneDNN
-    and cuDNN pick faster kernels for it: the identity model's training step on 2 CPU cores
-    measured 145-148 ms against 162-170 ms (batch 16, demo settings). Still fp32; saved tensors
-    are made contiguous, so checkpoints and exports are laid out as before."""
-    return device.type in ("cpu", "cuda")
+    """Convolution weights and activations in channels-last layout on the CPU, where oneDNN picks
+    faster kernels for it: the identity model's training step on 2 cores measured 145-148 ms
+    against 162-170 ms (batch 16, demo settings), a demo build's training 606 s against 741-747.
+    Still fp32; saved tensors are made contiguous, so checkpoints and exports are laid out as
+    before. GPUs keep the default layout: not measured there."""
+    return device.type == "cpu"
 
 
 def default_cpu_threads(alone: bool = False) -> int:
