@@ -491,9 +491,8 @@ def report(results: dict, options: dict) -> str:
 
 def training_seconds(store, key: str, asset: str) -> float:
     """Seconds of training behind the current output: every epoch's, sessions before a resume
-    included (the record's `epochs_s`; older records only have this session's `duration_s`)."""
-    metadata = store.current(asset, key).metadata
-    return float(metadata.get("epochs_s", metadata.get("duration_s", 0.0)))
+    included (the record's `epochs_s`)."""
+    return float(store.current(asset, key).metadata["epochs_s"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -506,7 +506,7 @@ class ConvTask(TrainTask):
         return nn.functional.l1_loss(output, inputs)
 
 
-def test_cpu_training_runs_channels_last_and_saves_plain_tensors(tmp_path):
+def test_cpu_training_runs_channels_last_and_saves_plain_tensors(tmp_path, monkeypatch):
     task = ConvTask()
     result = train(task, toy_config(epochs=2, device="cpu"), tmp_path, log=lambda line: None)
     assert task.channels_last == {True}
@@ -515,9 +515,8 @@ def test_cpu_training_runs_channels_last_and_saves_plain_tensors(tmp_path):
     assert all(tensor.dtype == torch.float32 and tensor.is_contiguous() for tensor in saved.values())
     # The same weights as a run whose model is laid out the usual way, to float rounding.
     plain = ConvTask()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("facepipe.train.loop.uses_channels_last", lambda device: False)
-        plain_result = train(plain, toy_config(epochs=2, device="cpu"), tmp_path / "plain", log=lambda line: None)
+    monkeypatch.setattr("facepipe.train.loop.uses_channels_last", lambda device: False)
+    plain_result = train(plain, toy_config(epochs=2, device="cpu"), tmp_path / "plain", log=lambda line: None)
     assert plain.channels_last == {False}
     plain_saved = safetensors.torch.load_file(str(plain_result.weights_path))
     for name, tensor in saved.items():
