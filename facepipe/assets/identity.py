@@ -129,7 +129,7 @@ class IdentityModelConfig(TrainingConfig):
     epochs: int = 150
     # 8, not 16: at the CPU budget the decoder is short of optimizer steps, not of faces seen, and
     # twice the steps for the same faces sharpen it (kim, 150 epochs, held-out reconstructions:
-    # sharpness 0.23 -> 0.38 of the faces', held-out L1 0.0194 -> 0.0167, 17 % more time; batch 4:
+    # sharpness 0.23 -> 0.38 of the faces', held-out L1 0.0194 -> 0.0167, 4 % more time alone; batch 4:
     # 0.45 but L1 0.0197 and 40 % more time; batch 16 at twice the learning rate: 0.34, L1 0.0210).
     batch_size: int = 8
     lr: float = 5e-4
