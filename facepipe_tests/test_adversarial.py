@@ -21,17 +21,31 @@ def test_each_side_learns_only_from_its_own_loss():
     discriminator = PatchDiscriminator(width=4)
     fake = torch.rand(2, 3, 32, 32, requires_grad=True)
     real = torch.rand(2, 3, 32, 32)
-    generator_loss, discriminator_loss = adversarial_losses(discriminator, fake, real)
+    generator_loss, discriminator_loss, matching = adversarial_losses(discriminator, fake, real)
     assert discriminator(fake).shape == (2, 1, 4, 4)
 
-    generator_loss.backward(retain_graph=True)
-    assert fake.grad is not None and fake.grad.abs().sum() > 0
-    assert all(p.grad is None for p in discriminator.parameters())
+    for generator_side in (generator_loss, matching):
+        fake.grad = None
+        generator_side.backward(retain_graph=True)
+        assert fake.grad is not None and fake.grad.abs().sum() > 0
+        assert all(p.grad is None for p in discriminator.parameters())
 
     fake.grad = None
     discriminator_loss.backward()
     assert fake.grad is None or fake.grad.abs().sum() == 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
+
+
+def test_feature_matching_compares_each_fake_with_its_own_real_face():
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(width=4)
+    real = torch.rand(2, 3, 32, 32)
+    logits, hidden = discriminator(real, with_features=True)
+    assert torch.equal(logits, discriminator(real)) and [h.shape[1] for h in hidden] == [4, 8, 16]
+    assert adversarial_losses(discriminator, real.clone(), real)[2] == 0
+    swapped = adversarial_losses(discriminator, real.flip(0), real)[2]  # right faces, wrong pairing
+    noisy = adversarial_losses(discriminator, (real + 0.01 * torch.randn_like(real)).clamp(0, 1), real)[2]
+    assert swapped > noisy > 0
 
 
 def faces_task(weight: float, from_epoch: int, random_warp_epochs: int | None = None) -> ReconstructionTask:

@@ -142,6 +142,9 @@ class IdentityModelConfig(TrainingConfig):
     # scores the faces (facepipe.models.discriminator): sharper faces for ~50 % more time per epoch.
     adversarial_weight: float = 0.1
     adversarial_from_epoch: int = 20
+    # Feature matching (pix2pixHD): L1 between the discriminator's hidden activations on each
+    # reconstruction and on its own face, scored with the discriminator (0: off).
+    feature_matching_weight: float = 0.0
     # Epochs with the elastic warp on the input (DeepFaceLab's random warp; None: every epoch).
     # Switching it off late let held-out reconstructions keep more detail and made a real cross-person
     # swap follow better (german_news -> obama, 60 epochs, off from 40: held-out L1 0.0186 -> 0.0172,
@@ -169,7 +172,8 @@ class IdentityModelConfig(TrainingConfig):
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
 
     def adversarial(self) -> AdversarialConfig:
-        return AdversarialConfig(weight=self.adversarial_weight, from_epoch=self.adversarial_from_epoch)
+        return AdversarialConfig(weight=self.adversarial_weight, from_epoch=self.adversarial_from_epoch,
+                                 feature_matching=self.feature_matching_weight)
 
 
 @asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/curated_faces")},

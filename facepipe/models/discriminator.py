@@ -36,8 +36,14 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(in_channels, 1, kernel_size=3, padding=1))
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
-        return self.layers(bgr * 2.0 - 1.0)
+    def forward(self, bgr: torch.Tensor, with_features: bool = False):
+        """Logits; with ``with_features``, (logits, the activations of its hidden levels)."""
+        hidden, x = [], bgr * 2.0 - 1.0
+        for layer in self.layers:
+            x = layer(x)
+            if with_features and isinstance(layer, nn.LeakyReLU):
+                hidden.append(x)
+        return (x, hidden) if with_features else x
 
 
 class AdversarialAutoencoder(nn.Module):
@@ -53,14 +59,23 @@ class AdversarialAutoencoder(nn.Module):
         return self.autoencoder(bgr)
 
 
-def adversarial_losses(discriminator: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(generator loss, discriminator loss), non-saturating logistic GAN, in one backward pass.
+def adversarial_losses(discriminator: nn.Module, fake: torch.Tensor,
+                       real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(generator loss, discriminator loss, feature-matching loss), non-saturating logistic GAN,
+    in one backward pass.
 
     The discriminator learns from detached fakes, so its loss moves only its own weights; the
     generator's loss goes through a gradient-free copy of the discriminator's weights
     (``functional_call`` with detached parameters), so it moves only the generator. Their sum
-    can then be minimised by the one optimizer step the training engine takes."""
+    can then be minimised by the one optimizer step the training engine takes.
+
+    Feature matching (pix2pixHD): the L1 between the discriminator's hidden activations on each
+    fake and on its own real face, averaged over the levels, also through the frozen copy: a
+    perceptual loss learnt from these very faces, with no pretrained network to ship."""
     frozen = {name: parameter.detach() for name, parameter in discriminator.named_parameters()}
-    generator_loss = F.softplus(-functional_call(discriminator, frozen, (fake,))).mean()
-    discriminator_loss = F.softplus(-discriminator(real)).mean() + F.softplus(discriminator(fake.detach())).mean()
-    return generator_loss.float(), discriminator_loss.float()
+    fake_logits, fake_features = functional_call(discriminator, frozen, (fake,), {"with_features": True})
+    real_logits, real_features = discriminator(real, with_features=True)
+    generator_loss = F.softplus(-fake_logits).mean()
+    discriminator_loss = F.softplus(-real_logits).mean() + F.softplus(discriminator(fake.detach())).mean()
+    matching = torch.stack([(f - r.detach()).abs().mean() for f, r in zip(fake_features, real_features)]).mean()
+    return generator_loss.float(), discriminator_loss.float(), matching.float()

@@ -40,9 +40,12 @@ class AdversarialConfig:
     weight: float = 0.0
     from_epoch: int = 0
     discriminator_width: int = 32
+    # Weight of the feature-matching term (facepipe.models.discriminator.adversarial_losses),
+    # scored from from_epoch like the verdict.
+    feature_matching: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.weight >= 0 or self.from_epoch < 0 or self.discriminator_width < 1:
+        if not self.weight >= 0 or not self.feature_matching >= 0 or self.from_epoch < 0 or self.discriminator_width < 1:
             raise ValueError(f"AdversarialConfig needs weight >= 0, from_epoch >= 0 and discriminator_width >= 1, got {self}")
 
     def to_dict(self) -> dict:
@@ -124,10 +127,11 @@ class ReconstructionTask(TrainTask):
                                        None if features is None else features.to(device))
         if isinstance(model, AdversarialAutoencoder):
             # The face only (both masked alike): the background is never pasted, so it is not judged.
-            generator_loss, discriminator_loss = adversarial_losses(model.discriminator, bgr * target_masks,
-                                                                    targets * target_masks)
-            scored = self.epoch >= self.adversarial.from_epoch
-            total = total + discriminator_loss + (self.adversarial.weight * generator_loss if scored else 0.0)
+            generator_loss, discriminator_loss, matching = adversarial_losses(model.discriminator, bgr * target_masks,
+                                                                              targets * target_masks)
+            total = total + discriminator_loss
+            if self.epoch >= self.adversarial.from_epoch:
+                total = total + self.adversarial.weight * generator_loss + self.adversarial.feature_matching * matching
         return total
 
     def evaluate(self, model, device) -> dict[str, float]:
