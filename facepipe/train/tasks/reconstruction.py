@@ -46,7 +46,7 @@ class AdversarialConfig:
 
     def __post_init__(self) -> None:
         if not self.weight >= 0 or not self.feature_matching >= 0 or self.from_epoch < 0 or self.discriminator_width < 1:
-            raise ValueError(f"AdversarialConfig needs weight >= 0, from_epoch >= 0 and discriminator_width >= 1, got {self}")
+            raise ValueError(f"AdversarialConfig needs weight >= 0, feature_matching >= 0, from_epoch >= 0 and discriminator_width >= 1, got {self}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,7 +131,9 @@ class ReconstructionTask(TrainTask):
                                                                               targets * target_masks)
             total = total + discriminator_loss
             if self.epoch >= self.adversarial.from_epoch:
-                total = total + self.adversarial.weight * generator_loss + self.adversarial.feature_matching * matching
+                total = total + self.adversarial.weight * generator_loss
+                if self.adversarial.feature_matching:
+                    total = total + self.adversarial.feature_matching * matching
         return total
 
     def evaluate(self, model, device) -> dict[str, float]:
