@@ -175,6 +175,16 @@ class IdentityModelConfig(TrainingConfig):
         return AdversarialConfig(weight=self.adversarial_weight, from_epoch=self.adversarial_from_epoch,
                                  feature_matching=self.feature_matching_weight)
 
+    def task(self, face_set: FaceSet) -> ReconstructionTask:
+        """The training task these settings make of an identity's face set (also what
+        benchmarks/identity_reconstruction.py trains)."""
+        return ReconstructionTask.from_faces(face_set.crops, face_set.masks, self.architecture(), self.holdout_every,
+                                             self.samples_per_epoch, adversarial=self.adversarial(),
+                                             random_warp_epochs=self.random_warp_epochs,
+                                             augment=AugmentConfig(sharpen=self.sharpen, flip=self.flip),
+                                             landmarks=face_set.landmarks, eyes_mouth_weight=self.eyes_mouth_weight,
+                                             balance_power=self.balance_power)
+
 
 @asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/curated_faces")},
        partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, op_tags=TRAINING_OP_TAGS,
@@ -186,13 +196,7 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
     key, model_config = context.partition_key, config.architecture()
 
     def make_task() -> ReconstructionTask:
-        face_set = FaceSet.load(faces.path)
-        return ReconstructionTask.from_faces(face_set.crops, face_set.masks, model_config, config.holdout_every,
-                                             config.samples_per_epoch, adversarial=config.adversarial(),
-                                             random_warp_epochs=config.random_warp_epochs,
-                                             augment=AugmentConfig(sharpen=config.sharpen, flip=config.flip),
-                                             landmarks=face_set.landmarks, eyes_mouth_weight=config.eyes_mouth_weight,
-                                             balance_power=config.balance_power)
+        return config.task(FaceSet.load(faces.path))
 
     def write(trained: Trained, out: Path) -> dict:
         model, task = trained.model, trained.task
