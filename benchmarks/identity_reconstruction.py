@@ -4,7 +4,7 @@ A quick test of an identity-model lever before the whole graph (benchmarks/swap_
 run: one identity video of ../shared/media is prepared through the asset graph (media → ...
 → curated_faces), its identity model's task is built from run config as the asset builds it
 (`IdentityModelConfig.task`) and trained by the engine, and the held-out faces are
-reconstructed. It prints the held-out masked L1 and the sharpness of the reconstructions as a
+reconstructed. It prints the held-out masked L1 (the asset's own `holdout_l1`) and the sharpness of the reconstructions as a
 share of the faces' own (median over faces of `evaluate.sharpness`, both at the model's size),
 and writes a sheet (faces above, reconstructions below) to look at.
 
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from facepipe.assets.identity import IdentityModelConfig
     from facepipe.evaluate import sharpness
     from facepipe.train import train_model
+    from facepipe.train.tasks.reconstruction import holdout_l1
 
     values = op_config(load_run_config(args.preset, args.config), "identity__identity_model")
     if args.epochs is not None:
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     held = task.held_idx
     with torch.no_grad():
         bgr, _mask_logits = model(task.images[held])
-    faces, masks = task.images[held], task.masks[held]
-    l1 = float(((bgr - faces).abs() * masks).sum() / (masks.sum() * 3).clamp_min(1))
+    faces = task.images[held]
+    l1 = holdout_l1(model, faces, task.masks[held], "cpu")  # the asset's held-out metric
     as_uint8 = lambda images: (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
     reconstructions, originals = as_uint8(bgr), as_uint8(faces)
     ratio = float(np.median(sharpness(reconstructions) / np.maximum(sharpness(originals), 1e-9)))
