@@ -143,9 +143,10 @@ class IdentityModelConfig(TrainingConfig):
     adversarial_weight: float = 0.1
     adversarial_from_epoch: int = 20
     # Feature matching (pix2pixHD): L1 between the discriminator's hidden activations on each
-    # reconstruction and on its own face, scored with the discriminator (0: off). Measured on kim ->
-    # mead at the demo defaults: 3 took swap sharpness 0.23 -> 0.29 and pasted recognition 61 -> 71 %,
-    # yaw r 0.84 -> 0.65 (one run; README, "Swap quality"); off until measured on the other pairs.
+    # reconstruction and on its own face, scored with the discriminator (0: off). Measured at the demo
+    # defaults on the four dev pairs (README, "Swap quality"): 3 took kim -> mead's swap sharpness
+    # 0.23 -> 0.29 (kim's own crops are soft), but the other three pairs' by +0.02, -0.05 and -0.04:
+    # off, one setting away for a soft identity.
     feature_matching_weight: float = 0.0
     # Epochs with the elastic warp on the input (DeepFaceLab's random warp; None: every epoch).
     # Switching it off late let held-out reconstructions keep more detail and made a real cross-person
