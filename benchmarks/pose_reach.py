@@ -68,10 +68,14 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     identity_model = store.current("identity/identity_model", identity)
     adapter = store.current("pair/lora_adapter", f"{identity}|{target}")
     saved = load_adapter(adapter.path)
-    model = PairModel(IdentityAutoencoder.from_folder(identity_model.path), saved.adapter_config)
+    base = IdentityAutoencoder.from_folder(identity_model.path).eval()  # the identity model alone
+    model = PairModel(base, saved.adapter_config)  # its own copy of the base, with both LoRA sets
     load_adapter_tensors(model, saved.tensors, adapter.path)
     model.eval()
     size = saved.model_config.size
+
+    def as_input(crops: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
 
     def images(bgr: torch.Tensor) -> np.ndarray:
         return (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -86,7 +90,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     faces = sample(resize_crops(FaceSet.load(store.current("identity/curated_faces", identity).path).crops, size))
     faces = np.concatenate([faces, faces[:, :, ::-1]])  # and their mirror images, as the model learnt them
     with torch.no_grad():
-        bgr, logits = model.autoencoder(torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255)
+        bgr, logits = base(as_input(faces))  # not model.autoencoder: that one carries the shared LoRA set
     own, painted = poses(faces, masks(logits)), poses(images(bgr), masks(logits))
     print(f"  identity model, its own faces: {reach(own[:, 0], painted[:, 0])}; {reach(own[:, 1], painted[:, 1])}")
 
@@ -97,7 +101,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
                          for (_, frame), points, ok in zip(frames, found.points, found.detected) if ok])
     for name, crops in (("training faces", training), ("held-out frames", held_out)):
         with torch.no_grad():
-            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+            x = as_input(crops)
             target_bgr, target_logits = model.target_decode(model.encode(x))
             swap_bgr, swap_logits = model(x)
         own = poses(crops, masks(target_logits))
