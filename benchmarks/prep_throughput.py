@@ -248,7 +248,13 @@ def child(args: argparse.Namespace) -> None:
         shutil.rmtree(store, ignore_errors=True)
 
 
+def spread(ratios: list[float]) -> str:
+    """' (low-high)' of the repetitions' ratios, or nothing for one."""
+    return f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+
+
 def table_rows(results: list[dict]) -> list[str]:
+    """The markdown table; each row is the repetition with the median ratio, its range beside it."""
     header = ("| video | res | frames | decoded | frames stage | landmarks | smoothing | faces | media | total | "
               "bound (decode + mesh) | ratio | CPU s (cores busy) | cached | peak RSS | detected | several faces | detector ran | mean score |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -262,7 +268,7 @@ def table_rows(results: list[dict]) -> list[str]:
         lines.append(
             f"| {r['name']} | {r['resolution']} | {r['frames']} | {decoded} | {cell('frames')} | {cell('landmarks')} | "
             f"{cell('smoothed_landmarks')} | {cell('faces')} | {cell('media')} | {total:.2f} s | {r['bound_s']:.2f} s "
-            f"({r['decode_s']:.2f} + {r['mesh_s']:.2f}) | **{r['bound_s'] / total:.2f}** | {r['cpu_s']:.1f} ({r['cpu_s'] / total:.2f}) | "
+            f"({r['decode_s']:.2f} + {r['mesh_s']:.2f}) | **{r['ratio']:.2f}**{spread(r['ratios'])} | {r['cpu_s']:.1f} ({r['cpu_s'] / total:.2f}) | "
             f"{r['cached_s']:.2f} s | "
             f"{r['peak_rss_mb']:.0f} MB | {r['detected']} | {r['several_faces']} | {r['detector_frames']} | {r['mean_score']:.3f} |")
     return lines
@@ -277,6 +283,8 @@ def main() -> None:
     parser.add_argument("--long", action="store_true", help="add the synthetic 10-minute 1080p video")
     parser.add_argument("--sample", action="store_true", help="add the embedded sample's two partitions")
     parser.add_argument("--only", nargs="*", help="names of the videos to run")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="preparations per video, each between two measurements of the bound (median reported)")
     parser.add_argument("--child", choices=("bound", "prepare"), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -291,14 +299,26 @@ def main() -> None:
     for case in cases(args.media, args.work, args.long, args.sample):
         if args.only and case["name"] not in args.only:
             continue
-        measured = {**case, **run_child("bound", case, args, []), **run_child("prepare", case, args, [])}
-        results.append(measured)
-        print(f"{case['name']}: total {measured['total_s']:.2f}s, bound {measured['bound_s']:.2f}s, "
-              f"ratio {measured['bound_s'] / measured['total_s']:.2f}, peak RSS {measured['peak_rss_mb']:.0f} MB", flush=True)
+        runs, before = [], run_child("bound", case, args, [])
+        for repetition in range(args.repeat):
+            prepared = run_child("prepare", case, args, [])
+            after = run_child("bound", case, args, [])
+            # This machine's speed drifts from minute to minute: each preparation is set against the
+            # mean of the bounds measured just before and just after it.
+            bracket = {name: (before[name] + after[name]) / 2 for name in before}
+            runs.append({**case, **bracket, **prepared, "ratio": bracket["bound_s"] / prepared["total_s"]})
+            before = after
+            print(f"{case['name']} ({repetition + 1}/{args.repeat}): total {prepared['total_s']:.2f}s, bound "
+                  f"{bracket['bound_s']:.2f}s, ratio {runs[-1]['ratio']:.2f}, peak RSS {prepared['peak_rss_mb']:.0f} MB",
+                  flush=True)
+        ratios = sorted(run["ratio"] for run in runs)
+        median_run = next(run for run in runs if run["ratio"] == ratios[(len(ratios) - 1) // 2])
+        results.append({**median_run, "ratios": ratios})
     print()
     print("\n".join(table_rows(results)))
     print(f"\nframes format: {results[0]['frame_format'] if results else '-'}; stage seconds are Dagster step times "
-          "(start to success), total is the whole materialization; ratio = bound / total")
+          "(start to success), total is the whole materialization; ratio = bound / total, the median of "
+          f"{args.repeat} preparation(s), each against the mean of the bounds measured just before and after it (range beside it)")
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
 
 

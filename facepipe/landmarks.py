@@ -179,11 +179,30 @@ def choose_face(boxes: np.ndarray, width: int, height: int) -> int:
     return int(np.lexsort((distances, -areas))[0])
 
 
-def _mesh_faces_in_pixels(mesh_result, width: int, height: int) -> np.ndarray:
-    """[F, 478, 3] pixel landmarks of every face in a FaceMesh result."""
+# FaceMesh on a frame decoded at 1/r of its size (libjpeg's DCT scaling): the frame's shorter side
+# stays at least this long. FaceMesh's own detector finds only faces of about a tenth of the frame's
+# width or more (kim_7s's face shrunk to 157 px in a 1920x1080 frame is found in no frame, at 210 px
+# in every one), so at 540 px those faces still span 100 px or more: on kim_7s (faces 314 px wide),
+# the same shrunk to 210 and 251 px, and mead_w040_happy (417 px), all at 1920x1080, half-size
+# decoding finds the same faces in the same frames, its landmarks 0.28-0.37 px from the full
+# decode's on average (p99 0.77-1.18 px) once mapped back as below; a half-size decode costs a
+# third of a full one, and FaceMesh's image transform less.
+MIN_TRACKING_SIDE = 540
+
+
+def tracking_reduction(width: int, height: int) -> int:
+    """The largest JPEG reduction (1, 2, 4 or 8) a frame of this size is tracked at (MIN_TRACKING_SIDE)."""
+    return max((r for r in (8, 4, 2) if min(width, height) // r >= MIN_TRACKING_SIDE), default=1)
+
+
+def _mesh_faces_in_pixels(mesh_result, width: int, height: int, reduction: int = 1) -> np.ndarray:
+    """[F, 478, 3] landmarks of every face in a FaceMesh result on an image `width` x `height`, in
+    pixels of the frame it was decoded from at 1/`reduction` of its size: a reduced pixel x is
+    centred on the frame's r * x + (r - 1) / 2 (as in align.reduced_matrix); z scales with x."""
     faces = mesh_result.multi_face_landmarks or []
     normalised = np.array([_normalised_points(face) for face in faces], dtype=np.float64).reshape(len(faces), NUM_POINTS, 3)
-    return (normalised * np.array([width, height, width])).astype(np.float32)
+    offset = (reduction - 1) / 2
+    return (normalised * np.array([width, height, width]) * reduction + np.array([offset, offset, 0.0])).astype(np.float32)
 
 
 # A NormalizedLandmark on the wire as FaceMesh fills it: a length-delimited field 1 of 15 bytes
@@ -206,12 +225,13 @@ def _normalised_points(face) -> np.ndarray:
     return np.array([(point.x, point.y, point.z) for point in face.landmark], dtype=np.float64)
 
 
-def _detections_in_pixels(detection_result, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes [D, 4] (px) and scores [D] of a face-detection result."""
+def _detections_in_pixels(detection_result, width: int, height: int, reduction: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [D, 4] (px of the frame, as `_mesh_faces_in_pixels`) and scores [D] of a face-detection result."""
     boxes, scores = [], []
+    width, height, offset = width * reduction, height * reduction, (reduction - 1) / 2
     for detection in detection_result.detections or []:
         relative = detection.location_data.relative_bounding_box
-        x0, y0 = relative.xmin * width, relative.ymin * height
+        x0, y0 = relative.xmin * width + offset, relative.ymin * height + offset
         boxes.append((x0, y0, x0 + relative.width * width, y0 + relative.height * height))
         scores.append(detection.score[0])
     return np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores, dtype=np.float32)
@@ -267,8 +287,10 @@ def detect_landmarks(
 ) -> LandmarkResult:
     """Landmarks, score and box of the chosen face in every frame (see the module docstring).
 
-    `items` yields (BGR uint8 image, group): group is the video's id for video frames (frames of
-    one video consecutive and in time order) or None for a still. `rgb`: the images are RGB
+    `items` yields (BGR uint8 image, group) or (image, group, reduction): group is the video's id for
+    video frames (frames of one video consecutive and in time order) or None for a still;
+    reduction r says the image was decoded at 1/r of the frame's size (`tracking_reduction`), and
+    points and boxes come back in the frame's pixels. `rgb`: the images are RGB
     already (decoded in MediaPipe's order, no conversion). `progress`, if given, is called after
     each frame with the number of frames done so far. The first `warm_up` items (frames of the
     video the next item belongs to) are only tracked by FaceMesh, not scored nor returned: see
@@ -283,7 +305,8 @@ def detect_landmarks(
         still_mesh = None
         video_mesh, video_group = None, None
         try:
-            for index, (image, group) in enumerate(items):
+            for index, (image, group, *reduced) in enumerate(items):
+                reduction = reduced[0] if reduced else 1
                 _check_image(image, index, group)
                 if group is None:
                     if still_mesh is None:
@@ -301,7 +324,7 @@ def detect_landmarks(
                 mesh_result = mesh.process(rgb_image)
                 if index < warm_up:
                     continue
-                faces = _mesh_faces_in_pixels(mesh_result, width, height)
+                faces = _mesh_faces_in_pixels(mesh_result, width, height, reduction)
                 face_counts.append(len(faces))
                 if len(faces) == 0:
                     points.append(np.full((NUM_POINTS, 3), np.nan, dtype=np.float32))
@@ -312,12 +335,13 @@ def detect_landmarks(
                     track = None
                 else:
                     face_boxes = np.stack([landmark_box(face) for face in faces])
-                    chosen = choose_face(face_boxes, width, height)
+                    chosen = choose_face(face_boxes, width * reduction, height * reduction)
                     carried = group is not None and track is not None and track.continues(group, face_boxes[chosen], len(faces))
                     if carried:
                         score = track.score
                     else:
-                        detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb_image), width, height)
+                        detector_boxes, detector_scores = _detections_in_pixels(detector.process(rgb_image), width, height,
+                                                                                reduction)
                         score = matched_score(face_boxes[chosen], detector_boxes, detector_scores)
                     measured.append(not carried)
                     track = _Track(group, face_boxes[chosen], len(faces), score) if group is not None else None
@@ -361,13 +385,14 @@ class _Track:
 # FaceMesh tracks a video one frame after the other, so one graph keeps one core busy. A long run of
 # frames is cut into TRACKING_SEGMENTS consecutive segments tracked at once, each by a graph of its
 # own (no shorter than MIN_SEGMENT_FRAMES, below which a graph's start-up and warm-up outweigh the
-# gain). A segment that starts inside a video first tracks up to WARM_UP_FRAMES frames before its
+# gain: mead_w040_happy's 165 1080p frames tracked in 1.44 s as two segments against 1.82 s in one,
+# median of 5 runs, both decoded at half size). A segment that starts inside a video first tracks up to WARM_UP_FRAMES frames before its
 # start and drops them, so that its track is under way where its results begin: on the dev videos
 # its landmarks are then within 0.26 px of one graph's, 0.02-0.04 px on average (up to 3.8 px at the
 # cut without the warm-up; the JPEG frames move them 0.19 px on average), with the same frames
 # detected and the same face counts.
 TRACKING_SEGMENTS = 2  # the cores of the machine this is measured on
-MIN_SEGMENT_FRAMES = 100
+MIN_SEGMENT_FRAMES = 60
 WARM_UP_FRAMES = 8
 
 

@@ -521,10 +521,8 @@ REDUCED_READS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMRE
 
 def read_frame(path: Path, rgb: bool = False, *, reduction: int = 1) -> np.ndarray:
     """One stored frame as BGR (or, decoded straight into that order, RGB) uint8, or MediaError naming it.
-    `reduction` (1, 2, 4 or 8; BGR only): decoded at 1/reduction of its width and height (REDUCED_READS)."""
-    if rgb and reduction != 1:
-        raise ValueError("read_frame decodes reduced frames as BGR only")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB if rgb else REDUCED_READS[reduction])
+    `reduction` (1, 2, 4 or 8): decoded at 1/reduction of its width and height (REDUCED_READS)."""
+    image = cv2.imread(str(path), REDUCED_READS[reduction] | (cv2.IMREAD_COLOR_RGB if rgb else 0))
     if image is None:
         raise MediaError(f"stored frame {path} is unreadable: re-materialize the frames asset")
     return image
@@ -535,15 +533,17 @@ def frame_groups(manifest: pd.DataFrame) -> list[str | None]:
     return [row.source if row.kind == "video" else None for row in manifest.itertuples(index=False)]
 
 
-def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False,
-                workers: int = 2) -> Iterator[tuple[np.ndarray, str | None]]:
-    """(BGR or RGB frame, video group or None for stills) in manifest order, for the landmark
-    stage: decoded by `workers` threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES
-    at the largest frame's size)."""
+def read_frames(frames_dir: Path, manifest: pd.DataFrame, rgb: bool = False, workers: int = 2,
+                reduction: Callable[[int, int], int] | None = None) -> Iterator[tuple[np.ndarray, str | None, int]]:
+    """(BGR or RGB frame, video group or None for stills, reduction) in manifest order, for the
+    landmark stage: each frame decoded at 1/`reduction(width, height)` of its size (1 without it),
+    by `workers` threads ahead of the caller (as many ahead as fit IN_FLIGHT_BYTES at the largest
+    frame's size)."""
     largest = int((manifest.width * manifest.height).max()) * 3 if len(manifest) else 0
-    images = map_ordered(lambda name: read_frame(frames_dir / name, rgb), manifest.file.tolist(), workers=workers,
-                         depth=depth_for(largest, 8))
-    return zip(images, frame_groups(manifest))
+    reductions = [reduction(width, height) if reduction else 1 for width, height in zip(manifest.width, manifest.height)]
+    images = map_ordered(lambda named: read_frame(frames_dir / named[0], rgb, reduction=named[1]),
+                         list(zip(manifest.file.tolist(), reductions)), workers=workers, depth=depth_for(largest, 8))
+    return zip(images, frame_groups(manifest), reductions)
 
 
 def replace_if_changed(temporary: Path, final: Path) -> bool:

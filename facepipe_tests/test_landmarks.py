@@ -256,3 +256,36 @@ def test_segments_tracked_in_parallel_find_what_one_graph_finds(hopper_crop):
     distances = np.linalg.norm(segmented.points[..., :2] - one_graph.points[..., :2], axis=2).mean(axis=1)
     assert np.array_equal(segmented.points[:12], one_graph.points[:12]) and distances.max() < 1.0
     assert segmented.score_measured.tolist() == [True] + [False] * 11 + [True] + [False] * 11
+
+
+@pytest.mark.parametrize("size, reduction", [((1920, 1080), 2), ((1080, 1920), 2), ((1280, 720), 1), ((1919, 1079), 1),
+                                             ((3840, 2160), 4), ((640, 480), 1), ((8640, 4320), 8)])
+def test_frames_of_1080_lines_or_more_are_tracked_reduced_to_540_or_more(size, reduction):
+    from facepipe.landmarks import tracking_reduction
+
+    assert tracking_reduction(*size) == reduction
+
+
+def test_a_frame_tracked_at_half_size_gives_the_full_decodes_landmarks_in_frame_pixels(hopper_crop, tmp_path):
+    """A 1080p frame stored as the frames asset stores it, tracked decoded in full and at half size:
+    the same faces, points in the frame's pixels within a pixel of the full decode's and not shifted
+    (a reduced pixel centres on 2x + 0.5), the same detector score."""
+    from facepipe.media import read_frame, write_frame_file
+
+    face = cv2.resize(hopper_crop, (1080, 1080), interpolation=cv2.INTER_CUBIC)  # face ~570 px wide
+    paths = []
+    for i in range(3):
+        frame = np.full((1080, 1920, 3), 120, dtype=np.uint8)
+        frame[:, 300 + 20 * i:1380 + 20 * i] = face
+        paths.append(tmp_path / f"{i:06d}.jpg")
+        write_frame_file(paths[-1], frame)
+    full = detect_landmarks([(read_frame(path, rgb=True), "clip.mp4") for path in paths], rgb=True)
+    half_images = [read_frame(path, rgb=True, reduction=2) for path in paths]
+    assert half_images[0].shape == (540, 960, 3)
+    half = detect_landmarks([(image, "clip.mp4", 2) for image in half_images], rgb=True)
+    assert full.detected.all() and half.detected.all() and np.array_equal(full.num_faces, half.num_faces)
+    offsets = half.points[..., :2] - full.points[..., :2]
+    assert np.linalg.norm(offsets, axis=2).mean() < 1.0
+    assert np.abs(offsets.mean(axis=(0, 1))).max() < 0.25
+    assert np.abs(half.box - full.box).max() < 4.0
+    assert np.allclose(half.score, full.score, atol=0.05) and half.score[0] > 0.5

@@ -24,7 +24,7 @@ from dagster import (
 from facepipe import faces as face_set
 from facepipe.assets.failures import failure_policy
 from facepipe.assets.stage import PREVIEW_FILE, reads_outside, run_stage, upstream
-from facepipe.landmarks import LandmarkResult, detect_landmarks_in_segments, tracking_segments
+from facepipe.landmarks import LandmarkResult, detect_landmarks_in_segments, tracking_reduction, tracking_segments
 from facepipe.media import (
     FRAME_ENCODING,
     MEDIA_LISTING,
@@ -54,8 +54,10 @@ CODE_VERSIONS = {
     "media": "2",  # 2: images over 64 megapixels are skipped (were decoded in full)
     "frames": "2",  # 2: JPEG q95 instead of PNG; videos read by grabbing/seeking (same frames)
     # 2: the detector scores the first face of a track, the track carries it; score_measured column; 3: runs
-    # of 200 frames or more tracked in two segments at once (landmarks.tracking_segments)
-    "landmarks": "3",
+    # of 200 frames or more tracked in two segments at once (landmarks.tracking_segments); 4: frames of 1080
+    # lines or more tracked at 1/2 (1/4, 1/8) of their size (landmarks.tracking_reduction), runs of 120 frames
+    # or more in two segments
+    "landmarks": "4",
     "smoothed_landmarks": "2",  # 2: passes the score_measured column on
     # 2: frames 2 (JPEG), read by two threads ahead of the alignment; 3: aligned on the eye-contour means
     # (FaceFusion's five points), not the iris centres; 4: a frame whose crop shrinks the face 2x or more is
@@ -205,7 +207,7 @@ def build_prep_assets(role: str) -> list:
             decoders = max(1, 2 // len(segments))
             result = detect_landmarks_in_segments(
                 segments, lambda first, end: read_frames(frames.path / "frames", manifest.iloc[first:end], rgb=True,
-                                                         workers=decoders),
+                                                         workers=decoders, reduction=tracking_reduction),
                 max_faces=config.max_faces, rgb=True,
                 progress=lambda done: (done % 50 == 0 or done == len(manifest)) and report(done, len(manifest)))
             detected = int(result.detected.sum())
