@@ -19,9 +19,12 @@ video (15000 frames, written once into --work, which takes a few minutes): with 
 only every 15th frame is kept, and the table says how many frames were decoded to get them.
 
 Each measurement runs in its own process (peak RSS is that process's). The machine may be
-shared: compare the ratio, which divides by a bound measured in the same run.
+shared and its speed drifts from minute to minute (a 1080p JPEG decode took 5.6 ms and 12-15 ms
+in the same hour): each video is prepared --repeat times (3), each preparation set against the
+mean of the bounds measured just before and just after it, and the table shows the repetition
+with the median ratio and the range of all of them.
 
-    .venv/bin/python benchmarks/prep_throughput.py [--long] [--sample] [--only kim_7s ...] [--work /tmp/prep_bench]
+    .venv/bin/python benchmarks/prep_throughput.py [--long] [--sample] [--only kim_7s ...] [--repeat 3] [--work /tmp/prep_bench]
 
 To measure another version of facepipe with the same script, put it first on PYTHONPATH.
 """
