@@ -62,6 +62,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     from facepipe.landmarks import detect_landmarks
     from facepipe.models.autoencoder import IdentityAutoencoder
     from facepipe.models.pair import PairModel, load_adapter, load_adapter_tensors
+    from facepipe.models.xseg import crops_to_tensor
     from facepipe.store import ArtifactStore
 
     store = ArtifactStore(store_root)
@@ -73,9 +74,6 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     load_adapter_tensors(model, saved.tensors, adapter.path)
     model.eval()
     size = saved.model_config.size
-
-    def as_input(crops: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
 
     def images(bgr: torch.Tensor) -> np.ndarray:
         return (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -90,7 +88,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     faces = sample(resize_crops(FaceSet.load(store.current("identity/curated_faces", identity).path).crops, size))
     faces = np.concatenate([faces, faces[:, :, ::-1]])  # and their mirror images, as the model learnt them
     with torch.no_grad():
-        bgr, logits = base(as_input(faces))  # not model.autoencoder: that one carries the shared LoRA set
+        bgr, logits = base(crops_to_tensor(faces))  # not model.autoencoder: that one carries the shared LoRA set
     own, painted = poses(faces, masks(logits)), poses(images(bgr), masks(logits))
     print(f"  identity model, its own faces: {reach(own[:, 0], painted[:, 0])}; {reach(own[:, 1], painted[:, 1])}")
 
@@ -101,7 +99,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
                          for (_, frame), points, ok in zip(frames, found.points, found.detected) if ok])
     for name, crops in (("training faces", training), ("held-out frames", held_out)):
         with torch.no_grad():
-            x = as_input(crops)
+            x = crops_to_tensor(crops)
             target_bgr, target_logits = model.target_decode(model.encode(x))
             swap_bgr, swap_logits = model(x)
         own = poses(crops, masks(target_logits))

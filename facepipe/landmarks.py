@@ -46,6 +46,7 @@ import mediapipe as mp
 import numpy as np
 import pandas as pd
 
+from facepipe.align import REDUCTIONS
 from facepipe.pipelining import map_ordered
 
 NUM_POINTS = 478
@@ -191,8 +192,8 @@ MIN_TRACKING_SIDE = 540
 
 
 def tracking_reduction(width: int, height: int) -> int:
-    """The largest JPEG reduction (1, 2, 4 or 8) a frame of this size is tracked at (MIN_TRACKING_SIDE)."""
-    return max((r for r in (8, 4, 2) if min(width, height) // r >= MIN_TRACKING_SIDE), default=1)
+    """The largest JPEG reduction (align.REDUCTIONS, else 1) a frame of this size is tracked at (MIN_TRACKING_SIDE)."""
+    return next((r for r in REDUCTIONS if min(width, height) // r >= MIN_TRACKING_SIDE), 1)
 
 
 def _mesh_faces_in_pixels(mesh_result, width: int, height: int, reduction: int = 1) -> np.ndarray:
@@ -386,11 +387,11 @@ class _Track:
 # frames is cut into TRACKING_SEGMENTS consecutive segments tracked at once, each by a graph of its
 # own (no shorter than MIN_SEGMENT_FRAMES, below which a graph's start-up and warm-up outweigh the
 # gain: mead_w040_happy's 165 1080p frames tracked in 1.44 s as two segments against 1.82 s in one,
-# median of 5 runs, both decoded at half size). A segment that starts inside a video first tracks up to WARM_UP_FRAMES frames before its
-# start and drops them, so that its track is under way where its results begin: on the dev videos
-# its landmarks are then within 0.26 px of one graph's, 0.02-0.04 px on average (up to 3.8 px at the
-# cut without the warm-up; the JPEG frames move them 0.19 px on average), with the same frames
-# detected and the same face counts.
+# median of 5 runs, both decoded at half size). A segment that starts inside a video first tracks up
+# to WARM_UP_FRAMES frames before its start and drops them, so that its track is under way where its
+# results begin: on the dev videos its landmarks are then within 0.26 px of one graph's, 0.02-0.04 px
+# on average (up to 3.8 px at the cut without the warm-up; the JPEG frames move them 0.19 px on
+# average), with the same frames detected and the same face counts.
 TRACKING_SEGMENTS = 2  # the cores of the machine this is measured on
 MIN_SEGMENT_FRAMES = 60
 WARM_UP_FRAMES = 8
