@@ -81,3 +81,17 @@ def turn_grid(points: np.ndarray, angle: float, size: int, cells: int = GRID_CEL
     queries = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
     read = queries + spline(queries)
     return (read * 2.0 / size - 1.0).reshape(cells, cells, 2)
+
+
+def turned_faces(images, masks, points: np.ndarray, angle: float):
+    """Faces [N, 3, S, S] (and masks [N, 1, S, S]) turned by ``angle`` radians, and their turned
+    landmarks [N, 478, 2] (pixels of S): the turned copies of a face set, for pose matching."""
+    import torch
+
+    from facepipe.models.augment import random_homography, warp_face_batch
+
+    size = images.shape[-1]
+    grids = torch.from_numpy(np.stack([turn_grid(p, angle, size) for p in points])).float()
+    straight = random_homography(torch.Generator(), len(images), 0.0, 0.0, 0.0, 0.0)
+    _, faces, _ = warp_face_batch(images, images, masks, straight, source_grid=grids)
+    return faces, np.stack([turned_points(p, angle) for p in points])
