@@ -170,6 +170,10 @@ class IdentityModelConfig(TrainingConfig):
     # as the identity's faces do, and a video of a person turning one way says nothing about the
     # other way (kim's faces turn -0..12 deg, mead's -12..-5).
     flip: float = 0.5
+    # Share of faces turned in 3D by up to turn_deg either way (facepipe.models.turn): poses beyond
+    # the identity's own, for targets that turn further than its media do.
+    turn: float = 0.0
+    turn_deg: float = 15.0
 
     def architecture(self) -> AutoencoderConfig:
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
@@ -184,7 +188,7 @@ class IdentityModelConfig(TrainingConfig):
         return ReconstructionTask.from_faces(face_set.crops, face_set.masks, self.architecture(), self.holdout_every,
                                              self.samples_per_epoch, adversarial=self.adversarial(),
                                              random_warp_epochs=self.random_warp_epochs,
-                                             augment=AugmentConfig(sharpen=self.sharpen, flip=self.flip),
+                                             augment=AugmentConfig(sharpen=self.sharpen, flip=self.flip, turn=self.turn, turn_deg=self.turn_deg),
                                              landmarks=face_set.landmarks, eyes_mouth_weight=self.eyes_mouth_weight,
                                              balance_power=self.balance_power)
 

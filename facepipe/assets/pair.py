@@ -42,6 +42,7 @@ from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.balance import expression_measures
+from facepipe.models.turn import turned_faces
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
@@ -79,6 +80,9 @@ class LoraConfig(TrainingConfig):
     samples_per_epoch: int = 128
     # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
     sharpen: float = AugmentConfig.sharpen
+    # Share of the identity replay's faces turned in 3D (facepipe.models.turn), up to turn_deg either way.
+    turn: float = 0.0
+    turn_deg: float = AugmentConfig.turn_deg
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -101,7 +105,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
         return PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
-                                   config.samples_per_epoch, adapter, AugmentConfig(sharpen=config.sharpen),
+                                   config.samples_per_epoch, adapter,
+                                   AugmentConfig(sharpen=config.sharpen, turn=config.turn, turn_deg=config.turn_deg),
                                    identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
 
     def write(trained: Trained, out: Path) -> dict:
@@ -131,6 +136,16 @@ def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet, mi
     images = task.identity_images[task.identity_train]
     poses = expression_measures(identity.landmarks[identity_rows], identity.crops.shape[1])[:, 3:]  # yaw, pitch
     target_poses = expression_measures(target.landmarks[target_rows], target.crops.shape[1])[:, 3:]
+    if task.identity_points is not None:
+        # The replay's turned faces too, at the two widest turns, so a target that turns further
+        # than the identity's media finds identity faces at its own pose.
+        points = task.identity_points[identity_rows]
+        usable = torch.from_numpy(np.isfinite(points).all(axis=(1, 2)))
+        base, base_masks = images[usable], task.identity_masks[task.identity_train][usable]
+        for degrees in (-task.augment.turn_deg, task.augment.turn_deg):
+            faces, marks = turned_faces(base, base_masks, points[usable.numpy()], np.radians(degrees))
+            images = torch.cat([images, faces])
+            poses = np.concatenate([poses, expression_measures(marks, images.shape[-1])[:, 3:]])
     if mirrored:
         images = torch.cat([images, images.flip(-1)])
         poses = np.concatenate([poses, poses * np.array([-1.0, 1.0])])  # a mirror image turns the other way

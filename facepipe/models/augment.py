@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facepipe.models import turn
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -56,6 +58,11 @@ class AugmentConfig:
     # teaches the model the other way too (DeepFaceLab's random_flip), at the price of averaging
     # the face's asymmetries (a parting, a mole) with their mirror image.
     flip: float = 0.0
+    # Share of faces turned in 3D by up to ``turn_deg`` either way (facepipe.models.turn; input, target
+    # and masks alike): poses the identity's media do not show, so the swap can follow a target that
+    # turns further. Needs each face's FaceMesh points with depth (``points`` of ``augment_batch``).
+    turn: float = 0.0
+    turn_deg: float = 15.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,24 +147,41 @@ def warp_with_grid(images: torch.Tensor, grid: torch.Tensor, padding_mode: str) 
     return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
+def compose_grids(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The sampling grid [N, H, W, 2] that reads through ``inner`` and then ``outer``: image(outer(inner(p))).
+    ``outer`` [N, c, c, 2] holds the read points at c x c evenly spaced points from corner to corner of
+    the crop (-1 to 1), interpolated bilinearly between them and held at the crop's edge beyond it."""
+    return F.grid_sample(outer.permute(0, 3, 1, 2), inner, mode="bilinear", padding_mode="border",
+                         align_corners=True).permute(0, 2, 3, 1)
+
+
 def warp_face_batch(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     target_masks: torch.Tensor,
     homographies: torch.Tensor,
     input_distortion: torch.Tensor | None = None,
+    source_grid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply the same homographies to input images, target images and target masks.
 
     ``input_distortion`` (a sampling grid [N, S, S, 2] from ``elastic_grid``) distorts the input
     only, composed with the homography into one sampling grid — input(p) = image(H(p + d(p))),
     the elastic warp of the warped image — so the input is resampled once, not blurred twice.
+    ``source_grid`` ([N, c, c, 2] read points, see ``compose_grids``; e.g. ``facepipe.models.turn``'s) is
+    applied to the images before the homography, in the same one resampling: image(T(H(p))); rows
+    of NaN leave their image as it is.
     Images repeat their border outward (as the aligned crops do); masks fill with 0 (what comes
     in from outside the crop is not known to be face).
     """
     height, width = inputs.shape[-2:]
     grid = homography_grid(homographies, height, width, inputs.device)
     input_grid = grid if input_distortion is None else map_grid(homographies, input_distortion)
+    if source_grid is not None:
+        rows = torch.isfinite(source_grid).flatten(1).all(dim=1).to(inputs.device)
+        source_grid = source_grid.to(device=inputs.device, dtype=torch.float32)[rows]
+        grid, input_grid = grid.expand(len(inputs), -1, -1, -1).clone(), input_grid.expand(len(inputs), -1, -1, -1).clone()
+        grid[rows], input_grid[rows] = compose_grids(source_grid, grid[rows]), compose_grids(source_grid, input_grid[rows])
     return (
         warp_with_grid(inputs, input_grid, "border"),
         warp_with_grid(targets, grid, "border"),
@@ -260,20 +284,43 @@ def sharpen(images: torch.Tensor, sigma: float = SHARPEN_SIGMA, amount: float = 
 
 
 # ---------------------------------------------------------------------------------------------
+# Head turns (input, target and masks alike)
+
+
+def random_turns(generator: torch.Generator, points: np.ndarray, size: int, share: float, max_deg: float) -> torch.Tensor | None:
+    """[N, c, c, 2] source grids (``compose_grids``) turning a drawn ``share`` of the faces by uniform
+    angles in ±``max_deg`` (``facepipe.models.turn.turn_grid``; NaN rows for the others and for
+    faces without points), or None when no face is turned."""
+    batch = len(points)
+    chosen = torch.rand(batch, generator=generator) < share
+    angles = _uniform(generator, batch, -max_deg, max_deg) * (math.pi / 180.0)
+    chosen &= torch.from_numpy(np.isfinite(points).all(axis=(1, 2)))
+    if not chosen.any():
+        return None
+    grids = np.full((batch, turn.GRID_CELLS, turn.GRID_CELLS, 2), np.nan)
+    for i in np.flatnonzero(chosen.numpy()):
+        grids[i] = turn.turn_grid(points[i], float(angles[i]), size)
+    return torch.from_numpy(grids).float()
+
+
+# ---------------------------------------------------------------------------------------------
 # One call for a training batch
 
 
 def augment_batch(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig()
+    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig(),
+    points: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input, target, target_mask) for a batch of faces [N, 3, S, S] and masks [N, 1, S, S].
 
     Target and mask get the shared homography; the input gets the same homography composed with
     the elastic warp (one resampling, see ``warp_face_batch``); colour jitter (if enabled) is
     the same on input and target; then the inputs drawn for it are sharpened (``sharpen``).
+    ``points`` [N, 478, 3] (FaceMesh points with depth in pixels of the images, NaN where none: see
+    ``facepipe.models.turn.crops_mesh``) let a share ``turn`` of the faces turn in 3D first.
     Random draws happen in a fixed order (homography, colour, elastic, which faces to sharpen,
-    which to mirror), each only when its part is enabled, so the same generator state gives the
-    same batch, and switching the elastic warp off leaves targets and masks unchanged.
+    which to mirror, which to turn and how far), each only when its part is enabled, so the same
+    generator state gives the same batch, and switching the elastic warp off leaves targets and masks unchanged.
     """
     batch, _, height, width = images.shape
     homographies = random_homography(
@@ -295,7 +342,10 @@ def augment_batch(
         # are the mirror images of the unflipped ones (the input's elastic warp stays unmirrored).
         flipped = torch.rand(batch, generator=generator) < config.flip
         homographies[flipped, :, 0] *= -1.0
-    inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion)
+    source_grid = None
+    if config.turn > 0 and points is not None:
+        source_grid = random_turns(generator, points, height, config.turn, config.turn_deg)
+    inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion, source_grid)
     if jitter is not None:
         inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)
     if sharpened is not None and sharpened.any():
@@ -311,11 +361,12 @@ def augment_with_features(
     feature_masks: torch.Tensor | None,
     generator: torch.Generator,
     config: AugmentConfig = AugmentConfig(),
+    points: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``augment_batch`` that also warps the eyes-and-mouth masks [N, 1, S, S] (or None) exactly like
     the face masks: (input, target, target_mask, target_feature_mask or None). The masks travel as
     extra channels of one warp, so the random draws, and every other output, are those of
     ``augment_batch`` alone."""
     stacked = masks if feature_masks is None else torch.cat([masks, feature_masks], dim=1)
-    inputs, targets, warped = augment_batch(images, stacked, generator, config)
+    inputs, targets, warped = augment_batch(images, stacked, generator, config, points)
     return inputs, targets, warped[:, :1], None if feature_masks is None else warped[:, 1:]

@@ -14,6 +14,7 @@ from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors
 from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
+from facepipe.models.turn import crops_mesh
 from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
 from facepipe.train.task import TrainTask
 from facepipe.train.tasks.reconstruction import eyes_mouth_tensor
@@ -47,8 +48,12 @@ class PairTask(TrainTask):
         augment: AugmentConfig = AugmentConfig(),
         identity_features: torch.Tensor | None = None,
         target_features: torch.Tensor | None = None,
+        identity_points: np.ndarray | None = None,
     ):
         # *_features [N, 1, S, S]: the eyes and mouth, scored by adapter.eyes_mouth_weight.
+        # identity_points [N, 478, 3]: FaceMesh points with depth at the model size, for the identity
+        # replay's head turns (augment.turn; the target's faces are never turned).
+        self.identity_points = identity_points
         self.identity_features, self.target_features = identity_features, target_features
         self.loss_weights = LossWeights(eyes_mouth=adapter.eyes_mouth_weight)
         self.identity_model = Path(identity_model)  # the identity model's saved folder (weights + config)
@@ -92,11 +97,12 @@ class PairTask(TrainTask):
         check_masks(identity_masks, "identity")
         check_masks(target_masks, "target")
         size, weight = model_config_of(identity_model).size, adapter.eyes_mouth_weight
+        points = crops_mesh(np.asarray(identity_crops)) * (size / identity_crops.shape[1]) if augment.turn > 0 else None
         return cls(identity_model, *faces_to_tensors(resize_crops(identity_crops, size), resize_crops(identity_masks, size)),
                    *faces_to_tensors(resize_crops(target_crops, size), resize_crops(target_masks, size)),
                    holdout_every, samples_per_epoch, adapter, augment,
                    eyes_mouth_tensor(identity_landmarks, identity_crops.shape[1], size, weight),
-                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight))
+                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), points)
 
     def build_model(self) -> PairModel:
         return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
@@ -114,7 +120,8 @@ class PairTask(TrainTask):
         )
         identity_in, identity_out, identity_mask, identity_features = augment_with_features(
             self.identity_images[identity_rows], self.identity_masks[identity_rows],
-            rows_of(self.identity_features, identity_rows), generator, self.augment
+            rows_of(self.identity_features, identity_rows), generator, self.augment,
+            None if self.identity_points is None else self.identity_points[identity_rows.numpy()]
         )
         # One encoder pass for both: no normalisation layers, so a face's code does not depend
         # on its batch neighbours.
