@@ -20,7 +20,7 @@ STILL = dict(rotation_deg=0, scale=0, shift=0, perspective=0, elastic_strength=0
 def hopper_with_mesh(size: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     crops, masks, _ = hopper_aligned()
     images, mask_tensor = faces_to_tensors(resize_crops(crops, size), resize_crops(masks, size))
-    points = turn.crops_mesh(crops) * (size / crops.shape[1])
+    points = turn.crops_mesh(crops, size)
     assert np.isfinite(points).all(), "FaceMesh found no face in a Grace Hopper crop"
     return images, mask_tensor, points
 
@@ -85,9 +85,27 @@ def test_the_mask_turns_with_the_face():
         assert overlap(face_masks, landmarks) > overlap(masks, landmarks) + 0.04
 
 
+def test_the_turn_table_gives_the_solved_turn_between_its_angles():
+    _, _, points = hopper_with_mesh(96)
+    table = turn.turn_table(points, 15.0, 96)
+    assert table.shape == (len(points), 7, turn.GRID_CELLS, turn.GRID_CELLS, 2)
+    for degrees in (-15.0, -11.3, -5.0, 0.7, 8.0, 14.2):
+        angles = np.full(len(points), np.radians(degrees))
+        solved = np.stack([turn.turn_grid(p, angles[0], 96) for p in points])
+        error = np.abs(turn.interpolated_grids(table, angles, 15.0) - solved) * 48  # px at 96 px (grid units: 48 px)
+        if degrees in (-15.0, -5.0):
+            assert error.max() < 1e-4  # the table's own angles
+        # Between them the grids are smooth nearly everywhere; a few points along the far cheek's
+        # outline, where the spline folds, move by up to a few pixels from one solve to the next.
+        assert np.median(error) < 0.01 and np.percentile(error, 99) < 0.6, (degrees, np.percentile(error, [50, 99]))
+    # Faces FaceMesh found nothing in have no turns.
+    assert np.isnan(turn.turn_table(np.full_like(points, np.nan), 15.0, 96)).all()
+
+
 def test_turns_go_to_a_share_of_the_faces_and_are_drawn_last():
     images, masks, points = hopper_with_mesh(64)
     config = AugmentConfig(turn=0.5)
+    points = turn.turn_table(points, config.turn_deg, 64)
     plain = augment_batch(images, masks, torch.Generator().manual_seed(0), AugmentConfig())
     # Without points (or with turn 0) the batch is exactly the one before head turns existed.
     for same in (augment_batch(images, masks, torch.Generator().manual_seed(0), config),
@@ -101,7 +119,7 @@ def test_turns_go_to_a_share_of_the_faces_and_are_drawn_last():
             kinds.add(torch.equal(got, base))
     assert kinds == {True, False}
     # Faces without points (FaceMesh found none in the crop) are never turned.
-    unseen = np.full_like(points, np.nan)
+    unseen = np.full_like(points, np.nan)  # their turn table
     none_turned = augment_batch(images, masks, torch.Generator().manual_seed(1), AugmentConfig(turn=1.0), unseen)
     assert all(torch.equal(a, b) for a, b in
                zip(none_turned, augment_batch(images, masks, torch.Generator().manual_seed(1), AugmentConfig())))

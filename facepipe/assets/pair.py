@@ -30,7 +30,7 @@ from facepipe.evaluate import evaluate_swaps, face_alone, mean_identity_face_alo
 from facepipe.export import export_dfm
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
-from facepipe.models.augment import AugmentConfig
+from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
                                   set_swap_latent_offset)
@@ -42,7 +42,6 @@ from facepipe.resources import FacepipeSettings
 from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.balance import expression_measures
-from facepipe.models.turn import turned_faces
 from facepipe.train.tasks.pair import PairTask
 
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
@@ -83,6 +82,9 @@ class LoraConfig(TrainingConfig):
     # Share of the identity replay's faces turned in 3D (facepipe.models.turn), up to turn_deg either way.
     turn: float = 0.0
     turn_deg: float = AugmentConfig.turn_deg
+    # Draw the target's rare poses and expressions more often, as the identity model draws its own
+    # (identity_model.balance_power; 0: the target's faces in turn, each once an epoch).
+    target_balance_power: float = 0.0
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -107,7 +109,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
                                    config.samples_per_epoch, adapter,
                                    AugmentConfig(sharpen=config.sharpen, turn=config.turn, turn_deg=config.turn_deg),
-                                   identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
+                                   identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks,
+                                   target_balance_power=config.target_balance_power)
 
     def write(trained: Trained, out: Path) -> dict:
         model = trained.model

@@ -287,20 +287,21 @@ def sharpen(images: torch.Tensor, sigma: float = SHARPEN_SIGMA, amount: float = 
 # Head turns (input, target and masks alike)
 
 
-def random_turns(generator: torch.Generator, points: np.ndarray, size: int, share: float, max_deg: float) -> torch.Tensor | None:
+def random_turns(generator: torch.Generator, turns: np.ndarray, share: float, max_deg: float) -> torch.Tensor | None:
     """[N, c, c, 2] source grids (``compose_grids``) turning a drawn ``share`` of the faces by uniform
-    angles in ±``max_deg`` (``facepipe.models.turn.turn_grid``; NaN rows for the others and for
-    faces without points), or None when no face is turned."""
-    batch = len(points)
+    angles in ±``max_deg``, read from the faces' turn tables [N, K, c, c, 2]
+    (``facepipe.models.turn.turn_table``; NaN rows for the others and for faces without points),
+    or None when no face is turned."""
+    batch = len(turns)
     chosen = torch.rand(batch, generator=generator) < share
     angles = _uniform(generator, batch, -max_deg, max_deg) * (math.pi / 180.0)
-    chosen &= torch.from_numpy(np.isfinite(points).all(axis=(1, 2)))
+    chosen &= torch.from_numpy(np.isfinite(turns).all(axis=(1, 2, 3, 4)))
     if not chosen.any():
         return None
-    grids = np.full((batch, turn.GRID_CELLS, turn.GRID_CELLS, 2), np.nan)
-    for i in np.flatnonzero(chosen.numpy()):
-        grids[i] = turn.turn_grid(points[i], float(angles[i]), size)
-    return torch.from_numpy(grids).float()
+    picked = chosen.numpy()
+    grids = np.full((batch, *turns.shape[2:]), np.nan, dtype=np.float32)
+    grids[picked] = turn.interpolated_grids(turns[picked], angles.numpy()[picked], max_deg)
+    return torch.from_numpy(grids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,15 +310,15 @@ def random_turns(generator: torch.Generator, points: np.ndarray, size: int, shar
 
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig(),
-    points: np.ndarray | None = None,
+    turns: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input, target, target_mask) for a batch of faces [N, 3, S, S] and masks [N, 1, S, S].
 
     Target and mask get the shared homography; the input gets the same homography composed with
     the elastic warp (one resampling, see ``warp_face_batch``); colour jitter (if enabled) is
     the same on input and target; then the inputs drawn for it are sharpened (``sharpen``).
-    ``points`` [N, 478, 3] (FaceMesh points with depth in pixels of the images, NaN where none: see
-    ``facepipe.models.turn.crops_mesh``) let a share ``turn`` of the faces turn in 3D first.
+    ``turns`` [N, K, c, c, 2] (the faces' turn tables, NaN where FaceMesh found no face: see
+    ``facepipe.models.turn.turn_table``) let a share ``turn`` of the faces turn in 3D first.
     Random draws happen in a fixed order (homography, colour, elastic, which faces to sharpen,
     which to mirror, which to turn and how far), each only when its part is enabled, so the same
     generator state gives the same batch, and switching the elastic warp off leaves targets and masks unchanged.
@@ -343,8 +344,8 @@ def augment_batch(
         flipped = torch.rand(batch, generator=generator) < config.flip
         homographies[flipped, :, 0] *= -1.0
     source_grid = None
-    if config.turn > 0 and points is not None:
-        source_grid = random_turns(generator, points, height, config.turn, config.turn_deg)
+    if config.turn > 0 and turns is not None:
+        source_grid = random_turns(generator, turns, config.turn, config.turn_deg)
     inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion, source_grid)
     if jitter is not None:
         inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)
@@ -361,12 +362,22 @@ def augment_with_features(
     feature_masks: torch.Tensor | None,
     generator: torch.Generator,
     config: AugmentConfig = AugmentConfig(),
-    points: np.ndarray | None = None,
+    turns: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``augment_batch`` that also warps the eyes-and-mouth masks [N, 1, S, S] (or None) exactly like
     the face masks: (input, target, target_mask, target_feature_mask or None). The masks travel as
     extra channels of one warp, so the random draws, and every other output, are those of
     ``augment_batch`` alone."""
     stacked = masks if feature_masks is None else torch.cat([masks, feature_masks], dim=1)
-    inputs, targets, warped = augment_batch(images, stacked, generator, config, points)
+    inputs, targets, warped = augment_batch(images, stacked, generator, config, turns)
     return inputs, targets, warped[:, :1], None if feature_masks is None else warped[:, 1:]
+
+
+def turned_faces(images, masks, points: np.ndarray, angle: float):
+    """Faces [N, 3, S, S] (and masks [N, 1, S, S]) turned by ``angle`` radians, and their turned
+    landmarks [N, 478, 2] (pixels of S): the turned copies of a face set, for pose matching."""
+    size = images.shape[-1]
+    grids = torch.from_numpy(np.stack([turn.turn_grid(p, angle, size) for p in points])).float()
+    straight = random_homography(torch.Generator(), len(images), 0.0, 0.0, 0.0, 0.0)
+    _, faces, _ = warp_face_batch(images, images, masks, straight, source_grid=grids)
+    return faces, np.stack([turn.turned_points(p, angle) for p in points])

@@ -24,7 +24,7 @@ from facepipe.faces import feature_masks, holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
-from facepipe.models.turn import crops_mesh
+from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.preview import blend, contact_sheet
 from facepipe.train.balance import draw_rows, expression_measures, rarity_weights
@@ -60,13 +60,13 @@ class ReconstructionTask(TrainTask):
                  samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
                  adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None,
                  feature_masks: torch.Tensor | None = None, loss_weights: LossWeights = LossWeights(),
-                 sample_weights: torch.Tensor | None = None, points: np.ndarray | None = None):
+                 sample_weights: torch.Tensor | None = None, turns: np.ndarray | None = None):
         # feature_masks [N, 1, S, S]: the eyes and mouth, scored by loss_weights.eyes_mouth.
         self.images, self.masks, self.feature_masks, self.loss_weights = images, masks, feature_masks, loss_weights
         # sample_weights [len(train_idx)]: draw training faces in proportion (facepipe.train.balance); None: uniform.
         self.sample_weights = sample_weights
-        # points [N, 478, 3]: each face's FaceMesh points with depth at the model size, for head turns.
-        self.points = points
+        # turns [N, K, c, c, 2]: each face's turn table (facepipe.models.turn), for head turns.
+        self.turns = turns
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
         # Small sets are repeated within an epoch (each repeat augmented differently), so an
@@ -89,7 +89,7 @@ class ReconstructionTask(TrainTask):
         model size; with ``eyes_mouth_weight`` > 0 the crop-space ``landmarks`` [N, 478, 2] give the
         eyes-and-mouth masks that term weighs, with ``balance_power`` > 0 the rarity of each face's
         pose and expression (facepipe.train.balance); with ``augment.turn`` > 0 FaceMesh reads each
-        crop's points with depth once, for the head turns (facepipe.models.turn)."""
+        crop's points with depth once and solves its turns, for the head turns (facepipe.models.turn)."""
         size = model_config.size
         images, mask_tensor = faces_to_tensors(resize_crops(crops, size), resize_crops(masks, size))
         train_idx, held_idx = holdout_split(len(images), holdout_every)
@@ -99,9 +99,9 @@ class ReconstructionTask(TrainTask):
             if landmarks is None:
                 raise ValueError("balancing poses and expressions needs the faces' crop-space landmarks")
             weights = rarity_weights(expression_measures(np.asarray(landmarks)[train_idx], crops.shape[1]), balance_power)
-        points = crops_mesh(np.asarray(crops)) * (size / crops.shape[1]) if augment.turn > 0 else None
+        turns = turn_table(crops_mesh(crops, size), augment.turn_deg, size) if augment.turn > 0 else None
         return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial,
-                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights, points)
+                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights, turns)
 
     def build_model(self) -> nn.Module:
         autoencoder = IdentityAutoencoder(self.model_config)
@@ -124,9 +124,9 @@ class ReconstructionTask(TrainTask):
     def compute_loss(self, model, batch_indices, generator, device):
         rows = draw_rows(self.train_idx, self.sample_weights, batch_indices, generator)
         features = None if self.feature_masks is None else self.feature_masks[rows]
-        points = None if self.points is None else self.points[rows.numpy()]
+        turns = None if self.turns is None else self.turns[rows.numpy()]
         inputs, targets, target_masks, features = augment_with_features(self.images[rows], self.masks[rows], features,
-                                                                         generator, self.epoch_augment(), points)
+                                                                         generator, self.epoch_augment(), turns)
         bgr, mask_logits = model(inputs.to(device))
         targets, target_masks = targets.to(device), target_masks.to(device)
         total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks, self.loss_weights,
