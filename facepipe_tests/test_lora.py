@@ -55,7 +55,6 @@ from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_fac
 from facepipe.profile import build_profile, crop_sharpness
 from facepipe.sample import HeadPose, Lighting, astronaut_face, hopper_face, render_frame, render_head_frames
 from facepipe.train import TrainConfig, train_model
-from facepipe.train.tasks import pair as pair_tasks
 from facepipe.train.tasks.pair import PairTask
 from facepipe.train.tasks.reconstruction import ReconstructionTask
 
@@ -273,40 +272,6 @@ def test_masks_of_zero_and_one_are_refused(identity_weights, tmp_path):
     crops, masks, _ = moving_faces("astronaut")
     with pytest.raises(ValueError, match="scale them to 0..255"):
         PairTask.from_faces(identity_weights.parent, crops, masks, crops, (masks > 0).astype(np.uint8), adapter=TINY_ADAPTER)
-
-
-def test_a_target_balanced_adapter_draws_the_targets_rare_poses_more_often(identity_weights, monkeypatch):
-    identity_crops, identity_masks, _ = moving_faces("hopper")
-    # A lopsided target: one pose filmed 13 times, seven other poses once each.
-    order = np.array([0] * 13 + list(range(1, FRAMES)))
-    target_crops, target_masks, target_marks = (part[order] for part in moving_faces("astronaut"))
-
-    def task(power: float) -> PairTask:
-        return PairTask.from_faces(identity_weights.parent, identity_crops, identity_masks, target_crops, target_masks,
-                                   holdout_every=HOLDOUT_EVERY, adapter=TINY_ADAPTER, target_landmarks=target_marks,
-                                   target_balance_power=power)
-
-    with pytest.raises(ValueError, match="crop-space landmarks"):
-        PairTask.from_faces(identity_weights.parent, identity_crops, identity_masks, target_crops, target_masks,
-                            adapter=TINY_ADAPTER, target_balance_power=0.5)
-    assert task(0.0).target_weights is None
-    balanced = task(1.0)
-    # Count how often the training batches draw the common pose (the target path's images come first).
-    drawn = []
-    original = pair_tasks.augment_with_features
-
-    def recording(images, *args):
-        drawn.append(images)
-        return original(images, *args)
-
-    monkeypatch.setattr(pair_tasks, "augment_with_features", recording)
-    model, generator = balanced.build_model(), torch.Generator().manual_seed(0)
-    for step in range(40):
-        balanced.compute_loss(model, torch.arange(step * 4, step * 4 + 4), generator, torch.device("cpu"))
-    common = balanced.target_images[0]
-    share = np.mean([torch.equal(image, common) for images in drawn[::2] for image in images])
-    train_share = np.mean(order[balanced.target_train.numpy()] == 0)  # each face once an epoch: 10 of 15
-    assert share < train_share - 0.2, (share, train_share)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,9 +82,6 @@ class LoraConfig(TrainingConfig):
     # Share of the identity replay's faces turned in 3D (facepipe.models.turn), up to turn_deg either way.
     turn: float = 0.0
     turn_deg: float = AugmentConfig.turn_deg
-    # Draw the target's rare poses and expressions more often, as the identity model draws its own
-    # (identity_model.balance_power; 0: the target's faces in turn, each once an epoch).
-    target_balance_power: float = 0.0
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -109,8 +106,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
                                    config.samples_per_epoch, adapter,
                                    AugmentConfig(sharpen=config.sharpen, turn=config.turn, turn_deg=config.turn_deg),
-                                   identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks,
-                                   target_balance_power=config.target_balance_power)
+                                   identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
 
     def write(trained: Trained, out: Path) -> dict:
         model = trained.model

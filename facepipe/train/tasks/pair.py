@@ -14,9 +14,8 @@ from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors
 from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
-from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
-from facepipe.train.balance import draw_rows, expression_measures, rarity_weights
+from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.train.task import TrainTask
 from facepipe.train.tasks.reconstruction import eyes_mouth_tensor
 
@@ -50,10 +49,7 @@ class PairTask(TrainTask):
         identity_features: torch.Tensor | None = None,
         target_features: torch.Tensor | None = None,
         identity_points: np.ndarray | None = None,
-        target_weights: torch.Tensor | None = None,
     ):
-        # target_weights [len(target_train)]: draw the target's training faces in proportion
-        # (facepipe.train.balance); None: the engine's order, each face once an epoch.
         # *_features [N, 1, S, S]: the eyes and mouth, scored by adapter.eyes_mouth_weight.
         # identity_points [N, 478, 3]: FaceMesh points with depth at the model size, for the identity
         # replay's head turns (augment.turn; the target's faces are never turned), solved once.
@@ -79,7 +75,6 @@ class PairTask(TrainTask):
             )
         # An epoch is a pass over the target faces, repeated (augmented anew) up to samples_per_epoch.
         self.num_samples = max(len(self.target_train), samples_per_epoch)
-        self.target_weights = target_weights
         self.best_metric = "holdout_target_l1" if len(self.target_held) else "loss"
 
     @classmethod
@@ -96,35 +91,26 @@ class PairTask(TrainTask):
         augment: AugmentConfig = AugmentConfig(),
         identity_landmarks: np.ndarray | None = None,
         target_landmarks: np.ndarray | None = None,
-        target_balance_power: float = 0.0,
     ) -> PairTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face and masks
         [N, S0, S0] uint8 0..255 (identity: hull masks; target: target_masks, e.g. XSeg),
         resized once to the identity model's size; with ``adapter.eyes_mouth_weight`` > 0 the
-        crop-space landmarks [N, 478, 2] of both give the eyes-and-mouth masks, and with
-        ``target_balance_power`` > 0 the target's give the rarity its faces are drawn by."""
+        crop-space landmarks [N, 478, 2] of both give the eyes-and-mouth masks."""
         check_masks(identity_masks, "identity")
         check_masks(target_masks, "target")
         size, weight = model_config_of(identity_model).size, adapter.eyes_mouth_weight
         points = crops_mesh(identity_crops, size) if augment.turn > 0 else None
-        weights = None
-        if target_balance_power > 0:
-            if target_landmarks is None:
-                raise ValueError("balancing the target's poses and expressions needs its faces' crop-space landmarks")
-            train, _ = holdout_split(len(target_crops), holdout_every)
-            weights = rarity_weights(expression_measures(np.asarray(target_landmarks)[train], target_crops.shape[1]),
-                                     target_balance_power)
         return cls(identity_model, *faces_to_tensors(resize_crops(identity_crops, size), resize_crops(identity_masks, size)),
                    *faces_to_tensors(resize_crops(target_crops, size), resize_crops(target_masks, size)),
                    holdout_every, samples_per_epoch, adapter, augment,
                    eyes_mouth_tensor(identity_landmarks, identity_crops.shape[1], size, weight),
-                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), points, weights)
+                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), points)
 
     def build_model(self) -> PairModel:
         return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
 
     def compute_loss(self, model, batch_indices, generator, device):
-        target_rows = draw_rows(self.target_train, self.target_weights, batch_indices, generator)
+        target_rows = self.target_train[batch_indices % len(self.target_train)]
         # Drawn from the engine's generator: every target face meets varying identity faces, and
         # the draw is checkpointed with the generator, so resume stays exact.
         identity_rows = self.identity_train[

@@ -24,8 +24,8 @@ from facepipe.faces import feature_masks, holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
-from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
+from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.preview import blend, contact_sheet
 from facepipe.train.balance import draw_rows, expression_measures, rarity_weights
 from facepipe.train.task import TrainTask
