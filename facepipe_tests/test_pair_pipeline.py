@@ -11,6 +11,7 @@ import pytest
 
 from conftest import tiny_run_config
 
+from facepipe.assets.pair import beyond_reach_warning, yaw_span
 from facepipe.faces import FaceSet
 from facepipe.registry import read_index
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
@@ -80,6 +81,10 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
                                                            "morph_value:0": np.float32([1.0])})
     assert face_mask.shape == (1, size, size, 1) and celeb_face.shape == (1, size, size, 3)
 
+    # the adapter records how far each side turns (what the swap can follow)
+    adapter_meta = store.current("pair/lora_adapter", "hopper|talk").metadata
+    for side in ("identity_yaw_deg", "target_yaw_deg"):
+        assert len(adapter_meta[side]) == 2 and adapter_meta[side][0] <= adapter_meta[side][1]
     meta = export.metadata
     assert meta["onnx_parity_max_abs_error"] <= meta["parity_tolerance"]
     metrics = meta["metrics"]
@@ -103,3 +108,12 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     again = build_pair(project, "hopper|talk")
     logs = [e.message for e in project.instance.all_logs(again.run_id) if e.message]
     assert any("written nothing (same bytes)" in line for line in logs)
+
+
+def test_a_target_turning_beyond_the_identitys_faces_is_told_how_to_follow_it():
+    assert yaw_span(np.column_stack([np.arange(101.0), np.zeros(101)])) == (5.0, 95.0)
+    # german_news's faces (-4.2..7 deg) against obama's (2.5..21.6): the swap cannot follow
+    line = beyond_reach_warning("obama", (-4.2, 7.0), (2.5, 21.6))
+    assert line.startswith("'obama' turns 2..22 deg") and "-4..7 deg" in line and "turn: 0.5" in line
+    assert beyond_reach_warning("mead", (-11.3, 11.3), (-12.5, -5.4)) is None  # kim mirrored covers mead
+    assert beyond_reach_warning("left", (-5.0, 5.0), (-12.0, 0.0)) is not None  # either side

@@ -62,6 +62,11 @@ def pair_keys(context) -> tuple[str, str]:
     return keys["identity"], keys["target"]
 
 
+# A target that turns this much further than the identity's faces (5th-95th percentile of yaw) gets
+# a warning: the swap turns about as far as the identity's faces (README, "Swap quality").
+TURN_HINT_DEG = 5.0
+
+
 class LoraConfig(TrainingConfig):
     """Defaults train the sample pair on a CPU in minutes."""
 
@@ -95,7 +100,7 @@ class LoraConfig(TrainingConfig):
 @failure_policy
 def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: FacepipeSettings, identity_model: Artifact,
                  identity_faces: Artifact, target_faces: Artifact, target_masks: Artifact) -> MaterializeResult:
-    identity, _ = pair_keys(context)
+    identity, target = pair_keys(context)
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
                             eyes_mouth_weight=config.eyes_mouth_weight)
@@ -114,23 +119,31 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                          f"parameters, {100 * model.adapter_share:.2f}% of the identity model's {model.base_parameters}")
         task = trained.task
         mirrored = identity_model.record["config"].get("flip", 0) > 0
-        identity_images, weights = pose_matched_identity(task, FaceSet.load(identity_faces.path),
-                                                         FaceSet.load(target_faces.path), mirrored)
-        offset = set_swap_latent_offset(model, identity_images, task.target_images[task.target_train], weights)
+        identity_images, identity_poses, target_poses = pose_matched_identity(
+            task, FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path), mirrored)
+        offset = set_swap_latent_offset(model, identity_images, task.target_images[task.target_train],
+                                        pose_matched_weights(identity_poses, target_poses))
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
+        identity_yaw, target_yaw = yaw_span(identity_poses), yaw_span(target_poses)
+        warning = beyond_reach_warning(target, identity_yaw, target_yaw)
+        if warning and not identity_model.record["config"].get("turn"):
+            context.log.warning(warning)
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
-                "swap_latent_offset_norm": round(float(offset.norm()), 4)}
+                "swap_latent_offset_norm": round(float(offset.norm()), 4),
+                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw)}
 
     return train_in_store(context, settings, config, make_task, write)
 
 
-def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet, mirrored: bool) -> tuple[torch.Tensor, np.ndarray]:
+def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet,
+                          mirrored: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The identity's training faces (and their mirror images, when the identity model learnt
-    mirrored faces) and weights that give them the poses of the target's training faces
-    (facepipe.models.pair.pose_matched_weights), for the swap latent offset."""
+    mirrored faces; their turned copies, when the adapter turns its replay), their poses and the
+    poses of the target's training faces ([N, 2] yaw and pitch in degrees), for the swap latent
+    offset (facepipe.models.pair.pose_matched_weights)."""
     identity_rows, target_rows = task.identity_train.numpy(), task.target_train.numpy()
     images = task.identity_images[task.identity_train]
     poses = expression_measures(identity.landmarks[identity_rows], identity.crops.shape[1])[:, 3:]  # yaw, pitch
@@ -148,7 +161,24 @@ def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet, mi
     if mirrored:
         images = torch.cat([images, images.flip(-1)])
         poses = np.concatenate([poses, poses * np.array([-1.0, 1.0])])  # a mirror image turns the other way
-    return images, pose_matched_weights(poses, target_poses)
+    return images, poses, target_poses
+
+
+def yaw_span(poses: np.ndarray) -> tuple[float, float]:
+    """5th and 95th percentile of the yaws (degrees) of poses [N, 2], to 0.1 degree."""
+    low, high = np.percentile(poses[:, 0], [5, 95])
+    return round(float(low), 1), round(float(high), 1)
+
+
+def beyond_reach_warning(target: str, identity_yaw: tuple[float, float], target_yaw: tuple[float, float]) -> str | None:
+    """The line telling the user that the target turns further than the identity's faces (yaw spans
+    in degrees, ``yaw_span``), or None when it stays within TURN_HINT_DEG of them."""
+    if target_yaw[0] >= identity_yaw[0] - TURN_HINT_DEG and target_yaw[1] <= identity_yaw[1] + TURN_HINT_DEG:
+        return None
+    return (f"'{target}' turns {target_yaw[0]:.0f}..{target_yaw[1]:.0f} deg, the identity's faces (mirrored where the "
+            f"identity model mirrors them) {identity_yaw[0]:.0f}..{identity_yaw[1]:.0f} deg: the swap turns about as far "
+            f"as the identity's faces. More footage of the identity turning, or head turns (turn: 0.5 for "
+            f"identity__identity_model and pair__lora_adapter; README, 'Your own media'), let it follow further")
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
