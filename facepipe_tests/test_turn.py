@@ -105,21 +105,21 @@ def test_the_turn_table_gives_the_solved_turn_between_its_angles():
 def test_turns_go_to_a_share_of_the_faces_and_are_drawn_last():
     images, masks, points = hopper_with_mesh(64)
     config = AugmentConfig(turn=0.5)
-    points = turn.turn_table(points, config.turn_deg, 64)
+    turns = turn.turn_table(points, config.turn_deg, 64)
     plain = augment_batch(images, masks, torch.Generator().manual_seed(0), AugmentConfig())
-    # Without points (or with turn 0) the batch is exactly the one before head turns existed.
+    # Without turn tables (or with turn 0) the batch is exactly the one before head turns existed.
     for same in (augment_batch(images, masks, torch.Generator().manual_seed(0), config),
-                 augment_batch(images, masks, torch.Generator().manual_seed(0), AugmentConfig(), points)):
+                 augment_batch(images, masks, torch.Generator().manual_seed(0), AugmentConfig(), turns)):
         assert all(torch.equal(a, b) for a, b in zip(same, plain))
     kinds = set()
     for seed in range(4):
-        with_turns = augment_batch(images, masks, torch.Generator().manual_seed(seed), config, points)
+        with_turns = augment_batch(images, masks, torch.Generator().manual_seed(seed), config, turns)
         without = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig())
         for got, base in zip(with_turns[1], without[1]):
             kinds.add(torch.equal(got, base))
     assert kinds == {True, False}
-    # Faces without points (FaceMesh found none in the crop) are never turned.
-    unseen = np.full_like(points, np.nan)  # their turn table
+    # Faces without points (FaceMesh found none in the crop: a turn table of NaN) are never turned.
+    unseen = np.full_like(turns, np.nan)
     none_turned = augment_batch(images, masks, torch.Generator().manual_seed(1), AugmentConfig(turn=1.0), unseen)
     assert all(torch.equal(a, b) for a, b in
                zip(none_turned, augment_batch(images, masks, torch.Generator().manual_seed(1), AugmentConfig())))
