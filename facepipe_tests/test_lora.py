@@ -15,12 +15,14 @@ import cv2
 import matplotlib
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import safetensors.torch
 import torch
 from peft.tuners.lora import LoraLayer
 
 from facepipe.align import align_face, template_points
+from facepipe.assets.pair import pose_matched_identity
 from facepipe.embed import DlibEmbedder
 from facepipe.evaluate import (
     correlation,
@@ -32,9 +34,9 @@ from facepipe.evaluate import (
     mouth_opening,
 )
 from facepipe.export import export_dfm
-from facepipe.faces import resize_crops
+from facepipe.faces import FaceSet, resize_crops
 from facepipe.landmarks import detect_landmarks, detect_static
-from facepipe.models.augment import faces_to_tensors
+from facepipe.models.augment import AugmentConfig, faces_to_tensors, turned_faces
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import (
     ADAPTER_CONFIG_FILE,
@@ -52,6 +54,7 @@ from facepipe.models.pair import (
     set_swap_latent_offset,
 )
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
+from facepipe.models.turn import turn_grid
 from facepipe.profile import build_profile, crop_sharpness
 from facepipe.sample import HeadPose, Lighting, astronaut_face, hopper_face, render_frame, render_head_frames
 from facepipe.train import TrainConfig, train_model
@@ -221,6 +224,32 @@ def test_pose_matched_weights_give_the_identity_the_targets_poses():
     np.testing.assert_allclose(pose_matched_weights(identity, target, neighbours=50), np.full(6, 1 / 6))
     with pytest.raises(ValueError, match="pose matching needs faces on both sides"):
         pose_matched_weights(identity, np.zeros((0, 2)))
+
+
+def test_pose_matching_adds_the_replays_faces_turned_both_ways(identity_weights):
+    crops, masks, landmarks = moving_faces("hopper")
+    target_crops, target_masks, target_landmarks = moving_faces("astronaut")
+    task = PairTask.from_faces(identity_weights.parent, crops, masks, target_crops, target_masks,
+                               holdout_every=HOLDOUT_EVERY, adapter=TINY_ADAPTER, augment=AugmentConfig(turn=0.5, turn_deg=15.0))
+    images, poses, target_poses = pose_matched_identity(task, FaceSet(crops, masks, landmarks, pd.DataFrame()),
+                                                        FaceSet(target_crops, target_masks, target_landmarks, pd.DataFrame()),
+                                                        mirrored=False)
+    faces = len(task.identity_train)
+    assert len(images) == len(poses) == 3 * faces and target_poses.shape == (len(task.target_train), 2)
+    # The faces as they are, then turned 15 deg one way and the other: read well over the pose's
+    # noise (1-3 deg) away from the unturned faces, face by face, in opposite directions.
+    plain, left, right = poses[:faces, 0], poses[faces:2 * faces, 0], poses[2 * faces:, 0]
+    assert (left - plain < -5).all() and (right - plain > 5).all(), (plain, left, right)
+    # The copies come from the turn table's widest columns: the faces a fresh solve turns by 15 deg.
+    points = task.identity_points[task.identity_train.numpy()]
+    solved, _ = turned_faces(images[:faces], task.identity_masks[task.identity_train],
+                             np.stack([turn_grid(p, np.radians(15.0), TINY.size) for p in points]))
+    torch.testing.assert_close(images[2 * faces:], solved, atol=1e-4, rtol=0)
+    mirrored, mirrored_poses, _ = pose_matched_identity(task, FaceSet(crops, masks, landmarks, pd.DataFrame()),
+                                                        FaceSet(target_crops, target_masks, target_landmarks, pd.DataFrame()),
+                                                        mirrored=True)
+    assert len(mirrored) == 6 * faces
+    np.testing.assert_allclose(mirrored_poses[3 * faces:, 0], -poses[:, 0])
 
 
 def test_weighted_swap_latent_offset_is_the_weighted_identity_mean(trained_pair):

@@ -10,7 +10,7 @@ from facepipe.align import five_points, hull_mask
 from facepipe.evaluate import crop_landmarks, head_pose
 from facepipe.faces import resize_crops
 from facepipe.models import turn
-from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors, random_homography, warp_face_batch
+from facepipe.models.augment import AugmentConfig, augment_batch, faces_to_tensors, turned_faces
 from facepipe_tests.test_models import hopper_aligned
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,10 +26,7 @@ def hopper_with_mesh(size: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]
 
 
 def turned(images: torch.Tensor, masks: torch.Tensor, points: np.ndarray, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
-    grids = torch.from_numpy(np.stack([turn.turn_grid(p, np.radians(degrees), images.shape[-1]) for p in points])).float()
-    identity = random_homography(torch.Generator(), len(images), 0, 0, 0, 0)
-    _, faces, face_masks = warp_face_batch(images, images, masks, identity, source_grid=grids)
-    return faces, face_masks
+    return turned_faces(images, masks, np.stack([turn.turn_grid(p, np.radians(degrees), images.shape[-1]) for p in points]))
 
 
 def as_crops(images: torch.Tensor) -> np.ndarray:
@@ -98,8 +95,15 @@ def test_the_turn_table_gives_the_solved_turn_between_its_angles():
         # Between them the grids are smooth nearly everywhere; a few points along the far cheek's
         # outline, where the spline folds, move by up to a few pixels from one solve to the next.
         assert np.median(error) < 0.01 and np.percentile(error, 99) < 0.6, (degrees, np.percentile(error, [50, 99]))
-    # Faces FaceMesh found nothing in have no turns.
+    # Faces FaceMesh found nothing in have no turns, nor faces whose five points cannot be aligned
+    # (all in one spot); the other faces of the same table keep theirs.
     assert np.isnan(turn.turn_table(np.full_like(points, np.nan), 15.0, 96)).all()
+    collapsed = points.copy()
+    collapsed[0] = 40.0
+    with pytest.raises(ValueError, match="degenerate"):
+        turn.turned_points(collapsed[0], 0.1)
+    mixed = turn.turn_table(collapsed, 15.0, 96)
+    assert np.isnan(mixed[0]).all() and np.array_equal(mixed[1:], table[1:])
 
 
 def test_turns_go_to_a_share_of_the_faces_and_are_drawn_last():

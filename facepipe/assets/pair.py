@@ -35,6 +35,7 @@ from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
                                   set_swap_latent_offset)
 from facepipe.models.swap import swap_faces
+from facepipe.models.turn import turned_points
 from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
 from facepipe.registry import publish
@@ -151,12 +152,14 @@ def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet,
     if task.identity_points is not None:
         # The replay's turned faces too, at the two widest turns, so a target that turns further
         # than the identity's media finds identity faces at its own pose.
-        points = task.identity_points[identity_rows]
-        usable = torch.from_numpy(np.isfinite(points).all(axis=(1, 2)))
-        base, base_masks = images[usable], task.identity_masks[task.identity_train][usable]
-        for degrees in (-task.augment.turn_deg, task.augment.turn_deg):
-            faces, marks = turned_faces(base, base_masks, points[usable.numpy()], np.radians(degrees))
-            images = torch.cat([images, faces])
+        # Their grids are the turn table's first and last columns, solved at exactly those angles.
+        usable = np.isfinite(task.identity_turns[identity_rows]).all(axis=(1, 2, 3, 4))  # faces the table turns
+        points, table = task.identity_points[identity_rows][usable], task.identity_turns[identity_rows][usable]
+        keep = torch.from_numpy(usable)
+        base, base_masks = images[keep], task.identity_masks[task.identity_train][keep]
+        for column, degrees in ((0, -task.augment.turn_deg), (-1, task.augment.turn_deg)):
+            marks = np.stack([turned_points(face_points, np.radians(degrees)) for face_points in points])
+            images = torch.cat([images, turned_faces(base, base_masks, table[:, column])[0]])
             poses = np.concatenate([poses, expression_measures(marks, images.shape[-1])[:, 3:]])
     if mirrored:
         images = torch.cat([images, images.flip(-1)])

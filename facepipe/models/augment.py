@@ -373,11 +373,11 @@ def augment_with_features(
     return inputs, targets, warped[:, :1], None if feature_masks is None else warped[:, 1:]
 
 
-def turned_faces(images, masks, points: np.ndarray, angle: float):
-    """Faces [N, 3, S, S] (and masks [N, 1, S, S]) turned by ``angle`` radians, and their turned
-    landmarks [N, 478, 2] (pixels of S): the turned copies of a face set, for pose matching."""
-    size = images.shape[-1]
-    grids = torch.from_numpy(np.stack([turn.turn_grid(p, angle, size) for p in points])).float()
+def turned_faces(images: torch.Tensor, masks: torch.Tensor, grids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces [N, 3, S, S] and masks [N, 1, S, S] read through turn grids [N, c, c, 2] (from
+    ``turn.turn_grid``, or one angle's column of a ``turn.turn_table``), and nothing else moved:
+    the turned copies of a face set."""
     straight = random_homography(torch.Generator(), len(images), 0.0, 0.0, 0.0, 0.0)
-    _, faces, _ = warp_face_batch(images, images, masks, straight, source_grid=grids)
-    return faces, np.stack([turn.turned_points(p, angle) for p in points])
+    _, faces, face_masks = warp_face_batch(images, images, masks, straight,
+                                           source_grid=torch.from_numpy(np.asarray(grids, dtype=np.float32)))
+    return faces, face_masks

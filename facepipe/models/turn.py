@@ -100,12 +100,16 @@ def table_angles(max_deg: float) -> np.ndarray:
 
 def turn_table(points: np.ndarray, max_deg: float, size: int) -> np.ndarray:
     """[N, K, c, c, 2] float32 ``turn_grid``s of the faces with FaceMesh points [N, 478, 3] at each of
-    ``table_angles(max_deg)``; NaN for faces without points."""
+    ``table_angles(max_deg)``; NaN for faces without points or whose five points cannot be aligned
+    (those are never turned)."""
     angles = table_angles(max_deg)
     table = np.full((len(points), len(angles), GRID_CELLS, GRID_CELLS, 2), np.nan, dtype=np.float32)
     for face, face_points in enumerate(points):
         if np.isfinite(face_points).all():
-            table[face] = [turn_grid(face_points, angle, size) for angle in angles]
+            try:
+                table[face] = [turn_grid(face_points, angle, size) for angle in angles]
+            except ValueError:  # degenerate five points (turned_points): this face stays unturned
+                pass
     return table
 
 
