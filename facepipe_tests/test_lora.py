@@ -231,9 +231,9 @@ def test_pose_matching_adds_the_replays_faces_turned_both_ways(identity_weights)
     target_crops, target_masks, target_landmarks = moving_faces("astronaut")
     task = PairTask.from_faces(identity_weights.parent, crops, masks, target_crops, target_masks,
                                holdout_every=HOLDOUT_EVERY, adapter=TINY_ADAPTER, augment=AugmentConfig(turn=0.5, turn_deg=15.0))
-    images, poses, target_poses = pose_matched_identity(task, FaceSet(crops, masks, landmarks, pd.DataFrame()),
-                                                        FaceSet(target_crops, target_masks, target_landmarks, pd.DataFrame()),
-                                                        mirrored=False)
+    identity = FaceSet(crops, masks, landmarks, pd.DataFrame())
+    target = FaceSet(target_crops, target_masks, target_landmarks, pd.DataFrame())
+    images, poses, target_poses = pose_matched_identity(task, identity, target, mirrored=False)
     faces = len(task.identity_train)
     assert len(images) == len(poses) == 3 * faces and target_poses.shape == (len(task.target_train), 2)
     # The faces as they are, then turned 15 deg one way and the other: read well over the pose's
@@ -245,9 +245,7 @@ def test_pose_matching_adds_the_replays_faces_turned_both_ways(identity_weights)
     solved, _ = turned_faces(images[:faces], task.identity_masks[task.identity_train],
                              np.stack([turn_grid(p, np.radians(15.0), TINY.size) for p in points]))
     torch.testing.assert_close(images[2 * faces:], solved, atol=1e-4, rtol=0)
-    mirrored, mirrored_poses, _ = pose_matched_identity(task, FaceSet(crops, masks, landmarks, pd.DataFrame()),
-                                                        FaceSet(target_crops, target_masks, target_landmarks, pd.DataFrame()),
-                                                        mirrored=True)
+    mirrored, mirrored_poses, _ = pose_matched_identity(task, identity, target, mirrored=True)
     assert len(mirrored) == 6 * faces
     np.testing.assert_allclose(mirrored_poses[3 * faces:, 0], -poses[:, 0])
 
