@@ -7,6 +7,7 @@ clear error naming what to materialize first.
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
+    Config,
     MaterializeResult,
     asset,
     asset_check,
@@ -40,6 +42,7 @@ from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
+from facepipe.sharpening import identity_sharpening
 from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.balance import expression_measures
@@ -54,8 +57,9 @@ LORA_VERSION = "8"
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
 # (target path at 0, swap at 1), crops aligned as the runtimes align them; 8: the celeb face is filled outside
-# its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone)
-EXPORT_VERSION = "8"
+# its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone);
+# 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening)
+EXPORT_VERSION = "9"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -212,6 +216,13 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
     return len(frames)
 
 
+class ExportConfig(Config):
+    # The unsharp mask on the exported face (models.swap.unsharp): None matches it to the identity
+    # model (facepipe.sharpening: its held-out reconstructions brought back to the faces' own
+    # detail); a number sets the amount (0: off). Measured in the README, "Swap quality".
+    sharpen: Optional[float] = None
+
+
 @asset(key=AssetKey(["pair", "onnx_export"]), partitions_def=pair_partitions, group_name="pair", code_version=EXPORT_VERSION,
        ins={"lora_adapter": upstream("pair/lora_adapter"),
             "identity_model": upstream("identity/identity_model", "identity"),
@@ -225,9 +236,9 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
                    "the target's XSeg beside it, evaluation vs a paste-the-identity baseline, previews; published "
                    "to models/trained/ and its index.json.")
 @failure_policy
-def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora_adapter: Artifact, identity_model: Artifact,
-                identity_profile: Artifact, identity_faces: Artifact, target_faces: Artifact, xseg_model: Artifact,
-                target_masks: Artifact, frames: Artifact) -> MaterializeResult:
+def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: FacepipeSettings, lora_adapter: Artifact,
+                identity_model: Artifact, identity_profile: Artifact, identity_faces: Artifact, target_faces: Artifact,
+                xseg_model: Artifact, target_masks: Artifact, frames: Artifact) -> MaterializeResult:
     identity, target = pair_keys(context)
     name = f"{identity}_{target}"
 
@@ -237,19 +248,27 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
         targ = FaceSet.load(target_faces.path)
         held = np.load(lora_adapter.path / "target_holdout.npy")
         held = held if len(held) else np.arange(min(8, len(targ)))
-        dfm = merged.dfm_model()
+        identity_set = FaceSet.load(identity_faces.path)
+        sharpen, softness = identity_sharpening(identity_model.path, identity_set.crops,
+                                                identity_model.record["config"]["holdout_every"])
+        if config.sharpen is not None:
+            sharpen = config.sharpen
+        context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness; "
+                         f"the exported face gets an unsharp mask of amount {sharpen:.2f}"
+                         f"{' (set in run config)' if config.sharpen is not None else ''}")
+        dfm = merged.dfm_model(sharpen=sharpen)
 
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
         profile = json.loads((identity_profile.path / "profile.json").read_text())
         swapped = swap_faces(dfm, np.asarray(targ.crops), size)
-        identity_set = FaceSet.load(identity_faces.path)
         evaluation = evaluate_swaps(np.asarray(targ.crops[held]), face_alone(swapped.faces[held], swapped.celeb_masks[held]),
                                     profile, embedder_of_profile(profile, identity_profile.record["config"]).prepare(),
                                     mean_identity_face_alone(identity_set.crops, identity_set.masks))
         metrics = evaluation.summary()
         lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
                    "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,
-                   "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config")}
+                   "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config"),
+                   "sharpen": sharpen}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
             "runtime": "facepipe install facefusion|deepfacelive PATH puts the .dfm (alone) where each runtime reads it"})
@@ -266,6 +285,7 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
         pasted = preview_video(targ, frames.path / "frames", manifest, faces, paste_masks, out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
+                "sharpen": round(sharpen, 4), "identity_reconstruction_sharpness": round(softness, 4),
                 "preview_video": "preview.mp4" if pasted else None, "preview_video_frames": pasted,
                 "identity_transfer_gain": metrics["identity"]["identity_transfer_gain"],
                 "pose_following_margin_deg": metrics["pose_following_margin_deg"]}
@@ -278,7 +298,7 @@ def onnx_export(context: AssetExecutionContext, settings: FacepipeSettings, lora
         publish(settings.models_path, f"{target}_xseg", xseg_files, {"kind": "occluder", "format": "onnx", "target": target})
         context.log.info(f"published {name}: written {published['written'] or 'nothing (same bytes)'}")
 
-    return run_stage(context, settings, {}, write, publish_models)
+    return run_stage(context, settings, config.model_dump(), write, publish_models)
 
 
 def exported_tolerance(exported) -> float:

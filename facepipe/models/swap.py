@@ -39,13 +39,28 @@ FILL_SIGMA = 1 / 16  # of the crop side: how far the face's colours spread outwa
 FILL_FLOOR = 0.1  # mask values under this give no colour to the fill
 
 
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [N, C, H, W], zero outside the image (3 sigma each side)."""
+SHARPEN_SIGMA = 1 / 96  # of the crop side: the unsharp mask's blur, 1 px at the default 96 px
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float, edge: bool = False) -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, H, W] (3 sigma each side), zero outside the image or,
+    with ``edge``, its border pixels repeated."""
     radius = max(1, int(round(3 * sigma)))
     taps = gaussian_taps(2 * radius + 1, sigma).to(image)
     channels = image.shape[1]
-    image = F.conv2d(image, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, radius), groups=channels)
-    return F.conv2d(image, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(radius, 0), groups=channels)
+    padding = (0, radius), (radius, 0)
+    if edge:
+        image, padding = F.pad(image, (radius, radius, radius, radius), mode="replicate"), (0, 0)
+    image = F.conv2d(image, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=padding[0], groups=channels)
+    return F.conv2d(image, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=padding[1], groups=channels)
+
+
+def unsharp(bgr: torch.Tensor, amount: float) -> torch.Tensor:
+    """[N, 3, S, S] in [0, 1] → bgr + amount · (bgr − blur(bgr)), clipped to [0, 1]: the unsharp
+    mask DeepFaceLab's merger (blursharpen, gaussian) and faceswap's converter apply to the face
+    they paste. Blur σ = ``SHARPEN_SIGMA`` of the crop side, the border repeated (no rim)."""
+    blurred = _gaussian_blur(bgr, SHARPEN_SIGMA * int(bgr.shape[-1]), edge=True)
+    return (bgr + amount * (bgr - blurred)).clamp(0, 1)
 
 
 def fill_outside_mask(bgr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -89,28 +104,31 @@ class DfmSwapModel(nn.Module):
     outward (``fill_outside_mask``) instead of what the decoder paints there. On for the pair
     exports; the identity model's own export leaves it off, as changing it would retrain every
     identity model (its code version is in the training's resume key).
+    ``sharpen``: the unsharp mask's amount on ``out_celeb_face:0`` (``unsharp``, after the fill;
+    0: none), so that every runtime shows the face as sharp as the export decided.
     """
 
     def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None,
-                 takes_morph: bool = False, fill_background: bool = False):
+                 takes_morph: bool = False, fill_background: bool = False, sharpen: float = 0.0):
         super().__init__()
         self.encoder_part = encoder_part
         self.decoder_part = decoder_part
         self.face_mask_source = face_mask_source
         self.takes_morph = takes_morph
         self.fill_background = fill_background
+        self.sharpen = float(sharpen)
 
     @classmethod
     def from_autoencoders(
         cls, encoding_model: nn.Module, decoding_model: nn.Module | None = None, face_mask_source: nn.Module | None = None,
-        fill_background: bool = False,
+        fill_background: bool = False, sharpen: float = 0.0,
     ) -> DfmSwapModel:
         """From IdentityAutoencoder(s): the code of ``encoding_model`` (e.g. the identity model
         with its merged LoRA encoder delta) rendered by ``decoding_model``'s decoder (the base
         identity decoder; defaults to ``encoding_model``'s own, i.e. a reconstruction)."""
         decoding_model = decoding_model or encoding_model
         encoder_part = nn.Sequential(encoding_model.encoder, encoding_model.bottleneck)
-        return cls(encoder_part, decoding_model.decoder, face_mask_source, fill_background=fill_background)
+        return cls(encoder_part, decoding_model.decoder, face_mask_source, fill_background=fill_background, sharpen=sharpen)
 
     def forward(self, in_face: torch.Tensor, morph_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bgr = in_face.permute(0, 3, 1, 2)
@@ -125,6 +143,8 @@ class DfmSwapModel(nn.Module):
         celeb_mask = torch.sigmoid(celeb_mask_logits)
         if self.fill_background:
             celeb_face = fill_outside_mask(celeb_face, celeb_mask)
+        if self.sharpen:
+            celeb_face = unsharp(celeb_face, self.sharpen)
         face_mask = celeb_mask if self.face_mask_source is None else self.face_mask_source(bgr)
         return _to_nhwc(face_mask), _to_nhwc(celeb_face), _to_nhwc(celeb_mask)
 
