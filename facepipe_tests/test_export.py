@@ -27,7 +27,9 @@ from facepipe.export import (
 from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import AdapterConfig, MergedPair, PairModel, adapter_state, merge_adapters
-from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input, fill_outside_mask
+from facepipe.evaluate import sharpness
+from facepipe.models.swap import (DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input, fill_outside_mask,
+                                   unsharp)
 
 SIZE = 96  # the CPU default
 
@@ -250,6 +252,35 @@ def test_a_filled_background_carries_the_faces_colours_not_the_backdrop(tmp_path
     exported = export_dfm(filled, size, tmp_path / "filled.dfm", real_crops(size)[:2])  # and it exports as it runs
     session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {DFM_INPUT: face.numpy()})[1], out.numpy(), atol=1e-5)
+
+
+class Painter(nn.Module):
+    """A 'decoder' that paints the input face itself under an all-face mask."""
+
+    def forward(self, bgr: torch.Tensor):
+        return bgr, torch.full_like(bgr[:, :1], 10.0)
+
+
+def test_the_exported_face_gets_the_unsharp_mask_it_is_given(tmp_path):
+    crops = real_crops()[:2]
+    faces = torch.from_numpy(np.concatenate([dfm_input(crop) for crop in crops]))
+    plain = DfmSwapModel(nn.Identity(), Painter()).eval()
+    sharpened = DfmSwapModel(nn.Identity(), Painter(), sharpen=0.5).eval()
+    with torch.no_grad():
+        _, as_painted, _ = plain(faces)
+        _, out, _ = sharpened(faces)
+    torch.testing.assert_close(as_painted, faces, atol=0, rtol=0)  # amount 0: nothing changes
+    # the unsharp mask written out with OpenCV: 1.5 face - 0.5 blur (sigma 1 px at 96, border repeated)
+    for crop, face in zip(crops, out.numpy()):
+        image = crop.astype(np.float64) / 255
+        blurred = cv2.GaussianBlur(image, (7, 7), 1.0, borderType=cv2.BORDER_REPLICATE)
+        np.testing.assert_allclose(face, np.clip(1.5 * image - 0.5 * blurred, 0, 1), atol=1e-5)
+    as_uint8 = (out.numpy() * 255).round().astype(np.uint8)
+    assert (sharpness(as_uint8) > 1.3 * sharpness(crops)).all()
+    torch.testing.assert_close(unsharp(faces.permute(0, 3, 1, 2), 0.5), out.permute(0, 3, 1, 2))
+    exported = export_dfm(sharpened, SIZE, tmp_path / "sharpened.dfm", list(crops))  # in the file as in torch
+    session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {DFM_INPUT: faces[:1].numpy()})[1], out[:1].numpy(), atol=1e-5)
 
 
 class TraceBreakingSwap(nn.Module):

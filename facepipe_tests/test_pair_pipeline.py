@@ -8,13 +8,16 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from conftest import tiny_run_config
 
 from facepipe.assets.pair import beyond_reach_warning, yaw_span
 from facepipe.faces import FaceSet
+from facepipe.models.swap import unsharp
 from facepipe.registry import read_index
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
+from facepipe.sharpening import MAX_AMOUNT
 from facepipe.store import ArtifactStore
 
 
@@ -87,6 +90,8 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
         assert len(adapter_meta[side]) == 2 and adapter_meta[side][0] <= adapter_meta[side][1]
     meta = export.metadata
     assert meta["onnx_parity_max_abs_error"] <= meta["parity_tolerance"]
+    # the face is sharpened as far as the tiny identity model's reconstructions need, within the cap
+    assert 0 < meta["identity_reconstruction_sharpness"] < 1 and 0 < meta["sharpen"] <= MAX_AMOUNT
     metrics = meta["metrics"]
     assert {"identity", "swap_following", "baseline_following", "pose_following_margin_deg"} <= set(metrics)
     assert (export.path / "preview.png").is_file() and (export.path / "preview.mp4").is_file()
@@ -108,6 +113,19 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     again = build_pair(project, "hopper|talk")
     logs = [e.message for e in project.instance.all_logs(again.run_id) if e.message]
     assert any("written nothing (same bytes)" in line for line in logs)
+
+    # onnx_export.sharpen in run config sets the amount: at 0 the face is what the decoder paints;
+    # the matched export's face is that face through the unsharp mask of the recorded amount
+    config = tiny_run_config("pair__lora_adapter")
+    config["ops"]["pair__onnx_export"] = {"config": {"sharpen": 0.0}}
+    project.materialize("pair", "hopper|talk", config, assets=project.pair_assets)
+    plain = store.current("pair/onnx_export", "hopper|talk")
+    assert plain.metadata["sharpen"] == 0.0 and plain.fingerprint != export.fingerprint
+    plain_face = ort.InferenceSession(str(plain.path / "hopper_talk.dfm"), providers=["CPUExecutionProvider"]).run(
+        None, {"in_face:0": crop[None].astype(np.float32) / 255, "morph_value:0": np.float32([1.0])})[1]
+    resharpened = unsharp(torch.from_numpy(plain_face).permute(0, 3, 1, 2), meta["sharpen"]).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(celeb_face, resharpened.numpy(), atol=1e-5)
+    assert np.abs(celeb_face - plain_face).max() > 5e-5  # the tiny model's face is nearly flat: little to sharpen
 
 
 def test_a_target_turning_beyond_the_identitys_faces_is_told_how_to_follow_it():

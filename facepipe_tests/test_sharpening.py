@@ -1,0 +1,41 @@
+"""How much the export sharpens: the amount that brings soft reconstructions back to the faces'
+detail, on real crops blurred by known amounts."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from test_export import real_crops
+
+from facepipe.evaluate import sharpness_ratio
+from facepipe.sharpening import MAX_AMOUNT, matching_amount, sharpened
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def blurred(crops: np.ndarray, sigma: float) -> np.ndarray:
+    return np.stack([cv2.GaussianBlur(crop, (0, 0), sigma) for crop in crops])
+
+
+def test_faces_as_sharp_as_themselves_need_no_sharpening():
+    faces = real_crops()
+    assert matching_amount(faces, faces) == 0.0
+
+
+def test_slightly_soft_faces_get_the_smallest_amount_that_restores_their_detail():
+    faces = real_crops()
+    soft = blurred(faces, 0.5)
+    assert sharpness_ratio(soft, faces) < 0.9
+    amount = matching_amount(soft, faces, cap=2.0)
+    assert 0 < amount < 2.0
+    assert sharpness_ratio(sharpened(soft, amount), faces) >= 1.0
+    assert sharpness_ratio(sharpened(soft, amount - 2.0 / 2**11), faces) < 1.0  # a step less falls short
+    assert matching_amount(blurred(faces, 0.7), faces, cap=2.0) > amount  # softer faces need more
+
+
+def test_very_soft_faces_get_the_cap():
+    faces = real_crops()
+    very_soft = blurred(faces, 1.5)
+    assert sharpness_ratio(sharpened(very_soft, MAX_AMOUNT), faces) < 1.0
+    assert matching_amount(very_soft, faces) == MAX_AMOUNT
