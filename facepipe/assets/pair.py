@@ -58,8 +58,9 @@ LORA_VERSION = "8"
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
 # (target path at 0, swap at 1), crops aligned as the runtimes align them; 8: the celeb face is filled outside
 # its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone);
-# 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening)
-EXPORT_VERSION = "9"
+# 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening);
+# 10: that mask capped at 0.5 (was 1.0)
+EXPORT_VERSION = "10"
 
 
 def pair_keys(context) -> tuple[str, str]:
