@@ -9,7 +9,7 @@ import pytest
 from test_export import real_crops
 
 from facepipe.evaluate import sharpness_ratio
-from facepipe.sharpening import MAX_AMOUNT, matching_amount, sharpened
+from facepipe.sharpening import MAX_AMOUNT, export_sharpening, matching_amount, sharpened
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,3 +39,17 @@ def test_very_soft_faces_get_the_cap():
     very_soft = blurred(faces, 1.5)
     assert sharpness_ratio(sharpened(very_soft, MAX_AMOUNT), faces) < 1.0
     assert matching_amount(very_soft, faces) == MAX_AMOUNT
+
+
+def test_the_export_sharpens_no_further_than_the_targets_own_faces():
+    faces = real_crops()
+    identity_amount = 0.4
+    # swaps far softer than the target's faces: the identity's amount stands
+    assert export_sharpening(identity_amount, blurred(faces, 1.5), faces) == identity_amount
+    # swaps a little softer: just enough to reach the targets' sharpness, less than the identity's amount
+    slightly_soft = blurred(faces, 0.4)
+    amount = export_sharpening(identity_amount, slightly_soft, faces)
+    assert 0 < amount < identity_amount and sharpness_ratio(sharpened(slightly_soft, amount), faces) >= 1.0
+    # swaps already as sharp as the targets (or of another size, compared at the swaps'): none
+    assert export_sharpening(identity_amount, faces, faces) == 0.0
+    assert export_sharpening(identity_amount, faces[:, ::2, ::2].copy(), np.stack([cv2.pyrUp(f) for f in faces])) == 0.0

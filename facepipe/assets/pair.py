@@ -42,7 +42,7 @@ from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
-from facepipe.sharpening import identity_sharpening
+from facepipe.sharpening import export_sharpening, identity_sharpening
 from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.balance import expression_measures
@@ -59,8 +59,8 @@ LORA_VERSION = "8"
 # (target path at 0, swap at 1), crops aligned as the runtimes align them; 8: the celeb face is filled outside
 # its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone);
 # 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening);
-# 10: that mask capped at 0.5 (was 1.0)
-EXPORT_VERSION = "10"
+# 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces
+EXPORT_VERSION = "11"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -250,13 +250,18 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         held = np.load(lora_adapter.path / "target_holdout.npy")
         held = held if len(held) else np.arange(min(8, len(targ)))
         identity_set = FaceSet.load(identity_faces.path)
-        sharpen, softness = identity_sharpening(identity_model.path, identity_set.crops,
-                                                identity_model.record["config"]["holdout_every"])
-        if config.sharpen is not None:
+        identity_amount, softness = identity_sharpening(identity_model.path, identity_set.crops,
+                                                        identity_model.record["config"]["holdout_every"])
+        if config.sharpen is None:
+            train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
+            train = train if len(train) else np.arange(len(targ))
+            sharpen = export_sharpening(identity_amount, swap_faces(merged.dfm_model(), targ.crops[train], size).faces,
+                                        targ.crops[train])
+        else:
             sharpen = config.sharpen
-        context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness; "
-                         f"the exported face gets an unsharp mask of amount {sharpen:.2f}"
-                         f"{' (set in run config)' if config.sharpen is not None else ''}")
+        context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness "
+                         f"(unsharp amount {identity_amount:.2f} restores them); the exported face gets "
+                         f"{sharpen:.2f}{' (set in run config)' if config.sharpen is not None else ''}")
         dfm = merged.dfm_model(sharpen=sharpen)
 
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
@@ -286,7 +291,8 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         pasted = preview_video(targ, frames.path / "frames", manifest, faces, paste_masks, out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
-                "sharpen": round(sharpen, 4), "identity_reconstruction_sharpness": round(softness, 4),
+                "sharpen": round(sharpen, 4), "identity_sharpen": round(identity_amount, 4),
+                "identity_reconstruction_sharpness": round(softness, 4),
                 "preview_video": "preview.mp4" if pasted else None, "preview_video_frames": pasted,
                 "identity_transfer_gain": metrics["identity"]["identity_transfer_gain"],
                 "pose_following_margin_deg": metrics["pose_following_margin_deg"]}
