@@ -282,6 +282,16 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
+def summarised(evaluation) -> dict:
+    """The evaluation's summary, each following correlation with its 90 % interval over the faces
+    (``evaluate.following_intervals``): what a single run's figure can be read to within."""
+    from facepipe.evaluate import following_intervals
+
+    intervals = following_intervals(evaluation.swap, evaluation.target)
+    return {**evaluation.summary(), "intervals": {name: [round(v, 3) if np.isfinite(v) else None for v in bounds]
+                                                  for name, bounds in intervals.items()}}
+
+
 def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_frames: int, sheet_path: Path) -> dict:
     import onnxruntime as ort
 
@@ -357,21 +367,21 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         raise RuntimeError(f"{identity}|{target}: MediaPipe found a face in only {len(targets)} held-out frames")
     embedder = get_embedder(profile["embedder"]).prepare()
     evaluation = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, baseline_face)
-    summary = evaluation.summary()
+    summary = summarised(evaluation)
     summary["ranges"] = ranges(identity_faces, evaluation)
-    summary["unsharpened"] = evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
-                                            baseline_face).summary()
+    summary["unsharpened"] = summarised(evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
+                                                       baseline_face))
     # What a viewer judges: the frame with the swap pasted back (the target's hair, ears and face
     # shape around it, its colours matched), beside the mean identity face pasted the same way.
     # Measured at MEASURE_SIZE like the targets, sharpness included.
-    summary["pasted"] = evaluate_swaps(np.stack(targets), np.stack(pasted_swaps), profile, embedder, baseline_face).summary()
+    summary["pasted"] = summarised(evaluate_swaps(np.stack(targets), np.stack(pasted_swaps), profile, embedder, baseline_face))
     # A swap that copied the target's face perfectly, at the model's size and through its mask: how
     # far following and sharpness can go at this size on this target (the landmarker reads a 96 px
     # face less surely than a 256 px one, and a narrow range of turns leaves little to correlate).
-    summary["target_copy"] = evaluate_swaps(np.stack(targets), np.stack(copies), profile, embedder,
-                                            baseline_face).summary()
-    summary["pasted_baseline"] = evaluate_swaps(np.stack(targets), np.stack(pasted_baselines), profile, embedder,
-                                                baseline_face).summary()
+    summary["target_copy"] = summarised(evaluate_swaps(np.stack(targets), np.stack(copies), profile, embedder,
+                                                       baseline_face))
+    summary["pasted_baseline"] = summarised(evaluate_swaps(np.stack(targets), np.stack(pasted_baselines), profile,
+                                                           embedder, baseline_face))
     # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
     # of the sharpened and the plain input, beside how much the inputs themselves differ.
     summary["feeding_gap"] = {
@@ -410,6 +420,13 @@ def fmt(value, digits: int = 2) -> str:
 def metric_rows(m: dict) -> list[tuple[str, str, str]]:
     ident, sw, bl, image = m["identity"], m["swap_following"], m["baseline_following"], m.get("image", {})
     pct = lambda v: "–" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+
+    def corr(name: str, key: str) -> str:
+        bounds = m.get("intervals", {}).get(name)
+        if not bounds or None in bounds:
+            return fmt(sw.get(key))
+        return f"{fmt(sw.get(key))} ({fmt(bounds[0])}..{fmt(bounds[1])})"
+
     return [
         ("faces compared (detected in both)", f"{sw['faces_compared']}/{m['faces']}", f"{bl['faces_compared']}/{m['faces']}"),
         (f"within threshold ({ident['distance_threshold']}) of the identity profile", pct(ident["swap_within_threshold"]),
@@ -418,10 +435,11 @@ def metric_rows(m: dict) -> list[tuple[str, str, str]]:
          pct(ident.get("baseline_closer_to_identity_than_target"))),
         (f"distance to the profile, mean (targets: {fmt(ident['target_distance_mean'], 3)})",
          fmt(ident["swap_distance_mean"], 3), fmt(ident["baseline_distance_mean"], 3)),
-        ("mouth opening, correlation with the target", fmt(sw.get("mouth_corr")), fmt(bl.get("mouth_corr"))),
-        ("eye opening, correlation", fmt(sw.get("eye_corr")), fmt(bl.get("eye_corr"))),
-        ("yaw, correlation", fmt(sw.get("yaw_corr")), fmt(bl.get("yaw_corr"))),
-        ("pitch, correlation", fmt(sw.get("pitch_corr")), fmt(bl.get("pitch_corr"))),
+        ("mouth opening, correlation with the target (90 % interval over the faces)", corr("mouth", "mouth_corr"),
+         fmt(bl.get("mouth_corr"))),
+        ("eye opening, correlation", corr("eyes", "eye_corr"), fmt(bl.get("eye_corr"))),
+        ("yaw, correlation", corr("yaw", "yaw_corr"), fmt(bl.get("yaw_corr"))),
+        ("pitch, correlation", corr("pitch", "pitch_corr"), fmt(bl.get("pitch_corr"))),
         ("yaw / pitch mean abs. error (deg)", f"{fmt(sw.get('yaw_mae_deg'), 1)} / {fmt(sw.get('pitch_mae_deg'), 1)}",
          f"{fmt(bl.get('yaw_mae_deg'), 1)} / {fmt(bl.get('pitch_mae_deg'), 1)}"),
         ("sharpness ratio vs target (median, central face)", fmt(image.get("sharpness_ratio", {}).get("swap")),

@@ -271,6 +271,36 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / scale) if scale > 1e-12 else 0.0
 
 
+def correlation_interval(a: np.ndarray, b: np.ndarray, level: float = 0.9, draws: int = 2000,
+                         seed: int = 0) -> tuple[float, float]:
+    """How surely ``correlation(a, b)`` is read off these faces: the central ``level`` interval of
+    the correlation over ``draws`` resamplings of the faces (pairs drawn with replacement; the
+    percentile bootstrap). Seeded, so a report is reproducible; NaNs under 3 values. It holds the
+    noise of which frames were measured, not the training's from run to run."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3:
+        return float("nan"), float("nan")
+    rows = np.random.default_rng(seed).integers(0, len(a), size=(draws, len(a)))
+    x, y = a[rows], b[rows]
+    x, y = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    scale = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    # As ``correlation``: a resample that does not vary cannot follow (0).
+    r = np.divide((x * y).sum(axis=1), scale, out=np.zeros(draws), where=scale > 1e-12)
+    low, high = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def following_intervals(candidate: FaceMeasures, target: FaceMeasures, level: float = 0.9) -> dict[str, list[float]]:
+    """``correlation_interval`` of mouth, eye opening, yaw and pitch following, over the faces
+    detected in both (``attribute_following``'s correlations, with how far they could move)."""
+    both = candidate.detected & target.detected
+    series = {"mouth": (candidate.mouth, target.mouth), "yaw": (candidate.pose[:, 0], target.pose[:, 0]),
+              "pitch": (candidate.pose[:, 1], target.pose[:, 1])}
+    if candidate.eyes is not None and target.eyes is not None:
+        series["eyes"] = (candidate.eyes, target.eyes)
+    return {name: list(correlation_interval(c[both], t[both], level)) for name, (c, t) in series.items()}
+
+
 def attribute_following(candidate: FaceMeasures, target: FaceMeasures) -> dict[str, float]:
     """How well the candidate's pose and mouth follow the target's, over faces detected in both."""
     both = candidate.detected & target.detected

@@ -4,6 +4,7 @@ No dev media, no training: synthetic images and landmarks, plus one photo shippe
 matplotlib for the few checks that need a real face.
 """
 
+import dataclasses
 import json
 import os
 
@@ -22,12 +23,15 @@ from facepipe.evaluate import (
     SwapEvaluation,
     attribute_following,
     checkerboard,
+    correlation,
+    correlation_interval,
     evaluate_swaps,
     eye_opening,
     face_alone,
     facefusion_box_mask,
     facefusion_crop,
     facefusion_input,
+    following_intervals,
     facefusion_match_colour,
     facefusion_output,
     facefusion_paste_back,
@@ -220,6 +224,35 @@ def test_eye_opening_is_lid_gap_over_eye_width_and_is_followed():
     assert following["eye_corr"] == pytest.approx(1.0) and following["eye_mae"] == 0.0
     frozen = attribute_following(measures(zero_pose, eyes=np.full(len(gaps), 0.1)), measures(zero_pose, eyes=opening))
     assert frozen["eye_corr"] == 0.0
+
+
+def test_a_correlations_interval_holds_it_narrows_with_more_faces_and_is_exact_for_a_perfect_line():
+    rng = np.random.default_rng(3)
+    def noisy_pair(count):  # a series and one that follows it with r ~ 0.6
+        a = rng.normal(size=count)
+        return a, 0.6 * a + 0.8 * rng.normal(size=count)
+    few, many = noisy_pair(60), noisy_pair(2000)
+    low, high = correlation_interval(*few)
+    assert low < correlation(*few) < high
+    assert low < 0.6 < high
+    wide, narrow = high - low, np.subtract(*correlation_interval(*many)[::-1])
+    assert narrow < wide / 3  # ~sqrt(60 / 2000) of it
+    assert correlation_interval(*few) == (low, high)  # seeded: a report reads the same twice
+    line = np.arange(10.0)
+    assert correlation_interval(line, 2 * line + 1) == pytest.approx((1.0, 1.0))
+    assert correlation_interval(line, np.full(10, 0.3)) == (0.0, 0.0)  # cannot follow, as correlation says
+    assert all(np.isnan(correlation_interval(line[:2], line[:2])))
+
+
+def test_following_intervals_cover_the_faces_detected_in_both():
+    yaw = np.linspace(-20, 20, 12)
+    target = measures(np.stack([yaw, yaw / 2, 0 * yaw], axis=1), mouth=np.linspace(0, 0.1, 12), eyes=np.linspace(0.1, 0.3, 12))
+    swap = measures(np.stack([yaw, -yaw, 0 * yaw], axis=1), mouth=np.full(12, 0.05), eyes=np.linspace(0.1, 0.3, 12))
+    swap = dataclasses.replace(swap, detected=np.arange(12) != 4)
+    swap.pose[4] = (90.0, 90.0, 0.0)  # not detected: must not count
+    intervals = following_intervals(swap, target)
+    assert intervals["yaw"] == pytest.approx([1.0, 1.0]) and intervals["eyes"] == pytest.approx([1.0, 1.0])
+    assert intervals["pitch"] == pytest.approx([-1.0, -1.0]) and intervals["mouth"] == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------
