@@ -366,22 +366,24 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     if len(targets) < 3:
         raise RuntimeError(f"{identity}|{target}: MediaPipe found a face in only {len(targets)} held-out frames")
     embedder = get_embedder(profile["embedder"]).prepare()
-    evaluation = evaluate_swaps(np.stack(targets), np.stack(swaps), profile, embedder, baseline_face)
+    target_crops = np.stack(targets)
+
+    def evaluated(candidates: list[np.ndarray]):
+        return evaluate_swaps(target_crops, np.stack(candidates), profile, embedder, baseline_face)
+
+    evaluation = evaluated(swaps)
     summary = summarised(evaluation)
     summary["ranges"] = ranges(identity_faces, evaluation)
-    summary["unsharpened"] = summarised(evaluate_swaps(np.stack(targets), np.stack(plain_swaps), profile, embedder,
-                                                       baseline_face))
+    summary["unsharpened"] = summarised(evaluated(plain_swaps))
     # What a viewer judges: the frame with the swap pasted back (the target's hair, ears and face
     # shape around it, its colours matched), beside the mean identity face pasted the same way.
     # Measured at MEASURE_SIZE like the targets, sharpness included.
-    summary["pasted"] = summarised(evaluate_swaps(np.stack(targets), np.stack(pasted_swaps), profile, embedder, baseline_face))
+    summary["pasted"] = summarised(evaluated(pasted_swaps))
     # A swap that copied the target's face perfectly, at the model's size and through its mask: how
     # far following and sharpness can go at this size on this target (the landmarker reads a 96 px
     # face less surely than a 256 px one, and a narrow range of turns leaves little to correlate).
-    summary["target_copy"] = summarised(evaluate_swaps(np.stack(targets), np.stack(copies), profile, embedder,
-                                                       baseline_face))
-    summary["pasted_baseline"] = summarised(evaluate_swaps(np.stack(targets), np.stack(pasted_baselines), profile,
-                                                           embedder, baseline_face))
+    summary["target_copy"] = summarised(evaluated(copies))
+    summary["pasted_baseline"] = summarised(evaluated(pasted_baselines))
     # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
     # of the sharpened and the plain input, beside how much the inputs themselves differ.
     summary["feeding_gap"] = {

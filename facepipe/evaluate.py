@@ -281,11 +281,7 @@ def correlation_interval(a: np.ndarray, b: np.ndarray, level: float = 0.9, draws
     if len(a) < 3:
         return float("nan"), float("nan")
     rows = np.random.default_rng(seed).integers(0, len(a), size=(draws, len(a)))
-    x, y = a[rows], b[rows]
-    x, y = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
-    scale = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
-    # As ``correlation``: a resample that does not vary cannot follow (0).
-    r = np.divide((x * y).sum(axis=1), scale, out=np.zeros(draws), where=scale > 1e-12)
+    r = [correlation(a[drawn], b[drawn]) for drawn in rows]
     low, high = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
