@@ -283,6 +283,25 @@ def test_the_exported_face_gets_the_unsharp_mask_it_is_given(tmp_path):
     np.testing.assert_allclose(session.run(None, {DFM_INPUT: faces[:1].numpy()})[1], out[:1].numpy(), atol=1e-5)
 
 
+def test_the_export_low_passes_the_crop_it_is_fed(tmp_path):
+    """input_blur: what the encoder reads (and every mask source) is the crop blurred by a Gaussian
+    of that sigma, the border repeated, in the file as in torch; it softens a sharp crop."""
+    crops = real_crops()[:2]
+    faces = torch.from_numpy(np.concatenate([dfm_input(crop) for crop in crops]))
+    blurring = DfmSwapModel(nn.Identity(), Painter(), input_blur=0.7).eval()
+    with torch.no_grad():
+        face_mask, out, _ = blurring(faces)
+    # written out with OpenCV: sigma 0.7 px, 3 sigma rounded (2 px) a side, border repeated
+    for crop, face in zip(crops, out.numpy()):
+        image = crop.astype(np.float64) / 255
+        np.testing.assert_allclose(face, cv2.GaussianBlur(image, (5, 5), 0.7, borderType=cv2.BORDER_REPLICATE), atol=1e-5)
+    as_uint8 = (out.numpy() * 255).round().astype(np.uint8)
+    assert (sharpness(as_uint8) < 0.7 * sharpness(crops)).all()
+    exported = export_dfm(blurring, SIZE, tmp_path / "blurring.dfm", list(crops))
+    session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {DFM_INPUT: faces[:1].numpy()})[1], out[:1].numpy(), atol=1e-5)
+
+
 class TraceBreakingSwap(nn.Module):
     """Data-dependent Python control flow: the trace keeps the branch the example input took,
     so the exported file does not reproduce the module on other crops."""

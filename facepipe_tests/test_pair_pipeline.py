@@ -14,7 +14,7 @@ from conftest import tiny_run_config
 
 from facepipe.assets.pair import beyond_reach_warning, yaw_span
 from facepipe.faces import FaceSet
-from facepipe.models.swap import unsharp
+from facepipe.models.swap import INPUT_BLUR_PX, unsharp
 from facepipe.registry import read_index
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
 from facepipe.sharpening import MAX_AMOUNT
@@ -92,6 +92,8 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     assert meta["onnx_parity_max_abs_error"] <= meta["parity_tolerance"]
     # the face is sharpened as far as the tiny identity model's reconstructions need, within the cap
     assert 0 < meta["identity_reconstruction_sharpness"] < 1 and 0 < meta["sharpen"] <= MAX_AMOUNT
+    # and the crop it is fed is low-passed towards what the encoder learnt from
+    assert meta["input_blur"] == INPUT_BLUR_PX > 0
     metrics = meta["metrics"]
     assert {"identity", "swap_following", "baseline_following", "pose_following_margin_deg"} <= set(metrics)
     assert (export.path / "preview.png").is_file() and (export.path / "preview.mp4").is_file()

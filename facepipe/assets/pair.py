@@ -36,7 +36,7 @@ from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
                                   set_swap_latent_offset)
-from facepipe.models.swap import swap_faces
+from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
@@ -59,8 +59,9 @@ LORA_VERSION = "8"
 # (target path at 0, swap at 1), crops aligned as the runtimes align them; 8: the celeb face is filled outside
 # its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone);
 # 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening);
-# 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces
-EXPORT_VERSION = "11"
+# 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces;
+# 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX)
+EXPORT_VERSION = "12"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -222,6 +223,10 @@ class ExportConfig(Config):
     # model (facepipe.sharpening: its held-out reconstructions brought back to the faces' own
     # detail); a number sets the amount (0: off). Measured in the README, "Swap quality".
     sharpen: Optional[float] = None
+    # σ (px at the model's size) of the Gaussian on the crop the model is fed, before the encoder
+    # reads it (0: off): the runtimes' crops are far sharper than the training inputs
+    # (models.swap.INPUT_BLUR_PX). Measured in the README, "Swap quality".
+    input_blur: float = INPUT_BLUR_PX
 
 
 @asset(key=AssetKey(["pair", "onnx_export"]), partitions_def=pair_partitions, group_name="pair", code_version=EXPORT_VERSION,
@@ -255,14 +260,15 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         if config.sharpen is None:
             train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
             train = train if len(train) else np.arange(len(targ))
-            sharpen = export_sharpening(identity_amount, swap_faces(merged.dfm_model(), targ.crops[train], size).faces,
-                                        targ.crops[train])
+            swaps = swap_faces(merged.dfm_model(input_blur=config.input_blur), targ.crops[train], size).faces
+            sharpen = export_sharpening(identity_amount, swaps, targ.crops[train])
         else:
             sharpen = config.sharpen
         context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness "
                          f"(unsharp amount {identity_amount:.2f} restores them); the exported face gets "
-                         f"{sharpen:.2f}{' (set in run config)' if config.sharpen is not None else ''}")
-        dfm = merged.dfm_model(sharpen=sharpen)
+                         f"{sharpen:.2f}{' (set in run config)' if config.sharpen is not None else ''}; the crop it is "
+                         f"fed is low-passed by a Gaussian of {config.input_blur:g} px")
+        dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur)
 
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
         profile = json.loads((identity_profile.path / "profile.json").read_text())
@@ -274,7 +280,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
                    "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,
                    "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config"),
-                   "sharpen": sharpen}
+                   "sharpen": sharpen, "input_blur": config.input_blur}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
             "runtime": "facepipe install facefusion|deepfacelive PATH puts the .dfm (alone) where each runtime reads it"})
@@ -291,7 +297,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         pasted = preview_video(targ, frames.path / "frames", manifest, faces, paste_masks, out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
-                "sharpen": round(sharpen, 4), "identity_sharpen": round(identity_amount, 4),
+                "sharpen": round(sharpen, 4), "input_blur": config.input_blur, "identity_sharpen": round(identity_amount, 4),
                 "identity_reconstruction_sharpness": round(softness, 4),
                 "preview_video": "preview.mp4" if pasted else None, "preview_video_frames": pasted,
                 "identity_transfer_gain": metrics["identity"]["identity_transfer_gain"],

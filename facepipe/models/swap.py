@@ -40,6 +40,14 @@ FILL_FLOOR = 0.1  # mask values under this give no colour to the fill
 
 
 SHARPEN_SIGMA = 1 / 96  # of the crop side: the unsharp mask's blur, 1 px at the default 96 px
+# The pair export's low-pass on the crop it is fed (px at the model's size; DfmSwapModel's
+# ``input_blur``). Why: the runtimes warp the frame straight to the model's size (bilinear, no
+# anti-aliasing) and FaceFusion sharpens that, so at 96 px their crops carry 2.5-4x (plain) and
+# ~10x (FaceFusion) the variance of the Laplacian of what the encoder learnt from (the stored
+# crops shrunk with INTER_AREA, then resampled by the augmentation): measured on the held-out
+# frames of mead, obama and vox. A Gaussian of 0.7 px brings FaceFusion's crops back to the
+# training inputs' sharpness (plain ones to a little under it). README, "Swap quality".
+INPUT_BLUR_PX = 0.7
 
 
 def _gaussian_blur(image: torch.Tensor, sigma: float, edge: bool = False) -> torch.Tensor:
@@ -47,7 +55,7 @@ def _gaussian_blur(image: torch.Tensor, sigma: float, edge: bool = False) -> tor
     with ``edge``, its border pixels repeated."""
     radius = max(1, int(round(3 * sigma)))
     taps = gaussian_taps(2 * radius + 1, sigma).to(image)
-    channels = image.shape[1]
+    channels = int(image.shape[1])  # a constant in an export: the kernel must have a known shape
     padding = (0, radius), (radius, 0)
     if edge:
         image, padding = F.pad(image, (radius, radius, radius, radius), mode="replicate"), (0, 0)
@@ -106,10 +114,13 @@ class DfmSwapModel(nn.Module):
     identity model (its code version is in the training's resume key).
     ``sharpen``: the unsharp mask's amount on ``out_celeb_face:0`` (``unsharp``, after the fill;
     0: none), so that every runtime shows the face as sharp as the export decided.
+    ``input_blur``: σ in px of a Gaussian (border repeated) on the input crop before anything reads
+    it (0: none); see ``INPUT_BLUR_PX``.
     """
 
     def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None,
-                 takes_morph: bool = False, fill_background: bool = False, sharpen: float = 0.0):
+                 takes_morph: bool = False, fill_background: bool = False, sharpen: float = 0.0,
+                 input_blur: float = 0.0):
         super().__init__()
         self.encoder_part = encoder_part
         self.decoder_part = decoder_part
@@ -117,6 +128,7 @@ class DfmSwapModel(nn.Module):
         self.takes_morph = takes_morph
         self.fill_background = fill_background
         self.sharpen = float(sharpen)
+        self.input_blur = float(input_blur)
 
     @classmethod
     def from_autoencoders(
@@ -132,6 +144,8 @@ class DfmSwapModel(nn.Module):
 
     def forward(self, in_face: torch.Tensor, morph_value: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         bgr = in_face.permute(0, 3, 1, 2)
+        if self.input_blur:
+            bgr = _gaussian_blur(bgr, self.input_blur, edge=True)
         code = self.encoder_part(bgr)
         if self.takes_morph:
             morph = in_face.new_ones(1) if morph_value is None else morph_value
