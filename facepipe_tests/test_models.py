@@ -37,9 +37,11 @@ from facepipe.models.autoencoder import (
     parameter_counts,
 )
 from facepipe.models.losses import (
+    SSIM_SIGMA,
+    SSIM_WINDOW,
     LossWeights,
     dssim,
-    gaussian_window,
+    gaussian_taps,
     masked_l1,
     reconstruction_loss,
 )
@@ -352,7 +354,7 @@ def test_dssim_of_identical_images_is_zero_and_grows_with_damage():
     assert 0 < damage[0] < damage[1] < damage[2] <= 1, damage
     blurred = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
     assert 0 < float(dssim(images, blurred)) <= 1
-    assert abs(float(gaussian_window().sum()) - 1) < 1e-6
+    assert abs(float(gaussian_taps(SSIM_WINDOW, SSIM_SIGMA).sum()) - 1) < 1e-12
 
 
 def test_ssim_matches_scikit_image():

@@ -39,8 +39,9 @@ PROFILE_VERSION = "3"  # 2: quality_stats.avg_face_score; 3: built from the cura
 # 2: model_config.json beside the weights; 3: ICNR initialisation; 4: preview blended through the mask;
 # 5: trained on the curated faces; 6: patch discriminator (adversarial_weight), colour jitter, random warp
 # for the first epochs; 7: eyes-and-mouth priority in the loss (eyes_mouth_weight), optional FaceFusion sharpening
-# of the inputs (sharpen), balanced sampling (balance_power); 8: trained channels-last (faster CPU steps)
-IDENTITY_MODEL_VERSION = "8"
+# of the inputs (sharpen), balanced sampling (balance_power); 8: trained channels-last (faster CPU steps);
+# 9: fused AdamW and one separable blur for the SSIM statistics (faster steps; rounding differs)
+IDENTITY_MODEL_VERSION = "9"
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8

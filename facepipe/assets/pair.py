@@ -51,8 +51,9 @@ from facepipe.train.tasks.pair import PairTask
 # 2: trains on the identity model's folder (weights + config); 3: ICNR in models.autoencoder; 4: curated faces;
 # 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses, optional
 # FaceFusion sharpening of the inputs (sharpen); 7: swap latent offset at the target's poses; 8: trained
-# channels-last (faster CPU steps)
-LORA_VERSION = "8"
+# channels-last (faster CPU steps); 9: fused AdamW and one separable blur for the SSIM statistics (faster
+# steps; rounding differs)
+LORA_VERSION = "9"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.faces import resize_crops
-from facepipe.models.losses import gaussian_taps
+from facepipe.models.losses import gaussian_taps, separable_blur
 
 DFM_INPUT = "in_face:0"
 DFM_OUTPUTS = ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0")
@@ -54,13 +54,7 @@ def _gaussian_blur(image: torch.Tensor, sigma: float, edge: bool = False) -> tor
     """Separable Gaussian blur of [N, C, H, W] (3 sigma each side), zero outside the image or,
     with ``edge``, its border pixels repeated."""
     radius = max(1, int(round(3 * sigma)))
-    taps = gaussian_taps(2 * radius + 1, sigma).to(image)
-    channels = int(image.shape[1])  # a constant in an export: the kernel must have a known shape
-    padding = (0, radius), (radius, 0)
-    if edge:
-        image, padding = F.pad(image, (radius, radius, radius, radius), mode="replicate"), (0, 0)
-    image = F.conv2d(image, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=padding[0], groups=channels)
-    return F.conv2d(image, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=padding[1], groups=channels)
+    return separable_blur(image, gaussian_taps(2 * radius + 1, sigma), "replicate" if edge else "zeros")
 
 
 def unsharp(bgr: torch.Tensor, amount: float) -> torch.Tensor:
