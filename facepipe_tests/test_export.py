@@ -300,6 +300,8 @@ def test_the_export_low_passes_the_crop_it_is_fed(tmp_path):
     exported = export_dfm(blurring, SIZE, tmp_path / "blurring.dfm", list(crops))
     session = ort.InferenceSession(str(exported.model_path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {DFM_INPUT: faces[:1].numpy()})[1], out[:1].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="input_blur"):
+        DfmSwapModel(nn.Identity(), Painter(), input_blur=-0.5)
 
 
 class TraceBreakingSwap(nn.Module):

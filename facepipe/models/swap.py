@@ -122,6 +122,9 @@ class DfmSwapModel(nn.Module):
         self.takes_morph = takes_morph
         self.fill_background = fill_background
         self.sharpen = float(sharpen)
+        if not input_blur >= 0:
+            raise ValueError(f"input_blur is the sigma (px) of the Gaussian on the input crop: 0 (off) or more, "
+                             f"got {input_blur}; set pair__onnx_export's input_blur in run config accordingly")
         self.input_blur = float(input_blur)
 
     @classmethod
