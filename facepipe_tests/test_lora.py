@@ -250,6 +250,38 @@ def test_pose_matching_adds_the_replays_faces_turned_both_ways(identity_weights)
     np.testing.assert_allclose(mirrored_poses[3 * faces:, 0], -poses[:, 0])
 
 
+def test_both_tasks_cut_their_inputs_from_the_stored_crops_when_asked(identity_weights):
+    """With runtime_crop the tasks keep the faces as stored (256 px, 8-bit) and feed the encoder
+    crops cut from them: the same draws give a different loss; without it nothing is kept."""
+    crops, masks, _ = moving_faces("hopper")
+    target_crops, target_masks, _ = moving_faces("astronaut")
+    stored = torch.from_numpy(crops).permute(0, 3, 1, 2)
+
+    def pair_task(share: float) -> PairTask:
+        return PairTask.from_faces(identity_weights.parent, crops, masks, target_crops, target_masks,
+                                   holdout_every=HOLDOUT_EVERY, adapter=TINY_ADAPTER, augment=AugmentConfig(runtime_crop=share))
+
+    def reconstruction_task(share: float) -> ReconstructionTask:
+        return ReconstructionTask.from_faces(crops, masks, TINY, holdout_every=HOLDOUT_EVERY,
+                                             augment=AugmentConfig(runtime_crop=share))
+
+    def first_loss(task) -> float:
+        torch.manual_seed(0)
+        model = task.build_model()
+        with torch.no_grad():
+            return float(task.compute_loss(model, torch.arange(4), torch.Generator().manual_seed(1), torch.device("cpu")))
+
+    plain, cut = pair_task(0.0), pair_task(1.0)
+    assert plain.identity_sources is None and plain.target_sources is None
+    assert torch.equal(cut.identity_sources, stored) and cut.target_sources.shape == (FRAMES, 3, STORED_SIZE, STORED_SIZE)
+    assert cut.identity_sources.dtype == torch.uint8
+    plain_reconstruction, cut_reconstruction = reconstruction_task(0.0), reconstruction_task(1.0)
+    assert plain_reconstruction.sources is None and torch.equal(cut_reconstruction.sources, stored)
+    for without, with_cut in ((plain, cut), (plain_reconstruction, cut_reconstruction)):
+        assert first_loss(without) == first_loss(without)  # the same draws give the same loss
+        assert abs(first_loss(with_cut) - first_loss(without)) > 1e-6
+
+
 def test_weighted_swap_latent_offset_is_the_weighted_identity_mean(trained_pair):
     model, task = copy.deepcopy(trained_pair.model), trained_pair.task
     identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]

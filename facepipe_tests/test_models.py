@@ -28,6 +28,7 @@ from facepipe.models.augment import (
     faces_to_tensors,
     random_homography,
     sharpen,
+    stored_faces,
     warp_face_batch,
 )
 from facepipe.models.autoencoder import (
@@ -340,6 +341,63 @@ def test_mirroring_goes_to_a_share_of_the_faces_and_is_drawn_last():
                     torch.testing.assert_close(got, plain.flip(-1), atol=1e-5, rtol=0)
                 kinds.add(same)
     assert kinds == {True, False}
+
+
+def laplacian_variance(images: torch.Tensor) -> float:
+    """Median over the batch of the variance of the Laplacian of the grey face (0-255 units)."""
+    grey = (images.permute(0, 2, 3, 1).double().numpy() * 255).mean(axis=-1)
+    return float(np.median([cv2.Laplacian(face, cv2.CV_64F).var() for face in grey]))
+
+
+def test_a_runtime_crop_is_read_from_the_stored_crop_as_the_runtimes_warp_a_frame():
+    """An input cut as the runtimes cut it is the stored 256 px crop warped straight to the model's
+    size, bilinear, as OpenCV's warpAffine does it (what FaceFusion and DeepFaceLive call), not the
+    INTER_AREA shrink the targets come from, and it is sharper than that shrink."""
+    crops, masks = hopper_faces()
+    images, mask_tensor = face_tensors(96)
+    geometric_off = dict(rotation_deg=0, scale=0, shift=0, perspective=0, elastic_strength=0, brightness=0,
+                         contrast=0, channel_gain=0)
+    sources = stored_faces(crops)
+    assert sources.dtype == torch.uint8 and sources.shape == (6, 3, 256, 256)
+    inputs, targets, _ = augment_batch(images, mask_tensor, torch.Generator().manual_seed(0),
+                                       AugmentConfig(**geometric_off, runtime_crop=1.0), sources=sources)
+    torch.testing.assert_close(targets, images, atol=1e-5, rtol=0)
+    # The pixel centres of the model-size crop, in the stored crop's pixels: x_s = s·x + (s - 1)/2.
+    s = 256 / 96
+    to_stored = np.float64([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2]])
+    warped = np.stack([cv2.warpAffine(crop, to_stored, (96, 96), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_REPLICATE) for crop in crops]).astype(np.float64)
+    ours = inputs.permute(0, 2, 3, 1).numpy() * 255
+    assert np.abs(ours - warped).mean() < 0.5 and np.abs(ours - warped).max() < 4  # OpenCV's 5-bit weights (half a pixel off: 9)
+    assert np.abs(ours - resize_crops(crops, 96)).mean() > 1.0  # not the shrink
+    assert laplacian_variance(inputs) > 1.5 * laplacian_variance(images)
+
+
+def test_runtime_crops_go_to_a_share_of_the_inputs_only_and_are_drawn_last():
+    crops, _ = hopper_faces()
+    images, masks = face_tensors(64)
+    sources = stored_faces(crops)
+    kinds = set()
+    for seed in range(4):
+        cut = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(runtime_crop=0.5, flip=0.5),
+                            sources=sources)
+        every = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(runtime_crop=1.0, flip=0.5),
+                              sources=sources)
+        without = augment_batch(images, masks, torch.Generator().manual_seed(seed), AugmentConfig(flip=0.5), sources=sources)
+        # Drawn after everything else: targets and masks are the same; each input is the shrink's
+        # or the one read from the stored crop through the same warp.
+        assert torch.equal(cut[1], without[1]) and torch.equal(cut[2], without[2])
+        for got, plain, runtime in zip(cut[0], without[0], every[0]):
+            same = torch.equal(got, plain)
+            assert same or torch.equal(got, runtime)
+            kinds.add(same)
+        # The same warp (homography, elastic warp, mirroring) whichever crop it reads.
+        assert (every[0] - without[0]).abs().mean() < 0.05
+    assert kinds == {True, False}
+    # Without the stored crops there is nothing to cut from: the shrink's inputs, the same draws.
+    alone = augment_batch(images, masks, torch.Generator().manual_seed(0), AugmentConfig(runtime_crop=1.0))
+    plain = augment_batch(images, masks, torch.Generator().manual_seed(0), AugmentConfig())
+    assert all(torch.equal(a, b) for a, b in zip(alone, plain))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,6 +175,10 @@ class IdentityModelConfig(TrainingConfig):
     # the identity's own, for targets that turn further than its media do.
     turn: float = 0.0
     turn_deg: float = 15.0
+    # Share of training inputs cut as the runtimes cut them (facepipe.models.augment): read from the
+    # stored 256 px crop straight at the model's size, bilinear, so the encoder learns from crops as
+    # sharp as those FaceFusion and DeepFaceLive feed it.
+    runtime_crop: float = AugmentConfig.runtime_crop
 
     def architecture(self) -> AutoencoderConfig:
         return AutoencoderConfig(size=self.resolution, width=self.width, latent_dim=self.latent_dim, depth=self.depth)
@@ -189,7 +193,8 @@ class IdentityModelConfig(TrainingConfig):
         return ReconstructionTask.from_faces(face_set.crops, face_set.masks, self.architecture(), self.holdout_every,
                                              self.samples_per_epoch, adversarial=self.adversarial(),
                                              random_warp_epochs=self.random_warp_epochs,
-                                             augment=AugmentConfig(sharpen=self.sharpen, flip=self.flip, turn=self.turn, turn_deg=self.turn_deg),
+                                             augment=AugmentConfig(sharpen=self.sharpen, flip=self.flip, turn=self.turn, turn_deg=self.turn_deg,
+                                                                  runtime_crop=self.runtime_crop),
                                              landmarks=face_set.landmarks, eyes_mouth_weight=self.eyes_mouth_weight,
                                              balance_power=self.balance_power)
 

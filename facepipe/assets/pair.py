@@ -95,6 +95,8 @@ class LoraConfig(TrainingConfig):
     # Share of the identity replay's faces turned in 3D (facepipe.models.turn), up to turn_deg either way.
     turn: float = 0.0
     turn_deg: float = AugmentConfig.turn_deg
+    # Share of training inputs cut as the runtimes cut them (see the identity model's).
+    runtime_crop: float = AugmentConfig.runtime_crop
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -118,7 +120,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         return PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
                                    np.load(target_masks.path / "masks.npy"), config.holdout_every,
                                    config.samples_per_epoch, adapter,
-                                   AugmentConfig(sharpen=config.sharpen, turn=config.turn, turn_deg=config.turn_deg),
+                                   AugmentConfig(sharpen=config.sharpen, turn=config.turn, turn_deg=config.turn_deg,
+                                                 runtime_crop=config.runtime_crop),
                                    identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
 
     def write(trained: Trained, out: Path) -> dict:

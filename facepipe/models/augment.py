@@ -63,6 +63,12 @@ class AugmentConfig:
     # turns further. Needs each face's FaceMesh points with depth (``points`` of ``augment_batch``).
     turn: float = 0.0
     turn_deg: float = 15.0
+    # Share of inputs cut as the runtimes cut them: read straight from the stored crop (256 px) at
+    # the model's size with bilinear sampling and no anti-aliasing, as FaceFusion and DeepFaceLive
+    # warp a frame to the model (input only; the target stays the crop shrunk with INTER_AREA).
+    # Needs the stored crops (``sources`` of ``augment_batch``). Runtime crops are 2.5-4x as sharp
+    # (variance of the Laplacian) as the shrunk ones the encoder otherwise learns from.
+    runtime_crop: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +83,12 @@ def faces_to_tensors(crops: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor
     images [N, 3, S, S] (still BGR) and masks [N, 1, S, S]."""
     images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
     return images.contiguous(), masks_to_tensor(masks)
+
+
+def stored_faces(crops: np.ndarray) -> torch.Tensor:
+    """uint8 crops [N, S0, S0, 3] BGR as stored → uint8 [N, 3, S0, S0], the ``sources`` the runtime
+    crop is cut from (kept in 8 bits: a quarter of the memory of floats at four times the pixels)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(crops).transpose(0, 3, 1, 2)))  # a copy: writable
 
 
 def masks_to_tensor(masks: np.ndarray) -> torch.Tensor:
@@ -155,6 +167,35 @@ def compose_grids(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
                          align_corners=True).permute(0, 2, 3, 1)
 
 
+def sampling_grids(
+    homographies: torch.Tensor,
+    height: int,
+    width: int,
+    device: torch.device,
+    input_distortion: torch.Tensor | None = None,
+    source_grid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target grid, input grid), each [N, H, W, 2]: where a batch's targets and inputs read their faces.
+
+    ``input_distortion`` (a sampling grid [N, H, W, 2] from ``elastic_grid``) distorts the input
+    only, composed with the homography into one sampling grid — input(p) = image(H(p + d(p))),
+    the elastic warp of the warped image — so the input is resampled once, not blurred twice.
+    ``source_grid`` ([N, c, c, 2] read points, see ``compose_grids``; e.g. ``facepipe.models.turn``'s) is
+    applied before the homography, in the same one resampling: image(T(H(p))); rows of NaN leave
+    their image as it is. The grids are in normalised coordinates, so they read a face stored at
+    any resolution.
+    """
+    grid = homography_grid(homographies, height, width, device)
+    input_grid = grid if input_distortion is None else map_grid(homographies, input_distortion)
+    if source_grid is not None:
+        rows = torch.isfinite(source_grid).flatten(1).all(dim=1).to(device)
+        source_grid = source_grid.to(device=device, dtype=torch.float32)[rows]
+        batch = len(homographies)
+        grid, input_grid = grid.expand(batch, -1, -1, -1).clone(), input_grid.expand(batch, -1, -1, -1).clone()
+        grid[rows], input_grid[rows] = compose_grids(source_grid, grid[rows]), compose_grids(source_grid, input_grid[rows])
+    return grid, input_grid
+
+
 def warp_face_batch(
     inputs: torch.Tensor,
     targets: torch.Tensor,
@@ -163,25 +204,12 @@ def warp_face_batch(
     input_distortion: torch.Tensor | None = None,
     source_grid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply the same homographies to input images, target images and target masks.
-
-    ``input_distortion`` (a sampling grid [N, S, S, 2] from ``elastic_grid``) distorts the input
-    only, composed with the homography into one sampling grid — input(p) = image(H(p + d(p))),
-    the elastic warp of the warped image — so the input is resampled once, not blurred twice.
-    ``source_grid`` ([N, c, c, 2] read points, see ``compose_grids``; e.g. ``facepipe.models.turn``'s) is
-    applied to the images before the homography, in the same one resampling: image(T(H(p))); rows
-    of NaN leave their image as it is.
+    """Apply the same homographies to input images, target images and target masks, with the
+    input's own distortion and a turn first (``sampling_grids``).
     Images repeat their border outward (as the aligned crops do); masks fill with 0 (what comes
     in from outside the crop is not known to be face).
     """
-    height, width = inputs.shape[-2:]
-    grid = homography_grid(homographies, height, width, inputs.device)
-    input_grid = grid if input_distortion is None else map_grid(homographies, input_distortion)
-    if source_grid is not None:
-        rows = torch.isfinite(source_grid).flatten(1).all(dim=1).to(inputs.device)
-        source_grid = source_grid.to(device=inputs.device, dtype=torch.float32)[rows]
-        grid, input_grid = grid.expand(len(inputs), -1, -1, -1).clone(), input_grid.expand(len(inputs), -1, -1, -1).clone()
-        grid[rows], input_grid[rows] = compose_grids(source_grid, grid[rows]), compose_grids(source_grid, input_grid[rows])
+    grid, input_grid = sampling_grids(homographies, *inputs.shape[-2:], inputs.device, input_distortion, source_grid)
     return (
         warp_with_grid(inputs, input_grid, "border"),
         warp_with_grid(targets, grid, "border"),
@@ -310,7 +338,7 @@ def random_turns(generator: torch.Generator, turns: np.ndarray, share: float, ma
 
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig(),
-    turns: np.ndarray | None = None,
+    turns: np.ndarray | None = None, sources: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input, target, target_mask) for a batch of faces [N, 3, S, S] and masks [N, 1, S, S].
 
@@ -319,9 +347,12 @@ def augment_batch(
     the same on input and target; then the inputs drawn for it are sharpened (``sharpen``).
     ``turns`` [N, K, c, c, 2] (the faces' turn tables, NaN where FaceMesh found no face: see
     ``facepipe.models.turn.turn_table``) let a share ``turn`` of the faces turn in 3D first.
+    ``sources`` [N, 3, S0, S0] (the same faces as stored, S0 >= S; uint8 or float in [0, 1]) let a
+    share ``runtime_crop`` of the inputs be read from them as the runtimes cut a crop.
     Random draws happen in a fixed order (homography, colour, elastic, which faces to sharpen,
-    which to mirror, which to turn and how far), each only when its part is enabled, so the same
-    generator state gives the same batch, and switching the elastic warp off leaves targets and masks unchanged.
+    which to mirror, which to turn and how far, which to cut as the runtimes do), each only when its
+    part is enabled, so the same generator state gives the same batch, and switching the elastic
+    warp off leaves targets and masks unchanged.
     """
     batch, _, height, width = images.shape
     homographies = random_homography(
@@ -346,7 +377,16 @@ def augment_batch(
     source_grid = None
     if config.turn > 0 and turns is not None:
         source_grid = random_turns(generator, turns, config.turn, config.turn_deg)
-    inputs, targets, target_masks = warp_face_batch(images, images, masks, homographies, distortion, source_grid)
+    grid, input_grid = sampling_grids(homographies, height, width, images.device, distortion, source_grid)
+    inputs = warp_with_grid(images, input_grid, "border")
+    targets, target_masks = warp_with_grid(images, grid, "border"), warp_with_grid(masks, grid, "zeros")
+    if config.runtime_crop > 0 and sources is not None:
+        cut = (torch.rand(batch, generator=generator) < config.runtime_crop).nonzero().flatten()
+        if len(cut):
+            stored = sources[cut].to(images.device)
+            stored = stored.float().div_(255.0) if stored.dtype == torch.uint8 else stored.to(images.dtype)
+            cut = cut.to(images.device)
+            inputs = inputs.index_copy(0, cut, warp_with_grid(stored, input_grid[cut], "border"))
     if jitter is not None:
         inputs, targets = apply_colour_jitter(inputs, jitter), apply_colour_jitter(targets, jitter)
     if sharpened is not None and sharpened.any():
@@ -363,13 +403,14 @@ def augment_with_features(
     generator: torch.Generator,
     config: AugmentConfig = AugmentConfig(),
     turns: np.ndarray | None = None,
+    sources: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``augment_batch`` that also warps the eyes-and-mouth masks [N, 1, S, S] (or None) exactly like
     the face masks: (input, target, target_mask, target_feature_mask or None). The masks travel as
     extra channels of one warp, so the random draws, and every other output, are those of
     ``augment_batch`` alone."""
     stacked = masks if feature_masks is None else torch.cat([masks, feature_masks], dim=1)
-    inputs, targets, warped = augment_batch(images, stacked, generator, config, turns)
+    inputs, targets, warped = augment_batch(images, stacked, generator, config, turns, sources)
     return inputs, targets, warped[:, :1], None if feature_masks is None else warped[:, 1:]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from facepipe.faces import holdout_split, resize_crops
-from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors
+from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, stored_faces
 from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
@@ -49,11 +49,15 @@ class PairTask(TrainTask):
         identity_features: torch.Tensor | None = None,
         target_features: torch.Tensor | None = None,
         identity_points: np.ndarray | None = None,
+        identity_sources: torch.Tensor | None = None,
+        target_sources: torch.Tensor | None = None,
     ):
         # *_features [N, 1, S, S]: the eyes and mouth, scored by adapter.eyes_mouth_weight.
         # identity_points [N, 478, 3]: FaceMesh points with depth at the model size, for the identity
         # replay's head turns (augment.turn; the target's faces are never turned), solved once.
         self.identity_points = identity_points
+        # *_sources [N, 3, S0, S0] uint8: the faces as stored, for inputs cut as the runtimes cut them.
+        self.identity_sources, self.target_sources = identity_sources, target_sources
         self.identity_turns = None if identity_points is None else turn_table(identity_points, augment.turn_deg,
                                                                                identity_images.shape[-1])
         self.identity_features, self.target_features = identity_features, target_features
@@ -95,16 +99,19 @@ class PairTask(TrainTask):
         """From stored crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face and masks
         [N, S0, S0] uint8 0..255 (identity: hull masks; target: target_masks, e.g. XSeg),
         resized once to the identity model's size; with ``adapter.eyes_mouth_weight`` > 0 the
-        crop-space landmarks [N, 478, 2] of both give the eyes-and-mouth masks."""
+        crop-space landmarks [N, 478, 2] of both give the eyes-and-mouth masks; with
+        ``augment.runtime_crop`` > 0 the stored crops are kept too, to cut inputs from as the runtimes do."""
         check_masks(identity_masks, "identity")
         check_masks(target_masks, "target")
         size, weight = model_config_of(identity_model).size, adapter.eyes_mouth_weight
         points = crops_mesh(identity_crops, size) if augment.turn > 0 else None
+        keep = augment.runtime_crop > 0
         return cls(identity_model, *faces_to_tensors(resize_crops(identity_crops, size), resize_crops(identity_masks, size)),
                    *faces_to_tensors(resize_crops(target_crops, size), resize_crops(target_masks, size)),
                    holdout_every, samples_per_epoch, adapter, augment,
                    eyes_mouth_tensor(identity_landmarks, identity_crops.shape[1], size, weight),
-                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), points)
+                   eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), points,
+                   stored_faces(identity_crops) if keep else None, stored_faces(target_crops) if keep else None)
 
     def build_model(self) -> PairModel:
         return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
@@ -118,12 +125,13 @@ class PairTask(TrainTask):
         ]
         target_in, target_out, target_mask, target_features = augment_with_features(
             self.target_images[target_rows], self.target_masks[target_rows], rows_of(self.target_features, target_rows),
-            generator, self.augment
+            generator, self.augment, sources=rows_of(self.target_sources, target_rows)
         )
         identity_in, identity_out, identity_mask, identity_features = augment_with_features(
             self.identity_images[identity_rows], self.identity_masks[identity_rows],
             rows_of(self.identity_features, identity_rows), generator, self.augment,
-            None if self.identity_turns is None else self.identity_turns[identity_rows.numpy()]
+            None if self.identity_turns is None else self.identity_turns[identity_rows.numpy()],
+            rows_of(self.identity_sources, identity_rows)
         )
         # One encoder pass for both: no normalisation layers, so a face's code does not depend
         # on its batch neighbours.

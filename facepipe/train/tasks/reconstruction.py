@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from facepipe.faces import feature_masks, holdout_split, resize_crops
-from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor
+from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor, stored_faces
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
@@ -60,13 +60,16 @@ class ReconstructionTask(TrainTask):
                  samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
                  adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None,
                  feature_masks: torch.Tensor | None = None, loss_weights: LossWeights = LossWeights(),
-                 sample_weights: torch.Tensor | None = None, turns: np.ndarray | None = None):
+                 sample_weights: torch.Tensor | None = None, turns: np.ndarray | None = None,
+                 sources: torch.Tensor | None = None):
         # feature_masks [N, 1, S, S]: the eyes and mouth, scored by loss_weights.eyes_mouth.
         self.images, self.masks, self.feature_masks, self.loss_weights = images, masks, feature_masks, loss_weights
         # sample_weights [len(train_idx)]: draw training faces in proportion (facepipe.train.balance); None: uniform.
         self.sample_weights = sample_weights
         # turns [N, K, c, c, 2]: each face's turn table (facepipe.models.turn), for head turns.
         self.turns = turns
+        # sources [N, 3, S0, S0] uint8: the faces as stored, for inputs cut as the runtimes cut them.
+        self.sources = sources
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
         # Small sets are repeated within an epoch (each repeat augmented differently), so an
@@ -100,8 +103,9 @@ class ReconstructionTask(TrainTask):
                 raise ValueError("balancing poses and expressions needs the faces' crop-space landmarks")
             weights = rarity_weights(expression_measures(np.asarray(landmarks)[train_idx], crops.shape[1]), balance_power)
         turns = turn_table(crops_mesh(crops, size), augment.turn_deg, size) if augment.turn > 0 else None
+        sources = stored_faces(crops) if augment.runtime_crop > 0 else None
         return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial,
-                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights, turns)
+                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights, turns, sources)
 
     def build_model(self) -> nn.Module:
         autoencoder = IdentityAutoencoder(self.model_config)
@@ -125,8 +129,9 @@ class ReconstructionTask(TrainTask):
         rows = draw_rows(self.train_idx, self.sample_weights, batch_indices, generator)
         features = None if self.feature_masks is None else self.feature_masks[rows]
         turns = None if self.turns is None else self.turns[rows.numpy()]
+        sources = None if self.sources is None else self.sources[rows]
         inputs, targets, target_masks, features = augment_with_features(self.images[rows], self.masks[rows], features,
-                                                                         generator, self.epoch_augment(), turns)
+                                                                         generator, self.epoch_augment(), turns, sources)
         bgr, mask_logits = model(inputs.to(device))
         targets, target_masks = targets.to(device), target_masks.to(device)
         total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks, self.loss_weights,
