@@ -177,7 +177,9 @@ class IdentityModelConfig(TrainingConfig):
     turn_deg: float = 15.0
     # Share of training inputs cut as the runtimes cut them (facepipe.models.augment): read from the
     # stored 256 px crop straight at the model's size, bilinear, so the encoder learns from crops as
-    # sharp as those FaceFusion and DeepFaceLive feed it.
+    # sharp as those FaceFusion and DeepFaceLive feed it. Off: measured (kim -> mead, the export's
+    # low-pass off), the swaps followed another person's face worse (eyes 0.79 -> 0.60, yaw 0.82 ->
+    # 0.73, pitch 0.67 -> 0.52; README, "The crop the model is fed").
     runtime_crop: float = AugmentConfig.runtime_crop
 
     def architecture(self) -> AutoencoderConfig:

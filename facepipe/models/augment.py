@@ -67,7 +67,8 @@ class AugmentConfig:
     # the model's size with bilinear sampling and no anti-aliasing, as FaceFusion and DeepFaceLive
     # warp a frame to the model (input only; the target stays the crop shrunk with INTER_AREA).
     # Needs the stored crops (``sources`` of ``augment_batch``). Runtime crops are 2.5-4x as sharp
-    # (variance of the Laplacian) as the shrunk ones the encoder otherwise learns from.
+    # (variance of the Laplacian) as the shrunk ones the encoder otherwise learns from; taught on
+    # them, the encoder followed another person's face worse (README, "The crop the model is fed").
     runtime_crop: float = 0.0
 
     def to_dict(self) -> dict:
