@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from facepipe.pairs import PairsFileError
+from facepipe.partition_settings import PartitionSettingsError
 from facepipe.partitions import InvalidPartitionKey
 from facepipe.plan import BuildInputError, plan_build
 from facepipe.presets import RunConfig, RunConfigError
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     use_project_instance()
     try:
         return run_command(args, data_root)
-    except (PairsFileError, RunConfigError, BuildInputError, InvalidPartitionKey) as error:
+    except (PairsFileError, PartitionSettingsError, RunConfigError, BuildInputError, InvalidPartitionKey) as error:
         # (the other bad inputs fail inside Dagster runs, named there)
         print(f"facepipe: {error}", file=sys.stderr)
         return 2

@@ -33,8 +33,9 @@ from facepipe.store import canonical_json, file_sha256
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # Names inside a partition folder that hold other inputs, not media: user masks for XSeg and the
-# user's curation.toml (facepipe.curation_file.CURATION_FILE).
-RESERVED_NAMES = ("masks", "curation.toml")
+# user's curation.toml (facepipe.curation_file.CURATION_FILE) and the partition's settings.toml
+# (facepipe.partition_settings.SETTINGS_FILE).
+RESERVED_NAMES = ("masks", "curation.toml", "settings.toml")
 MIN_IMAGE_SIDE = 32
 MAX_IMAGE_PIXELS = 64_000_000  # 9248x6936 (a 64 MP photo); decoding more costs GBs for no usable face
 FRAME_EXTENSION = ".jpg"

@@ -6,6 +6,7 @@ Pairs are declared, not derived: training every identity against every target wo
     [[pair]]
     identity = "hopper"
     target = "astronaut"
+    lora_adapter = { seed = 1 }   # optional: this pair's own settings (facepipe.partition_settings)
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from facepipe.partitions import InvalidPartitionKey, validate_key
 
 PAIRS_FILE = "pairs.toml"
+# Assets whose settings a pair's entry may set (facepipe.partition_settings): `lora_adapter = { seed = 1 }`.
+PAIR_SETTING_TABLES = ("lora_adapter", "onnx_export")
 
 
 class PairsFileError(ValueError):
@@ -31,6 +34,11 @@ def declared_pairs(data_root: Path) -> list[tuple[str, str]]:
     path = Path(data_root) / PAIRS_FILE
     if not path.is_file():
         return []
+    return sorted({pair_entry(path, number, entry) for number, entry in enumerate(pair_entries(path), start=1)})
+
+
+def pair_entries(path: Path) -> list[dict]:
+    """The [[pair]] tables of the file, as parsed; a PairsFileError if it is not such a file."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -44,7 +52,7 @@ def declared_pairs(data_root: Path) -> list[tuple[str, str]]:
         raise PairsFileError(f"{path}: {error}. {PAIR_SHAPE}") from error
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PairsFileError(f"{path}: 'pair' must be a list of [[pair]] tables. {PAIR_SHAPE}")
-    return sorted({pair_entry(path, number, entry) for number, entry in enumerate(entries, start=1)})
+    return entries
 
 
 def pair_entry(path: Path, number: int, entry: dict) -> tuple[str, str]:
@@ -53,6 +61,10 @@ def pair_entry(path: Path, number: int, entry: dict) -> tuple[str, str]:
         if side not in entry:
             named = f" ({other} = {entry[other]!r})".replace("'", '"') if other in entry else ""
             raise PairsFileError(f"{path}: pair {number}{named} has no {side}. {PAIR_SHAPE}")
+    for name, value in entry.items():
+        if name not in ("identity", "target") and (name not in PAIR_SETTING_TABLES or not isinstance(value, dict)):
+            raise PairsFileError(f"{path}: pair {number}: {name} is not a table of settings a pair can set; write "
+                                 f"{' or '.join(PAIR_SETTING_TABLES)} = {{ <field> = <value>, ... }}")
     keys = []
     for side in ("identity", "target"):
         if not isinstance(entry[side], str):
@@ -62,6 +74,21 @@ def pair_entry(path: Path, number: int, entry: dict) -> tuple[str, str]:
         except InvalidPartitionKey as error:
             raise PairsFileError(f"{path}: pair {number}: {error}") from error
     return keys[0], keys[1]
+
+
+def pair_tables(data_root: Path, identity: str, target: str) -> dict[str, dict]:
+    """{asset: settings} written in the pair's entry (PAIR_SETTING_TABLES). A pair declared twice
+    may repeat its settings but not contradict them."""
+    path = Path(data_root) / PAIRS_FILE
+    tables: dict[str, dict] = {}
+    for number, entry in enumerate(pair_entries(path) if path.is_file() else [], start=1):
+        if pair_entry(path, number, entry) != (identity, target):
+            continue
+        for name in PAIR_SETTING_TABLES:
+            if name in entry and tables.setdefault(name, entry[name]) != entry[name]:
+                raise PairsFileError(f"{path}: pair {pair_key(identity, target)} is declared twice with different "
+                                     f"{name} settings: keep one")
+    return tables
 
 
 def pair_key(identity: str, target: str) -> str:

@@ -1,5 +1,5 @@
 """What `facepipe build` will run, checked before anything runs: the partition folders it names,
-pairs.toml and the folders of the pairs it declares. Also what scripts/ build the same way."""
+pairs.toml, the folders of the pairs it declares and the tables of their settings.toml. Also what scripts/ build the same way."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facepipe.pairs import PAIRS_FILE, declared_pairs, pair_key
+from facepipe.partition_settings import role_settings
 from facepipe.partitions import ROLES, discover, role_dir, validate_key
 
 
@@ -24,7 +25,8 @@ class PlannedRun:
 def plan_build(data_root: Path, roles: list[str], partition: str | None, pairs: bool = True) -> list[PlannedRun]:
     """The runs a build makes, in order, after checking everything they need that can be checked
     without running them: the partition folders and, when pairs are built, pairs.toml and the
-    folders of the pairs it declares. A problem raises BuildInputError or PairsFileError.
+    folders of the pairs it declares, and the partitions' settings.toml tables. A problem raises
+    BuildInputError, PairsFileError or PartitionSettingsError.
 
     With `partition`, the roles that have that key are built, then for each declared pair with
     that key the other side (a cache hit when it was built before) and the pair."""
@@ -62,5 +64,8 @@ def plan_build(data_root: Path, roles: list[str], partition: str | None, pairs: 
             if key not in wanted[role]:
                 wanted[role].append(key)  # what the pair is built from
         pair_runs.append(PlannedRun(PAIR_JOB, pair_key(identity, target), f"pair/{pair_key(identity, target)}"))
+    for role in ROLES:  # each partition's settings.toml names tables its role has (fields are checked by the asset)
+        for key in wanted[role]:
+            role_settings(data_root, role, key)
     role_runs = [PlannedRun(role_job_name(role), key, f"{role}/{key}") for role in ROLES for key in sorted(wanted[role])]
     return role_runs + pair_runs

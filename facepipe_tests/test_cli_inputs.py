@@ -78,6 +78,9 @@ def no_runs_started(tmp_path: Path) -> bool:
      "facepipe: {pairs}: pair hopper|nobody: no target folder {data}/targets/nobody: create it or remove the pair"),
     (b'[[pair]\nidentity = "hopper"\n',
      "facepipe: {pairs}: Expected ']]' at the end of an array declaration (at line 1, column 7). " + PAIR_SHAPE),
+    (b'[[pair]]\nidentity = "hopper"\ntarget = "astronaut"\nlora = { turn = 0.5 }\n',
+     "facepipe: {pairs}: pair 1: lora is not a table of settings a pair can set; write lora_adapter or "
+     "onnx_export = {{ <field> = <value>, ... }}"),
 ])
 def test_pairs_toml_is_checked_before_any_run_with_one_line(project_env, tmp_path, capsys, content, expected):
     """A broken pairs.toml used to be read only after every identity and target had been built
@@ -87,6 +90,17 @@ def test_pairs_toml_is_checked_before_any_run_with_one_line(project_env, tmp_pat
     assert cli.main(["--data-root", str(project_env), "build"]) == 2
     out, err = capsys.readouterr()
     assert err == expected.format(pairs=project_env / "pairs.toml", data=project_env) + "\n"
+    assert out == "" and no_runs_started(tmp_path)
+
+
+def test_a_partitions_settings_file_is_checked_before_any_run(project_env, tmp_path, capsys):
+    media_folders(project_env, ["hopper"], ["astronaut"])
+    (project_env / "identities" / "hopper" / "settings.toml").write_text("[identity_modle]\nturn = 0.5\n")
+    assert cli.main(["--data-root", str(project_env), "build"]) == 2
+    out, err = capsys.readouterr()
+    assert err == (f"facepipe: {project_env}/identities/hopper/settings.toml: identity_modle is not a table of settings "
+                   "this file can hold; write tables [identity_model] whose keys are that asset's config fields "
+                   "(README, 'Settings of one partition')\n")
     assert out == "" and no_runs_started(tmp_path)
 
 

@@ -41,6 +41,7 @@ from facepipe.automation.verify import nightly_verify, rebuild_after_verify, ver
 from facepipe.definitions import defs
 from facepipe.media import decode_video
 from facepipe.pairs import declare_pair, declared_pairs
+from facepipe.presets import for_job
 from facepipe.resources import FacepipeSettings
 from facepipe.media import write_video
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
@@ -184,6 +185,28 @@ def test_a_changed_curation_file_rebuilds_curation_and_what_trains_on_it(copy):
     changes = role_changes(copy.world(), "target", "talk")
     assert changes["target/curated_faces"] == "curation_file changed"
     assert set(changes) == {"target/curated_faces", "target/xseg_model", "target/target_masks"}  # not the media or faces
+
+
+def test_a_partitions_own_settings_are_what_its_runs_build_and_the_nightly_expects(copy):
+    (copy.data / "identities" / "hopper" / "settings.toml").write_text("[identity_model]\nseed = 1\n")
+    (copy.data / "pairs.toml").write_text((copy.data / "pairs.toml").read_text().replace(
+        'target = "talk2"', 'target = "talk2"\nonnx_export = { sharpen = 0.25 }'))
+    # that identity only, and that pair only (its identity and target are unchanged)
+    assert copy.all_ticks() == {"nightly_identity": [("identity_job", "hopper")], "nightly_target": [],
+                                "nightly_pairs": [("pair_job", "hopper2|talk2")]}
+    changes = role_changes(copy.world(), "identity", "hopper")
+    assert changes == {"identity/identity_model": "config changed (seed)"}
+    # the run builds with them (the nightly's own run config, no seed in it), and then nothing has changed
+    project = Project(copy.root)
+    project.instance = copy.instance
+    project.materialize("identity", "hopper", for_job(load_nightly_run_config(), "identity"), assets=project.identity_assets)
+    record = copy.world().store.current_record("identity/identity_model", "hopper")
+    assert record["config"]["seed"] == 1
+    assert role_changes(copy.world(), "identity", "hopper") == {}
+    # a settings file that cannot be used does not stop the night: its partition's run reports it
+    (copy.data / "identities" / "hopper" / "settings.toml").write_text("[identity_model]\nturn = 'half'\n")
+    reason = role_changes(copy.world(), "identity", "hopper")["identity/identity_model"]
+    assert reason.startswith("cannot read its settings (") and "settings.toml" in reason and "turn" in reason
 
 
 def test_requests_carry_the_nightly_config_and_validate_against_the_jobs(copy):

@@ -104,6 +104,7 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     assert ok and abs(shown.shape[1] / shown.shape[0] - 2 * original.shape[1] / original.shape[0]) < 0.05
     assert len(first.get_asset_check_evaluations()) == 3
 
+    adapter_fingerprint = store.current("pair/lora_adapter", "hopper|talk").fingerprint
     # a second target of the same identity: the identity model is read, not rebuilt
     model_before = store.current("identity/identity_model", "hopper").fingerprint
     second = build_pair(project, "hopper|talk_bgr")
@@ -116,13 +117,18 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     logs = [e.message for e in project.instance.all_logs(again.run_id) if e.message]
     assert any("written nothing (same bytes)" in line for line in logs)
 
-    # onnx_export.sharpen in run config sets the amount: at 0 the face is what the decoder paints;
-    # the matched export's face is that face through the unsharp mask of the recorded amount
-    config = tiny_run_config("pair__lora_adapter")
-    config["ops"]["pair__onnx_export"] = {"config": {"sharpen": 0.0}}
-    project.materialize("pair", "hopper|talk", config, assets=project.pair_assets)
+    # onnx_export.sharpen sets the amount, here as this pair's own setting in pairs.toml (over the
+    # run config): at 0 the face is what the decoder paints; the matched export's face is that face
+    # through the unsharp mask of the recorded amount
+    (project.data / "pairs.toml").write_text('[[pair]]\nidentity = "hopper"\ntarget = "talk"\n'
+                                             'onnx_export = { sharpen = 0.0 }\n')
+    again = build_pair(project, "hopper|talk")
+    logs = [e.message for e in project.instance.all_logs(again.run_id) if e.message]
+    assert any("pair/onnx_export [hopper|talk]: pairs.toml sets sharpen=0.0 (over the run config)" in line for line in logs)
     plain = store.current("pair/onnx_export", "hopper|talk")
     assert plain.metadata["sharpen"] == 0.0 and plain.fingerprint != export.fingerprint
+    assert plain.record["config"]["sharpen"] == 0.0  # recorded as what it was built with
+    assert store.current("pair/lora_adapter", "hopper|talk").fingerprint == adapter_fingerprint  # nothing before it
     plain_face = ort.InferenceSession(str(plain.path / "hopper_talk.dfm"), providers=["CPUExecutionProvider"]).run(
         None, {"in_face:0": crop[None].astype(np.float32) / 255, "morph_value:0": np.float32([1.0])})[1]
     resharpened = unsharp(torch.from_numpy(plain_face).permute(0, 3, 1, 2), meta["sharpen"]).permute(0, 2, 3, 1)
@@ -133,7 +139,9 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
 def test_a_target_turning_beyond_the_identitys_faces_is_told_how_to_follow_it():
     assert yaw_span(np.column_stack([np.arange(101.0), np.zeros(101)])) == (5.0, 95.0)
     # german_news's faces (-4.2..7 deg) against obama's (2.5..21.6): the swap cannot follow
-    line = beyond_reach_warning("obama", (-4.2, 7.0), (2.5, 21.6))
-    assert line.startswith("'obama' turns 2..22 deg") and "-4..7 deg" in line and "turn: 0.5" in line
-    assert beyond_reach_warning("mead", (-11.3, 11.3), (-12.5, -5.4)) is None  # kim mirrored covers mead
-    assert beyond_reach_warning("left", (-5.0, 5.0), (-12.0, 0.0)) is not None  # either side
+    line = beyond_reach_warning("german_news", "obama", (-4.2, 7.0), (2.5, 21.6))
+    assert line.startswith("'obama' turns 2..22 deg") and "-4..7 deg" in line
+    # it says where this identity's and this pair's turns are set
+    assert "turn = 0.5 in data/identities/german_news/settings.toml" in line and "lora_adapter = { turn = 0.5 }" in line
+    assert beyond_reach_warning("kim", "mead", (-11.3, 11.3), (-12.5, -5.4)) is None  # kim mirrored covers mead
+    assert beyond_reach_warning("jane", "left", (-5.0, 5.0), (-12.0, 0.0)) is not None  # either side

@@ -33,10 +33,12 @@ from facepipe import disk
 from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
 from facepipe.pairs import PairsFileError
+from facepipe.partition_settings import PartitionSettingsError
 from facepipe.partitions import InvalidPartitionKey
 from facepipe.store import MissingInput
 
-BAD_INPUT_ERRORS = (MediaError, MissingInput, InvalidPartitionKey, UserMaskError, PairsFileError, CurationFileError)
+BAD_INPUT_ERRORS = (MediaError, MissingInput, InvalidPartitionKey, UserMaskError, PairsFileError, CurationFileError,
+                    PartitionSettingsError)
 # OSErrors that say the same thing on every attempt: a file or folder that is not there, is in
 # the way, or may not be touched. Retrying them only delays the message.
 DETERMINISTIC_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

@@ -25,6 +25,7 @@ from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.augment import AugmentConfig
 from facepipe.models.autoencoder import AutoencoderConfig, parameter_counts
 from facepipe.models.swap import DfmSwapModel
+from facepipe.partition_settings import partition_config
 from facepipe.partitions import identity_partitions
 from facepipe.preview import write_png
 from facepipe.profile import build_profile, crop_sharpness, profile_json_bytes
@@ -208,6 +209,7 @@ class IdentityModelConfig(TrainingConfig):
 @failure_policy
 def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, settings: FacepipeSettings,
                    faces: Artifact) -> MaterializeResult:
+    config = partition_config(context, settings, config)
     key, model_config = context.partition_key, config.architecture()
 
     def make_task() -> ReconstructionTask:

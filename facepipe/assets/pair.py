@@ -38,6 +38,7 @@ from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_mod
                                   set_swap_latent_offset)
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
+from facepipe.partition_settings import partition_config
 from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
 from facepipe.registry import publish
@@ -111,6 +112,7 @@ class LoraConfig(TrainingConfig):
 @failure_policy
 def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: FacepipeSettings, identity_model: Artifact,
                  identity_faces: Artifact, target_faces: Artifact, target_masks: Artifact) -> MaterializeResult:
+    config = partition_config(context, settings, config)
     identity, target = pair_keys(context)
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
@@ -138,7 +140,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
         identity_yaw, target_yaw = yaw_span(identity_poses), yaw_span(target_poses)
-        warning = beyond_reach_warning(target, identity_yaw, target_yaw)
+        warning = beyond_reach_warning(identity, target, identity_yaw, target_yaw)
         if warning and not identity_model.record["config"].get("turn"):
             context.log.warning(warning)
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
@@ -184,15 +186,17 @@ def yaw_span(poses: np.ndarray) -> tuple[float, float]:
     return round(float(low), 1), round(float(high), 1)
 
 
-def beyond_reach_warning(target: str, identity_yaw: tuple[float, float], target_yaw: tuple[float, float]) -> str | None:
+def beyond_reach_warning(identity: str, target: str, identity_yaw: tuple[float, float],
+                         target_yaw: tuple[float, float]) -> str | None:
     """The line telling the user that the target turns further than the identity's faces (yaw spans
     in degrees, ``yaw_span``), or None when it stays within TURN_HINT_DEG of them."""
     if target_yaw[0] >= identity_yaw[0] - TURN_HINT_DEG and target_yaw[1] <= identity_yaw[1] + TURN_HINT_DEG:
         return None
     return (f"'{target}' turns {target_yaw[0]:.0f}..{target_yaw[1]:.0f} deg, the identity's faces (mirrored where the "
             f"identity model mirrors them) {identity_yaw[0]:.0f}..{identity_yaw[1]:.0f} deg: the swap turns about as far "
-            f"as the identity's faces. More footage of the identity turning, or head turns (turn: 0.5 for "
-            f"identity__identity_model and pair__lora_adapter; README, 'Your own media'), let it follow further")
+            f"as the identity's faces. More footage of '{identity}' turning, or head turns, let it follow further: "
+            f"[identity_model] turn = 0.5 in data/identities/{identity}/settings.toml and lora_adapter = {{ turn = 0.5 }} "
+            f"in this pair's entry of data/pairs.toml (README, 'Settings of one partition')")
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +254,7 @@ class ExportConfig(Config):
 def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: FacepipeSettings, lora_adapter: Artifact,
                 identity_model: Artifact, identity_profile: Artifact, identity_faces: Artifact, target_faces: Artifact,
                 xseg_model: Artifact, target_masks: Artifact, frames: Artifact) -> MaterializeResult:
+    config = partition_config(context, settings, config)
     identity, target = pair_keys(context)
     name = f"{identity}_{target}"
 

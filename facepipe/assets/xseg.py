@@ -24,6 +24,7 @@ from facepipe.faces import FaceSet
 from facepipe.labels import MASKS_FOLDER, build_labels, user_masks_digest
 from facepipe.models.counting import count_parameters
 from facepipe.models.xseg import XSEG_SIZE, XSegNHWC, mean_iou, predict_masks
+from facepipe.partition_settings import partition_config
 from facepipe.partitions import media_dir, target_partitions
 from facepipe.preview import contact_sheet, evenly_spaced, outline, write_png
 from facepipe.resources import FacepipeSettings
@@ -78,6 +79,7 @@ def user_masks_input(settings: FacepipeSettings, key: str, config: dict) -> dict
 @failure_policy
 def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: FacepipeSettings, faces: Artifact,
                frames: Artifact) -> MaterializeResult:
+    config = partition_config(context, settings, config)
     key = context.partition_key
     face_set = FaceSet.load(faces.path)
     masks_dir = user_masks_dir(settings, key)

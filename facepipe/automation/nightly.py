@@ -55,6 +55,7 @@ from facepipe.labels import UserMaskError
 from facepipe.media import MediaError
 from facepipe import presets
 from facepipe.pairs import PairsFileError, declared_pairs, pair_key
+from facepipe.partition_settings import PartitionSettingsError, asset_settings
 from facepipe.presets import for_job
 from facepipe.partitions import PARTITIONS, ROLES, discover
 from facepipe.resources import FacepipeSettings
@@ -169,13 +170,20 @@ class World:
     def op_config(self, op_name: str) -> dict[str, Any]:
         return ((self.run_config.get("ops") or {}).get(op_name) or {}).get("config") or {}
 
-    def expected_config(self, stage: Stage) -> dict[str, Any]:
+    def expected_config(self, stage: Stage, partition: str) -> dict[str, Any]:
+        """The config a run would build `partition` with: the nightly run config, overridden by the
+        partition's own settings (facepipe.partition_settings), as the asset applies them."""
         if stage.config_type is None:
             return {}
         processed = process_config(stage.config_type, self.op_config(stage.op_name))
         if not processed.success:
             raise NightlyConfigError(f"nightly run config for {stage.op_name}: "
                                      + "; ".join(error.message for error in processed.errors))
+        where, values = asset_settings(self.settings.data_path, stage.asset, partition)
+        if values:
+            processed = process_config(stage.config_type, {**self.op_config(stage.op_name), **values})
+            if not processed.success:
+                raise PartitionSettingsError(f"{where}: " + "; ".join(error.message for error in processed.errors))
         return {**processed.value, "device": self.device} if stage.with_device else processed.value
 
     def outside_inputs(self, stage: Stage, partitions: dict[str, str], config: dict[str, Any]) -> dict[str, str]:
@@ -209,7 +217,10 @@ def stage_change(world: World, stage: Stage, partitions: dict[str, str], rebuilt
     now = stage.code_version
     if record.get("code_version") != now:
         return f"code version {record.get('code_version')} -> {now}"
-    config = world.expected_config(stage)
+    try:
+        config = world.expected_config(stage, partition)
+    except (PartitionSettingsError, PairsFileError) as error:
+        return f"cannot read its settings ({error}); the run will report it"
     recorded_config = record.get("config", {})
     if recorded_config != config:
         changed = sorted(k for k in set(config) | set(recorded_config) if config.get(k) != recorded_config.get(k))
@@ -318,7 +329,10 @@ def state_digest(world: World, identity: str, target: str) -> str:
                     state[f"{upstream}[{partition}]"] = world.store.current_record(upstream, partition)["content_hash"]
                 except MissingInput:
                     state[f"{upstream}[{partition}]"] = None
-        state[stage.asset] = [stage.code_version, world.expected_config(stage)]
+        try:
+            state[stage.asset] = [stage.code_version, world.expected_config(stage, pair_key(identity, target))]
+        except (PartitionSettingsError, PairsFileError) as error:
+            state[stage.asset] = [stage.code_version, str(error)]
     return hashlib.sha256(canonical_json(state)).hexdigest()[:16]
 
 
