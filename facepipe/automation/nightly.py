@@ -5,7 +5,8 @@ output (`_artifact.json`: code version, config, input content hashes) with what 
 - the media folder's content hash, the target's user masks and the identity embedder;
 - each asset's code version in the code;
 - the config a nightly run would use: the Config defaults, overridden by the run config file
-  named in FACEPIPE_NIGHTLY_CONFIG (the same file is sent with the runs it requests);
+  named in FACEPIPE_NIGHTLY_CONFIG (the same file is sent with the runs it requests), overridden
+  in turn by the partition's own settings (facepipe.partition_settings), as the assets apply them;
 - the content hash of each upstream asset's current output;
 - a missing or damaged output (a file missing or of another size than recorded).
 A partition is requested when any of its assets differs. A false positive only costs a run of
