@@ -94,12 +94,11 @@ def with_settings(config: Config, values: dict[str, Any], where: str) -> Config:
 def partition_config(context, settings, config: Config) -> Config:
     """The config an asset builds this partition with: the run's, overridden by the partition's
     own settings (logged when there are any)."""
-    asset, partition = "/".join(context.asset_key.path), str(context.partition_key)
+    asset, partition = context.asset_key.to_user_string(), str(context.partition_key)
     path, values = asset_settings(settings.data_path, asset, partition)
     if not values:
         return config
-    name = asset.split("/")[1]
-    effective = with_settings(config, values, f"{path} [{name}]")
+    effective = with_settings(config, values, f"{path} [{context.asset_key.path[-1]}]")
     context.log.info(f"{asset} [{partition}]: {path.name} sets "
                      + ", ".join(f"{field}={value!r}" for field, value in sorted(values.items())) + " (over the run config)")
     return effective

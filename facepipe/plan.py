@@ -1,5 +1,6 @@
 """What `facepipe build` will run, checked before anything runs: the partition folders it names,
-pairs.toml, the folders of the pairs it declares and the tables of their settings.toml. Also what scripts/ build the same way."""
+pairs.toml, the folders of the pairs it declares and the tables of their settings.toml. Also what
+scripts/ build the same way."""
 
 from __future__ import annotations
 
