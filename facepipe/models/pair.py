@@ -462,20 +462,17 @@ class MergedPair:
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
 
-    def dfm_model(self, face_mask_source: nn.Module | None = None, morph: bool = True, sharpen: float = 0.0,
+    def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
                   input_blur: float = 0.0) -> DfmSwapModel:
-        """The DFM-convention module for facepipe.export.export_dfm, by default with the
-        ``morph_value:0`` input (MorphingDecoder; ``morph=False``: the swap alone).
-        ``out_face_mask:0`` comes from ``face_mask_source`` (e.g. the target's XSeg), by default
-        from the target path's mask head. (The encoder then runs twice in the graph, once per
-        output; it is the cheap half of the model.) Outside its mask the face is filled with its
-        own colours (DfmSwapModel's ``fill_background``), then given the unsharp mask ``sharpen``;
-        the input crop is first low-passed by ``input_blur`` (px; models.swap.INPUT_BLUR_PX)."""
+        """The DFM-convention module for facepipe.export.export_dfm, with the ``morph_value:0``
+        input (MorphingDecoder; 1, its default, is the swap). ``out_face_mask:0`` comes from
+        ``face_mask_source`` (e.g. the target's XSeg), by default from the target path's mask
+        head. (The encoder then runs twice in the graph, once per output; it is the cheap half of
+        the model.) Outside its mask the face is filled with its own colours (DfmSwapModel's
+        ``fill_background``), then given the unsharp mask ``sharpen``; the input crop is first
+        low-passed by ``input_blur`` (px; models.swap.INPUT_BLUR_PX)."""
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
-        if not morph:
-            return DfmSwapModel.from_autoencoders(self.swap, face_mask_source=face_mask_source, fill_background=True,
-                                                  sharpen=sharpen, input_blur=input_blur)
         target = self.target_face_mask
         return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck),
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder),
