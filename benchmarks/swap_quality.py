@@ -42,6 +42,12 @@ identity model and under the profile's 8-face check for one of them):
 Cut segments are re-encoded with OpenCV's mp4v (the evaluation frames are read from the
 original file).
 
+Each pair is built as facepipe advises a user to build it: where a target turns further than its
+identity's faces (german_news -> obama, obama_early -> vox: the adapter's warning), the identity
+gets head turns in its settings.toml and the pair in its entry of pairs.toml (README, "Settings of
+one partition"; `IDENTITY_SETTINGS`, `PAIR_SETTINGS`). `--no-settings` builds every pair from the
+run config alone. Settings win over the run config, as in any facepipe build.
+
 Staging (--stages K): stage k trains the identity model for k/K of its epochs (resumed from the
 stage before) and the adapter for k/K of its epochs (from scratch: it depends on the identity
 model's weights). "train_s" is the training time a fresh build of that stage would take: the
@@ -92,6 +98,12 @@ TARGETS = {
     "vox": Segment("vox_driving.mp4", 0.0, 1.0 - EVAL_SHARE),
     "mead": Segment("mead_w040_happy.mp4", 0.0, 1.0 - EVAL_SHARE),
 }
+# Settings of one partition, as the adapter's warning advises them (the target turns further than
+# the identity's faces, mirrored: german_news -4..7 deg against obama 2.5..21.6, obama_early -6..20
+# against vox 11..37): head turns in those identity models and in those pairs' adapters.
+IDENTITY_SETTINGS = {"german_news": {"identity_model": {"turn": 0.5}}, "obama_early": {"identity_model": {"turn": 0.5}}}
+PAIR_SETTINGS = {("german_news", "obama_late"): {"lora_adapter": {"turn": 0.5}},
+                 ("obama_early", "vox"): {"lora_adapter": {"turn": 0.5}}}
 PAIRS = [
     ("obama_early", "obama_late", "same-person control"),
     ("german_news", "obama_late", "cross, man → man"),
@@ -142,11 +154,31 @@ def write_segment(source: Path, segment: Segment, folder: Path) -> None:
     partial.rename(out)
 
 
-def prepare_data_root(media: Path, data: Path, pairs: list[tuple[str, str, str]]) -> None:
+def toml_value(value) -> str:
+    """A number, string or boolean as TOML writes it (JSON's spelling is TOML's for these)."""
+    return json.dumps(value)
+
+
+def prepare_data_root(media: Path, data: Path, pairs: list[tuple[str, str, str]], settings: bool = True) -> None:
+    """The pairs' media segments, pairs.toml and, with ``settings``, each partition's own settings
+    (IDENTITY_SETTINGS as settings.toml, PAIR_SETTINGS as tables of the pair's entry); without
+    them any settings.toml an earlier run wrote is removed."""
+    entries = []
     for identity, target, _ in pairs:
         write_segment(media / "videos" / IDENTITIES[identity].video, IDENTITIES[identity], data / "identities" / identity)
         write_segment(media / "videos" / TARGETS[target].video, TARGETS[target], data / "targets" / target)
-    (data / "pairs.toml").write_text("".join(f'[[pair]]\nidentity = "{i}"\ntarget = "{t}"\n\n' for i, t, _ in pairs))
+        settings_file = data / "identities" / identity / "settings.toml"
+        tables = IDENTITY_SETTINGS.get(identity, {}) if settings else {}
+        if tables:
+            settings_file.write_text("".join(f"[{table}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+                                             for table, values in tables.items()))
+        else:
+            settings_file.unlink(missing_ok=True)
+        pair_tables = PAIR_SETTINGS.get((identity, target), {}) if settings else {}
+        entries.append(f'[[pair]]\nidentity = "{identity}"\ntarget = "{target}"\n' + "".join(
+            f"{table} = {{ {', '.join(f'{k} = {toml_value(v)}' for k, v in values.items())} }}\n"
+            for table, values in pair_tables.items()) + "\n")
+    (data / "pairs.toml").write_text("".join(entries))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity-epochs", type=int)
     parser.add_argument("--xseg-epochs", type=int)
     parser.add_argument("--adapter-epochs", type=int)
+    parser.add_argument("--no-settings", action="store_true",
+                        help="build without the dev partitions' own settings (IDENTITY_SETTINGS, PAIR_SETTINGS)")
     parser.add_argument("--max-frames", type=int, help="frames sampled per identity and target")
     parser.add_argument("--stages", type=int, default=3, help="evaluate after each of this many training stages")
     parser.add_argument("--eval-frames", type=int, default=30, help="held-out target frames per pair")
@@ -554,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
     (work / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    prepare_data_root(args.media, settings["data"], pairs)
+    prepare_data_root(args.media, settings["data"], pairs, settings=not args.no_settings)
 
     from facepipe.automation.discovery import PAIR_JOB, role_job_name
     from facepipe.pairs import pair_key
@@ -568,7 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_frames is not None:
         ops = set_op(set_op(ops, "identity__frames", max_frames=args.max_frames), "target__frames", max_frames=args.max_frames)
     options = {"pairs": [f"{i}|{t}" for i, t, _ in pairs], "ops": ops, "stages": args.stages,
-               "eval_frames": args.eval_frames, "preset": args.preset, "config": str(args.config) if args.config else None}
+               "eval_frames": args.eval_frames, "preset": args.preset, "config": str(args.config) if args.config else None,
+               "partition_settings": {} if args.no_settings else {
+                   **{i: IDENTITY_SETTINGS[i] for i in sorted({i for i, _, _ in pairs}) if i in IDENTITY_SETTINGS},
+                   **{f"{i}|{t}": PAIR_SETTINGS[(i, t)] for i, t, _ in pairs if (i, t) in PAIR_SETTINGS}}}
 
     builder = Builder(settings["data"])
     store = ArtifactStore(settings["store"])
