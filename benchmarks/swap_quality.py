@@ -159,26 +159,33 @@ def toml_value(value) -> str:
     return json.dumps(value)
 
 
-def prepare_data_root(media: Path, data: Path, pairs: list[tuple[str, str, str]], settings: bool = True) -> None:
-    """The pairs' media segments, pairs.toml and, with ``settings``, each partition's own settings
-    (IDENTITY_SETTINGS as settings.toml, PAIR_SETTINGS as tables of the pair's entry); without
-    them any settings.toml an earlier run wrote is removed."""
-    entries = []
+def dev_settings(pairs: list[tuple[str, str, str]]) -> tuple[dict[str, dict], dict[tuple[str, str], dict]]:
+    """(identity -> tables, (identity, target) -> tables): the declared settings of these pairs'
+    identities and of the pairs themselves (IDENTITY_SETTINGS, PAIR_SETTINGS)."""
+    return ({i: IDENTITY_SETTINGS[i] for i in sorted({i for i, _, _ in pairs}) if i in IDENTITY_SETTINGS},
+            {(i, t): PAIR_SETTINGS[(i, t)] for i, t, _ in pairs if (i, t) in PAIR_SETTINGS})
+
+
+def prepare_data_root(media: Path, data: Path, pairs: list[tuple[str, str, str]], identity_settings: dict[str, dict],
+                      pair_settings: dict[tuple[str, str], dict]) -> None:
+    """The pairs' media segments, pairs.toml (each entry with its ``pair_settings`` tables) and a
+    settings.toml for each identity in ``identity_settings``; any other identity's settings.toml an
+    earlier run wrote is removed."""
     for identity, target, _ in pairs:
         write_segment(media / "videos" / IDENTITIES[identity].video, IDENTITIES[identity], data / "identities" / identity)
         write_segment(media / "videos" / TARGETS[target].video, TARGETS[target], data / "targets" / target)
+    for identity in sorted({i for i, _, _ in pairs}):
         settings_file = data / "identities" / identity / "settings.toml"
-        tables = IDENTITY_SETTINGS.get(identity, {}) if settings else {}
-        if tables:
+        if identity in identity_settings:
             settings_file.write_text("".join(f"[{table}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-                                             for table, values in tables.items()))
+                                             for table, values in identity_settings[identity].items()))
         else:
             settings_file.unlink(missing_ok=True)
-        pair_tables = PAIR_SETTINGS.get((identity, target), {}) if settings else {}
-        entries.append(f'[[pair]]\nidentity = "{identity}"\ntarget = "{target}"\n' + "".join(
-            f"{table} = {{ {', '.join(f'{k} = {toml_value(v)}' for k, v in values.items())} }}\n"
-            for table, values in pair_tables.items()) + "\n")
-    (data / "pairs.toml").write_text("".join(entries))
+    (data / "pairs.toml").write_text("".join(
+        f'[[pair]]\nidentity = "{i}"\ntarget = "{t}"\n'
+        + "".join(f"{table} = {{ {', '.join(f'{k} = {toml_value(v)}' for k, v in values.items())} }}\n"
+                  for table, values in pair_settings.get((i, t), {}).items()) + "\n"
+        for i, t, _ in pairs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
     (work / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    prepare_data_root(args.media, settings["data"], pairs, settings=not args.no_settings)
+    identity_settings, pair_settings = ({}, {}) if args.no_settings else dev_settings(pairs)
+    prepare_data_root(args.media, settings["data"], pairs, identity_settings, pair_settings)
 
     from facepipe.automation.discovery import PAIR_JOB, role_job_name
     from facepipe.pairs import pair_key
@@ -603,9 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         ops = set_op(set_op(ops, "identity__frames", max_frames=args.max_frames), "target__frames", max_frames=args.max_frames)
     options = {"pairs": [f"{i}|{t}" for i, t, _ in pairs], "ops": ops, "stages": args.stages,
                "eval_frames": args.eval_frames, "preset": args.preset, "config": str(args.config) if args.config else None,
-               "partition_settings": {} if args.no_settings else {
-                   **{i: IDENTITY_SETTINGS[i] for i in sorted({i for i, _, _ in pairs}) if i in IDENTITY_SETTINGS},
-                   **{f"{i}|{t}": PAIR_SETTINGS[(i, t)] for i, t, _ in pairs if (i, t) in PAIR_SETTINGS}}}
+               "partition_settings": {**identity_settings, **{pair_key(i, t): v for (i, t), v in pair_settings.items()}}}
 
     builder = Builder(settings["data"])
     store = ArtifactStore(settings["store"])
