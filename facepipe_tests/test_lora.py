@@ -6,6 +6,7 @@ re-rendered as moving heads by facepipe.sample, landmarked by MediaPipe, aligned
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -47,6 +48,7 @@ from facepipe.models.pair import (
     adapter_counts,
     adapter_state,
     base_state,
+    load_adapter,
     merge_adapters,
     merged_swap_model,
     pose_matched_weights,
@@ -426,3 +428,45 @@ def test_a_perfect_swap_follows_the_target_and_the_pasted_identity_does_not(hopp
                               baseline_face).summary()
     assert ignoring["identity"]["identity_transfer_gain"] > 0
     assert ignoring["pose_following_margin_deg"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_swap_strength_scales_the_encoder_delta_the_swap_reads_and_the_merge_follows(trained_pair, identity_weights, tmp_path):
+    model, task = copy.deepcopy(trained_pair.model), trained_pair.task
+    base = IdentityAutoencoder.from_folder(identity_weights.parent)
+    images = target_tensors()
+    with torch.no_grad():
+        full = model.latent(images)
+        own = base.bottleneck.to_latent(base.encoder(images).flatten(1))
+        latents = {}
+        for strength in (0.0, 0.5, 1.0):
+            model.adapter = dataclasses.replace(TINY_ADAPTER, swap_strength=strength)
+            latents[strength] = model.swap_latent(images)
+        assert torch.allclose(latents[1.0], full) and torch.allclose(latents[0.0], own, atol=1e-5)
+        assert (latents[0.5] - full).abs().max() > 1e-4 and (latents[0.5] - own).abs().max() > 1e-4
+        assert torch.equal(model.latent(images), full)  # the trained delta is put back whole
+        # At 0.5: the offset is taken on the swap latents and the merged model paints what the PairModel does.
+        model.adapter = half = dataclasses.replace(TINY_ADAPTER, swap_strength=0.5)
+        set_swap_latent_offset(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
+        moved = model.swap_latent(task.target_images[task.target_train]) + model.swap_latent_offset
+        assert torch.allclose(moved.mean(0), model.swap_latent(task.identity_images[task.identity_train]).mean(0), atol=1e-4)
+        merged = merge_adapters(base, adapter_state(model), half)
+        assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
+    # Saved with the adapter; a description written before the setting existed reads as the whole delta.
+    save_adapter(model, identity_weights, tmp_path / "adapter")
+    assert load_adapter(tmp_path / "adapter").adapter_config.swap_strength == 0.5
+    config_path = tmp_path / "adapter" / ADAPTER_CONFIG_FILE
+    description = json.loads(config_path.read_text())
+    del description["adapter_config"]["swap_strength"]
+    config_path.write_text(json.dumps(description))
+    assert load_adapter(tmp_path / "adapter").adapter_config.swap_strength == 1.0
+    with pytest.raises(ValueError, match="swap_strength"):
+        dataclasses.replace(TINY_ADAPTER, swap_strength=1.5)
+
+
+def test_changing_the_swap_strength_reuses_the_finished_training():
+    from facepipe.assets.pair import LoraConfig
+
+    def key(**values) -> str:
+        return LoraConfig(**values).engine_config("cpu", inputs={"faces": "x"}, code="9").resume_key
+
+    assert key() == key(swap_strength=0.5) != key(rank=4)

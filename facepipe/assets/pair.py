@@ -7,7 +7,7 @@ clear error naming what to materialize first.
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import cv2
 import numpy as np
@@ -99,6 +99,10 @@ class LoraConfig(TrainingConfig):
     # Share of training inputs cut as the runtimes cut them (see the identity model's; off: at the quality
     # preset the adapter trained so, without the export's low-pass, took FaceFusion-fed yaw r 0.46 -> 0.14).
     runtime_crop: float = AugmentConfig.runtime_crop
+    # Share of the trained encoder delta the swap reads the target with (facepipe.models.pair,
+    # AdapterConfig.swap_strength: measured there). Only the swap latent offset and the merge read it.
+    swap_strength: float = AdapterConfig.swap_strength
+    after_training: ClassVar[tuple[str, ...]] = ("swap_strength",)
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -116,7 +120,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     identity, target = pair_keys(context)
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
-                            eyes_mouth_weight=config.eyes_mouth_weight)
+                            eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)

@@ -8,7 +8,7 @@ function that builds its TrainTask from the inputs, and a function that writes i
 """
 
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from dagster import AssetExecutionContext, Config, MaterializeResult
 
@@ -45,6 +45,9 @@ class TrainingConfig(Config):
     # (facepipe.train.device.default_cpu_threads). The count changes the last bits of the weights
     # (parallel sums in another order), not what the model learns, so it stays out of the cache key.
     cpu_threads: int = 0
+    # Settings read only after the last epoch (e.g. how the trained model is merged): left out of
+    # the resume key, so changing one reuses the finished training instead of training again.
+    after_training: ClassVar[tuple[str, ...]] = ()
 
     def engine_config(self, device: str, alone: bool = False, **resume_inputs) -> TrainConfig:
         """The engine's config; the resume key covers everything but the epoch count. ``alone``:
@@ -54,7 +57,8 @@ class TrainingConfig(Config):
             grad_accum_steps=self.grad_accum_steps, device=device,
             cpu_threads=self.cpu_threads or default_cpu_threads(alone),
             resume_key=resume_key_for(self.model_dump(), **resume_inputs,
-                                      settings={k: v for k, v in self.model_dump().items() if k not in ("epochs", "cpu_threads")}),
+                                      settings={k: v for k, v in self.model_dump().items()
+                                                if k not in ("epochs", "cpu_threads", *self.after_training)}),
         )
 
 

@@ -49,6 +49,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,6 +96,15 @@ class AdapterConfig:
     eyes_mouth_weight: float = 0.0
     # Both adapter sets together may hold at most this share of the base's parameters.
     max_share: float = 0.05
+    # Share of the trained shared (encoder) delta the swap reads the target with (1: all of it; a
+    # LoRA "strength"). The delta is what lets the target path reconstruct the target; at full size
+    # it also carries the target's yaw along directions the identity decoder hardly reads (README,
+    # "Why yaw stays short there"). Measured on german_news -> obama (demo length, 60 held-out
+    # frames; the offset pose-matched on the identity's real and mirrored faces): 1 -> 0.5 took
+    # yaw r 0.83 -> 0.84 and mouth 0.67 -> 0.64 with adapter seed 0, yaw 0.71 -> 0.82 and mouth
+    # 0.37 -> 0.58 with seed 2; 0 (the identity model's own encoder): yaw 0.83, mouth 0.31. Not yet
+    # measured on the other pairs, so the default keeps the whole delta.
+    swap_strength: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -107,6 +117,8 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.identity_replay_weight must be >= 0, got {self.identity_replay_weight!r}")
         if not self.eyes_mouth_weight >= 0:
             raise ValueError(f"AdapterConfig.eyes_mouth_weight must be >= 0, got {self.eyes_mouth_weight!r}")
+        if not 0 <= self.swap_strength <= 1:
+            raise ValueError(f"AdapterConfig.swap_strength must be in [0, 1], got {self.swap_strength!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,9 +220,41 @@ class PairModel(nn.Module):
         autoencoder._check_input(bgr)
         return autoencoder.bottleneck.to_latent(autoencoder.encoder(bgr).flatten(1))
 
+    def swap_latent(self, bgr: torch.Tensor) -> torch.Tensor:
+        """The latent the swap reads: the shared delta at ``adapter.swap_strength`` (no offset)."""
+        with shared_delta_scaled(self, self.adapter.swap_strength):
+            return self.latent(bgr)
+
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The swap: the target's latent, moved by the swap latent offset, through the base decoder."""
-        return self.identity_decode(self.autoencoder.bottleneck.code_of(self.latent(bgr) + self.swap_latent_offset))
+        """The swap: the target's swap latent, moved by the swap latent offset, through the base decoder
+        (the bottleneck's second linear, in the shared set too, at the same strength)."""
+        with shared_delta_scaled(self, self.adapter.swap_strength):
+            return self.identity_decode(self.autoencoder.bottleneck.code_of(self.latent(bgr) + self.swap_latent_offset))
+
+
+def is_shared_lora_b(name: str) -> bool:
+    """The shared set's LoRA B tensors (the delta of a layer is B·A, linear in B)."""
+    return name.startswith(AUTOENCODER_PREFIX) and ".lora_B." in name
+
+
+@contextmanager
+def shared_delta_scaled(model: PairModel, strength: float):
+    """Within: the shared delta at ``strength`` of its trained size (its B tensors scaled in place,
+    put back after). For reading, not training: no gradient passes through the scaling."""
+    if strength == 1:
+        yield model
+        return
+    tensors = [p for n, p in model.named_parameters() if is_shared_lora_b(n)]
+    saved = [t.detach().clone() for t in tensors]
+    with torch.no_grad():
+        for tensor in tensors:
+            tensor.mul_(strength)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for tensor, original in zip(tensors, saved):
+                tensor.copy_(original)
 
 
 POSE_NEIGHBOURS = 8  # identity faces each target face picks for the swap latent offset
@@ -236,13 +280,13 @@ def pose_matched_weights(identity_poses: np.ndarray, target_poses: np.ndarray,
 @torch.no_grad()
 def set_swap_latent_offset(model: PairModel, identity_images: torch.Tensor, target_images: torch.Tensor,
                            identity_weights: np.ndarray | None = None, batch: int = 32) -> torch.Tensor:
-    """Store (and return) the mean latent of ``identity_images`` (weighted by ``identity_weights``,
-    summing to 1; None: all alike) minus that of ``target_images`` ([N, 3, S, S] BGR in [0, 1],
+    """Store (and return) the mean swap latent (``PairModel.swap_latent``) of ``identity_images``
+    (weighted by ``identity_weights``, summing to 1; None: all alike) minus that of ``target_images`` ([N, 3, S, S] BGR in [0, 1],
     the training faces) as the model's swap latent offset."""
     model.eval()
 
     def latents(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.latent(images[i:i + batch]) for i in range(0, len(images), batch)])
+        return torch.cat([model.swap_latent(images[i:i + batch]) for i in range(0, len(images), batch)])
 
     identity = latents(identity_images)
     identity_mean = identity.mean(0) if identity_weights is None else (
@@ -355,7 +399,8 @@ def load_adapter(adapter_dir: Path) -> SavedAdapter:
         raise ValueError(f"{weights_path} does not match the sha256 in {config_path}; the adapter files are corrupt or mixed")
     return SavedAdapter(
         tensors=safetensors.torch.load_file(str(weights_path)),
-        adapter_config=AdapterConfig(**description["adapter_config"]),
+        # Adapters saved before swap_strength existed were merged whole.
+        adapter_config=AdapterConfig(**{"swap_strength": 1.0, **description["adapter_config"]}),
         model_config=AutoencoderConfig(**description["base"]["model_config"]),
         base_weights_sha256=description["base"]["weights_sha256"],
         description=description,
@@ -502,7 +547,10 @@ def _merged(
 def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor], adapter: AdapterConfig) -> MergedPair:
     """Merge both LoRA sets into copies of ``base`` (left unchanged)."""
     lora = {name: tensor for name, tensor in tensors.items() if is_adapter_tensor(name)}
-    swap = _merged(base, shared_lora_config(base, adapter), SHARED_ADAPTER, lora, AUTOENCODER_PREFIX)
+    # The swap's encoder takes the shared delta at the swap strength; the target path reads the same
+    # encoder (the graph has one), so the morph's far end and the input face's mask do too.
+    swap_lora = {name: tensor * adapter.swap_strength if is_shared_lora_b(name) else tensor for name, tensor in lora.items()}
+    swap = _merged(base, shared_lora_config(base, adapter), SHARED_ADAPTER, swap_lora, AUTOENCODER_PREFIX)
     target_decoder = _merged(
         base.decoder, target_lora_config(base.decoder, adapter), TARGET_ADAPTER, lora, TARGET_DECODER_PREFIX
     )
