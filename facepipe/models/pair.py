@@ -99,11 +99,10 @@ class AdapterConfig:
     # Share of the trained shared (encoder) delta the swap reads the target with (1: all of it; a
     # LoRA "strength"). The delta is what lets the target path reconstruct the target; at full size
     # it also carries the target's yaw along directions the identity decoder hardly reads (README,
-    # "Why yaw stays short there"). Measured on german_news -> obama (demo length, 60 held-out
-    # frames; the offset pose-matched on the identity's real and mirrored faces): 1 -> 0.5 took
-    # yaw r 0.83 -> 0.84 and mouth 0.67 -> 0.64 with adapter seed 0, yaw 0.71 -> 0.82 and mouth
-    # 0.37 -> 0.58 with seed 2; 0 (the identity model's own encoder): yaw 0.83, mouth 0.31. Not yet
-    # measured on the other pairs, so the default keeps the whole delta.
+    # "Why yaw stays short there"). Measured at the demo length (README, the swap_strength table):
+    # 1 -> 0.5 took german_news -> obama's yaw r 0.73 -> 0.84 (mouth 0.74 -> 0.64), but kim ->
+    # mead's pitch 0.75 -> 0.33 and mouth 0.96 -> 0.71, obama_early -> vox's yaw 0.69 -> 0.27: a
+    # per-pair setting, so the default keeps the whole delta.
     swap_strength: float = 1.0
 
     def __post_init__(self) -> None:
