@@ -100,8 +100,8 @@ class AdapterConfig:
     # LoRA "strength"). The delta is what lets the target path reconstruct the target; at full size
     # it also carries the target's yaw along directions the identity decoder hardly reads (README,
     # "Why yaw stays short there"). Measured at the demo length (README, the swap_strength table):
-    # 1 -> 0.5 took german_news -> obama's yaw r 0.73 -> 0.84 (mouth 0.74 -> 0.64), but kim ->
-    # mead's pitch 0.75 -> 0.33 and mouth 0.96 -> 0.71, obama_early -> vox's yaw 0.69 -> 0.27: a
+    # 1 -> 0.5 took one german_news -> obama build's yaw r 0.73 -> 0.84, but a fresh build's mouth
+    # 0.52 -> 0.06, kim -> mead's pitch 0.75 -> 0.33, obama_early -> vox's yaw 0.69 -> 0.27: a
     # per-pair setting, so the default keeps the whole delta.
     swap_strength: float = 1.0
 
