@@ -146,12 +146,12 @@ def deepfacelive_convert(session: ort.InferenceSession, crop_bgr: np.ndarray, mo
     return session.run(None, feed)
 
 
-def random_merged_pair(size: int = 48, seed: int = 0) -> MergedPair:
+def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0) -> MergedPair:
     """A pair model with random (non-zero) LoRA deltas and swap latent offset, merged: its two
     paths differ, as a trained pair's do, without training one."""
     torch.manual_seed(seed)
     base = IdentityAutoencoder(AutoencoderConfig(size=size, width=8, latent_dim=64, depth=3)).eval()
-    adapter = AdapterConfig(rank=2, alpha=4.0)
+    adapter = AdapterConfig(rank=2, alpha=4.0, swap_gain=swap_gain)
     pair = PairModel(base, adapter)
     with torch.no_grad():
         for name, parameter in pair.named_parameters():
@@ -330,8 +330,9 @@ def test_export_dfm_removes_a_model_that_fails_parity(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(tmp_path):
-    merged = random_merged_pair()
+@pytest.mark.parametrize("swap_gain", [1.0, 1.5])
+def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, tmp_path):
+    merged = random_merged_pair(swap_gain=swap_gain)
     crops = real_crops(48)
     exported = export_dfm(merged.dfm_model(), 48, tmp_path / "pair.dfm", crops[:2])
     assert exported.max_abs_error < 1e-4  # checked in onnxruntime at each of 0, 0.5, 1

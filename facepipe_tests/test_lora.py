@@ -68,7 +68,8 @@ FRAMES = 8
 # Tiny on purpose (shared CPU); rank 2 keeps this small model's adapter under the 5 % budget
 # (the share test below checks the default rank on the default model).
 TINY = AutoencoderConfig(size=48, width=8, latent_dim=128, depth=3)
-TINY_ADAPTER = AdapterConfig(rank=2, alpha=4.0)
+# At swap gain 1 the swap reads the adapted latent as it is (the gain has a test of its own).
+TINY_ADAPTER = AdapterConfig(rank=2, alpha=4.0, swap_gain=1.0)
 HOLDOUT_EVERY = 4  # 8 faces → faces 2 and 6 held out
 
 
@@ -463,10 +464,41 @@ def test_swap_strength_scales_the_encoder_delta_the_swap_reads_and_the_merge_fol
         dataclasses.replace(TINY_ADAPTER, swap_strength=1.5)
 
 
-def test_changing_the_swap_strength_reuses_the_finished_training():
+def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merge_follows(trained_pair, identity_weights, tmp_path):
+    model, task = copy.deepcopy(trained_pair.model), trained_pair.task
+    identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
+    images = target_tensors()
+    base = IdentityAutoencoder.from_folder(identity_weights.parent)
+    with torch.no_grad():
+        latents = model.latent(target_images)
+        swaps = {}
+        for gain in (1.0, 2.0):
+            model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=gain)
+            set_swap_latent_offset(model, identity_images, target_images)
+            moved = gain * latents + model.swap_latent_offset
+            # centred on the identity's mean whatever the gain, spread by the gain about it
+            assert torch.allclose(moved.mean(0), model.latent(identity_images).mean(0), atol=1e-4)
+            assert torch.allclose(moved - moved.mean(0), gain * (latents - latents.mean(0)), atol=1e-4)
+            merged = merge_adapters(base, adapter_state(model), model.adapter)
+            assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
+            swaps[gain] = model(images)[0]
+        assert (swaps[2.0] - swaps[1.0]).abs().max() > 1e-3
+    # Saved with the adapter; a description written before the setting existed reads as gain 1.
+    save_adapter(model, identity_weights, tmp_path / "adapter")
+    assert load_adapter(tmp_path / "adapter").adapter_config.swap_gain == 2.0
+    config_path = tmp_path / "adapter" / ADAPTER_CONFIG_FILE
+    description = json.loads(config_path.read_text())
+    del description["adapter_config"]["swap_gain"]
+    config_path.write_text(json.dumps(description))
+    assert load_adapter(tmp_path / "adapter").adapter_config.swap_gain == 1.0
+    with pytest.raises(ValueError, match="swap_gain"):
+        dataclasses.replace(TINY_ADAPTER, swap_gain=0.0)
+
+
+def test_changing_settings_read_after_training_reuses_the_finished_training():
     from facepipe.assets.pair import LoraConfig
 
     def key(**values) -> str:
         return LoraConfig(**values).engine_config("cpu", inputs={"faces": "x"}, code="9").resume_key
 
-    assert key() == key(swap_strength=0.5) != key(rank=4)
+    assert key() == key(swap_strength=0.5) == key(swap_gain=1.5) != key(rank=4)

@@ -102,7 +102,10 @@ class LoraConfig(TrainingConfig):
     # Share of the trained encoder delta the swap reads the target with (facepipe.models.pair,
     # AdapterConfig.swap_strength: measured there). Only the swap latent offset and the merge read it.
     swap_strength: float = AdapterConfig.swap_strength
-    after_training: ClassVar[tuple[str, ...]] = ("swap_strength",)
+    # The spread of the swap's latents about their mean (facepipe.models.pair, AdapterConfig.swap_gain:
+    # measured there); read only after training, like swap_strength.
+    swap_gain: float = AdapterConfig.swap_gain
+    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain")
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -120,7 +123,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     identity, target = pair_keys(context)
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
-                            eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength)
+                            eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength,
+                            swap_gain=config.swap_gain)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)

@@ -104,6 +104,15 @@ class AdapterConfig:
     # 0.52 -> 0.06, kim -> mead's pitch 0.75 -> 0.33, obama_early -> vox's yaw 0.69 -> 0.27: a
     # per-pair setting, so the default keeps the whole delta.
     swap_strength: float = 1.0
+    # How far the swap's latent moves with the target's: the target's latents are spread by this
+    # factor about their mean before the swap latent offset moves that mean onto the identity's
+    # (1: as the adapted encoder reads them). The adapted encoder reads the target's motion into a
+    # smaller swing than the identity decoder needs to paint it: at 1 the swap changes 0.73-0.85 as
+    # much from frame to frame as the target does. Measured at the demo length on five adapters of
+    # three pairs (README, the swap_gain table): 1 -> 1.5 took german_news -> obama's mouth
+    # 0.52 / 0.54 -> 0.64 / 0.63, kim -> mead's yaw 0.56 / 0.64 -> 0.73 / 0.75, pitch up on all five,
+    # the swap's frame-to-frame change to 1.05-1.21 of the target's; 2 moved more and flickered (1.3-1.5).
+    swap_gain: float = 1.5
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -118,6 +127,8 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.eyes_mouth_weight must be >= 0, got {self.eyes_mouth_weight!r}")
         if not 0 <= self.swap_strength <= 1:
             raise ValueError(f"AdapterConfig.swap_strength must be in [0, 1], got {self.swap_strength!r}")
+        if not self.swap_gain > 0:
+            raise ValueError(f"AdapterConfig.swap_gain must be > 0, got {self.swap_gain!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,10 +236,12 @@ class PairModel(nn.Module):
             return self.latent(bgr)
 
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The swap: the target's swap latent, moved by the swap latent offset, through the base decoder
-        (the bottleneck's second linear, in the shared set too, at the same strength)."""
+        """The swap: the target's swap latent times the swap gain, moved by the swap latent offset,
+        through the base decoder (the bottleneck's second linear, in the shared set too, at the same
+        strength)."""
         with shared_delta_scaled(self, self.adapter.swap_strength):
-            return self.identity_decode(self.autoencoder.bottleneck.code_of(self.latent(bgr) + self.swap_latent_offset))
+            latent = self.adapter.swap_gain * self.latent(bgr) + self.swap_latent_offset
+            return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
 
 def is_shared_lora_b(name: str) -> bool:
@@ -281,7 +294,8 @@ def set_swap_latent_offset(model: PairModel, identity_images: torch.Tensor, targ
                            identity_weights: np.ndarray | None = None, batch: int = 32) -> torch.Tensor:
     """Store (and return) the mean swap latent (``PairModel.swap_latent``) of ``identity_images``
     (weighted by ``identity_weights``, summing to 1; None: all alike) minus that of ``target_images`` ([N, 3, S, S] BGR in [0, 1],
-    the training faces) as the model's swap latent offset."""
+    the training faces) times the swap gain as the model's swap latent offset: the swaps of the
+    target's faces are then spread about the identity's mean."""
     model.eval()
 
     def latents(images: torch.Tensor) -> torch.Tensor:
@@ -290,7 +304,7 @@ def set_swap_latent_offset(model: PairModel, identity_images: torch.Tensor, targ
     identity = latents(identity_images)
     identity_mean = identity.mean(0) if identity_weights is None else (
         torch.from_numpy(np.asarray(identity_weights)).to(identity) @ identity)
-    model.swap_latent_offset.copy_(identity_mean - latents(target_images).mean(0))
+    model.swap_latent_offset.copy_(identity_mean - model.adapter.swap_gain * latents(target_images).mean(0))
     return model.swap_latent_offset.clone()
 
 
@@ -398,8 +412,8 @@ def load_adapter(adapter_dir: Path) -> SavedAdapter:
         raise ValueError(f"{weights_path} does not match the sha256 in {config_path}; the adapter files are corrupt or mixed")
     return SavedAdapter(
         tensors=safetensors.torch.load_file(str(weights_path)),
-        # Adapters saved before swap_strength existed were merged whole.
-        adapter_config=AdapterConfig(**{"swap_strength": 1.0, **description["adapter_config"]}),
+        # Adapters saved before swap_strength and swap_gain existed were merged whole, at gain 1.
+        adapter_config=AdapterConfig(**{"swap_strength": 1.0, "swap_gain": 1.0, **description["adapter_config"]}),
         model_config=AutoencoderConfig(**description["base"]["model_config"]),
         base_weights_sha256=description["base"]["weights_sha256"],
         description=description,
@@ -455,9 +469,10 @@ class BlendedConv2d(nn.Module):
 
 class MorphingDecoder(nn.Module):
     """(target-path latent [N, D], morph [1]) → (BGR [0, 1], mask logits): the DFM export's
-    ``morph_value:0``. Morph 1 is the swap (latent + swap latent offset, base decoder), 0 the
+    ``morph_value:0``. Morph 1 is the swap (gain·latent + swap latent offset, base decoder), 0 the
     target path (the latent as it is, the decoder with Δtarget merged: the target's own face);
-    in between both move together, latent + m·offset and decoder weights base + (1 − m)·Δtarget,
+    in between both move together, (1 + m·(gain − 1))·latent + m·offset and decoder weights
+    base + (1 − m)·Δtarget,
     so a half morph is one face the decoder paints, not two faces cross-faded. (DeepFaceLab's
     morphable models blend the two codes for one shared decoder; ours has a decoder per path,
     and a LoRA delta is linear in its weights, so it is blended too.) In ONNX the blended
@@ -469,9 +484,10 @@ class MorphingDecoder(nn.Module):
     """
 
     def __init__(self, bottleneck: nn.Module, swap_latent_offset: torch.Tensor, swap_decoder: nn.Module,
-                 target_decoder: nn.Module):
+                 target_decoder: nn.Module, swap_gain: float = 1.0):
         super().__init__()
         self.bottleneck = bottleneck
+        self.swap_gain = swap_gain
         self.register_buffer("swap_latent_offset", swap_latent_offset.detach().clone())
         self.decoder = copy.deepcopy(swap_decoder)
         targets = dict(target_decoder.named_modules())
@@ -484,7 +500,7 @@ class MorphingDecoder(nn.Module):
                 self.blended.append(blended)
 
     def forward(self, latent: torch.Tensor, morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        code = self.bottleneck.code_of(latent + morph * self.swap_latent_offset)
+        code = self.bottleneck.code_of(latent * (1 + morph * (self.swap_gain - 1)) + morph * self.swap_latent_offset)
         share = 1 - morph
         for layer in self.blended:
             layer.share = share
@@ -499,12 +515,13 @@ class MorphingDecoder(nn.Module):
 class MergedPair:
     """``swap``: plain IdentityAutoencoder, Δshared merged into encoder + bottleneck, base decoder
     — ``swap(x)`` is the swap. ``target_face_mask``: the input face's mask (see TargetFaceMask),
-    sharing ``swap``'s encoder modules. ``swap_latent_offset``: the offset folded into ``swap``'s
+    sharing ``swap``'s encoder modules. ``swap_latent_offset`` and ``swap_gain``: folded into ``swap``'s
     bottleneck (kept apart for the morph)."""
 
     swap: IdentityAutoencoder
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
+    swap_gain: float = 1.0
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
                   input_blur: float = 0.0) -> DfmSwapModel:
@@ -519,7 +536,8 @@ class MergedPair:
             face_mask_source = self.target_face_mask
         target = self.target_face_mask
         return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck),
-                            MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder),
+                            MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
+                                            self.swap_gain),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
                             input_blur=input_blur)
 
@@ -553,13 +571,15 @@ def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor
     target_decoder = _merged(
         base.decoder, target_lora_config(base.decoder, adapter), TARGET_ADAPTER, lora, TARGET_DECODER_PREFIX
     )
-    # The target path reads the adapted latent as it is; only the swap's is moved by the offset,
-    # folded into its own copy of the bottleneck's first linear (to_latent(x) + offset).
+    # The target path reads the adapted latent as it is; only the swap's is scaled by the gain and
+    # moved by the offset, folded into its own copy of the bottleneck's first linear
+    # (gain·to_latent(x) + offset).
     target_bottleneck = copy.deepcopy(swap.bottleneck)
-    offset = tensors[SWAP_LATENT_OFFSET]
+    offset, gain = tensors[SWAP_LATENT_OFFSET], adapter.swap_gain
     with torch.no_grad():
-        swap.bottleneck.to_latent.bias += offset
-    return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone())
+        swap.bottleneck.to_latent.weight *= gain
+        swap.bottleneck.to_latent.bias.mul_(gain).add_(offset)
+    return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone(), gain)
 
 
 def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:
