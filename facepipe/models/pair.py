@@ -37,6 +37,11 @@ each target face picks the identity faces nearest in yaw and pitch, their mirror
 the identity model learnt mirrored faces). A plain mean carries the identity's average pose into
 every swap: on kim -> mead (kim turns 0..12 deg, mead -12..-5) the swaps turned 2..10 deg, the
 wrong way, whatever mead did.
+The swap gain (``AdapterConfig.swap_gain``): the adapted encoder reads the target's motion into a
+smaller swing of the latent than the base decoder needs to paint it (the swaps moved 0.73-0.85 as
+much from frame to frame as their targets), so the swap reads gain·latent + offset, the offset
+taken as the identity's mean minus gain times the target's: the target's latents spread by the
+gain about the identity's mean. Export folds the gain into the same linear.
 
 Saved adapter: ``adapter.safetensors`` (the LoRA tensors and the swap latent offset, named as in ``PairModel.state_dict()``)
 beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
