@@ -452,16 +452,24 @@ def test_swap_strength_scales_the_encoder_delta_the_swap_reads_and_the_merge_fol
         assert torch.allclose(moved.mean(0), model.swap_latent(task.identity_images[task.identity_train]).mean(0), atol=1e-4)
         merged = merge_adapters(base, adapter_state(model), half)
         assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
-    # Saved with the adapter; a description written before the setting existed reads as the whole delta.
+    # A description written before the setting existed reads as the whole delta.
+    assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, "swap_strength", 0.5, invalid=1.5)
+
+
+def assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, field: str, value: float,
+                                               invalid: float) -> None:
+    """``field`` of the model's adapter (set to ``value``) is saved with the adapter; a description
+    written before the field existed reads as 1 (what such adapters were merged with); ``invalid``
+    is refused."""
     save_adapter(model, identity_weights, tmp_path / "adapter")
-    assert load_adapter(tmp_path / "adapter").adapter_config.swap_strength == 0.5
+    assert getattr(load_adapter(tmp_path / "adapter").adapter_config, field) == value
     config_path = tmp_path / "adapter" / ADAPTER_CONFIG_FILE
     description = json.loads(config_path.read_text())
-    del description["adapter_config"]["swap_strength"]
+    del description["adapter_config"][field]
     config_path.write_text(json.dumps(description))
-    assert load_adapter(tmp_path / "adapter").adapter_config.swap_strength == 1.0
-    with pytest.raises(ValueError, match="swap_strength"):
-        dataclasses.replace(TINY_ADAPTER, swap_strength=1.5)
+    assert getattr(load_adapter(tmp_path / "adapter").adapter_config, field) == 1.0
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(TINY_ADAPTER, **{field: invalid})
 
 
 def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merge_follows(trained_pair, identity_weights, tmp_path):
@@ -483,16 +491,8 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
             assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
             swaps[gain] = model(images)[0]
         assert (swaps[2.0] - swaps[1.0]).abs().max() > 1e-3
-    # Saved with the adapter; a description written before the setting existed reads as gain 1.
-    save_adapter(model, identity_weights, tmp_path / "adapter")
-    assert load_adapter(tmp_path / "adapter").adapter_config.swap_gain == 2.0
-    config_path = tmp_path / "adapter" / ADAPTER_CONFIG_FILE
-    description = json.loads(config_path.read_text())
-    del description["adapter_config"]["swap_gain"]
-    config_path.write_text(json.dumps(description))
-    assert load_adapter(tmp_path / "adapter").adapter_config.swap_gain == 1.0
-    with pytest.raises(ValueError, match="swap_gain"):
-        dataclasses.replace(TINY_ADAPTER, swap_gain=0.0)
+    # A description written before the setting existed reads as gain 1.
+    assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, "swap_gain", 2.0, invalid=0.0)
 
 
 def test_changing_settings_read_after_training_reuses_the_finished_training():
