@@ -38,7 +38,7 @@ the identity model learnt mirrored faces). A plain mean carries the identity's a
 every swap: on kim -> mead (kim turns 0..12 deg, mead -12..-5) the swaps turned 2..10 deg, the
 wrong way, whatever mead did.
 The swap gain (``AdapterConfig.swap_gain``): the adapted encoder reads the target's motion into a
-smaller swing of the latent than the base decoder needs to paint it (the swaps moved 0.73-0.85 as
+smaller swing of the latent than the base decoder needs to paint it (the swaps moved 0.73-0.90 as
 much from frame to frame as their targets), so the swap reads gain·latent + offset, the offset
 taken as the identity's mean minus gain times the target's: the target's latents spread by the
 gain about the identity's mean. Export folds the gain into the same linear.
@@ -112,11 +112,12 @@ class AdapterConfig:
     # How far the swap's latent moves with the target's: the target's latents are spread by this
     # factor about their mean before the swap latent offset moves that mean onto the identity's
     # (1: as the adapted encoder reads them). The adapted encoder reads the target's motion into a
-    # smaller swing than the identity decoder needs to paint it: at 1 the swap changes 0.73-0.85 as
-    # much from frame to frame as the target does. Measured at the demo length on five adapters of
-    # three pairs (README, the swap_gain table): 1 -> 1.5 took german_news -> obama's mouth
-    # 0.52 / 0.54 -> 0.64 / 0.63, kim -> mead's yaw 0.56 / 0.64 -> 0.73 / 0.75, pitch up on all five,
-    # the swap's frame-to-frame change to 1.05-1.21 of the target's; 2 moved more and flickered (1.3-1.5).
+    # smaller swing than the identity decoder needs to paint it: at 1 the swap changes 0.73-0.90 as
+    # much from frame to frame as the target does. Measured at the demo length on eight adapters of
+    # three pairs (README, "The swap's gain"): 1 -> 1.5 took german_news -> obama's mouth past 0.6 on
+    # three adapter seeds of three (0.45-0.54 -> 0.61-0.64), kim -> mead's yaw and pitch up on three
+    # of three; obama_early -> vox mixed (yaw up, pitch down on one adapter of two); the swap's
+    # frame-to-frame change 1.05-1.28 of the target's; at 2 it flickered (1.3-1.5).
     swap_gain: float = 1.5
 
     def __post_init__(self) -> None:
