@@ -117,7 +117,8 @@ class AdapterConfig:
     # three pairs (README, "The swap's gain"): 1 -> 1.5 took german_news -> obama's mouth past 0.6 on
     # three adapter seeds of three (0.45-0.54 -> 0.61-0.64), kim -> mead's yaw and pitch up on three
     # of three; obama_early -> vox mixed (yaw up, pitch down on one adapter of two); the swap's
-    # frame-to-frame change 1.05-1.28 of the target's; at 2 it flickered (1.3-1.5).
+    # frame-to-frame change 1.05-1.28 of the target's, as a perfect copy of the target reads
+    # (1.17-1.25); at 2 more than that (1.31-1.52).
     swap_gain: float = 1.5
 
     def __post_init__(self) -> None:
