@@ -4,9 +4,12 @@ A quick test of an identity-model lever before the whole graph (benchmarks/swap_
 run: one identity video of ../shared/media is prepared through the asset graph (media → ...
 → curated_faces), its identity model's task is built from run config as the asset builds it
 (`IdentityModelConfig.task`) and trained by the engine, and the held-out faces are
-reconstructed. It prints the held-out masked L1 (the asset's own `holdout_l1`) and the sharpness of the reconstructions as a
+reconstructed. It prints the held-out masked L1 (the asset's own `holdout_l1`), the sharpness of the reconstructions as a
 share of the faces' own (median over faces of `evaluate.sharpness`, both at the model's size),
-and writes a sheet (faces above, reconstructions below) to look at.
+and how well the reconstructions follow their faces' yaw, pitch and mouth opening (FaceMesh on
+both, each brought from the model's size to the benchmark's measuring size alike: correlation and
+mean absolute yaw error): a swap cannot turn more precisely than the identity model paints its own
+turns. It writes a sheet (faces above, reconstructions below) to look at.
 
     .venv/bin/python benchmarks/identity_reconstruction.py --epochs 80                  # demo settings
     .venv/bin/python benchmarks/identity_reconstruction.py --epochs 80 --config fm.yaml --name fm
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swap_quality import DEFAULT_MEDIA, load_run_config, op_config
+from swap_quality import DEFAULT_MEDIA, MEASURE_SIZE, load_run_config, op_config
 
 DEFAULT_WORK = Path("/tmp/facepipe_identity_reconstruction")
 SHEET_FACES = 10
@@ -56,6 +59,29 @@ def prepared_faces(video: Path, work: Path):
                 partition_key="dev", resources={"settings": settings, STORE_INPUT: store_input})  # cache hits after the first
     artifact = settings.store.current("identity/curated_faces", "dev")
     return FaceSet.load(artifact.path), artifact.content_hash
+
+
+def pose_following(reconstructions: np.ndarray, originals: np.ndarray) -> dict[str, float | int]:
+    """Correlation of the reconstructions' yaw, pitch and mouth opening with the originals' (BGR
+    uint8 [N, S, S, 3] at the model's size, both upscaled alike), and the mean absolute yaw error
+    in degrees, over the faces FaceMesh finds in both."""
+    import cv2
+
+    from facepipe.evaluate import correlation, crop_landmarks, head_pose, mouth_opening
+
+    def measured(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        big = np.stack([cv2.resize(image, (MEASURE_SIZE, MEASURE_SIZE), interpolation=cv2.INTER_CUBIC) for image in images])
+        landmarks, found = crop_landmarks(big)
+        return head_pose(landmarks, MEASURE_SIZE)[:, :2], mouth_opening(landmarks), found
+
+    (pose, mouth, found), (own_pose, own_mouth, own_found) = measured(reconstructions), measured(originals)
+    both = found & own_found
+    return {"faces_measured": int(both.sum()),
+            "yaw_r": round(correlation(pose[both, 0], own_pose[both, 0]), 3),
+            "pitch_r": round(correlation(pose[both, 1], own_pose[both, 1]), 3),
+            "mouth_r": round(correlation(mouth[both], own_mouth[both]), 3),
+            "yaw_error_deg": round(float(np.abs(pose[both, 0] - own_pose[both, 0]).mean()), 2),
+            "yaw_range_deg": [round(float(np.percentile(own_pose[both, 0], q)), 1) for q in (5, 95)]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,15 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     as_uint8 = lambda images: (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
     reconstructions, originals = as_uint8(bgr), as_uint8(faces)
     ratio = float(np.median(sharpness(reconstructions) / np.maximum(sharpness(originals), 1e-9)))
+    following = pose_following(reconstructions, originals)
     result = {"name": args.name, "video": args.video, "epochs": config.epochs, "held_out_faces": len(held),
-              "held_out_l1": round(l1, 4), "reconstruction_sharpness": round(ratio, 3),
+              "held_out_l1": round(l1, 4), "reconstruction_sharpness": round(ratio, 3), **following,
               "seconds_this_session": round(seconds), "config": values}
     shown = range(min(SHEET_FACES, len(held)))
     sheet = np.concatenate([np.concatenate([originals[i], reconstructions[i]], axis=0) for i in shown], axis=1)
     sheet_path = work / f"sheet_{args.name}.png"
     cv2.imwrite(str(sheet_path), cv2.resize(sheet, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
     print(json.dumps(result))
-    print(f"| {args.name} | {config.epochs} | {l1:.4f} | {ratio:.2f} | {seconds:.0f} s |  (sheet: {sheet_path})")
+    print(f"| {args.name} | {config.epochs} | {l1:.4f} | {ratio:.2f} | yaw r {following['yaw_r']:.2f} "
+          f"({following['yaw_error_deg']:.1f} deg) | pitch r {following['pitch_r']:.2f} | mouth r {following['mouth_r']:.2f} "
+          f"| {seconds:.0f} s |  (sheet: {sheet_path})")
     return 0
 
 
