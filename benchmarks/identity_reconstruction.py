@@ -7,9 +7,10 @@ run: one identity video of ../shared/media is prepared through the asset graph (
 reconstructed. It prints the held-out masked L1 (the asset's own `holdout_l1`), the sharpness of the reconstructions as a
 share of the faces' own (median over faces of `evaluate.sharpness`, both at the model's size),
 and how well the reconstructions follow their faces' yaw, pitch and mouth opening (FaceMesh on
-both, each brought from the model's size to the benchmark's measuring size alike: correlation and
-mean absolute yaw error): a swap cannot turn more precisely than the identity model paints its own
-turns. It writes a sheet (faces above, reconstructions below) to look at.
+both, each brought from the model's size to the benchmark's measuring size alike, the
+reconstruction alone on mid-grey outside its own mask as swap_quality.py measures a swap:
+correlation and mean absolute yaw error): a swap cannot turn more precisely than the identity model
+paints its own turns. It writes a sheet (faces above, reconstructions below) to look at.
 
     .venv/bin/python benchmarks/identity_reconstruction.py --epochs 80                  # demo settings
     .venv/bin/python benchmarks/identity_reconstruction.py --epochs 80 --config fm.yaml --name fm
@@ -61,20 +62,21 @@ def prepared_faces(video: Path, work: Path):
     return FaceSet.load(artifact.path), artifact.content_hash
 
 
-def pose_following(reconstructions: np.ndarray, originals: np.ndarray) -> dict[str, float | int]:
+def pose_following(reconstructions: np.ndarray, masks: np.ndarray, originals: np.ndarray) -> dict[str, float | int]:
     """Correlation of the reconstructions' yaw, pitch and mouth opening with the originals' (BGR
-    uint8 [N, S, S, 3] at the model's size, both upscaled alike), and the mean absolute yaw error
-    in degrees, over the faces FaceMesh finds in both."""
+    uint8 [N, S, S, 3] at the model's size, both upscaled alike; each reconstruction alone on
+    mid-grey outside its mask [N, S, S] in 0..1), and the mean absolute yaw error in degrees, over
+    the faces FaceMesh finds in both."""
     import cv2
 
-    from facepipe.evaluate import correlation, crop_landmarks, head_pose, mouth_opening
+    from facepipe.evaluate import correlation, crop_landmarks, face_alone, head_pose, mouth_opening
 
     def measured(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         big = np.stack([cv2.resize(image, (MEASURE_SIZE, MEASURE_SIZE), interpolation=cv2.INTER_CUBIC) for image in images])
         landmarks, found = crop_landmarks(big)
         return head_pose(landmarks, MEASURE_SIZE)[:, :2], mouth_opening(landmarks), found
 
-    (pose, mouth, found), (own_pose, own_mouth, own_found) = measured(reconstructions), measured(originals)
+    (pose, mouth, found), (own_pose, own_mouth, own_found) = measured(face_alone(reconstructions, masks)), measured(originals)
     both = found & own_found
     return {"faces_measured": int(both.sum()),
             "yaw_r": round(correlation(pose[both, 0], own_pose[both, 0]), 3),
@@ -121,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     held = task.held_idx
     with torch.no_grad():
-        bgr, _mask_logits = model(task.images[held])
+        bgr, mask_logits = model(task.images[held])
     faces = task.images[held]
     l1 = holdout_l1(model, faces, task.masks[held], "cpu")  # the asset's held-out metric
     as_uint8 = lambda images: (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
     reconstructions, originals = as_uint8(bgr), as_uint8(faces)
     ratio = float(np.median(sharpness(reconstructions) / np.maximum(sharpness(originals), 1e-9)))
-    following = pose_following(reconstructions, originals)
+    following = pose_following(reconstructions, torch.sigmoid(mask_logits)[:, 0].numpy(), originals)
     result = {"name": args.name, "video": args.video, "epochs": config.epochs, "held_out_faces": len(held),
               "held_out_l1": round(l1, 4), "reconstruction_sharpness": round(ratio, 3), **following,
               "seconds_this_session": round(seconds), "config": values}
