@@ -12,8 +12,8 @@ reconstruction alone on mid-grey outside its own mask as swap_quality.py measure
 correlation and mean absolute yaw error): a swap cannot turn more precisely than the identity model
 paints its own turns. It writes a sheet (faces above, reconstructions below) to look at.
 
-    .venv/bin/python benchmarks/identity_reconstruction.py --epochs 80                  # demo settings
-    .venv/bin/python benchmarks/identity_reconstruction.py --epochs 80 --config fm.yaml --name fm
+    .venv/bin/python benchmarks/identity_reconstruction.py --epochs 150                 # demo settings
+    .venv/bin/python benchmarks/identity_reconstruction.py --epochs 150 --config fm.yaml --name fm
     # fm.yaml: {ops: {identity__identity_model: {config: {feature_matching_weight: 3.0}}}}
 
 Runs with the same --name continue (the engine resumes its checkpoints; raise --epochs to go
@@ -78,6 +78,9 @@ def pose_following(reconstructions: np.ndarray, masks: np.ndarray, originals: np
 
     (pose, mouth, found), (own_pose, own_mouth, own_found) = measured(face_alone(reconstructions, masks)), measured(originals)
     both = found & own_found
+    if both.sum() < 3:  # FaceMesh found too few faces in both (an early model paints none)
+        return {"faces_measured": int(both.sum()), "yaw_r": float("nan"), "pitch_r": float("nan"),
+                "mouth_r": float("nan"), "yaw_error_deg": float("nan"), "yaw_range_deg": None}
     return {"faces_measured": int(both.sum()),
             "yaw_r": round(correlation(pose[both, 0], own_pose[both, 0]), 3),
             "pitch_r": round(correlation(pose[both, 1], own_pose[both, 1]), 3),
