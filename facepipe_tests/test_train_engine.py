@@ -281,6 +281,20 @@ def test_raising_epochs_continues_the_run(tmp_path, straight):
     assert_same_as_straight(result, straight)
 
 
+def test_epoch_checkpoints_wait_for_checkpoint_seconds_but_the_last_epoch_and_a_stop_always_save(tmp_path, straight):
+    rarely = {"checkpoint_seconds": 3600.0}
+    train(ToyTask(), toy_config(epochs=2, **rarely), tmp_path, log=lambda line: None)
+    checkpoints_dir = tmp_path / toy_config().resume_key / "checkpoints"
+    assert [checkpoint.position for checkpoint in list_checkpoints(checkpoints_dir)] == [(2, 0)]  # epoch 1: not due
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C in epoch 3, long before the next save is due
+        train(ToyTask(sigint_at_call=6), toy_config(**rarely), tmp_path, log=lambda line: None)
+    assert list_checkpoints(checkpoints_dir)[-1].position == (2, 3)
+    result = train(ToyTask(), toy_config(**rarely), tmp_path, log=lambda line: None)
+    assert [entry["epoch"] for entry in result.history] == [1, 2, 3, 4]  # every epoch's telemetry, saved or not
+    assert list_checkpoints(checkpoints_dir)[-1].position == (4, 0)
+    assert_same_as_straight(result, straight)
+
+
 def test_finished_run_returns_at_once_without_training(tmp_path):
     done = train(ToyTask(), toy_config(epochs=2), tmp_path, log=lambda line: None)
     task = ToyTask()
@@ -460,6 +474,8 @@ def test_config_and_device_validation():
         TrainConfig(epochs=1, batch_size=1, lr=1e-3, resume_key="../elsewhere")
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         TrainConfig(epochs=0, batch_size=1, lr=1e-3, resume_key="k")
+    with pytest.raises(ValueError, match="checkpoint_seconds must be >= 0"):
+        TrainConfig(epochs=1, batch_size=1, lr=1e-3, resume_key="k", checkpoint_seconds=-1)
     assert select_device("cpu").type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert select_device("auto").type == expected

@@ -277,6 +277,7 @@ def _train_epochs(
     boundary: _Boundary | str | None = "live"
     loss_sum = torch.zeros((), device=device)
     epoch_clock = time.monotonic()
+    saved_at = epoch_clock  # when the last checkpoint was written (or training started)
 
     def save() -> Checkpoint:
         nonlocal last_checkpoint, saved_position, state_loadability_checked
@@ -384,10 +385,13 @@ def _train_epochs(
                     f"(available: {sorted(entry)})"
                 )
 
-            checkpoint = save()
-            best = best_of(state.history, task.best_metric, task.best_mode)
-            if prune_checkpoints(checkpoints_dir, config.keep_last, best["epoch"] if best else None):
-                on_checkpoint(checkpoints_dir)
+            due = time.monotonic() - saved_at >= config.checkpoint_seconds
+            if due or state.epochs_completed == config.epochs or stop.requested:
+                save()
+                saved_at = time.monotonic()
+                best = best_of(state.history, task.best_metric, task.best_mode)
+                if prune_checkpoints(checkpoints_dir, config.keep_last, best["epoch"] if best else None):
+                    on_checkpoint(checkpoints_dir)
 
             session_epoch_seconds.append(entry["seconds"])
             remaining = config.epochs - state.epochs_completed
@@ -402,8 +406,10 @@ def _train_epochs(
             ))
             write_epoch_scalars(writer, entry)
             if stop.requested:
-                log(f"{stop.signal_name} received: epoch checkpoint {checkpoint.path} is current; stopping")
-                return checkpoint, state.history
+                if saved_position != (state.epochs_completed, 0):  # the signal came after the check above
+                    save()
+                log(f"{stop.signal_name} received: epoch checkpoint {last_checkpoint.path} is current; stopping")
+                return last_checkpoint, state.history
         return last_checkpoint, state.history
 
     except BaseException as error:
