@@ -9,8 +9,9 @@ share of the faces' own (median over faces of `evaluate.sharpness`, both at the 
 and how well the reconstructions follow their faces' yaw, pitch and mouth opening (FaceMesh on
 both, each brought from the model's size to the benchmark's measuring size alike, the
 reconstruction alone on mid-grey outside its own mask as swap_quality.py measures a swap:
-correlation and mean absolute yaw error): a swap cannot turn more precisely than the identity model
-paints its own turns. It writes a sheet (faces above, reconstructions below) to look at.
+correlation and mean absolute yaw error, beside the same figures of a perfect reconstruction: the
+original through the same mask): a swap cannot turn more precisely than the identity model paints
+its own turns. It writes a sheet (faces above, reconstructions below) to look at.
 
     .venv/bin/python benchmarks/identity_reconstruction.py --epochs 150                 # demo settings
     .venv/bin/python benchmarks/identity_reconstruction.py --epochs 150 --config fm.yaml --name fm
@@ -66,7 +67,10 @@ def pose_following(reconstructions: np.ndarray, masks: np.ndarray, originals: np
     """Correlation of the reconstructions' yaw, pitch and mouth opening with the originals' (BGR
     uint8 [N, S, S, 3] at the model's size, both upscaled alike; each reconstruction alone on
     mid-grey outside its mask [N, S, S] in 0..1), and the mean absolute yaw error in degrees, over
-    the faces FaceMesh finds in both."""
+    the faces FaceMesh finds in all three; beside them (``copy_*``) the same figures of a perfect
+    reconstruction: each original alone through the same mask. The mask alone moves FaceMesh's
+    yaw by degrees (on kim's held-out faces, turning over ~10 deg, the copy reads yaw r 0.33), so
+    a reconstruction's yaw r means something only against its copy's."""
     import cv2
 
     from facepipe.evaluate import correlation, crop_landmarks, face_alone, head_pose, mouth_opening
@@ -76,17 +80,21 @@ def pose_following(reconstructions: np.ndarray, masks: np.ndarray, originals: np
         landmarks, found = crop_landmarks(big)
         return head_pose(landmarks, MEASURE_SIZE)[:, :2], mouth_opening(landmarks), found
 
-    (pose, mouth, found), (own_pose, own_mouth, own_found) = measured(face_alone(reconstructions, masks)), measured(originals)
-    both = found & own_found
-    if both.sum() < 3:  # FaceMesh found too few faces in both (an early model paints none)
-        return {"faces_measured": int(both.sum()), "yaw_r": float("nan"), "pitch_r": float("nan"),
-                "mouth_r": float("nan"), "yaw_error_deg": float("nan"), "yaw_range_deg": None}
-    return {"faces_measured": int(both.sum()),
-            "yaw_r": round(correlation(pose[both, 0], own_pose[both, 0]), 3),
-            "pitch_r": round(correlation(pose[both, 1], own_pose[both, 1]), 3),
-            "mouth_r": round(correlation(mouth[both], own_mouth[both]), 3),
-            "yaw_error_deg": round(float(np.abs(pose[both, 0] - own_pose[both, 0]).mean()), 2),
-            "yaw_range_deg": [round(float(np.percentile(own_pose[both, 0], q)), 1) for q in (5, 95)]}
+    (own_pose, own_mouth, own_found) = measured(originals)
+    painted, copied = measured(face_alone(reconstructions, masks)), measured(face_alone(originals, masks))
+    both = own_found & painted[2] & copied[2]
+
+    def figures(prefix: str, pose: np.ndarray, mouth: np.ndarray) -> dict[str, float]:
+        if both.sum() < 3:  # FaceMesh found too few faces (an early model paints none)
+            return {f"{prefix}{name}": float("nan") for name in ("yaw_r", "pitch_r", "mouth_r", "yaw_error_deg")}
+        return {f"{prefix}yaw_r": round(correlation(pose[both, 0], own_pose[both, 0]), 3),
+                f"{prefix}pitch_r": round(correlation(pose[both, 1], own_pose[both, 1]), 3),
+                f"{prefix}mouth_r": round(correlation(mouth[both], own_mouth[both]), 3),
+                f"{prefix}yaw_error_deg": round(float(np.abs(pose[both, 0] - own_pose[both, 0]).mean()), 2)}
+
+    spread = [round(float(np.percentile(own_pose[both, 0], q)), 1) for q in (5, 95)] if both.sum() >= 3 else None
+    return {"faces_measured": int(both.sum()), **figures("", *painted[:2]), **figures("copy_", *copied[:2]),
+            "yaw_range_deg": spread}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.imwrite(str(sheet_path), cv2.resize(sheet, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
     print(json.dumps(result))
     print(f"| {args.name} | {config.epochs} | {l1:.4f} | {ratio:.2f} | yaw r {following['yaw_r']:.2f} "
-          f"({following['yaw_error_deg']:.1f} deg) | pitch r {following['pitch_r']:.2f} | mouth r {following['mouth_r']:.2f} "
-          f"| {seconds:.0f} s |  (sheet: {sheet_path})")
+          f"({following['yaw_error_deg']:.1f} deg; copy {following['copy_yaw_r']:.2f}, {following['copy_yaw_error_deg']:.1f} deg) "
+          f"| pitch r {following['pitch_r']:.2f} (copy {following['copy_pitch_r']:.2f}) | mouth r {following['mouth_r']:.2f} "
+          f"(copy {following['copy_mouth_r']:.2f}) | {seconds:.0f} s |  (sheet: {sheet_path})")
     return 0
 
 
