@@ -4,7 +4,7 @@ tables of a pair's entry in `data/pairs.toml`.
 Run config (a preset, `--config`, the nightly's file) applies to every partition a run builds.
 Some settings belong to one person or one pair: head turns for an identity whose videos never
 turn far, feature matching for an identity whose footage is soft, another seed for one adapter
-(README, "Swap quality"). Written beside the partition's media, they hold for every build of that
+(docs/swap_quality.md). Written beside the partition's media, they hold for every build of that
 partition (`facepipe build`, the UI, the nightly) and override the run config there only:
 
     # data/identities/jane/settings.toml

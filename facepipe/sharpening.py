@@ -7,7 +7,7 @@ DeepFaceLab's merger and faceswap's converter apply when they paste (``models.sw
 by the amount that brings the identity model's reconstructions of the identity's held-out faces
 back to the faces' own detail — measured on the identity, never on a target, so the export is
 not fitted to the frames it is judged on, and a soft identity model is sharpened more than a
-sharp one. Up to ``MAX_AMOUNT``: measured on the dev pairs (README, "Swap quality"), twice that
+sharp one. Up to ``MAX_AMOUNT``: measured on the dev pairs (docs/swap_quality.md), twice that
 made the swaps flicker more than their targets (german_news -> obama: temporal ratio 1.35) and
 read less surely by FaceMesh (kim -> mead: pitch r 0.89 -> 0.77), with halos on the contact sheet.
 """

@@ -127,7 +127,7 @@ class IdentityModelConfig(TrainingConfig):
     latent_dim 512, depth 5, batch_size 32 (see README)."""
 
     # 150: what the demo affords in its 15 minutes now that `facepipe build` trains on both cores;
-    # following the target emerges from ~150-200 epochs (README, "Swap quality").
+    # following the target emerges from ~150-200 epochs (docs/swap_quality.md).
     epochs: int = 150
     # 8, not 16: at the CPU budget the decoder is short of optimizer steps, not of faces seen, and
     # twice the steps for the same faces sharpen it (kim, 150 epochs, held-out reconstructions:
@@ -146,7 +146,7 @@ class IdentityModelConfig(TrainingConfig):
     adversarial_from_epoch: int = 20
     # Feature matching (pix2pixHD): L1 between the discriminator's hidden activations on each
     # reconstruction and on its own face, scored with the discriminator (0: off). Measured at the demo
-    # defaults on the four dev pairs (README, "Swap quality"): 3 took kim -> mead's swap sharpness
+    # defaults on the four dev pairs (docs/swap_quality.md): 3 took kim -> mead's swap sharpness
     # 0.23 -> 0.29 (kim's own crops are soft), but the other three pairs' by +0.02, -0.05 and -0.04:
     # off, one setting away for a soft identity.
     feature_matching_weight: float = 0.0
@@ -180,7 +180,7 @@ class IdentityModelConfig(TrainingConfig):
     # stored 256 px crop straight at the model's size, bilinear, so the encoder learns from crops as
     # sharp as those FaceFusion and DeepFaceLive feed it. Off: measured (kim -> mead, the export's
     # low-pass off), the swaps followed another person's face worse (eyes 0.79 -> 0.60, yaw 0.82 ->
-    # 0.73, pitch 0.67 -> 0.52; README, "The crop the model is fed").
+    # 0.73, pitch 0.67 -> 0.52; docs/swap_quality.md, "The crop the model is fed").
     runtime_crop: float = AugmentConfig.runtime_crop
 
     def architecture(self) -> AutoencoderConfig:

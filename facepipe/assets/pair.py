@@ -72,7 +72,7 @@ def pair_keys(context) -> tuple[str, str]:
 
 
 # A target that turns this much further than the identity's faces (5th-95th percentile of yaw) gets
-# a warning: the swap turns about as far as the identity's faces (README, "Swap quality").
+# a warning: the swap turns about as far as the identity's faces (docs/swap_quality.md).
 TURN_HINT_DEG = 5.0
 
 
@@ -238,11 +238,11 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
 class ExportConfig(Config):
     # The unsharp mask on the exported face (models.swap.unsharp): None matches it to the identity
     # model (facepipe.sharpening: its held-out reconstructions brought back to the faces' own
-    # detail); a number sets the amount (0: off). Measured in the README, "Swap quality".
+    # detail); a number sets the amount (0: off). Measured in docs/swap_quality.md.
     sharpen: Optional[float] = None
     # σ (px at the model's size) of the Gaussian on the crop the model is fed, before the encoder
     # reads it (0: off): the runtimes' crops are far sharper than the training inputs
-    # (models.swap.INPUT_BLUR_PX). Measured in the README, "Swap quality".
+    # (models.swap.INPUT_BLUR_PX). Measured in docs/swap_quality.md.
     input_blur: float = INPUT_BLUR_PX
 
 

@@ -10,7 +10,7 @@ FaceFusion's deep_swapper sharpens the crop before the model (1.75·crop − 0.7
 σ 2) and DeepFaceLive does not, so a share of the inputs (``sharpen``) is sharpened that way
 while the target stays as it is, so that the model sees either runtime's input. (Measured on
 german_news -> obama: the swap differs by under one grey level between the two feedings with or
-without it; eye following was lower in both sharpened runs: README, "Swap quality".)
+without it; eye following was lower in both sharpened runs: docs/swap_quality.md.)
 
 All randomness is drawn on the CPU from the given generator (the training engine seeds and
 checkpoints it) and only then moved to the images' device, so a batch's augmentation does not
@@ -68,7 +68,7 @@ class AugmentConfig:
     # warp a frame to the model (input only; the target stays the crop shrunk with INTER_AREA).
     # Needs the stored crops (``sources`` of ``augment_batch``). Runtime crops are 2.5-4x as sharp
     # (variance of the Laplacian) as the shrunk ones the encoder otherwise learns from; taught on
-    # them, the encoder followed another person's face worse (README, "The crop the model is fed").
+    # them, the encoder followed another person's face worse (docs/swap_quality.md, "The crop the model is fed").
     runtime_crop: float = 0.0
 
     def to_dict(self) -> dict:

@@ -114,7 +114,7 @@ class AdapterConfig:
     # (1: as the adapted encoder reads them). The adapted encoder reads the target's motion into a
     # smaller swing than the identity decoder needs to paint it: at 1 the swap changes 0.73-0.90 as
     # much from frame to frame as the target does. Measured at the demo length on eight adapters of
-    # three pairs (README, "The swap's gain"): 1 -> 1.5 took german_news -> obama's mouth past 0.6 on
+    # three pairs (docs/swap_quality.md, "The swap's gain"): 1 -> 1.5 took german_news -> obama's mouth past 0.6 on
     # three adapter seeds of three (0.45-0.54 -> 0.61-0.64), kim -> mead's yaw and pitch up on three
     # of three; obama_early -> vox mixed (yaw up, pitch down on one adapter of two); the swap's
     # frame-to-frame change 1.05-1.28 of the target's, as a perfect copy of the target reads

@@ -46,7 +46,7 @@ SHARPEN_SIGMA = 1 / 96  # of the crop side: the unsharp mask's blur, 1 px at the
 # ~10x (FaceFusion) the variance of the Laplacian of what the encoder learnt from (the stored
 # crops shrunk with INTER_AREA, then resampled by the augmentation): measured on the held-out
 # frames of mead, obama and vox. A Gaussian of 0.7 px brings FaceFusion's crops back to the
-# training inputs' sharpness (plain ones to a little under it). README, "Swap quality".
+# training inputs' sharpness (plain ones to a little under it). docs/swap_quality.md.
 INPUT_BLUR_PX = 0.7
 
 

@@ -1,6 +1,6 @@
 """Synthetic head turns: an aligned face warped as if the head had turned left or right.
 
-The swap turns only as far as the identity's own faces do (README, "Swap quality": german_news's
+The swap turns only as far as the identity's own faces do (docs/swap_quality.md: german_news's
 video turns -4..7 deg, its targets 2.5..21.6; obama's -6..20, vox's 11..37), and mirroring only
 makes the range symmetric. A face's FaceMesh points carry depth, so each face can be turned in 3D
 about a vertical axis and the image moved with its points (as 3D face-profiling augmentation does
