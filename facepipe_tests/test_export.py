@@ -146,9 +146,9 @@ def deepfacelive_convert(session: ort.InferenceSession, crop_bgr: np.ndarray, mo
     return session.run(None, feed)
 
 
-def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0) -> MergedPair:
-    """A pair model with random (non-zero) LoRA deltas and swap latent offset, merged: its two
-    paths differ, as a trained pair's do, without training one."""
+def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, latent_map: bool = False) -> MergedPair:
+    """A pair model with random (non-zero) LoRA deltas and swap latent offset (and map), merged: its
+    two paths differ, as a trained pair's do, without training one."""
     torch.manual_seed(seed)
     base = IdentityAutoencoder(AutoencoderConfig(size=size, width=8, latent_dim=64, depth=3)).eval()
     adapter = AdapterConfig(rank=2, alpha=4.0, swap_gain=swap_gain)
@@ -158,6 +158,8 @@ def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0) ->
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
         pair.swap_latent_offset.normal_(0, 0.5)
+        if latent_map:
+            pair.swap_latent_map.normal_(0, 0.05)
     return merge_adapters(base, adapter_state(pair), adapter)
 
 
@@ -330,9 +332,9 @@ def test_export_dfm_removes_a_model_that_fails_parity(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("swap_gain", [1.0, 1.5])
-def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, tmp_path):
-    merged = random_merged_pair(swap_gain=swap_gain)
+@pytest.mark.parametrize("swap_gain, latent_map", [(1.0, False), (1.5, True)])
+def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, latent_map, tmp_path):
+    merged = random_merged_pair(swap_gain=swap_gain, latent_map=latent_map)
     crops = real_crops(48)
     exported = export_dfm(merged.dfm_model(), 48, tmp_path / "pair.dfm", crops[:2])
     assert exported.max_abs_error < 1e-4  # checked in onnxruntime at each of 0, 0.5, 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
+    SWAP_LATENT_MAP,
     SWAP_LATENT_OFFSET,
     AdapterConfig,
     PairModel,
@@ -53,7 +55,11 @@ from facepipe.models.pair import (
     merged_swap_model,
     pose_matched_weights,
     save_adapter,
+    pose_readout,
     set_swap_latent_offset,
+    set_swap_pose_map,
+    swap_latents,
+    swap_pose_map,
 )
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
 from facepipe.models.turn import turn_grid
@@ -152,7 +158,9 @@ def test_training_moves_only_the_adapter_and_saves_only_its_tensors(trained_pair
     assert all(torch.equal(inside[name], base[name]) for name in base), "the frozen base changed in training"
     # The identity path's decoder is the base decoder itself.
     saved = safetensors.torch.load_file(str(trained_pair.result.weights_path))
-    assert set(saved) == set(adapter_state(model)) and all(".lora_" in name for name in saved if name != SWAP_LATENT_OFFSET)
+    # (the swap latent map, set after training only, is saved with the adapter, not in training)
+    assert set(saved) == set(adapter_state(model)) - {SWAP_LATENT_MAP}
+    assert all(".lora_" in name for name in saved if name != SWAP_LATENT_OFFSET)
     assert torch.equal(saved[SWAP_LATENT_OFFSET], torch.zeros(TINY.latent_dim))  # set after training, not in it
     assert any(name.startswith("target_decoder.") for name in saved)
     # lora_B starts at zero: a non-zero B is a delta that training produced.
@@ -495,10 +503,83 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
     assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, "swap_gain", 2.0, invalid=0.0)
 
 
+def test_swap_pose_map_moves_the_swap_with_the_targets_pose_as_the_identitys_latents_move():
+    # Latents linear in (yaw, pitch) along other directions for the two people, plus what else
+    # varies from face to face (expression, light: independent noise here).
+    generator = np.random.default_rng(0)
+    dim, gain = 64, 1.5
+    identity_directions, target_directions = generator.normal(size=(2, dim)), generator.normal(size=(2, dim))
+    identity_poses, target_poses = generator.uniform(-20, 20, size=(200, 2)), generator.uniform(-20, 20, size=(200, 2))
+
+    def latents(poses, directions, centre):
+        return torch.from_numpy(centre + poses @ directions + generator.normal(size=(len(poses), dim))).float()
+
+    target_centre = generator.normal(size=dim)
+    identity = latents(identity_poses, identity_directions, generator.normal(size=dim))
+    target = latents(target_poses, target_directions, target_centre)
+    # the readout reads the target's pose back off its latents
+    read = (target - target.mean(0)) @ pose_readout(target, target_poses)
+    assert correlation(read[:, 0].numpy(), target_poses[:, 0]) > 0.98
+    assert correlation(read[:, 1].numpy(), target_poses[:, 1]) > 0.98
+
+    latent_map = swap_pose_map(identity, identity_poses, target, target_poses, gain, follow=1.0)
+    assert latent_map.shape == (dim, dim)
+    # two target faces 10 degrees of yaw apart: at follow 1 their swap latents differ by the
+    # identity's own yaw direction times 10, and no longer by the target's
+    two = torch.from_numpy(target_centre + np.array([[0.0, 0.0], [10.0, 0.0]]) @ target_directions).float()
+    moved = swap_latents(two, gain, latent_map, torch.zeros(dim))
+    expected = torch.from_numpy(10 * identity_directions[0]).float()
+    assert (moved[1] - moved[0] - expected).norm() < 0.1 * expected.norm()
+    # (without the map they differ by the target's yaw direction, spread by the gain)
+    plain = swap_latents(two, gain, torch.zeros(dim, dim), torch.zeros(dim))
+    assert (plain[1] - plain[0] - expected).norm() > expected.norm()
+    assert torch.equal(swap_pose_map(identity, identity_poses, target, target_poses, gain, follow=0.0), torch.zeros(dim, dim))
+
+
+def test_swap_pose_map_keeps_the_targets_mean_on_the_identitys_and_the_merge_follows(trained_pair, identity_weights, tmp_path):
+    model, task = copy.deepcopy(trained_pair.model), trained_pair.task
+    identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
+    identity_poses = np.random.default_rng(1).uniform(-15, 15, size=(len(identity_images), 2))
+    target_poses = np.random.default_rng(2).uniform(-15, 15, size=(len(target_images), 2))
+    images = target_tensors()
+    base = IdentityAutoencoder.from_folder(identity_weights.parent)
+    with torch.no_grad():
+        model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5)
+        set_swap_latent_offset(model, identity_images, target_images)
+        assert not set_swap_pose_map(model, identity_images, identity_poses, target_images, target_poses).any()  # off by default
+        without = model(images)[0]
+        model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0)
+        offset = set_swap_latent_offset(model, identity_images, target_images).clone()
+        latent_map = set_swap_pose_map(model, identity_images, identity_poses, target_images, target_poses)
+        assert latent_map.abs().max() > 0 and torch.equal(model.swap_latent_map, latent_map)
+        latents = model.latent(target_images)
+        moved = swap_latents(latents, 1.5, latent_map, model.swap_latent_offset)
+        # the target's mean latent still lands where the offset alone put it: on the identity's mean
+        assert torch.allclose(moved.mean(0), 1.5 * latents.mean(0) + offset, atol=1e-4)
+        assert (model(images)[0] - without).abs().max() > 1e-4
+        merged = merge_adapters(base, adapter_state(model), model.adapter)
+        assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
+    save_adapter(model, identity_weights, tmp_path / "adapter")
+    assert torch.equal(load_adapter(tmp_path / "adapter").tensors[SWAP_LATENT_MAP], latent_map)
+    # An adapter saved before the map existed reads as no map, and pose_follow as 0.
+    tensors = safetensors.torch.load_file(str(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE))
+    del tensors[SWAP_LATENT_MAP]
+    safetensors.torch.save_file(tensors, str(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE))
+    config_path = tmp_path / "adapter" / ADAPTER_CONFIG_FILE
+    description = json.loads(config_path.read_text())
+    del description["adapter_config"]["pose_follow"]
+    description["adapter_sha256"] = hashlib.sha256((tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE).read_bytes()).hexdigest()
+    config_path.write_text(json.dumps(description))
+    old = load_adapter(tmp_path / "adapter")
+    assert old.adapter_config.pose_follow == 0.0 and not old.tensors[SWAP_LATENT_MAP].any()
+    with pytest.raises(ValueError, match="pose_follow"):
+        dataclasses.replace(TINY_ADAPTER, pose_follow=-1.0)
+
+
 def test_changing_settings_read_after_training_reuses_the_finished_training():
     from facepipe.assets.pair import LoraConfig
 
     def key(**values) -> str:
         return LoraConfig(**values).engine_config("cpu", inputs={"faces": "x"}, code="9").resume_key
 
-    assert key() == key(swap_strength=0.5) == key(swap_gain=1.5) != key(rank=4)
+    assert key() == key(swap_strength=0.5) == key(swap_gain=1.5) == key(pose_follow=1.0) != key(rank=4)

@@ -35,7 +35,7 @@ from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
-                                  set_swap_latent_offset)
+                                  set_swap_latent_offset, set_swap_pose_map)
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -105,7 +105,10 @@ class LoraConfig(TrainingConfig):
     # The spread of the swap's latents about their mean (facepipe.models.pair, AdapterConfig.swap_gain:
     # measured there); read only after training, like swap_strength.
     swap_gain: float = AdapterConfig.swap_gain
-    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain")
+    # How far the swap's pose follows the target's along the identity's own pose directions
+    # (facepipe.models.pair, AdapterConfig.pose_follow: measured there); read only after training.
+    pose_follow: float = AdapterConfig.pose_follow
+    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow")
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -124,7 +127,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
                             eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength,
-                            swap_gain=config.swap_gain)
+                            swap_gain=config.swap_gain, pose_follow=config.pose_follow)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
@@ -143,8 +146,10 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         mirrored = identity_model.record["config"].get("flip", 0) > 0
         identity_images, identity_poses, target_poses = pose_matched_identity(
             task, FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path), mirrored)
-        offset = set_swap_latent_offset(model, identity_images, task.target_images[task.target_train],
-                                        pose_matched_weights(identity_poses, target_poses))
+        target_images = task.target_images[task.target_train]
+        set_swap_latent_offset(model, identity_images, target_images, pose_matched_weights(identity_poses, target_poses))
+        latent_map = set_swap_pose_map(model, identity_images, identity_poses, target_images, target_poses)
+        offset = model.swap_latent_offset
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
         identity_yaw, target_yaw = yaw_span(identity_poses), yaw_span(target_poses)
@@ -155,6 +160,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
                 "swap_latent_offset_norm": round(float(offset.norm()), 4),
+                "swap_latent_map_norm": round(float(latent_map.norm()), 4),
                 "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw)}
 
     return train_in_store(context, settings, config, make_task, write)

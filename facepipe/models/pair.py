@@ -120,6 +120,12 @@ class AdapterConfig:
     # frame-to-frame change 1.05-1.28 of the target's, as a perfect copy of the target reads
     # (1.17-1.25); at 2 more than that (1.31-1.52).
     swap_gain: float = 1.5
+    # How far the swap's pose follows the target's pose as read off the latent (0: off): the swap
+    # latent also moves along the identity's own pose directions by the target's pose (read off its
+    # latent by a ridge readout), having lost the target's, times this share (``set_swap_pose_map``).
+    # The adapted encoder carries the target's turn along directions the identity decoder hardly
+    # reads (docs/swap_quality.md, "Why yaw stays short"); this hands it over along the ones it does.
+    pose_follow: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -136,6 +142,8 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.swap_strength must be in [0, 1], got {self.swap_strength!r}")
         if not self.swap_gain > 0:
             raise ValueError(f"AdapterConfig.swap_gain must be > 0, got {self.swap_gain!r}")
+        if not self.pose_follow >= 0:
+            raise ValueError(f"AdapterConfig.pose_follow must be >= 0, got {self.pose_follow!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +180,14 @@ def target_lora_config(decoder: nn.Module, adapter: AdapterConfig) -> LoraConfig
     )
 
 
-SWAP_LATENT_OFFSET = "swap_latent_offset"  # PairModel buffer, saved with the LoRA tensors
+SWAP_LATENT_OFFSET = "swap_latent_offset"  # PairModel buffers, saved with the LoRA tensors
+SWAP_LATENT_MAP = "swap_latent_map"
+
+
+def swap_latents(latent: torch.Tensor, gain: float, latent_map: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """The latents [N, D] the swap paints from, of the adapted latents [N, D]: gain·latent +
+    latent_map·latent + offset (the map [D, D] zero unless the pose follows, ``set_swap_pose_map``)."""
+    return gain * latent + latent @ latent_map.T + offset
 
 
 def is_adapter_tensor(name: str) -> bool:
@@ -180,8 +195,8 @@ def is_adapter_tensor(name: str) -> bool:
 
 
 def is_saved_tensor(name: str) -> bool:
-    """What an adapter file holds: the LoRA tensors and the swap latent offset."""
-    return is_adapter_tensor(name) or name == SWAP_LATENT_OFFSET
+    """What an adapter file holds: the LoRA tensors, the swap latent offset and map."""
+    return is_adapter_tensor(name) or name in (SWAP_LATENT_OFFSET, SWAP_LATENT_MAP)
 
 
 class PairModel(nn.Module):
@@ -208,6 +223,7 @@ class PairModel(nn.Module):
         self.adapter_parameters = sum(p.numel() for n, p in self.named_parameters() if is_adapter_tensor(n))
         # Set after training by set_swap_latent_offset; zero while training (no path reads it then).
         self.register_buffer(SWAP_LATENT_OFFSET, torch.zeros(base.config.latent_dim))
+        self.register_buffer(SWAP_LATENT_MAP, torch.zeros(base.config.latent_dim, base.config.latent_dim))
         if self.adapter_share > adapter.max_share:
             raise ValueError(
                 f"LoRA rank {adapter.rank} gives {self.adapter_parameters} adapter parameters, "
@@ -243,11 +259,11 @@ class PairModel(nn.Module):
             return self.latent(bgr)
 
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The swap: the target's swap latent times the swap gain, moved by the swap latent offset,
-        through the base decoder (the bottleneck's second linear, in the shared set too, at the same
-        strength)."""
+        """The swap: the target's swap latent times the swap gain, moved by the swap latent map and
+        offset (``swap_latents``), through the base decoder (the bottleneck's second linear, in the
+        shared set too, at the same strength)."""
         with shared_delta_scaled(self, self.adapter.swap_strength):
-            latent = self.adapter.swap_gain * self.latent(bgr) + self.swap_latent_offset
+            latent = swap_latents(self.latent(bgr), self.adapter.swap_gain, self.swap_latent_map, self.swap_latent_offset)
             return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
 
@@ -303,16 +319,75 @@ def set_swap_latent_offset(model: PairModel, identity_images: torch.Tensor, targ
     (weighted by ``identity_weights``, summing to 1; None: all alike) minus that of ``target_images`` ([N, 3, S, S] BGR in [0, 1],
     the training faces) times the swap gain as the model's swap latent offset: the swaps of the
     target's faces are then spread about the identity's mean."""
-    model.eval()
-
-    def latents(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.swap_latent(images[i:i + batch]) for i in range(0, len(images), batch)])
-
-    identity = latents(identity_images)
+    identity = swap_latents_of(model, identity_images, batch)
     identity_mean = identity.mean(0) if identity_weights is None else (
         torch.from_numpy(np.asarray(identity_weights)).to(identity) @ identity)
-    model.swap_latent_offset.copy_(identity_mean - model.adapter.swap_gain * latents(target_images).mean(0))
+    model.swap_latent_offset.copy_(identity_mean - model.adapter.swap_gain * swap_latents_of(model, target_images, batch).mean(0))
     return model.swap_latent_offset.clone()
+
+
+@torch.no_grad()
+def swap_latents_of(model: PairModel, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """``PairModel.swap_latent`` of images [N, 3, S, S], in batches, in eval mode."""
+    model.eval()
+    return torch.cat([model.swap_latent(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def pose_directions(latents: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
+    """[2, D]: how the latents [N, D] move per degree of yaw and of pitch (poses [N, 2]), by least
+    squares on [1, yaw, pitch]."""
+    design = torch.cat([torch.ones(len(poses), 1, dtype=torch.float64), torch.from_numpy(np.asarray(poses, dtype=np.float64))], 1)
+    return torch.linalg.lstsq(design, latents.double()).solution[1:].to(latents.dtype)
+
+
+POSE_READOUT_RIDGE = 1.0  # the readout's ridge, in units of the latents' mean per-dimension sum of squares
+
+
+def pose_readout(latents: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
+    """[D, 2]: the ridge regression that reads yaw and pitch (degrees, about their mean) off latents
+    [N, D] (about their mean). The ridge keeps it from fitting the training faces' noise: a plain
+    least-squares readout read held-out frames' yaw at r 0.49-0.76 (docs/swap_quality.md), this one
+    at 0.83 on german_news -> obama."""
+    centred = latents.double() - latents.double().mean(0)
+    targets = torch.from_numpy(np.asarray(poses, dtype=np.float64))
+    gram = centred.T @ centred
+    ridge = POSE_READOUT_RIDGE * torch.trace(gram) / gram.shape[0]
+    return torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=torch.float64),
+                              centred.T @ (targets - targets.mean(0))).to(latents.dtype)
+
+
+def swap_pose_map(identity_latents: torch.Tensor, identity_poses: np.ndarray, target_latents: torch.Tensor,
+                  target_poses: np.ndarray, gain: float, follow: float) -> torch.Tensor:
+    """[D, D] map M of a target latent's offset from the target's mean to the swap latent's extra
+    move: follow · (B_identity − gain·B_target)ᵀ · R. R reads the target's pose off its latent
+    (``pose_readout``), B_target (``pose_directions``) takes the target's own pose directions away
+    from the gain's share of them and B_identity paints that pose as the identity's faces show it:
+    at follow 1 the swap latents move with the target's pose as the identity's latents move with
+    their own. Latents [N, D], poses [N, 2] yaw and pitch in degrees."""
+    directions = pose_directions(identity_latents, identity_poses) - gain * pose_directions(target_latents, target_poses)
+    return follow * directions.T @ pose_readout(target_latents, target_poses).T
+
+
+@torch.no_grad()
+def set_swap_pose_map(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
+                      target_images: torch.Tensor, target_poses: np.ndarray, batch: int = 32) -> torch.Tensor:
+    """Store (and return) the swap latent map (``swap_pose_map`` at ``adapter.pose_follow``; zero
+    at 0) of the identity's faces (their mirror images and turned copies give it poses the media
+    lack) and the target's training faces with their mirror images (turned the other way, so the
+    readout sees turns both ways); call after ``set_swap_latent_offset``. A target latent z then
+    becomes gain·z + M·(z − z̄) + offset: M·z̄ (z̄ the target's mean latent) is taken off the
+    offset, so the target's mean still lands on the identity's. Poses [N, 2] in degrees."""
+    dim = model.swap_latent_map.shape[0]
+    latent_map = torch.zeros(dim, dim)
+    if model.adapter.pose_follow > 0:
+        target = swap_latents_of(model, target_images, batch)
+        both = torch.cat([target, swap_latents_of(model, target_images.flip(-1), batch)])
+        both_poses = np.concatenate([target_poses, np.asarray(target_poses) * np.array([-1.0, 1.0])])
+        latent_map = swap_pose_map(swap_latents_of(model, identity_images, batch), identity_poses, both, both_poses,
+                                   model.adapter.swap_gain, model.adapter.pose_follow)
+        model.swap_latent_offset.sub_(latent_map @ target.mean(0))
+    model.swap_latent_map.copy_(latent_map)
+    return latent_map
 
 
 def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
@@ -417,10 +492,15 @@ def load_adapter(adapter_dir: Path) -> SavedAdapter:
         raise ValueError(f"{config_path} is not a {ADAPTER_FORMAT} v{ADAPTER_FORMAT_VERSION} adapter description")
     if file_sha256(weights_path) != description["adapter_sha256"]:
         raise ValueError(f"{weights_path} does not match the sha256 in {config_path}; the adapter files are corrupt or mixed")
+    tensors = safetensors.torch.load_file(str(weights_path))
+    if SWAP_LATENT_OFFSET in tensors and SWAP_LATENT_MAP not in tensors:  # saved before the map existed: none
+        tensors[SWAP_LATENT_MAP] = torch.zeros(len(tensors[SWAP_LATENT_OFFSET]), len(tensors[SWAP_LATENT_OFFSET]))
     return SavedAdapter(
-        tensors=safetensors.torch.load_file(str(weights_path)),
-        # Adapters saved before swap_strength and swap_gain existed were merged whole, at gain 1.
-        adapter_config=AdapterConfig(**{"swap_strength": 1.0, "swap_gain": 1.0, **description["adapter_config"]}),
+        tensors=tensors,
+        # Adapters saved before swap_strength, swap_gain and pose_follow existed were merged whole, at
+        # gain 1, with no pose map.
+        adapter_config=AdapterConfig(**{"swap_strength": 1.0, "swap_gain": 1.0, "pose_follow": 0.0,
+                                        **description["adapter_config"]}),
         model_config=AutoencoderConfig(**description["base"]["model_config"]),
         base_weights_sha256=description["base"]["weights_sha256"],
         description=description,
@@ -476,9 +556,9 @@ class BlendedConv2d(nn.Module):
 
 class MorphingDecoder(nn.Module):
     """(target-path latent [N, D], morph [1]) → (BGR [0, 1], mask logits): the DFM export's
-    ``morph_value:0``. Morph 1 is the swap (gain·latent + swap latent offset, base decoder), 0 the
+    ``morph_value:0``. Morph 1 is the swap (``swap_latents`` of the latent, base decoder), 0 the
     target path (the latent as it is, the decoder with Δtarget merged: the target's own face);
-    in between both move together, (1 + m·(gain − 1))·latent + m·offset and decoder weights
+    in between both move together, latent + m·(swap_latents(latent) − latent) and decoder weights
     base + (1 − m)·Δtarget,
     so a half morph is one face the decoder paints, not two faces cross-faded. (DeepFaceLab's
     morphable models blend the two codes for one shared decoder; ours has a decoder per path,
@@ -491,11 +571,13 @@ class MorphingDecoder(nn.Module):
     """
 
     def __init__(self, bottleneck: nn.Module, swap_latent_offset: torch.Tensor, swap_decoder: nn.Module,
-                 target_decoder: nn.Module, swap_gain: float = 1.0):
+                 target_decoder: nn.Module, swap_gain: float = 1.0, swap_latent_map: torch.Tensor | None = None):
         super().__init__()
         self.bottleneck = bottleneck
         self.swap_gain = swap_gain
         self.register_buffer("swap_latent_offset", swap_latent_offset.detach().clone())
+        dim = len(swap_latent_offset)
+        self.register_buffer("swap_latent_map", torch.zeros(dim, dim) if swap_latent_map is None else swap_latent_map.detach().clone())
         self.decoder = copy.deepcopy(swap_decoder)
         targets = dict(target_decoder.named_modules())
         self.blended: list[BlendedConv2d] = []
@@ -507,7 +589,8 @@ class MorphingDecoder(nn.Module):
                 self.blended.append(blended)
 
     def forward(self, latent: torch.Tensor, morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        code = self.bottleneck.code_of(latent * (1 + morph * (self.swap_gain - 1)) + morph * self.swap_latent_offset)
+        swap = swap_latents(latent, self.swap_gain, self.swap_latent_map, self.swap_latent_offset)
+        code = self.bottleneck.code_of(latent + morph * (swap - latent))
         share = 1 - morph
         for layer in self.blended:
             layer.share = share
@@ -522,13 +605,14 @@ class MorphingDecoder(nn.Module):
 class MergedPair:
     """``swap``: plain IdentityAutoencoder, Δshared merged into encoder + bottleneck, base decoder
     — ``swap(x)`` is the swap. ``target_face_mask``: the input face's mask (see TargetFaceMask),
-    sharing ``swap``'s encoder modules. ``swap_latent_offset`` and ``swap_gain``: folded into ``swap``'s
-    bottleneck (kept apart for the morph)."""
+    sharing ``swap``'s encoder modules. ``swap_latent_offset``, ``swap_gain`` and ``swap_latent_map``:
+    folded into ``swap``'s bottleneck (kept apart for the morph)."""
 
     swap: IdentityAutoencoder
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
     swap_gain: float = 1.0
+    swap_latent_map: torch.Tensor | None = None
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
                   input_blur: float = 0.0) -> DfmSwapModel:
@@ -544,7 +628,7 @@ class MergedPair:
         target = self.target_face_mask
         return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck),
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
-                                            self.swap_gain),
+                                            self.swap_gain, self.swap_latent_map),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
                             input_blur=input_blur)
 
@@ -578,15 +662,16 @@ def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor
     target_decoder = _merged(
         base.decoder, target_lora_config(base.decoder, adapter), TARGET_ADAPTER, lora, TARGET_DECODER_PREFIX
     )
-    # The target path reads the adapted latent as it is; only the swap's is scaled by the gain and
-    # moved by the offset, folded into its own copy of the bottleneck's first linear
-    # (gain·to_latent(x) + offset).
+    # The target path reads the adapted latent as it is; only the swap's goes through the swap latent
+    # map (``swap_latents``, affine), folded into its own copy of the bottleneck's first linear.
     target_bottleneck = copy.deepcopy(swap.bottleneck)
-    offset, gain = tensors[SWAP_LATENT_OFFSET], adapter.swap_gain
+    offset, gain, latent_map = tensors[SWAP_LATENT_OFFSET], adapter.swap_gain, tensors[SWAP_LATENT_MAP]
+    linear = swap.bottleneck.to_latent
     with torch.no_grad():
-        swap.bottleneck.to_latent.weight *= gain
-        swap.bottleneck.to_latent.bias.mul_(gain).add_(offset)
-    return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone(), gain)
+        linear.weight.copy_(swap_latents(linear.weight.T, gain, latent_map, torch.zeros_like(offset)).T)
+        linear.bias.copy_(swap_latents(linear.bias, gain, latent_map, offset))
+    return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone(), gain,
+                      latent_map.clone())
 
 
 def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:
