@@ -53,8 +53,8 @@ from facepipe.train.tasks.pair import PairTask
 # 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses, optional
 # FaceFusion sharpening of the inputs (sharpen); 7: swap latent offset at the target's poses; 8: trained
 # channels-last (faster CPU steps); 9: fused AdamW and one separable blur for the SSIM statistics (faster
-# steps; rounding differs)
-LORA_VERSION = "9"
+# steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter
+LORA_VERSION = "10"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -62,8 +62,9 @@ LORA_VERSION = "9"
 # its mask with its own colours (models.swap.fill_outside_mask); swaps and baseline measured alone (evaluate.face_alone);
 # 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening);
 # 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces;
-# 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX)
-EXPORT_VERSION = "12"
+# 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX);
+# 13: the swap latent map (pose_follow) folded into the swap and the morph
+EXPORT_VERSION = "13"
 
 
 def pair_keys(context) -> tuple[str, str]:
