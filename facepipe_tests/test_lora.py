@@ -140,7 +140,7 @@ def test_default_rank_adapter_stays_within_five_percent_and_too_large_a_rank_is_
           f"{100 * model.adapter_share:.2f}% of {model.base_parameters}")
     assert 0 < model.adapter_share <= 0.05
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    assert trainable == set(adapter_state(model)) - {SWAP_LATENT_OFFSET}  # the offset is set after training
+    assert trainable == set(adapter_state(model)) - {SWAP_LATENT_OFFSET, SWAP_LATENT_MAP}  # both set after training
     # Both sets exist: shared on encoder + bottleneck, target on the decoder copy only.
     assert any(name.startswith("autoencoder.encoder.") for name in trainable)
     assert any(name.startswith("autoencoder.bottleneck.") for name in trainable)

@@ -42,8 +42,11 @@ smaller swing of the latent than the base decoder needs to paint it (the swaps m
 much from frame to frame as their targets), so the swap reads gain·latent + offset, the offset
 taken as the identity's mean minus gain times the target's: the target's latents spread by the
 gain about the identity's mean. Export folds the gain into the same linear.
+The swap latent map (``AdapterConfig.pose_follow``, off by default): an optional linear term that
+moves the swap latent along the identity's own pose directions by the target's pose, read off its
+latent (``set_swap_pose_map``); folded into the same linear.
 
-Saved adapter: ``adapter.safetensors`` (the LoRA tensors and the swap latent offset, named as in ``PairModel.state_dict()``)
+Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and map, named as in ``PairModel.state_dict()``)
 beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
 the sha256 of the base weights it was trained on, parameter counts).
 """
