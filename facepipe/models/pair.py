@@ -578,13 +578,12 @@ class MorphingDecoder(nn.Module):
     """
 
     def __init__(self, bottleneck: nn.Module, swap_latent_offset: torch.Tensor, swap_decoder: nn.Module,
-                 target_decoder: nn.Module, swap_gain: float = 1.0, swap_latent_map: torch.Tensor | None = None):
+                 target_decoder: nn.Module, swap_gain: float, swap_latent_map: torch.Tensor):
         super().__init__()
         self.bottleneck = bottleneck
         self.swap_gain = swap_gain
         self.register_buffer("swap_latent_offset", swap_latent_offset.detach().clone())
-        dim = len(swap_latent_offset)
-        self.register_buffer("swap_latent_map", torch.zeros(dim, dim) if swap_latent_map is None else swap_latent_map.detach().clone())
+        self.register_buffer("swap_latent_map", swap_latent_map.detach().clone())
         self.decoder = copy.deepcopy(swap_decoder)
         targets = dict(target_decoder.named_modules())
         self.blended: list[BlendedConv2d] = []
@@ -618,8 +617,8 @@ class MergedPair:
     swap: IdentityAutoencoder
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
-    swap_gain: float = 1.0
-    swap_latent_map: torch.Tensor | None = None
+    swap_gain: float
+    swap_latent_map: torch.Tensor
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
                   input_blur: float = 0.0) -> DfmSwapModel:
