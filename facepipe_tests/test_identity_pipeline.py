@@ -59,11 +59,12 @@ TINY_MODEL = {"epochs": 20, "batch_size": 4, "resolution": 32, "width": 8, "late
               "holdout_every": 4, "cpu_threads": 1, "lr": 2e-3, "samples_per_epoch": 0}
 
 
-def build_model(project, clips, key="hopper", **overrides):
+def build_model(project, clips, key="hopper", raise_on_error=True, **overrides):
     folder = project.folder("identity", key)
     shutil.copy(clips / "hopper.mp4", folder / "hopper.mp4")
     config = {"ops": {"identity__identity_model": {"config": {**TINY_MODEL, **overrides}}}}
-    result = project.materialize("identity", key, run_config=config, assets=project.identity_assets)
+    result = project.materialize("identity", key, run_config=config, assets=project.identity_assets,
+                                 raise_on_error=raise_on_error)
     artifact = ArtifactStore(project.store).current("identity/identity_model", key)
     return result, artifact
 
@@ -93,6 +94,13 @@ def test_identity_model_learns_exports_and_resumes(project, clips):
     # a changed learning rate is another run: it starts fresh
     _, other = build_model(project, clips, lr=1e-3)
     assert other.metadata["resumed_from_epoch"] == 0
+
+    # a learning rate that wrecks the model is refused, and the last good model stays current
+    failed, current = build_model(project, clips, lr=1.0, epochs=2, raise_on_error=False)
+    assert not failed.success
+    failure = next(event for event in failed.all_events if event.is_step_failure)
+    assert "worse than the untrained model's" in str(failure.event_specific_data.error) and "Lower lr" in str(failure.event_specific_data.error)
+    assert current.fingerprint == other.fingerprint
 
 
 def test_two_cold_identity_model_builds_are_byte_identical(tmp_path, clips):

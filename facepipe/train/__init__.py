@@ -15,7 +15,7 @@ from facepipe.train.interrupts import TrainingInterrupted
 from facepipe.train.loop import TrainingDiverged, TrainResult, train
 from facepipe.train.task import TrainTask
 from facepipe.train.telemetry import loss_curve_png, loss_table_markdown
-from facepipe.train.trained import Trained, train_model
+from facepipe.train.trained import Trained, TrainingCollapsed, train_model
 
 __all__ = [
     "CorruptCheckpointWarning",
@@ -23,6 +23,7 @@ __all__ = [
     "TrainResult",
     "TrainTask",
     "Trained",
+    "TrainingCollapsed",
     "TrainingDiverged",
     "TrainingInterrupted",
     "loss_curve_png",

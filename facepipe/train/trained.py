@@ -3,10 +3,14 @@
 The one way every training (identity model, XSeg, pair adapter) runs outside the engine's loop:
 the "before" metrics are measured on exactly the model a fresh run starts from (the engine's
 own seeding, ``initial_model``), and the returned model holds the final weights, in eval mode.
+A training whose held-out metric ends worse than that start collapsed (measured: the identity
+model at lr 1e-3 turned into a flat magenta field the epoch its discriminator started scoring):
+it is refused here, before anything is stored, rather than delivered as a model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +23,10 @@ from facepipe.train.config import TrainConfig
 from facepipe.train.determinism import preserved_global_rngs
 from facepipe.train.loop import TrainResult, initial_model, load_saved_weights, train
 from facepipe.train.task import TrainTask
+
+
+class TrainingCollapsed(ValueError):
+    """The trained model is worse on held-out data than the untrained one it started from."""
 
 
 @dataclass
@@ -41,4 +49,22 @@ def train_model(task: TrainTask, config: TrainConfig, run_dir: Path, log: Callab
     with preserved_global_rngs():  # building the model draws an initialisation the weights then replace
         model = task.build_model()
     load_saved_weights(task, model, safetensors.torch.load_file(str(result.weights_path)), result.weights_path)
+    check_not_collapsed(task, initial_metrics, result.final_metrics, config, run_dir)
     return Trained(result, task, task.deliverable(model).eval(), initial_metrics)
+
+
+def check_not_collapsed(task: TrainTask, initial: dict[str, float], final: dict[str, float], config: TrainConfig,
+                        run_dir: Path) -> None:
+    """Raise TrainingCollapsed when the task's held-out metric (``best_metric``, in its
+    ``best_mode``) is worse after training than before it. Tasks without a held-out set have no
+    such metric before training, and pass."""
+    name = task.best_metric
+    if name not in initial or name not in final:
+        return
+    before, after = initial[name], final[name]
+    worse = after > before if task.best_mode == "min" else after < before
+    if worse or not math.isfinite(after):
+        raise TrainingCollapsed(
+            f"{type(task).__name__}: {name} {after:.4g} after {config.epochs} epochs is worse than the "
+            f"untrained model's {before:.4g}: the training collapsed and nothing was stored (a previous build "
+            f"stays). Lower lr (now {config.lr:g}) and build again; its checkpoints are under {run_dir}")
