@@ -99,7 +99,7 @@ def test_identity_model_learns_exports_and_resumes(project, clips):
     failed, current = build_model(project, clips, lr=1.0, epochs=2, raise_on_error=False)
     assert not failed.success
     failure = next(event for event in failed.all_events if event.is_step_failure)
-    assert "worse than the untrained model's" in str(failure.event_specific_data.error) and "Lower lr" in str(failure.event_specific_data.error)
+    assert "far worse than the untrained model's" in str(failure.event_specific_data.error) and "Lower lr" in str(failure.event_specific_data.error)
     assert current.fingerprint == other.fingerprint
 
 
