@@ -26,7 +26,7 @@ from facepipe.train.task import TrainTask
 
 
 class TrainingCollapsed(ValueError):
-    """The trained model is worse on held-out data than the untrained one it started from."""
+    """The trained model is far worse on held-out data than the untrained one it started from."""
 
 
 @dataclass
@@ -46,10 +46,10 @@ def train_model(task: TrainTask, config: TrainConfig, run_dir: Path, log: Callab
         initial_metrics = task.evaluate(start, cpu)
     del start
     result = train(task, config, run_dir, log=log, on_checkpoint=on_checkpoint)
+    check_not_collapsed(task, initial_metrics, result.final_metrics, config, run_dir)
     with preserved_global_rngs():  # building the model draws an initialisation the weights then replace
         model = task.build_model()
     load_saved_weights(task, model, safetensors.torch.load_file(str(result.weights_path)), result.weights_path)
-    check_not_collapsed(task, initial_metrics, result.final_metrics, config, run_dir)
     return Trained(result, task, task.deliverable(model).eval(), initial_metrics)
 
 
