@@ -56,8 +56,7 @@ from facepipe.models.pair import (
     pose_matched_weights,
     save_adapter,
     pose_readout,
-    set_swap_latent_offset,
-    set_swap_pose_map,
+    set_swap_mapping,
     swap_latents,
     swap_pose_map,
 )
@@ -212,7 +211,7 @@ def test_swap_latent_offset_moves_only_the_swap_and_is_folded_into_the_merge(tra
     images = target_tensors()
     with torch.no_grad():
         before = model(images)[0]
-        offset = set_swap_latent_offset(model, identity_images, target_images)
+        offset, _ = set_swap_mapping(model, identity_images, target_images)
         # the swap's latents of the target's faces are centred where the identity's are
         moved = model.latent(target_images) + model.swap_latent_offset
         assert torch.allclose(moved.mean(0), model.latent(identity_images).mean(0), atol=1e-4)
@@ -299,7 +298,7 @@ def test_weighted_swap_latent_offset_is_the_weighted_identity_mean(trained_pair)
     weights = np.zeros(len(identity_images))
     weights[[0, 2]] = 0.5
     with torch.no_grad():
-        offset = set_swap_latent_offset(model, identity_images, target_images, weights)
+        offset, _ = set_swap_mapping(model, identity_images, target_images, weights)
         expected = model.latent(identity_images[[0, 2]]).mean(0) - model.latent(target_images).mean(0)
     assert torch.allclose(offset, expected, atol=1e-5)
 
@@ -455,7 +454,7 @@ def test_swap_strength_scales_the_encoder_delta_the_swap_reads_and_the_merge_fol
         assert torch.equal(model.latent(images), full)  # the trained delta is put back whole
         # At 0.5: the offset is taken on the swap latents and the merged model paints what the PairModel does.
         model.adapter = half = dataclasses.replace(TINY_ADAPTER, swap_strength=0.5)
-        set_swap_latent_offset(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
+        set_swap_mapping(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
         moved = model.swap_latent(task.target_images[task.target_train]) + model.swap_latent_offset
         assert torch.allclose(moved.mean(0), model.swap_latent(task.identity_images[task.identity_train]).mean(0), atol=1e-4)
         merged = merge_adapters(base, adapter_state(model), half)
@@ -490,7 +489,7 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
         swaps = {}
         for gain in (1.0, 2.0):
             model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=gain)
-            set_swap_latent_offset(model, identity_images, target_images)
+            set_swap_mapping(model, identity_images, target_images)
             moved = gain * latents + model.swap_latent_offset
             # centred on the identity's mean whatever the gain, spread by the gain about it
             assert torch.allclose(moved.mean(0), model.latent(identity_images).mean(0), atol=1e-4)
@@ -545,12 +544,13 @@ def test_swap_pose_map_keeps_the_targets_mean_on_the_identitys_and_the_merge_fol
     base = IdentityAutoencoder.from_folder(identity_weights.parent)
     with torch.no_grad():
         model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5)
-        set_swap_latent_offset(model, identity_images, target_images)
-        assert not set_swap_pose_map(model, identity_images, identity_poses, target_images, target_poses).any()  # off by default
+        offset, latent_map = set_swap_mapping(model, identity_images, target_images, None, identity_poses, target_poses)
+        assert not latent_map.any()  # off by default
         without = model(images)[0]
         model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0)
-        offset = set_swap_latent_offset(model, identity_images, target_images).clone()
-        latent_map = set_swap_pose_map(model, identity_images, identity_poses, target_images, target_poses)
+        with pytest.raises(ValueError, match="poses"):
+            set_swap_mapping(model, identity_images, target_images)
+        _, latent_map = set_swap_mapping(model, identity_images, target_images, None, identity_poses, target_poses)
         assert latent_map.abs().max() > 0 and torch.equal(model.swap_latent_map, latent_map)
         latents = model.latent(target_images)
         moved = swap_latents(latents, 1.5, latent_map, model.swap_latent_offset)

@@ -35,7 +35,7 @@ from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
-                                  set_swap_latent_offset, set_swap_pose_map)
+                                  set_swap_mapping)
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -148,9 +148,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         identity_images, identity_poses, target_poses = pose_matched_identity(
             task, FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path), mirrored)
         target_images = task.target_images[task.target_train]
-        set_swap_latent_offset(model, identity_images, target_images, pose_matched_weights(identity_poses, target_poses))
-        latent_map = set_swap_pose_map(model, identity_images, identity_poses, target_images, target_poses)
-        offset = model.swap_latent_offset
+        offset, latent_map = set_swap_mapping(model, identity_images, target_images,
+                                              pose_matched_weights(identity_poses, target_poses), identity_poses, target_poses)
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
         identity_yaw, target_yaw = yaw_span(identity_poses), yaw_span(target_poses)

@@ -44,7 +44,7 @@ taken as the identity's mean minus gain times the target's: the target's latents
 gain about the identity's mean. Export folds the gain into the same linear.
 The swap latent map (``AdapterConfig.pose_follow``, off by default): an optional linear term that
 moves the swap latent along the identity's own pose directions by the target's pose, read off its
-latent (``set_swap_pose_map``); folded into the same linear.
+latent (``set_swap_mapping``); folded into the same linear.
 
 Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and map, named as in ``PairModel.state_dict()``)
 beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
@@ -125,7 +125,7 @@ class AdapterConfig:
     swap_gain: float = 1.5
     # How far the swap's pose follows the target's pose as read off the latent (0: off): the swap
     # latent also moves along the identity's own pose directions by the target's pose (read off its
-    # latent by a ridge readout), having lost the target's, times this share (``set_swap_pose_map``).
+    # latent by a ridge readout), having lost the target's, times this share (``set_swap_mapping``).
     # The adapted encoder carries the target's turn along directions the identity decoder hardly
     # reads (docs/swap_quality.md, "Why yaw stays short"); this hands it over along the ones it does.
     # Measured (docs/swap_quality.md, "Handing the target's pose over"), only the offset and export
@@ -193,7 +193,7 @@ SWAP_LATENT_MAP = "swap_latent_map"
 
 def swap_latents(latent: torch.Tensor, gain: float, latent_map: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """The latents [N, D] the swap paints from, of the adapted latents [N, D]: gain·latent +
-    latent_map·latent + offset (the map [D, D] zero unless the pose follows, ``set_swap_pose_map``)."""
+    latent_map·latent + offset (the map [D, D] zero unless the pose follows, ``set_swap_mapping``)."""
     return gain * latent + latent @ latent_map.T + offset
 
 
@@ -228,7 +228,7 @@ class PairModel(nn.Module):
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(is_adapter_tensor(name))
         self.adapter_parameters = sum(p.numel() for n, p in self.named_parameters() if is_adapter_tensor(n))
-        # Set after training by set_swap_latent_offset; zero while training (no path reads it then).
+        # Set after training by set_swap_mapping; zero while training (no path reads it then).
         self.register_buffer(SWAP_LATENT_OFFSET, torch.zeros(base.config.latent_dim))
         self.register_buffer(SWAP_LATENT_MAP, torch.zeros(base.config.latent_dim, base.config.latent_dim))
         if self.adapter_share > adapter.max_share:
@@ -320,20 +320,6 @@ def pose_matched_weights(identity_poses: np.ndarray, target_poses: np.ndarray,
 
 
 @torch.no_grad()
-def set_swap_latent_offset(model: PairModel, identity_images: torch.Tensor, target_images: torch.Tensor,
-                           identity_weights: np.ndarray | None = None, batch: int = 32) -> torch.Tensor:
-    """Store (and return) the mean swap latent (``PairModel.swap_latent``) of ``identity_images``
-    (weighted by ``identity_weights``, summing to 1; None: all alike) minus that of ``target_images`` ([N, 3, S, S] BGR in [0, 1],
-    the training faces) times the swap gain as the model's swap latent offset: the swaps of the
-    target's faces are then spread about the identity's mean."""
-    identity = swap_latents_of(model, identity_images, batch)
-    identity_mean = identity.mean(0) if identity_weights is None else (
-        torch.from_numpy(np.asarray(identity_weights)).to(identity) @ identity)
-    model.swap_latent_offset.copy_(identity_mean - model.adapter.swap_gain * swap_latents_of(model, target_images, batch).mean(0))
-    return model.swap_latent_offset.clone()
-
-
-@torch.no_grad()
 def swap_latents_of(model: PairModel, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
     """``PairModel.swap_latent`` of images [N, 3, S, S], in batches, in eval mode."""
     model.eval()
@@ -376,25 +362,38 @@ def swap_pose_map(identity_latents: torch.Tensor, identity_poses: np.ndarray, ta
 
 
 @torch.no_grad()
-def set_swap_pose_map(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
-                      target_images: torch.Tensor, target_poses: np.ndarray, batch: int = 32) -> torch.Tensor:
-    """Store (and return) the swap latent map (``swap_pose_map`` at ``adapter.pose_follow``; zero
-    at 0) of the identity's faces (their mirror images and turned copies give it poses the media
-    lack) and the target's training faces with their mirror images (turned the other way, so the
-    readout sees turns both ways); call after ``set_swap_latent_offset``. A target latent z then
-    becomes gain·z + M·(z − z̄) + offset: M·z̄ (z̄ the target's mean latent) is taken off the
-    offset, so the target's mean still lands on the identity's. Poses [N, 2] in degrees."""
+def set_swap_mapping(model: PairModel, identity_images: torch.Tensor, target_images: torch.Tensor,
+                     identity_weights: np.ndarray | None = None, identity_poses: np.ndarray | None = None,
+                     target_poses: np.ndarray | None = None, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store (and return) the swap latent offset and map, each set of faces encoded once.
+
+    The offset: the mean swap latent (``PairModel.swap_latent``) of ``identity_images`` (weighted
+    by ``identity_weights``, summing to 1; None: all alike) minus that of ``target_images`` (the
+    training faces; [N, 3, S, S] BGR in [0, 1]) times the swap gain: the swaps of the target's faces
+    are then spread about the identity's mean.
+    The map (``swap_pose_map`` at ``adapter.pose_follow``; zero at 0, when the poses may be None):
+    of the identity's faces (their mirror images and turned copies give it poses the media lack) and
+    the target's with their mirror images (turned the other way, so the readout sees turns both
+    ways); poses [N, 2] yaw and pitch in degrees. A target latent z then becomes
+    gain·z + M·(z − z̄) + offset: M·z̄ (z̄ the target's mean latent) is taken off the offset, so the
+    target's mean still lands on the identity's."""
+    follow = model.adapter.pose_follow
+    if follow > 0 and (identity_poses is None or target_poses is None):
+        raise ValueError("set_swap_mapping: pose_follow > 0 needs the poses of both sets of faces")
+    identity, target = swap_latents_of(model, identity_images, batch), swap_latents_of(model, target_images, batch)
+    identity_mean = identity.mean(0) if identity_weights is None else (
+        torch.from_numpy(np.asarray(identity_weights)).to(identity) @ identity)
+    offset = identity_mean - model.adapter.swap_gain * target.mean(0)
     dim = model.swap_latent_map.shape[0]
     latent_map = torch.zeros(dim, dim)
-    if model.adapter.pose_follow > 0:
-        target = swap_latents_of(model, target_images, batch)
+    if follow > 0:
         both = torch.cat([target, swap_latents_of(model, target_images.flip(-1), batch)])
         both_poses = np.concatenate([target_poses, np.asarray(target_poses) * np.array([-1.0, 1.0])])
-        latent_map = swap_pose_map(swap_latents_of(model, identity_images, batch), identity_poses, both, both_poses,
-                                   model.adapter.swap_gain, model.adapter.pose_follow)
-        model.swap_latent_offset.sub_(latent_map @ target.mean(0))
+        latent_map = swap_pose_map(identity, identity_poses, both, both_poses, model.adapter.swap_gain, follow)
+        offset = offset - latent_map @ target.mean(0)
+    model.swap_latent_offset.copy_(offset)
     model.swap_latent_map.copy_(latent_map)
-    return latent_map
+    return offset.clone(), latent_map
 
 
 def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
