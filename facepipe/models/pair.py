@@ -393,7 +393,7 @@ def set_swap_mapping(model: PairModel, identity_images: torch.Tensor, target_ima
         offset = offset - latent_map @ target.mean(0)
     model.swap_latent_offset.copy_(offset)
     model.swap_latent_map.copy_(latent_map)
-    return offset.clone(), latent_map
+    return offset, latent_map
 
 
 def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
