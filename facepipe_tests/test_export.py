@@ -27,6 +27,7 @@ from facepipe.export import (
 from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import AdapterConfig, MergedPair, PairModel, adapter_state, merge_adapters
+from facepipe.models.pose import PoseReader
 from facepipe.evaluate import sharpness
 from facepipe.models.swap import (DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input, fill_outside_mask,
                                    unsharp)
@@ -146,9 +147,9 @@ def deepfacelive_convert(session: ort.InferenceSession, crop_bgr: np.ndarray, mo
     return session.run(None, feed)
 
 
-def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, latent_map: bool = False) -> MergedPair:
-    """A pair model with random (non-zero) LoRA deltas and swap latent offset (and map), merged: its
-    two paths differ, as a trained pair's do, without training one."""
+def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, pose_follow: bool = False) -> MergedPair:
+    """A pair model with random (non-zero) LoRA deltas and swap latent offset (and pose reader and
+    directions), merged: its two paths differ, as a trained pair's do, without training one."""
     torch.manual_seed(seed)
     base = IdentityAutoencoder(AutoencoderConfig(size=size, width=8, latent_dim=64, depth=3)).eval()
     adapter = AdapterConfig(rank=2, alpha=4.0, swap_gain=swap_gain)
@@ -158,8 +159,10 @@ def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, la
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
         pair.swap_latent_offset.normal_(0, 0.5)
-        if latent_map:
-            pair.swap_latent_map.normal_(0, 0.05)
+        if pose_follow:
+            reader = PoseReader(size)
+            reader.scale.fill_(10.0)  # degrees
+            pair.attach_pose_follow(reader.requires_grad_(False).eval(), torch.randn(2, 64) * 0.05)
     return merge_adapters(base, adapter_state(pair), adapter)
 
 
@@ -332,9 +335,9 @@ def test_export_dfm_removes_a_model_that_fails_parity(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("swap_gain, latent_map", [(1.0, False), (1.5, True)])
-def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, latent_map, tmp_path):
-    merged = random_merged_pair(swap_gain=swap_gain, latent_map=latent_map)
+@pytest.mark.parametrize("swap_gain, pose_follow", [(1.0, False), (1.5, True)])
+def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, pose_follow, tmp_path):
+    merged = random_merged_pair(swap_gain=swap_gain, pose_follow=pose_follow)
     crops = real_crops(48)
     exported = export_dfm(merged.dfm_model(), 48, tmp_path / "pair.dfm", crops[:2])
     assert exported.max_abs_error < 1e-4  # checked in onnxruntime at each of 0, 0.5, 1
@@ -350,8 +353,18 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain,
     crop = crops[3]  # not one of the parity crops
     bgr = torch.from_numpy(dfm_input(crop)).permute(0, 3, 1, 2)
     target = merged.target_face_mask
+    def swap_of(bgr):
+        """The merged swap (its folded gain and offset) and, with pose_follow, the pose read off the input."""
+        if not pose_follow:
+            return merged.swap(bgr)
+        latent = merged.swap.bottleneck.to_latent(merged.swap.encoder(bgr).flatten(1))
+        latent = latent + merged.pose_reader(bgr) @ merged.swap_pose_directions
+        return merged.swap.decode(merged.swap.bottleneck.code_of(latent))
+
     with torch.no_grad():
-        swap_face, swap_logits = merged.swap(bgr)
+        swap_face, swap_logits = swap_of(bgr)
+        if pose_follow:
+            assert (swap_face - merged.swap(bgr)[0]).abs().max() > 1e-3
         own_face, own_logits = target.target_decoder(target.bottleneck(target.encoder(bgr)))
     nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     run = {m: session.run(None, {DFM_INPUT: dfm_input(crop), DFM_MORPH_INPUT: np.float32([m])}) for m in MORPH_CHECK_VALUES}
@@ -379,7 +392,7 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain,
     # DeepFaceLive by position at its morph control's value.
     swapped, _, _ = deep_swapper_forward(session, crop, morph_percent=100)
     with torch.no_grad():
-        face, logits = merged.swap(torch.from_numpy(deep_swapper_forward(session, crop)[2]).permute(0, 3, 1, 2))
+        face, logits = swap_of(torch.from_numpy(deep_swapper_forward(session, crop)[2]).permute(0, 3, 1, 2))
         sharpened = fill_outside_mask(face, torch.sigmoid(logits))
     assert np.abs(swapped.astype(np.float64) - nhwc(sharpened)[0] * 255).max() <= 1.0
     own = deepfacelive_convert(session, crop, morph_factor=0.0)[1]

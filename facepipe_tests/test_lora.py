@@ -43,22 +43,22 @@ from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
-    SWAP_LATENT_MAP,
     SWAP_LATENT_OFFSET,
+    SWAP_POSE_DIRECTIONS,
     AdapterConfig,
     PairModel,
     adapter_counts,
     adapter_state,
     base_state,
     load_adapter,
+    load_adapter_tensors,
     merge_adapters,
     merged_swap_model,
     pose_matched_weights,
     save_adapter,
-    pose_readout,
-    set_swap_mapping,
+    set_pose_follow,
+    set_swap_offset,
     swap_latents,
-    swap_pose_map,
 )
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
 from facepipe.models.turn import turn_grid
@@ -139,7 +139,7 @@ def test_default_rank_adapter_stays_within_five_percent_and_too_large_a_rank_is_
           f"{100 * model.adapter_share:.2f}% of {model.base_parameters}")
     assert 0 < model.adapter_share <= 0.05
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-    assert trainable == set(adapter_state(model)) - {SWAP_LATENT_OFFSET, SWAP_LATENT_MAP}  # both set after training
+    assert trainable == set(adapter_state(model)) - {SWAP_LATENT_OFFSET}  # set after training
     # Both sets exist: shared on encoder + bottleneck, target on the decoder copy only.
     assert any(name.startswith("autoencoder.encoder.") for name in trainable)
     assert any(name.startswith("autoencoder.bottleneck.") for name in trainable)
@@ -157,8 +157,7 @@ def test_training_moves_only_the_adapter_and_saves_only_its_tensors(trained_pair
     assert all(torch.equal(inside[name], base[name]) for name in base), "the frozen base changed in training"
     # The identity path's decoder is the base decoder itself.
     saved = safetensors.torch.load_file(str(trained_pair.result.weights_path))
-    # (the swap latent map, set after training only, is saved with the adapter, not in training)
-    assert set(saved) == set(adapter_state(model)) - {SWAP_LATENT_MAP}
+    assert set(saved) == set(adapter_state(model))
     assert all(".lora_" in name for name in saved if name != SWAP_LATENT_OFFSET)
     assert torch.equal(saved[SWAP_LATENT_OFFSET], torch.zeros(TINY.latent_dim))  # set after training, not in it
     assert any(name.startswith("target_decoder.") for name in saved)
@@ -211,7 +210,7 @@ def test_swap_latent_offset_moves_only_the_swap_and_is_folded_into_the_merge(tra
     images = target_tensors()
     with torch.no_grad():
         before = model(images)[0]
-        offset, _ = set_swap_mapping(model, identity_images, target_images)
+        offset = set_swap_offset(model, identity_images, target_images)
         # the swap's latents of the target's faces are centred where the identity's are
         moved = model.latent(target_images) + model.swap_latent_offset
         assert torch.allclose(moved.mean(0), model.latent(identity_images).mean(0), atol=1e-4)
@@ -298,7 +297,7 @@ def test_weighted_swap_latent_offset_is_the_weighted_identity_mean(trained_pair)
     weights = np.zeros(len(identity_images))
     weights[[0, 2]] = 0.5
     with torch.no_grad():
-        offset, _ = set_swap_mapping(model, identity_images, target_images, weights)
+        offset = set_swap_offset(model, identity_images, target_images, weights)
         expected = model.latent(identity_images[[0, 2]]).mean(0) - model.latent(target_images).mean(0)
     assert torch.allclose(offset, expected, atol=1e-5)
 
@@ -454,7 +453,7 @@ def test_swap_strength_scales_the_encoder_delta_the_swap_reads_and_the_merge_fol
         assert torch.equal(model.latent(images), full)  # the trained delta is put back whole
         # At 0.5: the offset is taken on the swap latents and the merged model paints what the PairModel does.
         model.adapter = half = dataclasses.replace(TINY_ADAPTER, swap_strength=0.5)
-        set_swap_mapping(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
+        set_swap_offset(model, task.identity_images[task.identity_train], task.target_images[task.target_train])
         moved = model.swap_latent(task.target_images[task.target_train]) + model.swap_latent_offset
         assert torch.allclose(moved.mean(0), model.swap_latent(task.identity_images[task.identity_train]).mean(0), atol=1e-4)
         merged = merge_adapters(base, adapter_state(model), half)
@@ -489,7 +488,7 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
         swaps = {}
         for gain in (1.0, 2.0):
             model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=gain)
-            set_swap_mapping(model, identity_images, target_images)
+            set_swap_offset(model, identity_images, target_images)
             moved = gain * latents + model.swap_latent_offset
             # centred on the identity's mean whatever the gain, spread by the gain about it
             assert torch.allclose(moved.mean(0), model.latent(identity_images).mean(0), atol=1e-4)
@@ -502,78 +501,47 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
     assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, "swap_gain", 2.0, invalid=0.0)
 
 
-def test_swap_pose_map_moves_the_swap_with_the_targets_pose_as_the_identitys_latents_move():
-    # Latents linear in (yaw, pitch) along other directions for the two people, plus what else
-    # varies from face to face (expression, light: independent noise here).
-    generator = np.random.default_rng(0)
-    dim, gain = 64, 1.5
-    identity_directions, target_directions = generator.normal(size=(2, dim)), generator.normal(size=(2, dim))
-    identity_poses, target_poses = generator.uniform(-20, 20, size=(200, 2)), generator.uniform(-20, 20, size=(200, 2))
-
-    def latents(poses, directions, centre):
-        return torch.from_numpy(centre + poses @ directions + generator.normal(size=(len(poses), dim))).float()
-
-    target_centre = generator.normal(size=dim)
-    identity = latents(identity_poses, identity_directions, generator.normal(size=dim))
-    target = latents(target_poses, target_directions, target_centre)
-    # the readout reads the target's pose back off its latents
-    read = (target - target.mean(0)) @ pose_readout(target, target_poses)
-    assert correlation(read[:, 0].numpy(), target_poses[:, 0]) > 0.98
-    assert correlation(read[:, 1].numpy(), target_poses[:, 1]) > 0.98
-
-    latent_map = swap_pose_map(identity, identity_poses, target, target_poses, gain, follow=1.0)
-    assert latent_map.shape == (dim, dim)
-    # two target faces 10 degrees of yaw apart: at follow 1 their swap latents differ by the
-    # identity's own yaw direction times 10, and no longer by the target's
-    two = torch.from_numpy(target_centre + np.array([[0.0, 0.0], [10.0, 0.0]]) @ target_directions).float()
-    moved = swap_latents(two, gain, latent_map, torch.zeros(dim))
-    expected = torch.from_numpy(10 * identity_directions[0]).float()
-    assert (moved[1] - moved[0] - expected).norm() < 0.1 * expected.norm()
-    # (without the map they differ by the target's yaw direction, spread by the gain)
-    plain = swap_latents(two, gain, torch.zeros(dim, dim), torch.zeros(dim))
-    assert (plain[1] - plain[0] - expected).norm() > expected.norm()
-    assert torch.equal(swap_pose_map(identity, identity_poses, target, target_poses, gain, follow=0.0), torch.zeros(dim, dim))
-
-
-def test_swap_pose_map_keeps_the_targets_mean_on_the_identitys_and_the_merge_follows(trained_pair, identity_weights, tmp_path):
+def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exported(trained_pair, identity_weights, tmp_path):
     model, task = copy.deepcopy(trained_pair.model), trained_pair.task
     identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
-    identity_poses = np.random.default_rng(1).uniform(-15, 15, size=(len(identity_images), 2))
-    target_poses = np.random.default_rng(2).uniform(-15, 15, size=(len(target_images), 2))
+    # poses that are a function of the faces (their left-right brightness balance), so a reader can learn them
+    def poses_of(images):
+        balance = (images[..., : TINY.size // 2].mean((1, 2, 3)) - images[..., TINY.size // 2:].mean((1, 2, 3))).numpy()
+        return np.column_stack([200 * balance, 100 * balance])
     images = target_tensors()
     base = IdentityAutoencoder.from_folder(identity_weights.parent)
+    model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5)
+    offset = set_swap_offset(model, identity_images, target_images).clone()
     with torch.no_grad():
-        model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5)
-        offset, latent_map = set_swap_mapping(model, identity_images, target_images, None, identity_poses, target_poses)
-        assert not latent_map.any()  # off by default
         without = model(images)[0]
-        model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0)
-        with pytest.raises(ValueError, match="poses"):
-            set_swap_mapping(model, identity_images, target_images)
-        _, latent_map = set_swap_mapping(model, identity_images, target_images, None, identity_poses, target_poses)
-        assert latent_map.abs().max() > 0 and torch.equal(model.swap_latent_map, latent_map)
-        latents = model.latent(target_images)
-        moved = swap_latents(latents, 1.5, latent_map, model.swap_latent_offset)
-        # the target's mean latent still lands where the offset alone put it: on the identity's mean
-        assert torch.allclose(moved.mean(0), 1.5 * latents.mean(0) + offset, atol=1e-4)
-        assert (model(images)[0] - without).abs().max() > 1e-4
-        merged = merge_adapters(base, adapter_state(model), model.adapter)
-        assert torch.allclose(merged.swap(images)[0], model(images)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="pose_follow is 0"):
+        set_pose_follow(model, identity_images, poses_of(identity_images), target_images, poses_of(target_images))
+    model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0)
+    readable = torch.cat([target_images, identity_images])  # the tiny pair has 6 target faces; a reader needs 8
+    target_poses = poses_of(readable)
+    directions = set_pose_follow(model, identity_images, poses_of(identity_images), readable, target_poses)
+    assert directions.shape == (2, TINY.latent_dim) and model.pose_reader is not None
+    # a face at the target's mean pose lands where the offset alone put it
+    assert torch.allclose(model.swap_latent_offset, offset - torch.from_numpy(target_poses.mean(0)).float() @ directions, atol=1e-5)
+    with torch.no_grad():
+        latents, read = model.latent(images), model.pose_reader(images)
+        assert torch.allclose(swap_latents(latents, 1.5, model.swap_latent_offset, read, directions),
+                              1.5 * latents + model.swap_latent_offset + read @ directions)
+        swapped = model(images)
+        assert (swapped[0] - without).abs().max() > 1e-4
+    # saved with the adapter, read back into a fresh pair model as it was
     save_adapter(model, identity_weights, tmp_path / "adapter")
-    assert torch.equal(load_adapter(tmp_path / "adapter").tensors[SWAP_LATENT_MAP], latent_map)
-    # An adapter saved before the map existed reads as no map, and pose_follow as 0.
-    tensors = safetensors.torch.load_file(str(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE))
-    del tensors[SWAP_LATENT_MAP]
-    safetensors.torch.save_file(tensors, str(tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE))
-    config_path = tmp_path / "adapter" / ADAPTER_CONFIG_FILE
-    description = json.loads(config_path.read_text())
-    del description["adapter_config"]["pose_follow"]
-    description["adapter_sha256"] = hashlib.sha256((tmp_path / "adapter" / ADAPTER_WEIGHTS_FILE).read_bytes()).hexdigest()
-    config_path.write_text(json.dumps(description))
-    old = load_adapter(tmp_path / "adapter")
-    assert old.adapter_config.pose_follow == 0.0 and not old.tensors[SWAP_LATENT_MAP].any()
-    with pytest.raises(ValueError, match="pose_follow"):
-        dataclasses.replace(TINY_ADAPTER, pose_follow=-1.0)
+    saved = load_adapter(tmp_path / "adapter")
+    assert torch.equal(saved.tensors[SWAP_POSE_DIRECTIONS], directions)
+    assert any(name.startswith("pose_reader.") for name in saved.tensors)
+    loaded = PairModel(base, saved.adapter_config)
+    load_adapter_tensors(loaded, saved.tensors, tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.equal(loaded(images)[0], swapped[0])
+        # merged and in the DFM module: the full morph is the swap
+        dfm = merge_adapters(base, saved.tensors, saved.adapter_config).dfm_model()
+        face, logits = dfm.decoder_part(dfm.encoder_part(images), torch.ones(1))
+    assert torch.allclose(face, swapped[0], atol=1e-5) and torch.allclose(logits, swapped[1], atol=1e-4)
 
 
 def test_changing_settings_read_after_training_reuses_the_finished_training():

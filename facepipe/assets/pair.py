@@ -35,7 +35,8 @@ from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
-                                  set_swap_mapping)
+                                  set_pose_follow, set_swap_offset)
+from facepipe.models.pose import crop_poses, mirror_images
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -53,8 +54,9 @@ from facepipe.train.tasks.pair import PairTask
 # 5: colour jitter in training, swap latent offset; 6: eyes-and-mouth priority in both paths' losses, optional
 # FaceFusion sharpening of the inputs (sharpen); 7: swap latent offset at the target's poses; 8: trained
 # channels-last (faster CPU steps); 9: fused AdamW and one separable blur for the SSIM statistics (faster
-# steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter
-LORA_VERSION = "10"
+# steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter;
+# 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map
+LORA_VERSION = "11"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -63,8 +65,9 @@ LORA_VERSION = "10"
 # 9: the face sharpened by an unsharp mask matched to the identity model's softness (facepipe.sharpening);
 # 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces;
 # 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX);
-# 13: the swap latent map (pose_follow) folded into the swap and the morph
-EXPORT_VERSION = "13"
+# 13: the swap latent map (pose_follow) folded into the swap and the morph; 14: pose_follow's pose reader
+# in the graph beside the encoder, the map gone
+EXPORT_VERSION = "14"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -145,13 +148,20 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                          f"parameters, {100 * model.adapter_share:.2f}% of the identity model's {model.base_parameters}")
         task = trained.task
         mirrored = identity_model.record["config"].get("flip", 0) > 0
+        targ = FaceSet.load(target_faces.path)
         identity_images, identity_poses, target_poses = pose_matched_identity(
-            task, FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path), mirrored)
+            task, FaceSet.load(identity_faces.path), targ, mirrored)
         target_images = task.target_images[task.target_train]
-        offset, latent_map = set_swap_mapping(model, identity_images, target_images,
-                                              pose_matched_weights(identity_poses, target_poses), identity_poses, target_poses)
+        offset = set_swap_offset(model, identity_images, target_images, pose_matched_weights(identity_poses, target_poses))
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
+        if adapter.pose_follow > 0:
+            # The reader learns the pose FaceMesh reads on each crop itself, as the evaluation reads faces.
+            read_poses = crop_poses(targ.crops[task.target_train.numpy()])
+            directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed)
+            context.log.info(f"pose_follow {adapter.pose_follow:g}: a pose reader learnt the target's pose on "
+                             f"{int(np.isfinite(read_poses).all(axis=1).sum())} training faces; the swap moves "
+                             f"{directions[0].norm():.3f} per degree of yaw along the identity's own turn")
         identity_yaw, target_yaw = yaw_span(identity_poses), yaw_span(target_poses)
         warning = beyond_reach_warning(identity, target, identity_yaw, target_yaw)
         if warning and not identity_model.record["config"].get("turn"):
@@ -160,7 +170,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
                 "swap_latent_offset_norm": round(float(offset.norm()), 4),
-                "swap_latent_map_norm": round(float(latent_map.norm()), 4),
+                "swap_pose_directions_norm": round(float(model.swap_pose_directions.norm()), 4)
+                if model.swap_pose_directions is not None else None,
                 "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw)}
 
     return train_in_store(context, settings, config, make_task, write)
@@ -189,8 +200,7 @@ def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet,
             images = torch.cat([images, turned_faces(base, base_masks, table[:, column])[0]])
             poses = np.concatenate([poses, expression_measures(marks, images.shape[-1])[:, 3:]])
     if mirrored:
-        images = torch.cat([images, images.flip(-1)])
-        poses = np.concatenate([poses, poses * np.array([-1.0, 1.0])])  # a mirror image turns the other way
+        images, poses = mirror_images(images, poses)
     return images, poses, target_poses
 
 

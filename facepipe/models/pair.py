@@ -42,11 +42,13 @@ smaller swing of the latent than the base decoder needs to paint it (the swaps m
 much from frame to frame as their targets), so the swap reads gain·latent + offset, the offset
 taken as the identity's mean minus gain times the target's: the target's latents spread by the
 gain about the identity's mean. Export folds the gain into the same linear.
-The swap latent map (``AdapterConfig.pose_follow``, off by default): an optional linear term that
-moves the swap latent along the identity's own pose directions by the target's pose, read off its
-latent (``set_swap_mapping``); folded into the same linear.
+Following the target's pose (``AdapterConfig.pose_follow``, off by default): the swap latent also
+moves along the identity's own pose directions by the target's pose, read off the input crop by a
+small CNN trained on the target's crops (facepipe.models.pose; ``set_pose_follow``). It is part of
+the swap: the export runs it beside the encoder (``TargetLatent``, ``MorphingDecoder``).
 
-Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and map, named as in ``PairModel.state_dict()``)
+Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and, with pose_follow,
+the pose reader and the identity's pose directions, named as in ``PairModel.state_dict()``)
 beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
 the sha256 of the base weights it was trained on, parameter counts).
 """
@@ -75,6 +77,7 @@ from facepipe.models.autoencoder import (
     load_identity_model,
 )
 from facepipe.models.counting import count_parameters
+from facepipe.models.pose import PoseReader, train_pose_reader
 from facepipe.models.swap import DfmSwapModel
 from facepipe.store import atomic_write_bytes, file_sha256
 from facepipe.train.checkpoints import weights_to_bytes
@@ -123,15 +126,13 @@ class AdapterConfig:
     # frame-to-frame change 1.05-1.28 of the target's, as a perfect copy of the target reads
     # (1.17-1.25); at 2 more than that (1.31-1.52).
     swap_gain: float = 1.5
-    # How far the swap's pose follows the target's pose as read off the latent (0: off): the swap
-    # latent also moves along the identity's own pose directions by the target's pose (read off its
-    # latent by a ridge readout), having lost the target's, times this share (``set_swap_mapping``).
-    # The adapted encoder carries the target's turn along directions the identity decoder hardly
-    # reads (docs/swap_quality.md, "Why yaw stays short"); this hands it over along the ones it does.
-    # Measured (docs/swap_quality.md, "Handing the target's pose over"), only the offset and export
-    # rebuilt: at 0.5 german_news -> obama's yaw r 0.65 -> 0.73, mouth and pitch held; obama_early ->
-    # vox's yaw 0.72 -> 0.63, eyes 0.61 -> 0.21; kim -> mead's yaw 0.83 -> 0.85, pitch 0.84 -> 0.77:
-    # a per-pair setting (for a target that turns within the identity's turned faces), off by default.
+    # How far the swap's pose follows the target's (0: off): the swap latent also moves along the
+    # identity's own pose directions by the target's pose as a CNN reads it off the crop, times this
+    # share (``set_pose_follow``, facepipe.models.pose). The adapted encoder carries the target's
+    # turn along directions the identity decoder hardly reads (docs/swap_quality.md, "Why yaw stays
+    # short"); this hands it over along the ones it does. Measured (docs/swap_quality.md, "Handing
+    # the target's pose over"): a per-pair setting, for a target that turns within the identity's
+    # (turned) faces; where the target turns far beyond them (obama_early -> vox) it breaks the face.
     pose_follow: float = 0.0
 
     def __post_init__(self) -> None:
@@ -188,22 +189,31 @@ def target_lora_config(decoder: nn.Module, adapter: AdapterConfig) -> LoraConfig
 
 
 SWAP_LATENT_OFFSET = "swap_latent_offset"  # PairModel buffers, saved with the LoRA tensors
-SWAP_LATENT_MAP = "swap_latent_map"
+SWAP_POSE_DIRECTIONS = "swap_pose_directions"  # with pose_follow: the identity's latent step per degree [2, D]
+POSE_READER_PREFIX = "pose_reader."  # with pose_follow: the PoseReader's tensors
 
 
-def swap_latents(latent: torch.Tensor, gain: float, latent_map: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """The latents [N, D] the swap paints from, of the adapted latents [N, D]: gain·latent +
-    latent_map·latent + offset (the map [D, D] zero unless the pose follows, ``set_swap_mapping``)."""
-    return gain * latent + latent @ latent_map.T + offset
+def swap_latents(latent: torch.Tensor, gain: float, offset: torch.Tensor, pose: torch.Tensor | None = None,
+                 pose_directions: torch.Tensor | None = None) -> torch.Tensor:
+    """The latents [N, D] the swap paints from, of the adapted latents [N, D]: gain·latent + offset,
+    plus, when the pose follows (``set_pose_follow``), the input's pose [N, 2] (yaw, pitch in
+    degrees, ``PoseReader``) times the identity's pose directions [2, D]."""
+    swap = gain * latent + offset
+    return swap if pose_directions is None else swap + pose @ pose_directions
 
 
 def is_adapter_tensor(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
 
 
+def is_pose_follow_tensor(name: str) -> bool:
+    """The pose reader's tensors and the identity's pose directions (only with pose_follow > 0)."""
+    return name.startswith(POSE_READER_PREFIX) or name == SWAP_POSE_DIRECTIONS
+
+
 def is_saved_tensor(name: str) -> bool:
-    """What an adapter file holds: the LoRA tensors, the swap latent offset and map."""
-    return is_adapter_tensor(name) or name in (SWAP_LATENT_OFFSET, SWAP_LATENT_MAP)
+    """What an adapter file holds: the LoRA tensors, the swap latent offset and what pose_follow adds."""
+    return is_adapter_tensor(name) or name == SWAP_LATENT_OFFSET or is_pose_follow_tensor(name)
 
 
 class PairModel(nn.Module):
@@ -228,9 +238,12 @@ class PairModel(nn.Module):
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(is_adapter_tensor(name))
         self.adapter_parameters = sum(p.numel() for n, p in self.named_parameters() if is_adapter_tensor(n))
-        # Set after training by set_swap_mapping; zero while training (no path reads it then).
+        # Set after training by set_swap_offset; zero while training (no path reads it then).
         self.register_buffer(SWAP_LATENT_OFFSET, torch.zeros(base.config.latent_dim))
-        self.register_buffer(SWAP_LATENT_MAP, torch.zeros(base.config.latent_dim, base.config.latent_dim))
+        # Set after training by set_pose_follow (with pose_follow > 0), and only then: training never
+        # builds them, so they draw no random numbers and are in no checkpoint.
+        self.pose_reader: PoseReader | None = None
+        self.register_buffer(SWAP_POSE_DIRECTIONS, None)
         if self.adapter_share > adapter.max_share:
             raise ValueError(
                 f"LoRA rank {adapter.rank} gives {self.adapter_parameters} adapter parameters, "
@@ -265,12 +278,19 @@ class PairModel(nn.Module):
         with shared_delta_scaled(self, self.adapter.swap_strength):
             return self.latent(bgr)
 
+    def attach_pose_follow(self, reader: PoseReader, directions: torch.Tensor) -> None:
+        """Make the swap follow the pose ``reader`` reads by ``directions`` [2, D] (``swap_latents``)."""
+        self.pose_reader = reader
+        self.swap_pose_directions = directions.detach().clone()
+
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The swap: the target's swap latent times the swap gain, moved by the swap latent map and
-        offset (``swap_latents``), through the base decoder (the bottleneck's second linear, in the
-        shared set too, at the same strength)."""
+        """The swap: the target's swap latent times the swap gain, moved by the swap latent offset and,
+        with pose_follow, by its pose (``swap_latents``), through the base decoder (the bottleneck's
+        second linear, in the shared set too, at the same strength)."""
+        pose = None if self.pose_reader is None else self.pose_reader(bgr)
         with shared_delta_scaled(self, self.adapter.swap_strength):
-            latent = swap_latents(self.latent(bgr), self.adapter.swap_gain, self.swap_latent_map, self.swap_latent_offset)
+            latent = swap_latents(self.latent(bgr), self.adapter.swap_gain, self.swap_latent_offset, pose,
+                                  self.swap_pose_directions)
             return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
 
@@ -333,67 +353,43 @@ def pose_directions(latents: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
     return torch.linalg.lstsq(design, latents.double()).solution[1:].to(latents.dtype)
 
 
-POSE_READOUT_RIDGE = 1.0  # the readout's ridge, in units of the latents' mean per-dimension sum of squares
-
-
-def pose_readout(latents: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
-    """[D, 2]: the ridge regression that reads yaw and pitch (degrees, about their mean) off latents
-    [N, D] (about their mean); the ridge keeps it from fitting the training faces' noise. Fitted on
-    obama's training faces and their mirror images (german_news -> obama, quality preset at 200/54
-    epochs), it read obama's held-out frames at r 0.83 (yaw) and 0.97 (pitch)."""
-    centred = latents.double() - latents.double().mean(0)
-    targets = torch.from_numpy(np.asarray(poses, dtype=np.float64))
-    gram = centred.T @ centred
-    ridge = POSE_READOUT_RIDGE * torch.trace(gram) / gram.shape[0]
-    return torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=torch.float64),
-                              centred.T @ (targets - targets.mean(0))).to(latents.dtype)
-
-
-def swap_pose_map(identity_latents: torch.Tensor, identity_poses: np.ndarray, target_latents: torch.Tensor,
-                  target_poses: np.ndarray, gain: float, follow: float) -> torch.Tensor:
-    """[D, D] map M of a target latent's offset from the target's mean to the swap latent's extra
-    move: follow · (B_identity − gain·B_target)ᵀ · R. R reads the target's pose off its latent
-    (``pose_readout``), B_target (``pose_directions``) takes the target's own pose directions away
-    from the gain's share of them and B_identity paints that pose as the identity's faces show it:
-    at follow 1 the swap latents move with the target's pose as the identity's latents move with
-    their own. Latents [N, D], poses [N, 2] yaw and pitch in degrees."""
-    directions = pose_directions(identity_latents, identity_poses) - gain * pose_directions(target_latents, target_poses)
-    return follow * directions.T @ pose_readout(target_latents, target_poses).T
-
-
 @torch.no_grad()
-def set_swap_mapping(model: PairModel, identity_images: torch.Tensor, target_images: torch.Tensor,
-                     identity_weights: np.ndarray | None = None, identity_poses: np.ndarray | None = None,
-                     target_poses: np.ndarray | None = None, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Store (and return) the swap latent offset and map, each set of faces encoded once.
-
-    The offset: the mean swap latent (``PairModel.swap_latent``) of ``identity_images`` (weighted
-    by ``identity_weights``, summing to 1; None: all alike) minus that of ``target_images`` (the
-    training faces; [N, 3, S, S] BGR in [0, 1]) times the swap gain: the swaps of the target's faces
-    are then spread about the identity's mean.
-    The map (``swap_pose_map`` at ``adapter.pose_follow``; zero at 0, when the poses may be None):
-    of the identity's faces (their mirror images and turned copies give it poses the media lack) and
-    the target's with their mirror images (turned the other way, so the readout sees turns both
-    ways); poses [N, 2] yaw and pitch in degrees. A target latent z then becomes
-    gain·z + M·(z − z̄) + offset: M·z̄ (z̄ the target's mean latent) is taken off the offset, so the
-    target's mean still lands on the identity's."""
-    follow = model.adapter.pose_follow
-    if follow > 0 and (identity_poses is None or target_poses is None):
-        raise ValueError("set_swap_mapping: pose_follow > 0 needs the poses of both sets of faces")
+def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_images: torch.Tensor,
+                    identity_weights: np.ndarray | None = None, batch: int = 32) -> torch.Tensor:
+    """Store (and return) the swap latent offset: the mean swap latent (``PairModel.swap_latent``) of
+    ``identity_images`` (weighted by ``identity_weights``, summing to 1; None: all alike) minus that
+    of ``target_images`` (the training faces; [N, 3, S, S] BGR in [0, 1]) times the swap gain: the
+    swaps of the target's faces are then spread about the identity's mean. With pose_follow, call
+    ``set_pose_follow`` after it: it moves the offset by the target's mean pose."""
     identity, target = swap_latents_of(model, identity_images, batch), swap_latents_of(model, target_images, batch)
     identity_mean = identity.mean(0) if identity_weights is None else (
         torch.from_numpy(np.asarray(identity_weights)).to(identity) @ identity)
     offset = identity_mean - model.adapter.swap_gain * target.mean(0)
-    dim = model.swap_latent_map.shape[0]
-    latent_map = torch.zeros(dim, dim)
-    if follow > 0:
-        both = torch.cat([target, swap_latents_of(model, target_images.flip(-1), batch)])
-        both_poses = np.concatenate([target_poses, np.asarray(target_poses) * np.array([-1.0, 1.0])])
-        latent_map = swap_pose_map(identity, identity_poses, both, both_poses, model.adapter.swap_gain, follow)
-        offset = offset - latent_map @ target.mean(0)
     model.swap_latent_offset.copy_(offset)
-    model.swap_latent_map.copy_(latent_map)
-    return offset, latent_map
+    return offset
+
+
+def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
+                    target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0, batch: int = 32) -> torch.Tensor:
+    """With ``adapter.pose_follow`` > 0, after ``set_swap_offset``: train the pose reader on the
+    target's training faces [N, 3, S, S] and their poses [N, 2] (yaw and pitch in degrees as FaceMesh
+    reads them on each crop, ``pose.crop_poses``; NaN rows are left out), fit the identity's pose
+    directions on its faces (their mirror images and turned copies give it poses its media lack) and
+    their poses, and attach both: each swap latent then moves by pose_follow times the identity's
+    latent step per degree of the pose read off its input. The offset gives up the target's mean
+    pose's share, so a face at the target's mean pose still lands on the identity's mean. Returns the
+    directions [2, D]."""
+    follow = model.adapter.pose_follow
+    if not follow > 0:
+        raise ValueError("set_pose_follow: the adapter's pose_follow is 0, so the swap does not follow the pose")
+    directions = follow * pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
+    reader = train_pose_reader(target_images, target_poses, seed)
+    known = np.isfinite(target_poses).all(axis=1)
+    centre = torch.from_numpy(np.asarray(target_poses)[known].mean(axis=0)).to(directions)
+    with torch.no_grad():
+        model.swap_latent_offset.sub_(centre @ directions)
+    model.attach_pose_follow(reader, directions)
+    return directions
 
 
 def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
@@ -419,7 +415,10 @@ def adapter_counts(model: PairModel) -> dict[str, float]:
     }
 
 def load_adapter_tensors(model: PairModel, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """Put saved LoRA tensors into a PairModel; refuses a file that does not match it."""
+    """Put saved LoRA tensors (and, from an adapter with pose_follow, its pose reader and directions)
+    into a PairModel; refuses a file that does not match it."""
+    if SWAP_POSE_DIRECTIONS in tensors and model.pose_reader is None:
+        model.attach_pose_follow(PoseReader(model.model_config.size), tensors[SWAP_POSE_DIRECTIONS])
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
@@ -499,8 +498,6 @@ def load_adapter(adapter_dir: Path) -> SavedAdapter:
     if file_sha256(weights_path) != description["adapter_sha256"]:
         raise ValueError(f"{weights_path} does not match the sha256 in {config_path}; the adapter files are corrupt or mixed")
     tensors = safetensors.torch.load_file(str(weights_path))
-    if SWAP_LATENT_OFFSET in tensors and SWAP_LATENT_MAP not in tensors:  # saved before the map existed: none
-        tensors[SWAP_LATENT_MAP] = torch.zeros(len(tensors[SWAP_LATENT_OFFSET]), len(tensors[SWAP_LATENT_OFFSET]))
     return SavedAdapter(
         tensors=tensors,
         # Adapters saved before swap_strength, swap_gain and pose_follow existed were merged whole, at
@@ -532,14 +529,16 @@ class TargetFaceMask(nn.Module):
 
 class TargetLatent(nn.Module):
     """NCHW BGR [0, 1] → [N, latent_dim]: the merged encoder and the target path's first
-    bottleneck linear (no swap latent offset)."""
+    bottleneck linear (no swap latent offset); with a pose reader (pose_follow), (that latent,
+    the input's pose [N, 2]) for the MorphingDecoder."""
 
-    def __init__(self, encoder: nn.Module, bottleneck: nn.Module):
+    def __init__(self, encoder: nn.Module, bottleneck: nn.Module, pose_reader: nn.Module | None = None):
         super().__init__()
-        self.encoder, self.bottleneck = encoder, bottleneck
+        self.encoder, self.bottleneck, self.pose_reader = encoder, bottleneck, pose_reader
 
-    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
-        return self.bottleneck.to_latent(self.encoder(bgr).flatten(1))
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        latent = self.bottleneck.to_latent(self.encoder(bgr).flatten(1))
+        return latent if self.pose_reader is None else (latent, self.pose_reader(bgr))
 
 
 class BlendedConv2d(nn.Module):
@@ -561,7 +560,8 @@ class BlendedConv2d(nn.Module):
 
 
 class MorphingDecoder(nn.Module):
-    """(target-path latent [N, D], morph [1]) → (BGR [0, 1], mask logits): the DFM export's
+    """(target-path latent [N, D] (with pose_follow: and the input's pose [N, 2]), morph [1]) →
+    (BGR [0, 1], mask logits): the DFM export's
     ``morph_value:0``. Morph 1 is the swap (``swap_latents`` of the latent, base decoder), 0 the
     target path (the latent as it is, the decoder with Δtarget merged: the target's own face);
     in between both move together, latent + m·(swap_latents(latent) − latent) and decoder weights
@@ -577,12 +577,13 @@ class MorphingDecoder(nn.Module):
     """
 
     def __init__(self, bottleneck: nn.Module, swap_latent_offset: torch.Tensor, swap_decoder: nn.Module,
-                 target_decoder: nn.Module, swap_gain: float, swap_latent_map: torch.Tensor):
+                 target_decoder: nn.Module, swap_gain: float, swap_pose_directions: torch.Tensor | None = None):
         super().__init__()
         self.bottleneck = bottleneck
         self.swap_gain = swap_gain
         self.register_buffer("swap_latent_offset", swap_latent_offset.detach().clone())
-        self.register_buffer("swap_latent_map", swap_latent_map.detach().clone())
+        self.register_buffer("swap_pose_directions", None if swap_pose_directions is None
+                             else swap_pose_directions.detach().clone())
         self.decoder = copy.deepcopy(swap_decoder)
         targets = dict(target_decoder.named_modules())
         self.blended: list[BlendedConv2d] = []
@@ -593,8 +594,11 @@ class MorphingDecoder(nn.Module):
                 setattr(self.decoder.get_submodule(parent_name), child, blended)
                 self.blended.append(blended)
 
-    def forward(self, latent: torch.Tensor, morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        swap = swap_latents(latent, self.swap_gain, self.swap_latent_map, self.swap_latent_offset)
+    def forward(self, latent: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # With pose_follow, TargetLatent hands over the input's pose beside its latent.
+        latent, pose = latent if self.swap_pose_directions is not None else (latent, None)
+        swap = swap_latents(latent, self.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
         code = self.bottleneck.code_of(latent + morph * (swap - latent))
         share = 1 - morph
         for layer in self.blended:
@@ -609,15 +613,17 @@ class MorphingDecoder(nn.Module):
 @dataclass
 class MergedPair:
     """``swap``: plain IdentityAutoencoder, Δshared merged into encoder + bottleneck, base decoder
-    — ``swap(x)`` is the swap. ``target_face_mask``: the input face's mask (see TargetFaceMask),
-    sharing ``swap``'s encoder modules. ``swap_latent_offset``, ``swap_gain`` and ``swap_latent_map``:
+    — ``swap(x)`` is the swap (without pose_follow's move: ``pose_reader`` and ``swap_pose_directions``,
+    None without it, which ``dfm_model`` adds). ``target_face_mask``: the input face's mask (see
+    TargetFaceMask), sharing ``swap``'s encoder modules. ``swap_latent_offset`` and ``swap_gain``:
     folded into ``swap``'s bottleneck (kept apart for the morph)."""
 
     swap: IdentityAutoencoder
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
     swap_gain: float
-    swap_latent_map: torch.Tensor
+    pose_reader: PoseReader | None = None
+    swap_pose_directions: torch.Tensor | None = None
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
                   input_blur: float = 0.0) -> DfmSwapModel:
@@ -631,9 +637,9 @@ class MergedPair:
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
         target = self.target_face_mask
-        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck),
+        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck, self.pose_reader),
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
-                                            self.swap_gain, self.swap_latent_map),
+                                            self.swap_gain, self.swap_pose_directions),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
                             input_blur=input_blur)
 
@@ -667,16 +673,23 @@ def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor
     target_decoder = _merged(
         base.decoder, target_lora_config(base.decoder, adapter), TARGET_ADAPTER, lora, TARGET_DECODER_PREFIX
     )
-    # The target path reads the adapted latent as it is; only the swap's goes through the swap latent
-    # map (``swap_latents``, affine), folded into its own copy of the bottleneck's first linear.
+    # The target path reads the adapted latent as it is; only the swap's takes the gain and offset
+    # (``swap_latents``, affine), folded into its own copy of the bottleneck's first linear.
     target_bottleneck = copy.deepcopy(swap.bottleneck)
-    offset, gain, latent_map = tensors[SWAP_LATENT_OFFSET], adapter.swap_gain, tensors[SWAP_LATENT_MAP]
+    offset, gain = tensors[SWAP_LATENT_OFFSET], adapter.swap_gain
     linear = swap.bottleneck.to_latent
     with torch.no_grad():
-        linear.weight.copy_(swap_latents(linear.weight.T, gain, latent_map, torch.zeros_like(offset)).T)
-        linear.bias.copy_(swap_latents(linear.bias, gain, latent_map, offset))
+        linear.weight.mul_(gain)
+        linear.bias.copy_(swap_latents(linear.bias, gain, offset))
+    pose_reader, directions = None, tensors.get(SWAP_POSE_DIRECTIONS)
+    if directions is not None:
+        pose_reader = PoseReader(base.config.size)
+        pose_reader.load_state_dict({name[len(POSE_READER_PREFIX):]: tensor for name, tensor in tensors.items()
+                                     if name.startswith(POSE_READER_PREFIX)})
+        pose_reader.requires_grad_(False).eval()
+        directions = directions.clone()
     return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone(), gain,
-                      latent_map.clone())
+                      pose_reader, directions)
 
 
 def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:

@@ -14,7 +14,7 @@ from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, stored_faces
 from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
-from facepipe.models.pair import SWAP_LATENT_MAP, AdapterConfig, PairModel, adapter_state
+from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
 from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.train.task import TrainTask
 from facepipe.train.tasks.reconstruction import eyes_mouth_tensor
@@ -163,9 +163,9 @@ class PairTask(TrainTask):
         return metrics
 
     def weights_to_save(self, model: PairModel) -> dict[str, torch.Tensor]:
-        # The swap latent map is set after training only (zero in it): left out of the checkpoints,
-        # so those written before it existed still resume.
-        return {name: tensor for name, tensor in adapter_state(model).items() if name != SWAP_LATENT_MAP}
+        # The LoRA tensors and the swap latent offset (zero while training; pose_follow's tensors are
+        # set after training only).
+        return adapter_state(model)
 
 
 def rows_of(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
