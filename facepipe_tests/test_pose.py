@@ -62,6 +62,10 @@ def test_pose_reader_reads_the_pose_of_faces_it_has_not_seen_and_is_seeded(turni
     assert np.abs(read[:, 0] - held_poses[:, 0]).mean() < 5.0  # in degrees, not in the training's units
     # it learnt the mirror images too: a mirrored face reads turned the other way
     assert correlation(mirrored[:, 0], -held_poses[:, 0]) > 0.9
+    # in degrees about no particular pose: a head held 30 deg lower reads 30 deg lower
+    lowered = train_pose_reader(tensors(crops), poses + np.array([0.0, -30.0]), seed=0, epochs=60)
+    with torch.no_grad():
+        assert np.abs(lowered(tensors(held)).numpy()[:, 1] - (held_poses[:, 1] - 30.0)).mean() < 5.0
     again = train_pose_reader(tensors(crops), poses, seed=0, epochs=60)
     assert all(torch.equal(a, b) for a, b in zip(reader.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ValueError, match="at least 8 faces"):

@@ -55,8 +55,9 @@ from facepipe.train.tasks.pair import PairTask
 # FaceFusion sharpening of the inputs (sharpen); 7: swap latent offset at the target's poses; 8: trained
 # channels-last (faster CPU steps); 9: fused AdamW and one separable blur for the SSIM statistics (faster
 # steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter;
-# 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map
-LORA_VERSION = "11"
+# 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map; 12: the pose
+# reader reads degrees whatever the target's mean pitch (it read pitch about that mean)
+LORA_VERSION = "12"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -66,8 +67,8 @@ LORA_VERSION = "11"
 # 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces;
 # 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX);
 # 13: the swap latent map (pose_follow) folded into the swap and the morph; 14: pose_follow's pose reader
-# in the graph beside the encoder, the map gone
-EXPORT_VERSION = "14"
+# in the graph beside the encoder, the map gone; 15: the reader reads degrees (a centre beside its scale)
+EXPORT_VERSION = "15"
 
 
 def pair_keys(context) -> tuple[str, str]:

@@ -30,8 +30,8 @@ POSE_LR = 2e-3
 
 
 class PoseReader(nn.Module):
-    """NCHW BGR [0, 1] crops [N, 3, S, S] → [N, 2] yaw and pitch in degrees about the poses it
-    learnt from (their mean is 0): four stride-2 3x3 convolutions, one linear."""
+    """NCHW BGR [0, 1] crops [N, 3, S, S] → [N, 2] yaw and pitch in degrees: four stride-2 3x3
+    convolutions, one linear."""
 
     def __init__(self, size: int, width: int = POSE_WIDTH):
         super().__init__()
@@ -43,11 +43,13 @@ class PoseReader(nn.Module):
             layers += [nn.Conv2d(into, out, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.1)]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(channels[-1] * (size // 16) ** 2, 2)
-        # Degrees per unit of the head's output (the training poses' spread, set by train_pose_reader).
+        # The head learns poses about their mean in units of their spread; these give degrees back
+        # (set by train_pose_reader once it has learnt).
         self.register_buffer("scale", torch.ones(2))
+        self.register_buffer("centre", torch.zeros(2))
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(bgr * 2.0 - 1.0).flatten(1)) * self.scale
+        return self.head(self.features(bgr * 2.0 - 1.0).flatten(1)) * self.scale + self.centre
 
 
 def crop_poses(crops: np.ndarray) -> np.ndarray:
@@ -101,5 +103,6 @@ def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, ep
             loss.backward()
             optimizer.step()
     reader.scale.copy_(torch.from_numpy(spread).float())
+    reader.centre.copy_(torch.from_numpy(centre).float())
     reader.requires_grad_(False)
     return reader.eval()
