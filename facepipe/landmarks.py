@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import mediapipe as mp
 import numpy as np
 import pandas as pd
 
@@ -248,13 +247,19 @@ def matched_score(face_box: np.ndarray, detector_boxes: np.ndarray, detector_sco
     return best_score if best_iou >= SCORE_MATCH_MIN_IOU else 0.0
 
 
+# MediaPipe is imported where a detector is built, so the training and export side of facepipe
+# imports on a machine that only trains (a GPU box fed faces prepared elsewhere; scripts/gpu_check.py).
 def _new_face_mesh(static: bool, max_faces: int):
+    import mediapipe as mp
+
     return mp.solutions.face_mesh.FaceMesh(
         static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True
     )
 
 
 def _new_face_detector():
+    import mediapipe as mp
+
     return mp.solutions.face_detection.FaceDetection(
         model_selection=1, min_detection_confidence=DETECTOR_MIN_CONFIDENCE
     )

@@ -12,6 +12,10 @@ the loss stayed finite), and a verified export (the trained model as a DFM ONNX,
 torch in onnxruntime). Faces come from `--media`/videos/`--video` (default ../shared/media, see
 its MANIFEST.md; the embedded sample's identity when the dev media are absent), aligned the way
 the faces asset aligns them. Everything is written under `--work`.
+
+`--save-faces FILE.npz` keeps the aligned faces and `--faces FILE.npz` trains on them instead of
+detecting again: faces prepared on a machine with MediaPipe can be checked on a GPU box that only
+has the training stack (torch, onnxruntime, dagster).
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def main() -> None:
     parser.add_argument("--video", default="german_news_20s.mp4")
     parser.add_argument("--max-frames", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("/tmp/facepipe_gpu_check"))
+    parser.add_argument("--faces", type=Path, help="train on faces saved by --save-faces instead of detecting them")
+    parser.add_argument("--save-faces", type=Path, help="also write the aligned faces to this .npz")
     args = parser.parse_args()
 
     import safetensors.torch
@@ -79,7 +85,17 @@ def main() -> None:
     model_config = settings.architecture()
     device = select_device(args.device)
     video = args.media / "videos" / args.video
-    crops, masks, landmarks, source = face_crops(video if video.is_file() else None, model_config.size, args.max_frames)
+    if args.faces:
+        with np.load(args.faces) as saved:
+            crops, masks, landmarks, source = saved["crops"], saved["masks"], saved["landmarks"], str(saved["source"])
+        if crops.shape[1] != model_config.size:
+            sys.exit(f"gpu_check: {args.faces} holds {crops.shape[1]} px faces, the {args.preset} preset trains "
+                     f"{model_config.size} px; save them again with --preset {args.preset}")
+    else:
+        crops, masks, landmarks, source = face_crops(video if video.is_file() else None, model_config.size, args.max_frames)
+    if args.save_faces:
+        args.save_faces.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.save_faces, crops=crops, masks=masks, landmarks=landmarks, source=source)
     print(f"faces: {len(crops)} from {source} at {model_config.size} px; model {model_config}")
 
     task = ReconstructionTask.from_faces(crops, masks, model_config, settings.holdout_every, settings.samples_per_epoch,
