@@ -455,6 +455,29 @@ def test_reconstruction_loss_matches_manual_computation():
     assert abs(float(double_sigmoid["mask"]) - float(manual_bce)) > 0.05
 
 
+def test_reconstruction_loss_gradients_under_fp16_autocast_match_fp32():
+    """CUDA trains under fp16 autocast, which runs convolutions (the SSIM window among them) in
+    fp16; there a variance cancelled below zero and every step's gradients were NaN. The CPU's
+    fp16 autocast casts convolutions alike, so the loss is checked under it here."""
+    images, masks = face_tensors(64)
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():  # a near-identity layer: the "prediction" is the face, slightly off
+        conv.weight.copy_(torch.eye(3)[:, :, None, None] * F.pad(torch.ones(1, 1, 1, 1), (1, 1, 1, 1)) * 0.9)
+        conv.bias.fill_(0.05)
+    logits = torch.zeros_like(masks)
+
+    def gradients(autocast: bool):
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            total, _ = reconstruction_loss(torch.sigmoid(conv(images) * 4 - 2), logits, images, masks)
+        total.backward()
+        return torch.cat([conv.weight.grad.flatten(), conv.bias.grad])
+
+    plain, mixed = gradients(False), gradients(True)
+    assert torch.isfinite(mixed).all(), mixed
+    torch.testing.assert_close(mixed, plain, rtol=0.05, atol=1e-3)
+
+
 def test_masked_l1_ignores_the_background():
     images, masks = face_tensors(64)
     pred = images.clone()

@@ -552,3 +552,20 @@ def test_cpu_training_runs_channels_last_and_saves_plain_tensors(tmp_path, monke
     plain_saved = safetensors.torch.load_file(str(plain_result.weights_path))
     for name, tensor in saved.items():
         torch.testing.assert_close(tensor, plain_saved[name], rtol=1e-4, atol=1e-5)
+
+
+class NanGradientTask(LinearTask):
+    """A finite loss whose gradients are NaN on every step (0 · ∞ at a square root of zero)."""
+
+    def compute_loss(self, model, batch_indices, generator, device):
+        outputs = model(self.inputs[batch_indices])
+        return nn.functional.mse_loss(outputs, self.targets[batch_indices]) + (outputs - outputs.detach()).abs().sum().sqrt()
+
+
+def test_mixed_precision_that_skips_every_step_is_stopped_with_a_clear_error(tmp_path, monkeypatch):
+    # CUDA's mixed precision, emulated on the CPU (fp16 autocast and a GradScaler exist there too).
+    monkeypatch.setattr("facepipe.train.loop.uses_mixed_precision", lambda device, wanted: wanted)
+    healthy = train(LinearTask(), toy_config(epochs=8, device="cpu"), tmp_path / "healthy", log=lambda line: None)
+    assert healthy.history[-1]["loss"] < healthy.history[0]["loss"]
+    with pytest.raises(FloatingPointError, match=r"epoch 5: the fp16 gradients were not finite.*nothing is being learnt"):
+        train(NanGradientTask(), toy_config(epochs=8, device="cpu"), tmp_path / "nan", log=lambda line: None)

@@ -126,6 +126,9 @@ def main() -> None:
     epoch_seconds = [entry["seconds"] for entry in history[1:]] or [history[0]["seconds"]]
     samples_per_second = history[-1]["frames_used"] / float(np.median(epoch_seconds))
     finite = all(np.isfinite(entry["loss"]) for entry in history)
+    # The held-out faces' error must fall: a run whose every step is skipped (fp16 gradients not
+    # finite) keeps its finite loss and resumes fine, and learns nothing.
+    learnt = history[-1]["holdout_l1"] < 0.9 * history[0]["holdout_l1"]
 
     model = task.build_model()
     load_saved_weights(task, model, safetensors.torch.load_file(str(last.weights_path)), last.weights_path)
@@ -143,7 +146,7 @@ def main() -> None:
         "resumed_from_epochs": [first.resumed_from_epoch, middle.resumed_from_epoch, last.resumed_from_epoch],
         "loss_first_last": [round(history[0]["loss"], 4), round(history[-1]["loss"], 4)],
         "loss_finite": finite,
-        "holdout_l1_last": round(history[-1].get("holdout_l1", float("nan")), 4),
+        "holdout_l1_first_last": [round(history[0]["holdout_l1"], 4), round(history[-1]["holdout_l1"], 4)],
         "export_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
         "export": str(exported.model_path),
     }
@@ -152,8 +155,10 @@ def main() -> None:
     for key, value in report.items():
         print(f"{key:<{width}}  {value}")
     resumed_ok = report["resumed_from_epochs"][1:] == [1, max(2, total_epochs // 2)]
-    if not (finite and resumed_ok):
-        sys.exit("gpu_check: FAILED (" + ("loss not finite" if not finite else "a call did not resume its checkpoint") + ")")
+    problems = [problem for ok, problem in [(finite, "loss not finite"), (resumed_ok, "a call did not resume its checkpoint"),
+                                            (learnt, "the held-out error did not fall by a tenth: nothing was learnt")] if not ok]
+    if problems:
+        sys.exit("gpu_check: FAILED (" + "; ".join(problems) + ")")
     print("gpu_check: ok")
 
 

@@ -41,8 +41,10 @@ PROFILE_VERSION = "3"  # 2: quality_stats.avg_face_score; 3: built from the cura
 # 5: trained on the curated faces; 6: patch discriminator (adversarial_weight), colour jitter, random warp
 # for the first epochs; 7: eyes-and-mouth priority in the loss (eyes_mouth_weight), optional FaceFusion sharpening
 # of the inputs (sharpen), balanced sampling (balance_power); 8: trained channels-last (faster CPU steps);
-# 9: fused AdamW and one separable blur for the SSIM statistics (faster steps; rounding differs)
-IDENTITY_MODEL_VERSION = "9"
+# 9: fused AdamW and one separable blur for the SSIM statistics (faster steps; rounding differs); 10: the SSIM
+# statistics in float32 under CUDA's fp16 autocast (there every step's gradients were NaN: nothing was learnt;
+# CPU builds give the same bytes as 9)
+IDENTITY_MODEL_VERSION = "10"
 PROFILE_FILE = "profile.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MIN_USABLE_FACES = 8

@@ -56,8 +56,9 @@ from facepipe.train.tasks.pair import PairTask
 # channels-last (faster CPU steps); 9: fused AdamW and one separable blur for the SSIM statistics (faster
 # steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter;
 # 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map; 12: the pose
-# reader reads degrees whatever the target's mean pitch (it read pitch about that mean)
-LORA_VERSION = "12"
+# reader reads degrees whatever the target's mean pitch (it read pitch about that mean); 13: the SSIM statistics in
+# float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12)
+LORA_VERSION = "13"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input

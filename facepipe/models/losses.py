@@ -75,9 +75,14 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, s
     """Per-pixel SSIM [N, C, H-w+1, W-w+1] of images in [0, 1] (gaussian window, valid region,
     each channel on its own)."""
     channels = x.shape[1]
+    x, y = x.float(), y.float()
     # The five local statistics blurred in one call (stacked on the channels): the window is
-    # separable, and one small convolution is cheaper than five in a training step.
-    blurred = separable_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), gaussian_taps(window_size, sigma))
+    # separable, and one small convolution is cheaper than five in a training step. In float32
+    # also under autocast (which runs convolutions in fp16): a variance is the difference of two
+    # nearly equal means, which fp16 cancels to noise or below zero, and the denominator's
+    # gradient then overflows to NaN on every step (the CUDA preset stopped learning at all).
+    with torch.autocast(x.device.type, enabled=False):
+        blurred = separable_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), gaussian_taps(window_size, sigma))
     mu_x, mu_y, mean_xx, mean_yy, mean_xy = blurred.split(channels, dim=1)
     var_x = mean_xx - mu_x * mu_x
     var_y = mean_yy - mu_y * mu_y

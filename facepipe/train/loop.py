@@ -364,6 +364,15 @@ def _train_epochs(
                     f"{'finite' if _all_finite(trainable) else 'not finite'}: training diverged; lower lr "
                     f"(now {config.lr}) or set grad_clip_norm"
                 )
+            # The scaler skips a step whose fp16 gradients are not finite and halves its scale; healthy
+            # gradients never take it under 1 (from 65536, 17 skips in a row), so below 1 no step has
+            # been taken for many in a row and nothing is being learnt, however long the run goes.
+            if mixed_precision and scaler.get_scale() < 1.0:
+                raise TrainingDiverged(
+                    f"epoch {epoch_index + 1}: the fp16 gradients were not finite step after step (the gradient "
+                    f"scaler skipped them down to a scale of {scaler.get_scale():g}): nothing is being learnt under "
+                    f"mixed precision; train on the CPU (settings.device = 'cpu') and report this with the run's log"
+                )
             entry = {
                 "epoch": epoch_index + 1,
                 "loss": epoch_loss,
