@@ -9,8 +9,8 @@ Reports: device and its name, whether fp16 autocast ran (the engine uses it on C
 samples/s (in the training steps, and over the whole last call), peak GPU memory, checkpoint +
 resume (the run is trained in three calls of the engine, each resuming the checkpoint of the one
 before; the report says where each resumed and whether the loss stayed finite), whether it learnt
-(the held-out faces' error must fall by a tenth), and a verified export (the trained model as a DFM ONNX, checked against
-torch in onnxruntime). Faces come from `--media`/videos/`--video` (default ../shared/media, see
+(the held-out faces' error must fall by a tenth), and a verified export (the trained model as a DFM
+ONNX, checked against torch in onnxruntime). Faces come from `--media`/videos/`--video` (default ../shared/media, see
 its MANIFEST.md; the embedded sample's identity when the dev media are absent), aligned the way
 the faces asset aligns them. Everything is written under `--work`.
 
@@ -123,14 +123,15 @@ def main() -> None:
     # Three calls: the first measures an epoch, the second and third each resume a checkpoint.
     first, seconds = run(1)
     total_epochs = max(3, int(args.minutes * 60 / max(seconds, 1e-3)))
-    middle, _ = run(max(2, total_epochs // 2))
+    middle_epochs = max(2, total_epochs // 2)
+    middle, _ = run(middle_epochs)
     last, last_seconds = run(total_epochs)
     history = last.history
     epoch_seconds = [entry["seconds"] for entry in history[1:]] or [history[0]["seconds"]]
     samples_per_second = history[-1]["frames_used"] / float(np.median(epoch_seconds))
     # The whole last call (its evaluation, checkpoints and start included) against the steps alone
     # above: where they differ, the time goes outside the training steps.
-    wall_samples_per_second = (total_epochs - max(2, total_epochs // 2)) * history[-1]["frames_used"] / last_seconds
+    wall_samples_per_second = (total_epochs - middle_epochs) * history[-1]["frames_used"] / last_seconds
     finite = all(np.isfinite(entry["loss"]) for entry in history)
     # The held-out faces' error must fall: a run whose every step is skipped (fp16 gradients not
     # finite) keeps its finite loss and resumes fine, and learns nothing.
@@ -161,7 +162,7 @@ def main() -> None:
     width = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key:<{width}}  {value}")
-    resumed_ok = report["resumed_from_epochs"][1:] == [1, max(2, total_epochs // 2)]
+    resumed_ok = report["resumed_from_epochs"][1:] == [1, middle_epochs]
     problems = [problem for ok, problem in [(finite, "loss not finite"), (resumed_ok, "a call did not resume its checkpoint"),
                                             (learnt, "the held-out error did not fall by a tenth: nothing was learnt")] if not ok]
     if problems:
