@@ -12,8 +12,9 @@ import torch
 
 from conftest import tiny_run_config
 
-from facepipe.assets.pair import beyond_reach_warning, yaw_span
+from facepipe.assets.pair import beyond_reach_warning, chosen_pose_follow, yaw_span
 from facepipe.faces import FaceSet
+from facepipe.models.pair import SWAP_POSE_DIRECTIONS, load_adapter
 from facepipe.models.swap import INPUT_BLUR_PX, unsharp
 from facepipe.registry import read_index
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
@@ -88,6 +89,9 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     adapter_meta = store.current("pair/lora_adapter", "hopper|talk").metadata
     for side in ("identity_yaw_deg", "target_yaw_deg"):
         assert len(adapter_meta[side]) == 2 and adapter_meta[side][0] <= adapter_meta[side][1]
+    # an adapter that does not turn the identity's faces leaves the pose to the latent (pose_follow 0)
+    assert adapter_meta["pose_follow"] == 0.0
+    assert SWAP_POSE_DIRECTIONS not in load_adapter(store.current("pair/lora_adapter", "hopper|talk").path).tensors
     meta = export.metadata
     assert meta["onnx_parity_max_abs_error"] <= meta["parity_tolerance"]
     # the face is sharpened as far as the tiny identity model's reconstructions need, within the cap
@@ -135,6 +139,20 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     np.testing.assert_allclose(celeb_face, resharpened.numpy(), atol=1e-5)
     assert np.abs(celeb_face - plain_face).max() > 5e-5  # the tiny model's face is nearly flat: little to sharpen
 
+    # an adapter that turns the identity's faces hands the target's pose over where those turned faces
+    # reach the target's turns: the pose reader and directions are saved with it and in the export
+    (project.data / "pairs.toml").write_text('[[pair]]\nidentity = "hopper"\ntarget = "talk"\n'
+                                             'lora_adapter = { turn = 0.5 }\n')
+    build_pair(project, "hopper|talk")
+    turned = store.current("pair/lora_adapter", "hopper|talk")
+    # the turned copies widen hopper's reach (-38..38 deg) beyond the sample target's turns (-19..19)
+    assert beyond_reach_warning("hopper", "talk", turned.metadata["identity_yaw_deg"], turned.metadata["target_yaw_deg"]) is None
+    assert turned.metadata["pose_follow"] == 1.0
+    saved = load_adapter(turned.path)
+    assert saved.adapter_config.pose_follow == 1.0 and SWAP_POSE_DIRECTIONS in saved.tensors
+    followed = store.current("pair/onnx_export", "hopper|talk").metadata
+    assert followed["onnx_parity_max_abs_error"] <= followed["parity_tolerance"]
+
 
 def test_a_target_turning_beyond_the_identitys_faces_is_told_how_to_follow_it():
     assert yaw_span(np.column_stack([np.arange(101.0), np.zeros(101)])) == (5.0, 95.0)
@@ -145,3 +163,16 @@ def test_a_target_turning_beyond_the_identitys_faces_is_told_how_to_follow_it():
     assert "turn = 0.5 in data/identities/german_news/settings.toml" in line and "lora_adapter = { turn = 0.5 }" in line
     assert beyond_reach_warning("kim", "mead", (-11.3, 11.3), (-12.5, -5.4)) is None  # kim mirrored covers mead
     assert beyond_reach_warning("jane", "left", (-5.0, 5.0), (-12.0, 0.0)) is not None  # either side
+
+
+def test_the_swap_follows_the_targets_pose_by_default_only_where_turned_faces_reach_it():
+    # german_news (turned) -> obama: yaw r 0.61 -> 0.81
+    assert chosen_pose_follow(None, turned=True, within_reach=True)[0] == 1.0
+    # obama_early (turned) -> vox, who turns further still: 0.71 -> 0.43, the far cheek squeezed
+    follow, why = chosen_pose_follow(None, turned=True, within_reach=False)
+    assert follow == 0.0 and "beyond even the identity's turned faces" in why
+    # kim -> mead: kim's own faces cover mead's turns; nothing to gain
+    assert chosen_pose_follow(None, turned=False, within_reach=True)[0] == 0.0
+    # a pair's own setting wins either way
+    assert chosen_pose_follow(0.0, turned=True, within_reach=True) == (0.0, "the pair's setting")
+    assert chosen_pose_follow(0.5, turned=False, within_reach=False) == (0.5, "the pair's setting")

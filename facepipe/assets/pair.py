@@ -6,6 +6,7 @@ clear error naming what to materialize first.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar, Optional
 
@@ -113,7 +114,9 @@ class LoraConfig(TrainingConfig):
     swap_gain: float = AdapterConfig.swap_gain
     # How far the swap's pose follows the target's along the identity's own pose directions
     # (facepipe.models.pair, AdapterConfig.pose_follow: measured there); read only after training.
-    pose_follow: float = AdapterConfig.pose_follow
+    # None (the default) chooses by the pair's poses (``chosen_pose_follow``): 1 where the adapter turns
+    # the identity's faces (turn) and the target turns within their reach, else 0.
+    pose_follow: Optional[float] = None
     after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow")
 
 
@@ -133,7 +136,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
                             eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength,
-                            swap_gain=config.swap_gain, pose_follow=config.pose_follow)
+                            swap_gain=config.swap_gain)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
@@ -157,24 +160,28 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         offset = set_swap_offset(model, identity_images, target_images, pose_matched_weights(identity_poses, target_poses))
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
-        if adapter.pose_follow > 0:
-            # The reader learns the pose FaceMesh reads on each crop itself, as the evaluation reads faces.
-            read_poses = crop_poses(targ.crops[task.target_train.numpy()])
-            directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed)
-            context.log.info(f"pose_follow {adapter.pose_follow:g}: a pose reader learnt the target's pose on "
-                             f"{int(np.isfinite(read_poses).all(axis=1).sum())} training faces; the swap moves "
-                             f"{directions[0].norm():.3f} per degree of yaw along the identity's own turn")
         identity_yaw, target_yaw = yaw_span(identity_poses), yaw_span(target_poses)
         warning = beyond_reach_warning(identity, target, identity_yaw, target_yaw)
         if warning and not identity_model.record["config"].get("turn"):
             context.log.warning(warning)
+        follow, why = chosen_pose_follow(config.pose_follow, config.turn > 0, warning is None)
+        model.adapter = replace(model.adapter, pose_follow=follow)
+        if follow > 0:
+            # The reader learns the pose FaceMesh reads on each crop itself, as the evaluation reads faces.
+            read_poses = crop_poses(targ.crops[task.target_train.numpy()])
+            directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed)
+            context.log.info(f"pose_follow {follow:g} ({why}): a pose reader learnt the target's pose on "
+                             f"{int(np.isfinite(read_poses).all(axis=1).sum())} training faces; the swap moves "
+                             f"{directions[0].norm():.3f} per degree of yaw along the identity's own turn")
+        else:
+            context.log.info(f"pose_follow 0 ({why})")
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
                 "swap_latent_offset_norm": round(float(offset.norm()), 4),
                 "swap_pose_directions_norm": round(float(model.swap_pose_directions.norm()), 4)
                 if model.swap_pose_directions is not None else None,
-                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw)}
+                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow}
 
     return train_in_store(context, settings, config, make_task, write)
 
@@ -223,6 +230,23 @@ def beyond_reach_warning(identity: str, target: str, identity_yaw: tuple[float, 
             f"as the identity's faces. More footage of '{identity}' turning, or head turns, let it follow further: "
             f"[identity_model] turn = 0.5 in data/identities/{identity}/settings.toml and lora_adapter = {{ turn = 0.5 }} "
             f"in this pair's entry of data/pairs.toml (README, 'Settings of one partition')")
+
+
+def chosen_pose_follow(setting: float | None, turned: bool, within_reach: bool) -> tuple[float, str]:
+    """The pose_follow a pair's swap uses and why: the pair's setting where it has one; by default 1
+    where the adapter turns the identity's faces (``turn``: its own faces fall short of the target's
+    turns) and the target turns within those turned faces' reach (``beyond_reach_warning`` has
+    nothing to say), else 0. Measured at the demo length (docs/swap_quality.md, "Handing the target's
+    pose over"): german_news -> obama, turned and within, yaw r 0.61 -> 0.81; obama_early -> vox,
+    turned and beyond, 0.71 -> 0.43 (the far cheek squeezed); kim -> mead, whose own faces cover
+    mead's turns, 0.83 -> 0.78 (pitch 0.84 -> 0.88), within a build's noise: nothing to gain there."""
+    if setting is not None:
+        return float(setting), "the pair's setting"
+    if not turned:
+        return 0.0, "by default: the adapter does not turn the identity's faces (lora_adapter.turn)"
+    if within_reach:
+        return 1.0, "by default: the target turns within the identity's turned faces"
+    return 0.0, "by default: the target turns beyond even the identity's turned faces, where following its pose breaks the face"
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
