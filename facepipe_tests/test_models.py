@@ -554,3 +554,16 @@ def test_feature_masks_are_warped_with_the_face_and_change_no_other_output():
     alone = augment_batch(images, features, torch.Generator().manual_seed(5), config)[2]
     assert torch.equal(warped, alone)
     assert augment_with_features(images, masks, None, torch.Generator().manual_seed(5), config)[3] is None
+
+
+def test_augmentation_warps_in_float32_under_autocast_and_on_the_device_asked():
+    # The engine computes the loss under fp16 autocast on a GPU and each task augments its batch there;
+    # fp16 grid coordinates would put the warps ~0.1 px off (the CPU's fp16 autocast stands in for CUDA's).
+    images, masks = face_tensors(64)
+    features = torch.rand(masks.shape, generator=torch.Generator().manual_seed(1))
+    config = AugmentConfig(flip=0.5, sharpen=0.5)
+    plain = augment_with_features(images, masks, features, torch.Generator().manual_seed(5), config)
+    with torch.autocast("cpu", dtype=torch.float16):
+        autocast = augment_with_features(images, masks, features, torch.Generator().manual_seed(5), config, device="cpu")
+    for a, b in zip(plain, autocast):
+        assert b.dtype == torch.float32 and b.device.type == "cpu" and torch.equal(a, b)

@@ -405,13 +405,23 @@ def augment_with_features(
     config: AugmentConfig = AugmentConfig(),
     turns: np.ndarray | None = None,
     sources: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``augment_batch`` that also warps the eyes-and-mouth masks [N, 1, S, S] (or None) exactly like
     the face masks: (input, target, target_mask, target_feature_mask or None). The masks travel as
     extra channels of one warp, so the random draws, and every other output, are those of
-    ``augment_batch`` alone."""
+    ``augment_batch`` alone.
+
+    ``device``: where the batch is moved and warped (None: where it is), the training device, so a
+    GPU warps its own batches: on the CPU a batch of 32 faces at 256 px took 150-310 ms on one core
+    and left an H200 idle four fifths of the time. The draws stay on the CPU (the module docstring),
+    and the warps run in float32 under autocast too (fp16 grid coordinates would be ~0.1 px off)."""
+    if device is not None:
+        images, masks = images.to(device), masks.to(device)
+        feature_masks = None if feature_masks is None else feature_masks.to(device)
     stacked = masks if feature_masks is None else torch.cat([masks, feature_masks], dim=1)
-    inputs, targets, warped = augment_batch(images, stacked, generator, config, turns, sources)
+    with torch.autocast(images.device.type, enabled=False):
+        inputs, targets, warped = augment_batch(images, stacked, generator, config, turns, sources)
     return inputs, targets, warped[:, :1], None if feature_masks is None else warped[:, 1:]
 
 

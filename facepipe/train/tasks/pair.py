@@ -125,25 +125,24 @@ class PairTask(TrainTask):
         ]
         target_in, target_out, target_mask, target_features = augment_with_features(
             self.target_images[target_rows], self.target_masks[target_rows], rows_of(self.target_features, target_rows),
-            generator, self.augment, sources=rows_of(self.target_sources, target_rows)
+            generator, self.augment, sources=rows_of(self.target_sources, target_rows), device=device
         )
         identity_in, identity_out, identity_mask, identity_features = augment_with_features(
             self.identity_images[identity_rows], self.identity_masks[identity_rows],
             rows_of(self.identity_features, identity_rows), generator, self.augment,
             None if self.identity_turns is None else self.identity_turns[identity_rows.numpy()],
-            rows_of(self.identity_sources, identity_rows)
+            rows_of(self.identity_sources, identity_rows), device
         )
         # One encoder pass for both: no normalisation layers, so a face's code does not depend
         # on its batch neighbours.
-        codes = model.encode(torch.cat([target_in, identity_in]).to(device))
+        codes = model.encode(torch.cat([target_in, identity_in]))
         target_code, identity_code = codes.split([len(target_rows), len(identity_rows)])
         target_bgr, target_logits = model.target_decode(target_code)
         identity_bgr, identity_logits = model.identity_decode(identity_code)
-        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out.to(device), target_mask.to(device),
-                                             self.loss_weights, to_device(target_features, device))
-        identity_loss, _ = reconstruction_loss(identity_bgr, identity_logits, identity_out.to(device),
-                                               identity_mask.to(device), self.loss_weights,
-                                               to_device(identity_features, device))
+        target_loss, _ = reconstruction_loss(target_bgr, target_logits, target_out, target_mask, self.loss_weights,
+                                             target_features)
+        identity_loss, _ = reconstruction_loss(identity_bgr, identity_logits, identity_out, identity_mask,
+                                               self.loss_weights, identity_features)
         return target_loss + self.adapter.identity_replay_weight * identity_loss
 
     def evaluate(self, model, device) -> dict[str, float]:
@@ -170,10 +169,6 @@ class PairTask(TrainTask):
 
 def rows_of(tensor: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
     return None if tensor is None else tensor[rows]
-
-
-def to_device(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device)
 
 
 @torch.no_grad()

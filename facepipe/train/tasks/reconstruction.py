@@ -131,11 +131,10 @@ class ReconstructionTask(TrainTask):
         turns = None if self.turns is None else self.turns[rows.numpy()]
         sources = None if self.sources is None else self.sources[rows]
         inputs, targets, target_masks, features = augment_with_features(self.images[rows], self.masks[rows], features,
-                                                                         generator, self.epoch_augment(), turns, sources)
-        bgr, mask_logits = model(inputs.to(device))
-        targets, target_masks = targets.to(device), target_masks.to(device)
-        total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks, self.loss_weights,
-                                       None if features is None else features.to(device))
+                                                                         generator, self.epoch_augment(), turns, sources,
+                                                                         device)
+        bgr, mask_logits = model(inputs)
+        total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks, self.loss_weights, features)
         if isinstance(model, AdversarialAutoencoder):
             # The face only (both masked alike): the background is never pasted, so it is not judged.
             generator_loss, discriminator_loss, matching = adversarial_losses(model.discriminator, bgr * target_masks,
