@@ -236,14 +236,15 @@ def chosen_pose_follow(setting: float | None, turned: bool, within_reach: bool) 
     """The pose_follow a pair's swap uses and why: the pair's setting where it has one; by default 1
     where the adapter turns the identity's faces (``turn``: its own faces fall short of the target's
     turns) and the target turns within those turned faces' reach (``beyond_reach_warning`` has
-    nothing to say), else 0. Measured at the demo length (docs/swap_quality.md, "Handing the target's
-    pose over"): german_news -> obama, turned and within, yaw r 0.61 -> 0.81; obama_early -> vox,
-    turned and beyond, 0.71 -> 0.43 (the far cheek squeezed); kim -> mead, whose own faces cover
-    mead's turns, 0.83 -> 0.78 (pitch 0.84 -> 0.88), within a build's noise: nothing to gain there."""
+    nothing to say), else 0. Measured (docs/swap_quality.md, "`pose_follow` by default"):
+    german_news -> obama, turned and within, yaw r 0.61 -> 0.81 at the demo length; obama_early ->
+    vox, turned and beyond, 0.71 -> 0.43 at the quality length (the far cheek squeezed); kim -> mead,
+    whose own faces cover mead's turns, 0.83 -> 0.78 at the demo length (pitch 0.84 -> 0.88), within
+    a build's noise: nothing to gain there."""
     if setting is not None:
         return float(setting), "the pair's setting"
     if not turned:
-        return 0.0, "by default: the adapter does not turn the identity's faces (lora_adapter.turn)"
+        return 0.0, "by default: the adapter does not turn the identity's faces, lora_adapter.turn is 0"
     if within_reach:
         return 1.0, "by default: the target turns within the identity's turned faces"
     return 0.0, "by default: the target turns beyond even the identity's turned faces, where following its pose breaks the face"
