@@ -47,7 +47,8 @@ identity's faces (german_news -> obama, obama_early -> vox: the adapter's warnin
 gets head turns in its settings.toml and the pair in its entry of pairs.toml (README, "Settings of
 one partition"; `IDENTITY_SETTINGS`, `PAIR_SETTINGS`); with them the adapter hands the target's pose
 over where the turned faces reach it (german_news -> obama; not vox, who turns further still: the
-adapter's default `pose_follow`). `--no-settings` builds every pair from the run config alone. Settings win over the run config, as in any facepipe build.
+adapter's default `pose_follow`). `--no-settings` builds every pair from the run config alone.
+Settings win over the run config, as in any facepipe build.
 
 Staging (--stages K): stage k trains the identity model for k/K of its epochs (resumed from the
 stage before) and the adapter for k/K of its epochs (from scratch: it depends on the identity
