@@ -32,10 +32,10 @@ def test_weighted_draws_follow_the_weights_and_repeat_per_generator():
     rows = torch.arange(100, 300)
     weights = rarity_weights(blinking_set(), 0.5)
     batch = torch.arange(4000)
-    drawn = draw_rows(rows, weights, batch, torch.Generator().manual_seed(7))
-    assert torch.equal(drawn, draw_rows(rows, weights, batch, torch.Generator().manual_seed(7)))
+    drawn = draw_rows(rows, weights, batch, torch.Generator().manual_seed(7), 0, 4000)
+    assert torch.equal(drawn, draw_rows(rows, weights, batch, torch.Generator().manual_seed(7), 0, 4000))
     blink_share = torch.isin(drawn, rows[:4]).float().mean().item()
     expected = (weights[:4].sum() / weights.sum()).item()
     assert abs(blink_share - expected) < 0.02 and blink_share > 2 * 4 / 200
-    # unweighted: the engine's order, untouched
-    assert torch.equal(draw_rows(rows, None, torch.tensor([0, 5, 250]), torch.Generator()), rows[[0, 5, 50]])
+    # unweighted: the engine's order, untouched (facepipe.train.epochs)
+    assert torch.equal(draw_rows(rows, None, torch.tensor([0, 5, 250]), torch.Generator(), 3, 256), rows[[0, 5, 50]])

@@ -102,7 +102,8 @@ def main() -> None:
 
     task = ReconstructionTask.from_faces(crops, masks, model_config, settings.holdout_every, settings.samples_per_epoch,
                                          adversarial=settings.adversarial(), random_warp_epochs=settings.random_warp_epochs,
-                                         landmarks=landmarks, eyes_mouth_weight=settings.eyes_mouth_weight)
+                                         landmarks=landmarks, eyes_mouth_weight=settings.eyes_mouth_weight,
+                                         max_samples_per_epoch=settings.max_samples_per_epoch)
     run_dir = args.work / "run"
     if run_dir.exists():
         import shutil

@@ -45,6 +45,9 @@ class TrainingConfig(Config):
     seed: int = 0
     holdout_every: int = 10  # every n-th face is held out for the metrics
     samples_per_epoch: int = 0  # small face sets are repeated (augmented anew) up to this per epoch
+    # Large face sets are sliced to this per epoch (0: no limit), so that an epoch, and a preset's
+    # training time, does not grow with the face count (facepipe.train.epochs).
+    max_samples_per_epoch: int = 0
     # 0 = every core under `facepipe build`, half of them in runs Dagster launches
     # (facepipe.train.device.default_cpu_threads). The count changes the last bits of the weights
     # (parallel sums in another order), not what the model learns, so it stays out of the cache key.

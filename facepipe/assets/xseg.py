@@ -53,6 +53,7 @@ class XSegConfig(TrainingConfig):
     depth: int = 5
     resolution: int = 128  # training size; must divide 256
     samples_per_epoch: int = 96
+    max_samples_per_epoch: int = 160  # as the adapter's, for the same target faces
     occlusion_probability: float = 0.7  # share of training samples with a synthetic occluder pasted on
 
 
@@ -98,7 +99,8 @@ def xseg_model(context: AssetExecutionContext, config: XSegConfig, settings: Fac
                                 f"those frames in {media_dir(settings.data_path, 'target', key) / CURATION_FILE} "
                                 "to train on them)")
         return XSegTask.from_faces(np.asarray(face_set.crops), labels, config.width, config.depth, config.resolution,
-                                   config.holdout_every, config.samples_per_epoch, config.occlusion_probability)
+                                   config.holdout_every, config.samples_per_epoch, config.occlusion_probability,
+                                   config.max_samples_per_epoch)
 
     def write(trained: Trained, out: Path) -> dict:
         task, held = trained.task, trained.task.held_idx

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from facepipe.train.epochs import epoch_rows
+
 BINS = 8  # per measure, equal width over its whole range: a blink is the tail, it must get a bin of its own
 MAX_WEIGHT = 10.0  # a face is drawn at most this many times as often as the most common ones
 
@@ -47,9 +49,10 @@ def rarity_weights(measures: np.ndarray, power: float) -> torch.Tensor:
 
 
 def draw_rows(rows: torch.Tensor, weights: torch.Tensor | None, batch_indices: torch.Tensor,
-              generator: torch.Generator) -> torch.Tensor:
-    """The face rows of one batch: the engine's order (``batch_indices``) when unweighted, else as
-    many rows drawn with replacement in proportion to ``weights`` from ``generator``."""
+              generator: torch.Generator, epoch: int, epoch_size: int) -> torch.Tensor:
+    """The face rows of one batch: when unweighted, those at the engine's positions
+    (``batch_indices``) of epoch ``epoch`` (facepipe.train.epochs), else as many rows drawn with
+    replacement in proportion to ``weights`` from ``generator``."""
     if weights is None:
-        return rows[batch_indices % len(rows)]
+        return epoch_rows(rows, batch_indices, epoch, epoch_size)
     return rows[torch.multinomial(weights, len(batch_indices), replacement=True, generator=generator)]

@@ -48,6 +48,7 @@ from facepipe.train.determinism import (
     seed_global_rngs,
 )
 from facepipe.train.device import select_device, uses_channels_last, uses_mixed_precision
+from facepipe.train.epochs import epoch_of_faces
 from facepipe.train.interrupts import (
     StopRequest,
     forward_to_previous_handler,
@@ -185,7 +186,8 @@ def train(
         determinism = ", deterministic" if config.deterministic and device.type == "cpu" else ""
         threads = f", {config.cpu_threads or torch.get_num_threads()} threads" if device.type == "cpu" else ""
         log(
-            f"training {type(task).__name__} on {device} ({precision}{determinism}{threads}): {num_samples} samples, "
+            f"training {type(task).__name__} on {device} ({precision}{determinism}{threads}): {num_samples} samples"
+            f"{epoch_of_faces(num_samples, task.training_faces)}, "
             f"batch_size {config.batch_size} x grad_accum_steps {config.grad_accum_steps} = effective batch "
             f"{config.effective_batch}, {steps_per_epoch} steps/epoch, {config.epochs} epochs, run dir {run_key_dir}"
         )

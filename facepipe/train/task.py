@@ -21,6 +21,9 @@ class TrainTask(ABC):
     """
 
     num_samples: int
+    # The training faces an epoch's samples come from, where the task knows them (shown in the
+    # engine's first log line when an epoch repeats or slices them: facepipe.train.epochs).
+    training_faces: int | None = None
     # Which history entry picks the "best" checkpoint: "loss" (the epoch's mean training loss)
     # or a key returned by evaluate(); and whether lower or higher is better.
     best_metric: str = "loss"

@@ -16,6 +16,7 @@ from facepipe.models.autoencoder import IdentityAutoencoder, model_config_of
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.models.pair import AdapterConfig, PairModel, adapter_state
 from facepipe.models.turn import crops_mesh, turn_table
+from facepipe.train.epochs import epoch_rows, epoch_size
 from facepipe.train.task import TrainTask
 from facepipe.train.tasks.reconstruction import eyes_mouth_tensor
 
@@ -51,6 +52,7 @@ class PairTask(TrainTask):
         identity_points: np.ndarray | None = None,
         identity_sources: torch.Tensor | None = None,
         target_sources: torch.Tensor | None = None,
+        max_samples_per_epoch: int = 0,
     ):
         # *_features [N, 1, S, S]: the eyes and mouth, scored by adapter.eyes_mouth_weight.
         # identity_points [N, 478, 3]: FaceMesh points with depth at the model size, for the identity
@@ -77,8 +79,10 @@ class PairTask(TrainTask):
                 f"PairTask needs identity and target faces to train on, got {len(identity_images)} identity and "
                 f"{len(target_images)} target faces"
             )
-        # An epoch is a pass over the target faces, repeated (augmented anew) up to samples_per_epoch.
-        self.num_samples = max(len(self.target_train), samples_per_epoch)
+        # An epoch is a pass over the target faces, within bounds (facepipe.train.epochs).
+        self.num_samples = epoch_size(len(self.target_train), samples_per_epoch, max_samples_per_epoch)
+        self.training_faces = len(self.target_train)
+        self.epoch = 0  # set by the engine (start_epoch)
         self.best_metric = "holdout_target_l1" if len(self.target_held) else "loss"
 
     @classmethod
@@ -95,6 +99,7 @@ class PairTask(TrainTask):
         augment: AugmentConfig = AugmentConfig(),
         identity_landmarks: np.ndarray | None = None,
         target_landmarks: np.ndarray | None = None,
+        max_samples_per_epoch: int = 0,
     ) -> PairTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 aligned to dfl_whole_face and masks
         [N, S0, S0] uint8 0..255 (identity: hull masks; target: target_masks, e.g. XSeg),
@@ -111,13 +116,17 @@ class PairTask(TrainTask):
                    holdout_every, samples_per_epoch, adapter, augment,
                    eyes_mouth_tensor(identity_landmarks, identity_crops.shape[1], size, weight),
                    eyes_mouth_tensor(target_landmarks, target_crops.shape[1], size, weight), points,
-                   stored_faces(identity_crops) if keep else None, stored_faces(target_crops) if keep else None)
+                   stored_faces(identity_crops) if keep else None, stored_faces(target_crops) if keep else None,
+                   max_samples_per_epoch)
 
     def build_model(self) -> PairModel:
         return PairModel(IdentityAutoencoder.from_folder(self.identity_model), self.adapter)
 
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def compute_loss(self, model, batch_indices, generator, device):
-        target_rows = self.target_train[batch_indices % len(self.target_train)]
+        target_rows = epoch_rows(self.target_train, batch_indices, self.epoch, self.num_samples)
         # Drawn from the engine's generator: every target face meets varying identity faces, and
         # the draw is checkpointed with the generator, so resume stays exact.
         identity_rows = self.identity_train[

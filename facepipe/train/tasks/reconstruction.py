@@ -28,6 +28,7 @@ from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
 from facepipe.models.turn import crops_mesh, turn_table
 from facepipe.preview import blend, contact_sheet
 from facepipe.train.balance import draw_rows, expression_measures, rarity_weights
+from facepipe.train.epochs import epoch_size
 from facepipe.train.task import TrainTask
 
 
@@ -61,7 +62,7 @@ class ReconstructionTask(TrainTask):
                  adversarial: AdversarialConfig = AdversarialConfig(), random_warp_epochs: int | None = None,
                  feature_masks: torch.Tensor | None = None, loss_weights: LossWeights = LossWeights(),
                  sample_weights: torch.Tensor | None = None, turns: np.ndarray | None = None,
-                 sources: torch.Tensor | None = None):
+                 sources: torch.Tensor | None = None, max_samples_per_epoch: int = 0):
         # feature_masks [N, 1, S, S]: the eyes and mouth, scored by loss_weights.eyes_mouth.
         self.images, self.masks, self.feature_masks, self.loss_weights = images, masks, feature_masks, loss_weights
         # sample_weights [len(train_idx)]: draw training faces in proportion (facepipe.train.balance); None: uniform.
@@ -72,9 +73,8 @@ class ReconstructionTask(TrainTask):
         self.sources = sources
         self.train_idx = torch.as_tensor(train_idx, dtype=torch.long)
         self.held_idx = torch.as_tensor(held_idx, dtype=torch.long)
-        # Small sets are repeated within an epoch (each repeat augmented differently), so an
-        # epoch is a useful amount of training whatever the number of faces.
-        self.num_samples = max(len(self.train_idx), samples_per_epoch)
+        self.num_samples = epoch_size(len(self.train_idx), samples_per_epoch, max_samples_per_epoch)
+        self.training_faces = len(self.train_idx)
         self.best_metric = "holdout_l1" if len(self.held_idx) else "loss"
         self.model_config, self.augment, self.adversarial = model_config, augment, adversarial
         if random_warp_epochs is not None and random_warp_epochs < 0:
@@ -87,7 +87,8 @@ class ReconstructionTask(TrainTask):
                    samples_per_epoch: int = 0, augment: AugmentConfig = AugmentConfig(),
                    adversarial: AdversarialConfig = AdversarialConfig(),
                    random_warp_epochs: int | None = None, landmarks: np.ndarray | None = None,
-                   eyes_mouth_weight: float = 0.0, balance_power: float = 0.0) -> ReconstructionTask:
+                   eyes_mouth_weight: float = 0.0, balance_power: float = 0.0,
+                   max_samples_per_epoch: int = 0) -> ReconstructionTask:
         """From stored crops [N, S0, S0, 3] BGR uint8 and hull masks [N, S0, S0], resized once to the
         model size; with ``eyes_mouth_weight`` > 0 the crop-space ``landmarks`` [N, 478, 2] give the
         eyes-and-mouth masks that term weighs, with ``balance_power`` > 0 the rarity of each face's
@@ -105,7 +106,8 @@ class ReconstructionTask(TrainTask):
         turns = turn_table(crops_mesh(crops, size), augment.turn_deg, size) if augment.turn > 0 else None
         sources = stored_faces(crops) if augment.runtime_crop > 0 else None
         return cls(images, mask_tensor, train_idx, held_idx, model_config, samples_per_epoch, augment, adversarial,
-                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights, turns, sources)
+                   random_warp_epochs, features, LossWeights(eyes_mouth=eyes_mouth_weight), weights, turns, sources,
+                   max_samples_per_epoch)
 
     def build_model(self) -> nn.Module:
         autoencoder = IdentityAutoencoder(self.model_config)
@@ -126,7 +128,7 @@ class ReconstructionTask(TrainTask):
         return replace(self.augment, elastic_strength=0.0)
 
     def compute_loss(self, model, batch_indices, generator, device):
-        rows = draw_rows(self.train_idx, self.sample_weights, batch_indices, generator)
+        rows = draw_rows(self.train_idx, self.sample_weights, batch_indices, generator, self.epoch, self.num_samples)
         features = None if self.feature_masks is None else self.feature_masks[rows]
         turns = None if self.turns is None else self.turns[rows.numpy()]
         sources = None if self.sources is None else self.sources[rows]

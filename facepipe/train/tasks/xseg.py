@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from facepipe.align import warp_to_crop
 from facepipe.faces import holdout_split, resize_crops
@@ -25,6 +26,7 @@ from facepipe.models.xseg import (
 )
 from facepipe.occluders import augment_pair, occlude, rng_from_torch
 from facepipe.preview import contact_sheet, outline
+from facepipe.train.epochs import epoch_rows, epoch_size
 from facepipe.train.task import TrainTask
 
 # Seed of the fixed synthetic occluders on held-out faces: the "occluded" IoU is measured on the
@@ -43,12 +45,15 @@ class XSegTask(TrainTask):
     """Segment the visible face; held-out IoU (clean and synthetically occluded) as metrics."""
 
     def __init__(self, crops: np.ndarray, labels: np.ndarray, train_idx, held_idx, width: int, depth: int,
-                 resolution: int, samples_per_epoch: int = 0, occlusion_probability: float = 0.5):
+                 resolution: int, samples_per_epoch: int = 0, occlusion_probability: float = 0.5,
+                 max_samples_per_epoch: int = 0):
         self.crops, self.labels = crops, labels  # 256 px uint8, labels {0, 255}
         self.train_idx, self.held_idx = np.asarray(train_idx), np.asarray(held_idx)
         self.width, self.depth, self.resolution = width, depth, resolution
         self.occlusion_probability = occlusion_probability
-        self.num_samples = max(len(self.train_idx), samples_per_epoch)
+        self.num_samples = epoch_size(len(self.train_idx), samples_per_epoch, max_samples_per_epoch)
+        self.training_faces = len(self.train_idx)
+        self.epoch = 0  # set by the engine (start_epoch)
         self.best_metric, self.best_mode = ("holdout_iou_occluded", "max") if len(self.held_idx) else ("loss", "min")
         held_crops, held_labels = crops[self.held_idx], labels[self.held_idx]
         occluded_crops, occluded_labels = occluded_holdout(held_crops, held_labels)
@@ -59,21 +64,24 @@ class XSegTask(TrainTask):
 
     @classmethod
     def from_faces(cls, crops: np.ndarray, labels: np.ndarray, width: int, depth: int, resolution: int,
-                   holdout_every: int = 10, samples_per_epoch: int = 0, occlusion_probability: float = 0.5) -> XSegTask:
+                   holdout_every: int = 10, samples_per_epoch: int = 0, occlusion_probability: float = 0.5,
+                   max_samples_per_epoch: int = 0) -> XSegTask:
         """From stored crops [N, S, S, 3] and {0, 255} labels [N, S, S], brought to the export size (256)."""
         crops, labels = resize_crops(crops, XSEG_SIZE), resize_crops(labels, XSEG_SIZE, nearest=True)
         train_idx, held_idx = holdout_split(len(crops), holdout_every)
         return cls(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch,
-                   occlusion_probability)
+                   occlusion_probability, max_samples_per_epoch)
 
     def build_model(self) -> XSegUNet:
         return XSegUNet(width=self.width, depth=self.depth)
 
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def compute_loss(self, model, batch_indices, generator, device):
         rng = rng_from_torch(generator)
         images, targets = [], []
-        for position in batch_indices.tolist():
-            row = self.train_idx[position % len(self.train_idx)]
+        for row in epoch_rows(torch.as_tensor(self.train_idx), batch_indices, self.epoch, self.num_samples).tolist():
             donor_row = self.train_idx[int(rng.integers(len(self.train_idx)))]
             crop, label = augment_pair(self.crops[row], self.labels[row], rng,
                                        donor=(self.crops[donor_row], self.labels[donor_row]),
