@@ -1,15 +1,16 @@
 """How much the swap export sharpens the face it paints.
 
-A 96 px autoencoder paints softer faces than the ones it learnt from: kim's identity model at the
+A 96 px autoencoder paints softer faces than the ones it learnt from (kim's identity model at the
 demo settings reconstructs her held-out faces with 0.35 of their variance of the Laplacian,
-german_news's (a sharper video) with 0.51. The export gives its face the unsharp mask that
-DeepFaceLab's merger and faceswap's converter apply when they paste (``models.swap.unsharp``),
-by the amount that brings the identity model's reconstructions of the identity's held-out faces
-back to the faces' own detail — measured on the identity, never on a target, so the export is
-not fitted to the frames it is judged on, and a soft identity model is sharpened more than a
-sharp one. Up to ``MAX_AMOUNT``: measured on the dev pairs (docs/swap_quality.md), twice that
-made the swaps flicker more than their targets (german_news -> obama: temporal ratio 1.35) and
-read less surely by FaceMesh (kim -> mead: pitch r 0.89 -> 0.77), with halos on the contact sheet.
+german_news's, a sharper video, with 0.51), and a face softer than the footage around it looks
+pasted. The export gives its face the unsharp mask that DeepFaceLab's merger and faceswap's
+converter apply when they paste (``models.swap.unsharp``), by the amount that makes the swaps of
+the target's training faces, fed as FaceFusion's deep_swapper feeds them (``facefusion_fed``), as
+sharp as those faces: no softer, because a blurred face is what users see first, and no crisper,
+because a face crisper than its footage looks as pasted (and flickers more). The target's held-out
+faces, which judge the export, are not used. Up to ``MAX_AMOUNT``, where a soft identity stays
+short of a sharp target (kim -> mead: 0.57 of mead's sharpness at the quality preset, docs/swap_quality.md,
+"The export's sharpening").
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facepipe.evaluate import sharpness_ratio
+from facepipe.evaluate import facefusion_sharpen, sharpness_ratio
 from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.autoencoder import load_identity_model, model_config_of
 from facepipe.models.swap import DfmSwapModel, swap_faces, unsharp
 
-MAX_AMOUNT = 0.5
+MAX_AMOUNT = 1.0
 
 
 def sharpened(crops: np.ndarray, amount: float) -> np.ndarray:
@@ -52,23 +53,25 @@ def matching_amount(reconstructions: np.ndarray, faces: np.ndarray, cap: float =
     return high
 
 
-def identity_sharpening(identity_model: Path, crops: np.ndarray, holdout_every: int) -> tuple[float, float]:
-    """(unsharp amount, sharpness ratio of the reconstructions before it) for the identity model
-    saved in ``identity_model`` and the identity's aligned crops, measured on the faces it held
-    out (``holdout_every``, as it was trained; all faces when it held none out)."""
+def identity_softness(identity_model: Path, crops: np.ndarray, holdout_every: int) -> float:
+    """The sharpness ratio of the reconstructions of the identity's held-out faces (``holdout_every``,
+    as the identity model was trained; all faces when it held none out) to those faces: how much
+    detail the identity model itself loses (reported beside the export's amount)."""
     config = model_config_of(identity_model)
     model = DfmSwapModel.from_autoencoders(load_identity_model(identity_model / "model.safetensors", config))
     _, held = holdout_split(len(crops), holdout_every)
     faces = resize_crops(np.asarray(crops)[held if len(held) else slice(None)], config.size)
-    reconstructions = swap_faces(model, faces, config.size).faces
-    return matching_amount(reconstructions, faces), sharpness_ratio(reconstructions, faces)
+    return sharpness_ratio(swap_faces(model, faces, config.size).faces, faces)
 
 
-def export_sharpening(identity_amount: float, swaps: np.ndarray, target_crops: np.ndarray) -> float:
-    """The export's amount: the identity's (``identity_sharpening``), but no more than makes the
-    unsharpened ``swaps`` of the target's training faces as sharp as those faces: a pasted face
-    crisper than the footage around it looks as pasted as a blurred one (german_news -> obama,
-    whose video is sharper than obama's: at the identity's amount the swaps read 1.07 of the
-    targets' sharpness)."""
-    return min(identity_amount, matching_amount(swaps, resize_crops(np.asarray(target_crops), swaps.shape[1]),
-                                                cap=identity_amount))
+def facefusion_fed(crops: np.ndarray, size: int) -> np.ndarray:
+    """Aligned crops as FaceFusion's deep_swapper feeds a DFM model of ``size``: at that size,
+    sharpened (``evaluate.facefusion_sharpen``)."""
+    return np.stack([facefusion_sharpen(crop) for crop in resize_crops(crops, size)])
+
+
+def export_sharpening(swaps: np.ndarray, target_crops: np.ndarray) -> float:
+    """The export's amount: the smallest that makes the unsharpened ``swaps`` of the target's
+    training faces (fed as ``facefusion_fed`` feeds them) as sharp as those faces' crops, up to
+    ``MAX_AMOUNT`` (compared at the swaps' size)."""
+    return matching_amount(swaps, np.asarray(target_crops))

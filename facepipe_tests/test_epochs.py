@@ -27,7 +27,7 @@ def test_epoch_size_is_the_face_count_within_its_bounds():
 
 
 def test_the_defaults_cap_every_training_at_the_sets_the_presets_were_measured_on():
-    # german_news's 450 training faces and obama_late's 157: the quality preset's hour
+    # german_news's 450 training faces and obama_late's 158: the quality preset's hour
     assert IdentityModelConfig().max_samples_per_epoch == 450
     assert LoraConfig().max_samples_per_epoch == XSegConfig().max_samples_per_epoch == 160
 

@@ -1,5 +1,5 @@
-"""How much the export sharpens: the amount that brings soft reconstructions back to the faces'
-detail, on real crops blurred by known amounts."""
+"""How much the export sharpens: the amount that brings soft faces back to their reference's detail
+(the swaps to the target's faces), on real crops blurred by known amounts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from test_export import real_crops
 
-from facepipe.evaluate import sharpness_ratio
-from facepipe.sharpening import MAX_AMOUNT, export_sharpening, matching_amount, sharpened
+from facepipe.evaluate import facefusion_sharpen, sharpness_ratio
+from facepipe.faces import resize_crops
+from facepipe.sharpening import MAX_AMOUNT, export_sharpening, facefusion_fed, matching_amount, sharpened
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,15 +42,23 @@ def test_very_soft_faces_get_the_cap():
     assert matching_amount(very_soft, faces) == MAX_AMOUNT
 
 
-def test_the_export_sharpens_no_further_than_the_targets_own_faces():
+def test_the_export_sharpens_the_swaps_to_the_targets_own_faces_and_no_further():
     faces = real_crops()
-    identity_amount = 0.4
-    # swaps far softer than the target's faces: the identity's amount stands
-    assert export_sharpening(identity_amount, blurred(faces, 1.5), faces) == identity_amount
-    # swaps a little softer: just enough to reach the targets' sharpness, less than the identity's amount
+    # swaps far softer than the target's faces: the cap
+    assert export_sharpening(blurred(faces, 1.5), faces) == MAX_AMOUNT == 1.0
+    # swaps a little softer: just enough to reach the targets' sharpness
     slightly_soft = blurred(faces, 0.4)
-    amount = export_sharpening(identity_amount, slightly_soft, faces)
-    assert 0 < amount < identity_amount and sharpness_ratio(sharpened(slightly_soft, amount), faces) >= 1.0
+    amount = export_sharpening(slightly_soft, faces)
+    assert 0 < amount < MAX_AMOUNT and sharpness_ratio(sharpened(slightly_soft, amount), faces) >= 1.0
     # swaps already as sharp as the targets (or of another size, compared at the swaps'): none
-    assert export_sharpening(identity_amount, faces, faces) == 0.0
-    assert export_sharpening(identity_amount, faces[:, ::2, ::2].copy(), np.stack([cv2.pyrUp(f) for f in faces])) == 0.0
+    assert export_sharpening(faces, faces) == 0.0
+    assert export_sharpening(faces[:, ::2, ::2].copy(), np.stack([cv2.pyrUp(f) for f in faces])) == 0.0
+
+
+def test_the_swaps_are_fed_as_facefusion_feeds_them():
+    faces = real_crops()
+    fed = facefusion_fed(faces, 96)
+    assert fed.shape == (len(faces), 96, 96, 3) and fed.dtype == np.uint8
+    small = resize_crops(faces, 96)
+    assert np.array_equal(fed[0], facefusion_sharpen(small[0]))
+    assert sharpness_ratio(fed, small) > 1.2  # its 1.75 crop - 0.75 blur sharpens what the model reads

@@ -45,7 +45,7 @@ from facepipe.partitions import pair_partitions
 from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_spaced, paste_face, side_by_side, write_png
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
-from facepipe.sharpening import export_sharpening, identity_sharpening
+from facepipe.sharpening import export_sharpening, facefusion_fed, identity_softness
 from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.balance import expression_measures
@@ -69,8 +69,9 @@ LORA_VERSION = "13"
 # 10: that mask capped at 0.5 (was 1.0); 11: and at what makes the swaps as sharp as the target's faces;
 # 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX);
 # 13: the swap latent map (pose_follow) folded into the swap and the morph; 14: pose_follow's pose reader
-# in the graph beside the encoder, the map gone; 15: the reader reads degrees (a centre beside its scale)
-EXPORT_VERSION = "15"
+# in the graph beside the encoder, the map gone; 15: the reader reads degrees (a centre beside its scale);
+# 16: the unsharp mask matched to the target's faces as FaceFusion feeds them (up to 1), not to the identity model
+EXPORT_VERSION = "16"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -98,7 +99,7 @@ class LoraConfig(TrainingConfig):
     batch_size: int = 16
     lr: float = 3e-3
     samples_per_epoch: int = 128
-    # obama_late's 157 training faces, on which the quality preset's hour was measured (its adapter's
+    # obama_late's 158 training faces, on which the quality preset's hour was measured (its adapter's
     # share); a larger target trains on a slice of its faces each epoch (facepipe.train.epochs).
     max_samples_per_epoch: int = 160
     # Share of training inputs sharpened as FaceFusion feeds them (0: off, for DeepFaceLive only).
@@ -283,9 +284,9 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
 
 
 class ExportConfig(Config):
-    # The unsharp mask on the exported face (models.swap.unsharp): None matches it to the identity
-    # model (facepipe.sharpening: its held-out reconstructions brought back to the faces' own
-    # detail); a number sets the amount (0: off). Measured in docs/swap_quality.md.
+    # The unsharp mask on the exported face (models.swap.unsharp): None matches it to the target
+    # (facepipe.sharpening: the swaps of its training faces, fed as FaceFusion feeds them, as sharp as
+    # those faces, up to 1); a number sets the amount (0: off). Measured in docs/swap_quality.md.
     sharpen: Optional[float] = None
     # σ (px at the model's size) of the Gaussian on the crop the model is fed, before the encoder
     # reads it (0: off): the runtimes' crops are far sharper than the training inputs
@@ -320,19 +321,19 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         held = np.load(lora_adapter.path / "target_holdout.npy")
         held = held if len(held) else np.arange(min(8, len(targ)))
         identity_set = FaceSet.load(identity_faces.path)
-        identity_amount, softness = identity_sharpening(identity_model.path, identity_set.crops,
-                                                        identity_model.record["config"]["holdout_every"])
+        softness = identity_softness(identity_model.path, identity_set.crops, identity_model.record["config"]["holdout_every"])
         if config.sharpen is None:
             train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
             train = train if len(train) else np.arange(len(targ))
-            swaps = swap_faces(merged.dfm_model(input_blur=config.input_blur), targ.crops[train], size).faces
-            sharpen = export_sharpening(identity_amount, swaps, targ.crops[train])
+            fed = facefusion_fed(targ.crops[train], size)
+            sharpen = export_sharpening(swap_faces(merged.dfm_model(input_blur=config.input_blur), fed, size).faces,
+                                        targ.crops[train])
         else:
             sharpen = config.sharpen
-        context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness "
-                         f"(unsharp amount {identity_amount:.2f} restores them); the exported face gets "
-                         f"{sharpen:.2f}{' (set in run config)' if config.sharpen is not None else ''}; the crop it is "
-                         f"fed is low-passed by a Gaussian of {config.input_blur:g} px")
+        context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness; the "
+                         f"exported face gets an unsharp mask of {sharpen:.2f}"
+                         f"{' (set in run config)' if config.sharpen is not None else ', the amount that makes the swaps of the target training faces as sharp as those faces (at most 1)'}"
+                         f"; the crop it is fed is low-passed by a Gaussian of {config.input_blur:g} px")
         dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur)
 
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
@@ -362,7 +363,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         pasted = preview_video(targ, frames.path / "frames", manifest, faces, paste_masks, out / "preview.mp4")
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
-                "sharpen": round(sharpen, 4), "input_blur": config.input_blur, "identity_sharpen": round(identity_amount, 4),
+                "sharpen": round(sharpen, 4), "input_blur": config.input_blur,
                 "identity_reconstruction_sharpness": round(softness, 4),
                 "preview_video": "preview.mp4" if pasted else None, "preview_video_frames": pasted,
                 "identity_transfer_gain": metrics["identity"]["identity_transfer_gain"],
