@@ -35,7 +35,6 @@ from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
-from facepipe.models.follow import fit_swap_turn
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights, save_adapter,
                                   set_pose_follow, set_swap_offset)
 from facepipe.models.pose import crop_poses, mirror_images
@@ -293,9 +292,6 @@ class ExportConfig(Config):
     # reads it (0: off): the runtimes' crops are far sharper than the training inputs
     # (models.swap.INPUT_BLUR_PX). Measured in docs/swap_quality.md.
     input_blur: float = INPUT_BLUR_PX
-    # The share of the yaw gap between the crop fed and the face painted that the painted face is
-    # turned by, in the exported graph (models.follow.SwapTurn; 0: off). Measured in docs/swap_quality.md.
-    turn_follow: float = 0.0
 
 
 @asset(key=AssetKey(["pair", "onnx_export"]), partitions_def=pair_partitions, group_name="pair", code_version=EXPORT_VERSION,
@@ -326,18 +322,11 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         held = held if len(held) else np.arange(min(8, len(targ)))
         identity_set = FaceSet.load(identity_faces.path)
         softness = identity_softness(identity_model.path, identity_set.crops, identity_model.record["config"]["holdout_every"])
-        train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
-        train = train if len(train) else np.arange(len(targ))
-        fed = facefusion_fed(targ.crops[train], size)
-        turn = None
-        if config.turn_follow > 0:
-            painted = swap_faces(merged.dfm_model(input_blur=config.input_blur), fed, size)
-            turn = fit_swap_turn(resize_crops(targ.crops[train], size), crop_poses(targ.crops[train]), painted.faces,
-                                 painted.celeb_masks, config.turn_follow, targ.crops.shape[1])
-            context.log.info(f"turn_follow {config.turn_follow:g}: the painted face turns by that share of the yaw "
-                             f"gap between the crop and itself, {np.degrees(turn.gain):.2f} deg of warp per degree read")
         if config.sharpen is None:
-            sharpen = export_sharpening(swap_faces(merged.dfm_model(input_blur=config.input_blur, turn=turn), fed, size).faces,
+            train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
+            train = train if len(train) else np.arange(len(targ))
+            fed = facefusion_fed(targ.crops[train], size)
+            sharpen = export_sharpening(swap_faces(merged.dfm_model(input_blur=config.input_blur), fed, size).faces,
                                         targ.crops[train])
         else:
             sharpen = config.sharpen
@@ -345,7 +334,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
                          f"exported face gets an unsharp mask of {sharpen:.2f}"
                          f"{' (set in run config)' if config.sharpen is not None else ', the amount that makes the swaps of the target training faces as sharp as those faces (at most 1)'}"
                          f"; the crop it is fed is low-passed by a Gaussian of {config.input_blur:g} px")
-        dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur, turn=turn)
+        dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur)
 
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
         profile = json.loads((identity_profile.path / "profile.json").read_text())
@@ -357,7 +346,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
                    "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,
                    "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config"),
-                   "sharpen": sharpen, "input_blur": config.input_blur, "turn_follow": config.turn_follow}
+                   "sharpen": sharpen, "input_blur": config.input_blur}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
             "runtime": "facepipe install facefusion|deepfacelive PATH puts the .dfm (alone) where each runtime reads it"})

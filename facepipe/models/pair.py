@@ -626,15 +626,14 @@ class MergedPair:
     swap_pose_directions: torch.Tensor | None = None
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
-                  input_blur: float = 0.0, turn: nn.Module | None = None) -> DfmSwapModel:
+                  input_blur: float = 0.0) -> DfmSwapModel:
         """The DFM-convention module for facepipe.export.export_dfm, with the ``morph_value:0``
         input (MorphingDecoder; 1, its default, is the swap). ``out_face_mask:0`` comes from
         ``face_mask_source`` (e.g. the target's XSeg), by default from the target path's mask
         head. (The encoder then runs twice in the graph, once per output; it is the cheap half of
         the model.) Outside its mask the face is filled with its own colours (DfmSwapModel's
         ``fill_background``), then given the unsharp mask ``sharpen``; the input crop is first
-        low-passed by ``input_blur`` (px; models.swap.INPUT_BLUR_PX); ``turn`` (models.follow.SwapTurn)
-        turns the painted face to the crop's yaw."""
+        low-passed by ``input_blur`` (px; models.swap.INPUT_BLUR_PX)."""
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
         target = self.target_face_mask
@@ -642,7 +641,7 @@ class MergedPair:
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
                                             self.swap_gain, self.swap_pose_directions),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
-                            input_blur=input_blur, turn=turn)
+                            input_blur=input_blur)
 
 
 def _merged(

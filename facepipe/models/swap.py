@@ -110,15 +110,12 @@ class DfmSwapModel(nn.Module):
     0: none), so that every runtime shows the face as sharp as the export decided.
     ``input_blur``: σ in px of a Gaussian (border repeated) on the input crop before anything reads
     it (0: none); see ``INPUT_BLUR_PX``.
-    ``turn``: optional module (crop, face, mask, morph) → (face, mask), after the fill and before the
-    sharpening: the painted face turned to the crop's yaw (``facepipe.models.follow.SwapTurn``).
     """
 
     def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None,
                  takes_morph: bool = False, fill_background: bool = False, sharpen: float = 0.0,
-                 input_blur: float = 0.0, turn: nn.Module | None = None):
+                 input_blur: float = 0.0):
         super().__init__()
-        self.turn = turn
         self.encoder_part = encoder_part
         self.decoder_part = decoder_part
         self.face_mask_source = face_mask_source
@@ -153,13 +150,10 @@ class DfmSwapModel(nn.Module):
         elif morph_value is not None:
             raise ValueError("this DFM model has no morph_value input")
         else:
-            morph = in_face.new_ones(1)
             celeb_face, celeb_mask_logits = self.decoder_part(code)
         celeb_mask = torch.sigmoid(celeb_mask_logits)
         if self.fill_background:
             celeb_face = fill_outside_mask(celeb_face, celeb_mask)
-        if self.turn is not None:
-            celeb_face, celeb_mask = self.turn(bgr, celeb_face, celeb_mask, morph)
         if self.sharpen:
             celeb_face = unsharp(celeb_face, self.sharpen)
         face_mask = celeb_mask if self.face_mask_source is None else self.face_mask_source(bgr)
