@@ -94,8 +94,11 @@ class LoraConfig(TrainingConfig):
     # 120 epochs at 3e-3 (was 40 at 1e-3): the adapter is what carries the target's expression into
     # the identity's code, and it was undertrained. Measured on german_news -> obama (demo identity
     # model, 60 held-out frames, FaceFusion feeding): mouth following 0.28 at 40 epochs, 0.58 at 120
-    # and 0.68 at 240 (lr 1e-3), 0.67 at 120 with lr 3e-3 — the same reach in half the time.
-    epochs: int = 120
+    # and 0.68 at 240 (lr 1e-3), 0.67 at 120 with lr 3e-3 — the same reach in half the time. At 3e-3
+    # it has learnt what it will by 90: 90, 120 and 240 epochs on the same demo identity models
+    # followed within a build's noise of each other (docs/swap_quality.md, "The adapter's length"),
+    # and 90 takes a quarter off the demo's pair job.
+    epochs: int = 90
     batch_size: int = 16
     lr: float = 3e-3
     samples_per_epoch: int = 128
