@@ -91,7 +91,7 @@ class LoraConfig(TrainingConfig):
     alpha: float = 16.0
     identity_replay_weight: float = 1.0
     eyes_mouth_weight: float = 1.0  # extra L1 over the eyes and mouth in both paths (see the identity model's)
-    # 120 epochs at 3e-3 (was 40 at 1e-3): the adapter is what carries the target's expression into
+    # 3e-3 and more epochs than the 40 at 1e-3 it once had: the adapter carries the target's expression into
     # the identity's code, and it was undertrained. Measured on german_news -> obama (demo identity
     # model, 60 held-out frames, FaceFusion feeding): mouth following 0.28 at 40 epochs, 0.58 at 120
     # and 0.68 at 240 (lr 1e-3), 0.67 at 120 with lr 3e-3 — the same reach in half the time. At 3e-3
