@@ -554,6 +554,24 @@ def test_cpu_training_runs_channels_last_and_saves_plain_tensors(tmp_path, monke
         torch.testing.assert_close(tensor, plain_saved[name], rtol=1e-4, atol=1e-5)
 
 
+def test_importing_the_engine_flushes_denormals_in_every_cpu_thread():
+    # In a fresh process, as a build starts: the import must come before torch's thread pool, whose
+    # workers keep the floating-point mode they started with. A product of denormals large enough to
+    # be split across both threads must come out all zero (denormal arithmetic stalls training),
+    # while the same product in the normal range is kept.
+    script = (
+        "import torch\n"
+        "import facepipe.train\n"
+        "torch.set_num_threads(2)\n"
+        "tiny, small = torch.full((4_000_000,), 1e-39), torch.full((4_000_000,), 1e-30)\n"
+        "print(int((tiny * 0.5).count_nonzero()), int((small * 0.5).count_nonzero()), torch.set_flush_denormal(True))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    if out[2] == "False":
+        pytest.skip("this CPU has no flush-to-zero mode")
+    assert out[:2] == ["0", "4000000"]
+
+
 class NanGradientTask(LinearTask):
     """A finite loss whose gradients are NaN on every step (0 · ∞ at a square root of zero)."""
 
