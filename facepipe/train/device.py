@@ -42,11 +42,10 @@ def uses_mixed_precision(device: torch.device, wanted: bool) -> bool:
 
 def flush_denormals() -> bool:
     """Compute with denormal floats flushed to zero on the CPU (x86 FTZ/DAZ; False where the CPU
-    has no such mode). Once the patch discriminator judges confidently, its gradients back into
-    the identity model fall below float32's normal range, and arithmetic on denormals runs many
-    times slower: on 2 cores the identity model's step slowed from 0.103 s to 0.125 s from the
-    epoch the random warp stops (an epoch 3.2 s -> 3.9-4.3 s), and 0.107 s with them flushed
-    (docs/swap_quality.md, "Denormals"). Values under 1e-38 change nothing a model learns.
+    has no such mode). Late in training some of the identity model's gradients fall below float32's
+    normal range, and arithmetic on denormals runs many times slower: on 2 cores its step slowed
+    from 0.103 s to 0.125 s from about the epoch the random warp stops (an epoch 3.2 s -> 3.9-4.3 s),
+    and 0.107 s with them flushed (docs/swap_quality.md, "Denormals"). Values under 1e-38 change nothing a model learns.
     It is set on importing the engine, before torch's first parallel kernel, because the CPU
     thread pool's workers take the floating-point mode of the thread that starts them and keep it."""
     return torch.set_flush_denormal(True)
