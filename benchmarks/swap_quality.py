@@ -17,7 +17,9 @@ shape around a pasted face carry some of its pose and of its identity, so a past
 compared with a pasted mean face, not with zero. And the ceiling: the target's own face at the
 model's size through the swap's mask (``metrics.target_copy``), measured as a swap is — what a
 perfect copy of the target's face would score in following and sharpness at that size (its
-identity columns are the target's, not a goal).
+identity columns are the target's, not a goal); and that copy pasted back as the swap is
+(``metrics.pasted_copy``): how sharp any face of the model's size can look once the runtime
+enlarges it into the frame.
 
     .venv/bin/python benchmarks/swap_quality.py                       # every pair, default epochs
     .venv/bin/python benchmarks/swap_quality.py --pairs german_news/obama_late,obama_early/obama_late \\
@@ -378,7 +380,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     baseline_at_size = cv2.resize(mean_face, (size, size), interpolation=cv2.INTER_AREA)
     targets, swaps, plain_swaps, model_crops, rows = [], [], [], [], []
     copies = []  # the target's own face at the model's size, alone: a perfect swap's ceiling
-    pasted_swaps, pasted_baselines = [], []  # the pasted frames, cropped as the targets are
+    pasted_swaps, pasted_baselines, pasted_copies = [], [], []  # the pasted frames, cropped as the targets are
     for (frame_index, frame), points, ok in zip(frames, found.points, found.detected):
         if not ok:
             continue
@@ -396,6 +398,10 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         pasted_baseline = facefusion_paste_back(frame, facefusion_match_colour(model_crop, baseline_at_size), paste_mask, matrix)
         pasted_swaps.append(facefusion_crop(pasted, five, MEASURE_SIZE)[0])
         pasted_baselines.append(facefusion_crop(pasted_baseline, five, MEASURE_SIZE)[0])
+        # The target's own crop at the model's size pasted back the same way: how sharp any face
+        # of this size can look once the runtime enlarges it into the frame (the pasted ceiling).
+        pasted_copy = facefusion_paste_back(frame, model_crop, paste_mask, matrix)
+        pasted_copies.append(facefusion_crop(pasted_copy, five, MEASURE_SIZE)[0])
         # The same crop without FaceFusion's sharpening: what DeepFaceLive feeds (uint8 / 255).
         _, plain_face, plain_mask = run(dfm_input(model_crop))
         plain_swaps.append(face_alone(facefusion_output(plain_face[0]), plain_mask[0][..., 0]))
@@ -425,6 +431,7 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
     # face less surely than a 256 px one, and a narrow range of turns leaves little to correlate).
     summary["target_copy"] = summarised(evaluated(copies))
     summary["pasted_baseline"] = summarised(evaluated(pasted_baselines))
+    summary["pasted_copy"] = summarised(evaluated(pasted_copies))
     # How much the feeding changes the answer: mean absolute difference (0-255) between the swaps
     # of the sharpened and the plain input, beside how much the inputs themselves differ.
     summary["feeding_gap"] = {
@@ -520,13 +527,14 @@ def report(results: dict, options: dict) -> str:
                   f"Contact sheet: `{last['contact_sheet']}`.", "",
                   "| metric | swap (FaceFusion: sharpened input) | swap (DeepFaceLive: unsharpened input) | "
                   "paste mean identity | swap pasted back (what a viewer sees) | mean identity pasted back | "
-                  "the target's own face at the model's size (a perfect copy: the ceiling) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "the target's own face at the model's size (a perfect copy: the ceiling) | "
+                  "that face pasted back (the ceiling of what a viewer sees) |",
+                  "|---|---|---|---|---|---|---|---|"]
         columns = {name: metric_rows(last["metrics"][name]) if name in last["metrics"] else None
-                   for name in ("unsharpened", "pasted", "pasted_baseline", "target_copy")}
+                   for name in ("unsharpened", "pasted", "pasted_baseline", "target_copy", "pasted_copy")}
         cell = lambda name, row: columns[name][row][1] if columns[name] else "–"  # noqa: E731
         lines += [f"| {name} | {swap} | {cell('unsharpened', row)} | {baseline} | {cell('pasted', row)} | "
-                  f"{cell('pasted_baseline', row)} | {cell('target_copy', row)} |" for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
+                  f"{cell('pasted_baseline', row)} | {cell('target_copy', row)} | {cell('pasted_copy', row)} |" for row, (name, swap, baseline) in enumerate(metric_rows(last["metrics"]))]
         if "ranges" in last["metrics"]:
             spans = last["metrics"]["ranges"]
             lines += ["", "What each side shows (5th-95th percentile): " + "; ".join(
