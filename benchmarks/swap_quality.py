@@ -392,16 +392,21 @@ def evaluate_pair(settings: dict, media: Path, identity: str, target: str, eval_
         # What a FaceFusion user sees: the swap in the replaced face's colours, pasted back. The
         # metrics read the model's own output (``swap``), so the colour matching flatters none of them.
         paste_mask = facefusion_paste_mask(face_mask[0], celeb_mask[0])
-        pasted = facefusion_paste_back(frame, facefusion_match_colour(model_crop, swap), paste_mask, matrix)
+
+        def pasted_back(face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """``face`` pasted into this frame through the swap's mask: the frame, and its crop as
+            the targets are cropped (what the pasted columns measure)."""
+            pasted_frame = facefusion_paste_back(frame, face, paste_mask, matrix)
+            return pasted_frame, facefusion_crop(pasted_frame, five, MEASURE_SIZE)[0]
+
+        pasted, pasted_crop = pasted_back(facefusion_match_colour(model_crop, swap))
+        pasted_swaps.append(pasted_crop)
         # The mean identity face pasted the same way (same mask, same colour matching): what the
         # pasted swap is compared with, as the raw swap is with the mean face itself.
-        pasted_baseline = facefusion_paste_back(frame, facefusion_match_colour(model_crop, baseline_at_size), paste_mask, matrix)
-        pasted_swaps.append(facefusion_crop(pasted, five, MEASURE_SIZE)[0])
-        pasted_baselines.append(facefusion_crop(pasted_baseline, five, MEASURE_SIZE)[0])
+        pasted_baselines.append(pasted_back(facefusion_match_colour(model_crop, baseline_at_size))[1])
         # The target's own crop at the model's size pasted back the same way: how sharp any face
         # of this size can look once the runtime enlarges it into the frame (the pasted ceiling).
-        pasted_copy = facefusion_paste_back(frame, model_crop, paste_mask, matrix)
-        pasted_copies.append(facefusion_crop(pasted_copy, five, MEASURE_SIZE)[0])
+        pasted_copies.append(pasted_back(model_crop)[1])
         # The same crop without FaceFusion's sharpening: what DeepFaceLive feeds (uint8 / 255).
         _, plain_face, plain_mask = run(dfm_input(model_crop))
         plain_swaps.append(face_alone(facefusion_output(plain_face[0]), plain_mask[0][..., 0]))
