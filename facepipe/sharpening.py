@@ -2,21 +2,24 @@
 
 A 96 px autoencoder paints softer faces than the ones it learnt from (kim's identity model at the
 demo settings reconstructs her held-out faces with 0.35 of their variance of the Laplacian,
-german_news's, a sharper video, with 0.51), and a face softer than the footage around it looks
-pasted. The export gives its face the unsharp mask that DeepFaceLab's merger and faceswap's
-converter apply when they paste (``models.swap.unsharp``), by the amount that makes the swaps of
-the target's training faces, fed as FaceFusion's deep_swapper feeds them (``facefusion_fed``), as
-sharp as those faces: no softer, because a blurred face is what users see first, and no crisper,
-because a face crisper than its footage looks as pasted (and flickers more). The target's held-out
-faces, which judge the export, are not used. Up to ``MAX_AMOUNT``, where a soft identity stays
-short of a sharp target (kim -> mead: 0.57 of mead's sharpness at the quality preset, docs/swap_quality.md,
-"The export's sharpening").
+german_news's, a sharper video, with 0.51), and a soft face is what users see first. The export
+gives its face the unsharp mask that DeepFaceLab's merger and faceswap's converter apply when they
+paste (``models.swap.unsharp``), by the amount that makes the swaps of the target's training faces,
+fed as FaceFusion's deep_swapper feeds them (``facefusion_fed``), as sharp as those faces cut as the
+runtimes cut them (``runtime_cut``: straight to the model's size, bilinear, as both warp a frame):
+what the runtime pastes back is then as sharp as the target's own face would look through a model
+of this size, the most a face of this size can show once enlarged into the frame (on obama_early ->
+vox pasted back: 0.17 of the target's sharpness with the amount matched to the anti-aliased
+training crops, 0.26 at 1.5, the target's own crop 0.28; docs/swap_quality.md, "The pasted face as
+the rule"). The target's held-out faces, which judge the export, are not used. Up to
+``MAX_AMOUNT``: beyond it the mask amplifies the model's pixel-level texture into grain.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -25,7 +28,7 @@ from facepipe.faces import holdout_split, resize_crops
 from facepipe.models.autoencoder import load_identity_model, model_config_of
 from facepipe.models.swap import DfmSwapModel, swap_faces, unsharp
 
-MAX_AMOUNT = 1.0
+MAX_AMOUNT = 2.0
 
 
 def sharpened(crops: np.ndarray, amount: float) -> np.ndarray:
@@ -70,8 +73,16 @@ def facefusion_fed(crops: np.ndarray, size: int) -> np.ndarray:
     return np.stack([facefusion_sharpen(crop) for crop in resize_crops(crops, size)])
 
 
+def runtime_cut(crops: np.ndarray, size: int) -> np.ndarray:
+    """Aligned crops brought to ``size`` as FaceFusion and DeepFaceLive cut a face: bilinear, without
+    the anti-aliasing of ``faces.resize_crops`` (both warp the frame with cv2.warpAffine's linear
+    filter), so 2-4x the variance of the Laplacian of the shrunk crops."""
+    return np.stack([cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR) for crop in np.asarray(crops)])
+
+
 def export_sharpening(swaps: np.ndarray, target_crops: np.ndarray) -> float:
     """The export's amount: the smallest that makes the unsharpened ``swaps`` of the target's
-    training faces (fed as ``facefusion_fed`` feeds them) as sharp as those faces' crops, up to
-    ``MAX_AMOUNT`` (compared at the swaps' size)."""
-    return matching_amount(swaps, np.asarray(target_crops))
+    training faces (fed as ``facefusion_fed`` feeds them) as sharp as those faces cut as the runtimes
+    cut them (``runtime_cut``, at the swaps' size), up to ``MAX_AMOUNT``."""
+    swaps = np.asarray(swaps)
+    return matching_amount(swaps, runtime_cut(target_crops, swaps.shape[1]))

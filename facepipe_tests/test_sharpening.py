@@ -7,10 +7,11 @@ import cv2
 import numpy as np
 import pytest
 from test_export import real_crops
+from test_models import hopper_faces
 
 from facepipe.evaluate import facefusion_sharpen, sharpness_ratio
 from facepipe.faces import resize_crops
-from facepipe.sharpening import MAX_AMOUNT, export_sharpening, facefusion_fed, matching_amount, sharpened
+from facepipe.sharpening import MAX_AMOUNT, export_sharpening, facefusion_fed, matching_amount, runtime_cut, sharpened
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,17 +43,30 @@ def test_very_soft_faces_get_the_cap():
     assert matching_amount(very_soft, faces) == MAX_AMOUNT
 
 
-def test_the_export_sharpens_the_swaps_to_the_targets_own_faces_and_no_further():
-    faces = real_crops()
-    # swaps far softer than the target's faces: the cap
-    assert export_sharpening(blurred(faces, 1.5), faces) == MAX_AMOUNT == 1.0
-    # swaps a little softer: just enough to reach the targets' sharpness
-    slightly_soft = blurred(faces, 0.4)
-    amount = export_sharpening(slightly_soft, faces)
-    assert 0 < amount < MAX_AMOUNT and sharpness_ratio(sharpened(slightly_soft, amount), faces) >= 1.0
-    # swaps already as sharp as the targets (or of another size, compared at the swaps'): none
-    assert export_sharpening(faces, faces) == 0.0
-    assert export_sharpening(faces[:, ::2, ::2].copy(), np.stack([cv2.pyrUp(f) for f in faces])) == 0.0
+def test_the_runtimes_cut_is_bilinear_and_sharper_than_the_shrink():
+    """What FaceFusion and DeepFaceLive feed and paste: the face warped straight to the model's size
+    with cv2.warpAffine's linear filter (here from the stored crop, at the same pixel centres), not
+    the anti-aliased shrink the training crops come from, and so the sharper of the two."""
+    crops, _ = hopper_faces()
+    cut = runtime_cut(crops, 96)
+    s = crops.shape[1] / 96
+    to_stored = np.float64([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2]])
+    warped = np.stack([cv2.warpAffine(crop, to_stored, (96, 96), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_REPLICATE) for crop in crops]).astype(np.float64)
+    assert cut.shape == (len(crops), 96, 96, 3) and cut.dtype == np.uint8
+    assert np.abs(cut - warped).mean() < 0.5 and np.abs(cut - warped).max() <= 4  # their fixed-point weights differ
+    assert sharpness_ratio(cut, resize_crops(crops, 96)) > 1.5
+
+
+def test_the_export_sharpens_the_swaps_to_the_targets_faces_as_the_runtimes_cut_them():
+    crops, _ = hopper_faces()
+    cut, shrunk = runtime_cut(crops, 96), resize_crops(crops, 96)
+    # swaps as sharp as the anti-aliased shrink: just enough to reach the runtime's cut
+    amount = export_sharpening(shrunk, crops)
+    assert 0 < amount < MAX_AMOUNT and sharpness_ratio(sharpened(shrunk, amount), cut) >= 1.0
+    # swaps far softer: the cap; swaps as sharp as the runtime's cut: none
+    assert export_sharpening(blurred(shrunk, 1.5), crops) == MAX_AMOUNT == 2.0
+    assert export_sharpening(cut, crops) == 0.0
 
 
 def test_the_swaps_are_fed_as_facefusion_feeds_them():

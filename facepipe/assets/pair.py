@@ -70,8 +70,9 @@ LORA_VERSION = "13"
 # 12: the input crop low-passed to the sharpness the encoder learnt from (models.swap.INPUT_BLUR_PX);
 # 13: the swap latent map (pose_follow) folded into the swap and the morph; 14: pose_follow's pose reader
 # in the graph beside the encoder, the map gone; 15: the reader reads degrees (a centre beside its scale);
-# 16: the unsharp mask matched to the target's faces as FaceFusion feeds them (up to 1), not to the identity model
-EXPORT_VERSION = "16"
+# 16: the unsharp mask matched to the target's faces as FaceFusion feeds them (up to 1), not to the identity model;
+# 17: ... to the target's faces as the runtimes cut them (bilinear, not anti-aliased), up to 2
+EXPORT_VERSION = "17"
 
 
 def pair_keys(context) -> tuple[str, str]:
