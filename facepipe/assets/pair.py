@@ -290,7 +290,8 @@ def preview_video(target_faces: FaceSet, frames_path: Path, manifest, swapped, f
 class ExportConfig(Config):
     # The unsharp mask on the exported face (models.swap.unsharp): None matches it to the target
     # (facepipe.sharpening: the swaps of its training faces, fed as FaceFusion feeds them, as sharp as
-    # those faces, up to 1); a number sets the amount (0: off). Measured in docs/swap_quality.md.
+    # those faces cut as the runtimes cut them, up to 2); a number sets the amount (0: off). Measured in
+    # docs/swap_quality.md.
     sharpen: Optional[float] = None
     # σ (px at the model's size) of the Gaussian on the crop the model is fed, before the encoder
     # reads it (0: off): the runtimes' crops are far sharper than the training inputs
@@ -336,7 +337,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
             sharpen = config.sharpen
         context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness; the "
                          f"exported face gets an unsharp mask of {sharpen:.2f}"
-                         f"{' (set in run config)' if config.sharpen is not None else ', the amount that makes the swaps of the target training faces as sharp as those faces (at most 1)'}"
+                         f"{' (set in run config)' if config.sharpen is not None else ', the amount that makes the swaps of the target training faces as sharp as those faces cut as the runtimes cut them (at most 2)'}"
                          f"; the crop it is fed is low-passed by a Gaussian of {config.input_blur:g} px")
         dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur)
 
