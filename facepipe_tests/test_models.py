@@ -349,6 +349,16 @@ def laplacian_variance(images: torch.Tensor) -> float:
     return float(np.median([cv2.Laplacian(face, cv2.CV_64F).var() for face in grey]))
 
 
+def warped_as_the_runtimes(crops: np.ndarray, size: int) -> np.ndarray:
+    """Stored crops [N, S0, S0, 3] warped straight to ``size`` with OpenCV's warpAffine, bilinear (what
+    FaceFusion and DeepFaceLive call on a frame), as float64: the reference for a runtime's cut. The
+    pixel centres of the model-size crop, in the stored crop's pixels: x_s = s·x + (s - 1)/2."""
+    s = crops.shape[1] / size
+    to_stored = np.float64([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2]])
+    return np.stack([cv2.warpAffine(crop, to_stored, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_REPLICATE) for crop in crops]).astype(np.float64)
+
+
 def test_a_runtime_crop_is_read_from_the_stored_crop_as_the_runtimes_warp_a_frame():
     """An input cut as the runtimes cut it is the stored 256 px crop warped straight to the model's
     size, bilinear, as OpenCV's warpAffine does it (what FaceFusion and DeepFaceLive call), not the
@@ -362,11 +372,7 @@ def test_a_runtime_crop_is_read_from_the_stored_crop_as_the_runtimes_warp_a_fram
     inputs, targets, _ = augment_batch(images, mask_tensor, torch.Generator().manual_seed(0),
                                        AugmentConfig(**geometric_off, runtime_crop=1.0), sources=sources)
     torch.testing.assert_close(targets, images, atol=1e-5, rtol=0)
-    # The pixel centres of the model-size crop, in the stored crop's pixels: x_s = s·x + (s - 1)/2.
-    s = 256 / 96
-    to_stored = np.float64([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2]])
-    warped = np.stack([cv2.warpAffine(crop, to_stored, (96, 96), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                      borderMode=cv2.BORDER_REPLICATE) for crop in crops]).astype(np.float64)
+    warped = warped_as_the_runtimes(crops, 96)
     ours = inputs.permute(0, 2, 3, 1).numpy() * 255
     assert np.abs(ours - warped).mean() < 0.5 and np.abs(ours - warped).max() < 4  # OpenCV's 5-bit weights (half a pixel off: 9)
     assert np.abs(ours - resize_crops(crops, 96)).mean() > 1.0  # not the shrink

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from test_export import real_crops
-from test_models import hopper_faces
+from test_models import hopper_faces, warped_as_the_runtimes
 
 from facepipe.evaluate import facefusion_sharpen, sharpness_ratio
 from facepipe.faces import resize_crops
@@ -49,10 +49,7 @@ def test_the_runtimes_cut_is_bilinear_and_sharper_than_the_shrink():
     the anti-aliased shrink the training crops come from, and so the sharper of the two."""
     crops, _ = hopper_faces()
     cut = runtime_cut(crops, 96)
-    s = crops.shape[1] / 96
-    to_stored = np.float64([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2]])
-    warped = np.stack([cv2.warpAffine(crop, to_stored, (96, 96), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                      borderMode=cv2.BORDER_REPLICATE) for crop in crops]).astype(np.float64)
+    warped = warped_as_the_runtimes(crops, 96)
     assert cut.shape == (len(crops), 96, 96, 3) and cut.dtype == np.uint8
     assert np.abs(cut - warped).mean() < 0.5 and np.abs(cut - warped).max() <= 4  # their fixed-point weights differ
     assert sharpness_ratio(cut, resize_crops(crops, 96)) > 1.5
