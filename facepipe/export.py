@@ -116,6 +116,9 @@ def onnx_bytes(
         # Shapes are static on purpose (one crop size per model), so shape-dependent Python
         # branches being traced as constants is exactly what we want.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The exporter reverses F.pad's pad list with a step -1 Slice (the replicate padding of
+        # the export's Gaussian blurs) and says it cannot fold it; the graph is right as it is.
+        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1 can be constant folded")
         torch.onnx.export(
             module,
             example_inputs,

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe.align import REDUCTIONS
+from facepipe.native_stderr import chatter_dropped
 from facepipe.pipelining import map_ordered
 
 NUM_POINTS = 478
@@ -247,22 +248,51 @@ def matched_score(face_box: np.ndarray, detector_boxes: np.ndarray, detector_sco
     return best_score if best_iou >= SCORE_MATCH_MIN_IOU else 0.0
 
 
+class _Graph:
+    """A MediaPipe solution built on its first `process`, its start-up chatter on stderr dropped.
+
+    The chatter comes from the graph's threads between the solution's construction and its first
+    result, so both happen inside one `chatter_dropped` block; later calls run as they are.
+    """
+
+    def __init__(self, build: Callable[[], object]):
+        self._build = build
+        self._solution = None
+
+    def process(self, image: np.ndarray):
+        if self._solution is not None:
+            return self._solution.process(image)
+        with chatter_dropped():
+            self._solution = self._build()
+            return self._solution.process(image)
+
+    def close(self) -> None:
+        if self._solution is not None:
+            self._solution.close()
+
+    def __enter__(self) -> _Graph:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 # MediaPipe is imported where a detector is built, so the training and export side of facepipe
 # imports on a machine that only trains (a GPU box fed faces prepared elsewhere; scripts/gpu_check.py).
-def _new_face_mesh(static: bool, max_faces: int):
+def _new_face_mesh(static: bool, max_faces: int) -> _Graph:
     import mediapipe as mp
 
-    return mp.solutions.face_mesh.FaceMesh(
+    return _Graph(lambda: mp.solutions.face_mesh.FaceMesh(
         static_image_mode=static, max_num_faces=max_faces, refine_landmarks=True
-    )
+    ))
 
 
-def _new_face_detector():
+def _new_face_detector() -> _Graph:
     import mediapipe as mp
 
-    return mp.solutions.face_detection.FaceDetection(
+    return _Graph(lambda: mp.solutions.face_detection.FaceDetection(
         model_selection=1, min_detection_confidence=DETECTOR_MIN_CONFIDENCE
-    )
+    ))
 
 
 def _check_image(image: np.ndarray, index: int, group: str | None) -> None:

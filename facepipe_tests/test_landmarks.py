@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import matplotlib
@@ -289,3 +290,24 @@ def test_a_frame_tracked_at_half_size_gives_the_full_decodes_landmarks_in_frame_
     assert np.abs(offsets.mean(axis=(0, 1))).max() < 0.25
     assert np.abs(half.box - full.box).max() < 4.0
     assert np.allclose(half.score, full.score, atol=0.05) and half.score[0] > 0.5
+
+
+def test_mediapipes_start_up_chatter_stays_off_stderr(hopper, hopper_crop, capfd):
+    # Each fresh graph (the detector, a still graph, a video graph) logs its start-up from C++.
+    detect_static(hopper)
+    detect_landmarks([(hopper_crop, "clip.mp4"), (hopper_crop, "clip.mp4")])
+    err = capfd.readouterr().err
+    assert "inference_feedback_manager" not in err and "XNNPACK" not in err, err
+
+
+def test_lines_written_beside_the_chatter_still_reach_stderr(capfd):
+    from facepipe.native_stderr import chatter_dropped
+
+    with chatter_dropped():
+        os.write(2, b"W0000 00:00:1.0 1 inference_feedback_manager.cc:114] Feedback manager requires a model "
+                    b"with a single signature inference. Disabling support for feedback tensors.\n")
+        os.write(2, b"E0000 calculator_graph.cc:887] a real error\n")
+        print("python's own stderr line", file=sys.stderr)
+    # (pytest captures Python's sys.stderr apart from descriptor 2, so the order is not compared.)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["E0000 calculator_graph.cc:887] a real error",
+                                                           "python's own stderr line"]

@@ -89,8 +89,7 @@ class Folders:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DAGSTER_HOME": str(self.home), "FACEPIPE_STORE": str(self.store),
-                "FACEPIPE_MODELS": str(self.models), "PYTHONUNBUFFERED": "1",
-                "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+                "FACEPIPE_MODELS": str(self.models), "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass

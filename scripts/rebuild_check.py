@@ -25,15 +25,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 STORE_RECORD = "_artifact.json"  # facepipe.store.RECORD; not imported so --help stays instant
 CURRENT = "current.json"  # facepipe.store.CURRENT
