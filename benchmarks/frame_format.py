@@ -17,12 +17,9 @@ Timings are per frame on one thread; the machine may be shared, so compare forma
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("GLOG_minloglevel", "2")
 
 import cv2
 import numpy as np

@@ -41,9 +41,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 DEFAULT_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 STAGES = ("media", "frames", "landmarks", "smoothed_landmarks", "faces")
 LONG_NAME = "synthetic_10min_1080p"

@@ -607,7 +607,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({"FACEPIPE_DATA": str(settings["data"]), "FACEPIPE_STORE": str(settings["store"]),
                        "FACEPIPE_MODELS": str(settings["models"]), "DAGSTER_HOME": str(work / "dagster_home")})
     os.environ.setdefault("FACEPIPE_AUTOMATION", "off")
-    os.environ.setdefault("GLOG_minloglevel", "2")
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
     (work / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     identity_settings, pair_settings = ({}, {}) if args.no_settings else dev_settings(pairs)
