@@ -47,7 +47,7 @@ from facepipe.train.determinism import (
     rng_to_checkpoint,
     seed_global_rngs,
 )
-from facepipe.train.device import select_device, uses_channels_last, uses_mixed_precision
+from facepipe.train.device import flush_denormals, select_device, uses_channels_last, uses_mixed_precision
 from facepipe.train.epochs import epoch_of_faces
 from facepipe.train.interrupts import (
     StopRequest,
@@ -191,6 +191,11 @@ def train(
             f"batch_size {config.batch_size} x grad_accum_steps {config.grad_accum_steps} = effective batch "
             f"{config.effective_batch}, {steps_per_epoch} steps/epoch, {config.epochs} epochs, run dir {run_key_dir}"
         )
+        # Again here, not only on import: a process that has run other jobs since (the benchmark's
+        # stages, several partitions in one `facepipe build`) was found with its main thread's
+        # flush-to-zero mode cleared, the identity model then 20-45 % slower (docs/swap_quality.md,
+        # "One process, several trainings"). Before the thread count is set, so new workers inherit it.
+        flush_denormals()
         with (
             preserved_global_rngs(),
             deterministic_torch(device, config.deterministic, config.cpu_threads),
