@@ -132,21 +132,23 @@ def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:
     return np.setdiff1d(np.arange(count), held), held
 
 
-def resize_crops(images: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+def resize_crops(images: np.ndarray, size: int, interpolation: str = "fit") -> np.ndarray:
     """Square uint8 crops [N, H, H, 3] or masks [N, H, H] resized to ``size``: the one resizer of
-    face crops. INTER_AREA when shrinking (the right filter for it), INTER_CUBIC when enlarging,
-    INTER_NEAREST for labels that must stay {0, 255}. One image at a time, because the input
-    may be a memory map larger than RAM; an input already at ``size`` comes back as it is."""
+    face crops. ``interpolation``: "fit", INTER_AREA when shrinking (the right filter for it) and
+    INTER_CUBIC when enlarging; "nearest", for labels that must stay {0, 255}; "linear", as
+    FaceFusion and DeepFaceLive cut a face (cv2.warpAffine's bilinear filter, no anti-aliasing).
+    One image at a time, because the input may be a memory map larger than RAM; an input already
+    at ``size`` comes back as it is."""
     images = np.asarray(images)
     if images.ndim not in (3, 4) or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
         raise ValueError(f"resize_crops expects square uint8 crops [N, S, S(, 3)], got {images.dtype} {list(images.shape)}")
     if images.shape[1] == size:
         return images
-    if nearest:
-        interpolation = cv2.INTER_NEAREST
+    if interpolation == "fit":
+        flag = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_CUBIC
     else:
-        interpolation = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_CUBIC
+        flag = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}[interpolation]
     out = np.empty((len(images), size, size, *images.shape[3:]), dtype=np.uint8)
     for i, image in enumerate(images):
-        out[i] = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interpolation)
+        out[i] = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=flag)
     return out

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -75,9 +74,9 @@ def facefusion_fed(crops: np.ndarray, size: int) -> np.ndarray:
 
 def runtime_cut(crops: np.ndarray, size: int) -> np.ndarray:
     """Aligned crops brought to ``size`` as FaceFusion and DeepFaceLive cut a face: bilinear, without
-    the anti-aliasing of ``faces.resize_crops`` (both warp the frame with cv2.warpAffine's linear
+    the anti-aliasing of the training crops' shrink (both warp the frame with cv2.warpAffine's linear
     filter), so 2-4x the variance of the Laplacian of the shrunk crops."""
-    return np.stack([cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR) for crop in np.asarray(crops)])
+    return resize_crops(crops, size, interpolation="linear")
 
 
 def export_sharpening(swaps: np.ndarray, target_crops: np.ndarray) -> float:

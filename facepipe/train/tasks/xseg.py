@@ -58,8 +58,8 @@ class XSegTask(TrainTask):
         held_crops, held_labels = crops[self.held_idx], labels[self.held_idx]
         occluded_crops, occluded_labels = occluded_holdout(held_crops, held_labels)
         self.holdout = {
-            "clean": (resize_crops(held_crops, resolution), resize_crops(held_labels, resolution, nearest=True)),
-            "occluded": (resize_crops(occluded_crops, resolution), resize_crops(occluded_labels, resolution, nearest=True)),
+            "clean": (resize_crops(held_crops, resolution), resize_crops(held_labels, resolution, interpolation="nearest")),
+            "occluded": (resize_crops(occluded_crops, resolution), resize_crops(occluded_labels, resolution, interpolation="nearest")),
         }
 
     @classmethod
@@ -67,7 +67,7 @@ class XSegTask(TrainTask):
                    holdout_every: int = 10, samples_per_epoch: int = 0, occlusion_probability: float = 0.5,
                    max_samples_per_epoch: int = 0) -> XSegTask:
         """From stored crops [N, S, S, 3] and {0, 255} labels [N, S, S], brought to the export size (256)."""
-        crops, labels = resize_crops(crops, XSEG_SIZE), resize_crops(labels, XSEG_SIZE, nearest=True)
+        crops, labels = resize_crops(crops, XSEG_SIZE), resize_crops(labels, XSEG_SIZE, interpolation="nearest")
         train_idx, held_idx = holdout_split(len(crops), holdout_every)
         return cls(np.asarray(crops), np.asarray(labels), train_idx, held_idx, width, depth, resolution, samples_per_epoch,
                    occlusion_probability, max_samples_per_epoch)
@@ -89,7 +89,7 @@ class XSegTask(TrainTask):
             images.append(crop)
             targets.append(label)
         images = resize_crops(np.stack(images), self.resolution)
-        targets = resize_crops(np.stack(targets), self.resolution, nearest=True)
+        targets = resize_crops(np.stack(targets), self.resolution, interpolation="nearest")
         return xseg_loss(model(crops_to_tensor(images).to(device)), masks_to_tensor(targets).to(device))
 
     def evaluate(self, model, device) -> dict[str, float]:
@@ -121,7 +121,7 @@ def occluder_truth_iou(index: pd.DataFrame, hulls: np.ndarray, predicted: np.nda
         if frames is None:
             continue
         matrix = np.array([getattr(row, f"m{i}") for i in range(6)], dtype=np.float64).reshape(2, 3)
-        occluder = warp_to_crop(frames[row.source_frame_index].astype(np.uint8), matrix, hull.shape[0], nearest=True) > 0
+        occluder = warp_to_crop(frames[row.source_frame_index].astype(np.uint8), matrix, hull.shape[0], interpolation="nearest") > 0
         face = hull > 127
         if (occluder & face).sum() < min_occlusion * face.sum():
             continue
