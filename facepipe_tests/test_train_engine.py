@@ -585,8 +585,9 @@ class DenormalProbeTask(LinearTask):
 
 
 def test_every_training_flushes_denormals_in_its_own_thread_again(tmp_path):
-    # Found in a process that had run an identity job: its main thread's mode was cleared, and the
-    # next training there ran 20-45 % slower. A training must not depend on the import having set it.
+    # Found in a process that had run an identity job: onnxruntime's first session (the embedder's)
+    # clears its thread's mode, and the next training there ran 20-45 % slower. A training must not
+    # depend on the import having set it.
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU has no flush-to-zero mode")
     task = DenormalProbeTask()

@@ -191,10 +191,11 @@ def train(
             f"batch_size {config.batch_size} x grad_accum_steps {config.grad_accum_steps} = effective batch "
             f"{config.effective_batch}, {steps_per_epoch} steps/epoch, {config.epochs} epochs, run dir {run_key_dir}"
         )
-        # Again here, not only on import: a process that has run other jobs since (the benchmark's
-        # stages, several partitions in one `facepipe build`) was found with its main thread's
-        # flush-to-zero mode cleared, the identity model then 20-45 % slower (docs/swap_quality.md,
-        # "One process, several trainings"). Before the thread count is set, so new workers inherit it.
+        # Again here, not only on import: onnxruntime's first session in a process (the embedder's,
+        # in the identity profile) clears the calling thread's flush-to-zero mode, and every later
+        # training in that process (the benchmark's stages, several partitions in one `facepipe
+        # build`) then ran 20-45 % slower (docs/swap_quality.md, "One process, several trainings").
+        # Before the thread count is set, so new workers inherit it.
         flush_denormals()
         with (
             preserved_global_rngs(),
