@@ -48,7 +48,9 @@ def flush_denormals() -> bool:
     and 0.107 s with them flushed (docs/swap_quality.md, "Denormals"). The demo built the same bytes
     with and without: values under 1e-38 moved no weight there.
     It is set on importing the engine, before torch's first parallel kernel, because the CPU
-    thread pool's workers take the floating-point mode of the thread that starts them and keep it."""
+    thread pool's workers take the floating-point mode of the thread that starts them and keep it;
+    and again as each training starts, because onnxruntime's first session in a process clears the
+    mode of the thread that opens it."""
     return torch.set_flush_denormal(True)
 
 
