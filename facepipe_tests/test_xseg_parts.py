@@ -377,3 +377,21 @@ def test_a_non_png_mask_is_an_error(face_set, tmp_path):
     cv2.imwrite(str(masks_dir / "clip_000000.jpg"), frame_mask_with_a_bar(frames[0]))
     with pytest.raises(UserMaskError, match=r"clip_000000\.jpg: user masks must be PNG"):
         build_labels(index, hulls, masks_dir, sizes)
+
+
+def test_occluder_truth_iou_scores_the_hull_and_the_model_against_the_face_minus_its_occluder():
+    from facepipe.train.tasks.xseg import occluder_truth_iou
+    size = 32
+    hull = np.zeros((size, size), np.uint8)
+    hull[8:24, 8:24] = 255
+    occluder = np.zeros((size, size), np.uint8)
+    occluder[:, :16] = 255  # hides the hull's left half
+    truth = (hull > 127) & ~(occluder > 127)
+    index = pd.DataFrame([{"source": "clip", "source_frame_index": 0,
+                           **{f"m{i}": v for i, v in enumerate([1, 0, 0, 0, 1, 0])}}])
+    predicted = np.where(truth, 255, 0).astype(np.uint8)
+    scores = occluder_truth_iou(index, hull[None], predicted[None], {"clip": occluder[None]})
+    assert scores["occluded_faces"] == 1
+    assert scores["hull_iou"] == pytest.approx(0.5) and scores["model_iou"] == pytest.approx(1.0)
+    # a face without a known occluder is not scored
+    assert occluder_truth_iou(index, hull[None], predicted[None], {})["occluded_faces"] == 0

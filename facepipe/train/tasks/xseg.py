@@ -121,7 +121,7 @@ def occluder_truth_iou(index: pd.DataFrame, hulls: np.ndarray, predicted: np.nda
         if frames is None:
             continue
         matrix = np.array([getattr(row, f"m{i}") for i in range(6)], dtype=np.float64).reshape(2, 3)
-        occluder = warp_to_crop(frames[row.source_frame_index].astype(np.uint8), matrix, hull.shape[0], interpolation="nearest") > 0
+        occluder = warp_to_crop(frames[row.source_frame_index].astype(np.uint8), matrix, hull.shape[0], nearest=True) > 0
         face = hull > 127
         if (occluder & face).sum() < min_occlusion * face.sum():
             continue
