@@ -503,6 +503,8 @@ def metric_rows(m: dict) -> list[tuple[str, str, str]]:
          fmt(image.get("checkerboard", {}).get("swap")), fmt(image.get("checkerboard", {}).get("baseline"))),
         ("temporal ratio (frame-to-frame change vs target)", fmt(image.get("temporal_ratio", {}).get("swap")),
          fmt(image.get("temporal_ratio", {}).get("baseline"))),
+        ("skin tone gap (ΔE of the central face's mean colour against the target's, median)",
+         fmt(image.get("tone_gap", {}).get("swap"), 1), fmt(image.get("tone_gap", {}).get("baseline"), 1)),
     ]
 
 

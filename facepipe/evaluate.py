@@ -65,7 +65,7 @@ import numpy as np
 
 from facepipe.align import template_points
 from facepipe.embed import FaceEmbedder
-from facepipe.faces import resize_crops
+from facepipe.faces import CENTRAL_FACE, central_face, resize_crops  # noqa: F401 (CENTRAL_FACE: named in the metrics' docs)
 from facepipe.landmarks import detect_landmarks
 from facepipe.profile import distance_to_profile, laplacian_variance, round_floats
 
@@ -327,17 +327,7 @@ def attribute_following(candidate: FaceMeasures, target: FaceMeasures) -> dict[s
 # ---------------------------------------------------------------------------------------------
 # Image quality (pixels)
 
-# The central face of a dfl_whole_face crop (x0, x1, y0, y1 as fractions of the crop): eyes,
-# nose and mouth, no hair, background or mask border (the template's eyes sit at x 0.35/0.63,
-# y 0.39, the mouth at y 0.69).
-CENTRAL_FACE = (0.3, 0.7, 0.3, 0.78)
 CHECKER_RADIUS = 1 / 16  # cycles/px around each period-2 frequency
-
-
-def central_face(crop: np.ndarray) -> np.ndarray:
-    size = crop.shape[0]
-    x0, x1, y0, y1 = (int(round(f * size)) for f in CENTRAL_FACE)
-    return crop[y0:y1, x0:x1]
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -401,6 +391,22 @@ def temporal_ratio(candidate: np.ndarray, reference: np.ndarray) -> float:
     return float(temporal_change(candidate).mean() / reference_change) if reference_change > 1e-9 else float("nan")
 
 
+def face_colour(crops: np.ndarray) -> np.ndarray:
+    """[N, 3] mean CIELAB colour (L 0-100, a and b about 0) of the central face of each aligned crop:
+    the skin's tone and light, with the eyes, nose and lips that every face has."""
+    faces = [cv2.cvtColor(central_face(crop).astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB) for crop in checked_crops(crops)]
+    return np.stack([face.reshape(-1, 3).mean(axis=0) for face in faces]).astype(np.float64)
+
+
+def tone_gap(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """Median over faces of the distance (CIE76 ΔE) between the mean colours of the central face of
+    each candidate and of its reference (``face_colour``), both at the candidate's size: 0 in the
+    reference's skin tone and light; ~2 a just visible difference, tens a face of another tone."""
+    candidate = checked_crops(candidate)
+    reference = resize_crops(reference, candidate.shape[1])
+    return float(np.median(np.linalg.norm(face_colour(candidate) - face_colour(reference), axis=1)))
+
+
 @dataclass(frozen=True)
 class ImageQuality:
     """Pixel figures of the swaps, the pasted baseline and the targets, at the swap's size."""
@@ -413,6 +419,8 @@ class ImageQuality:
     baseline_checkerboard: float
     temporal_ratio: float  # swap over target
     baseline_temporal_ratio: float  # 0 whenever the target moves: the same face every frame
+    tone_gap: float  # swap against target: ΔE of the central face's mean colour, median
+    baseline_tone_gap: float
 
     def summary(self) -> dict:
         return {
@@ -421,12 +429,13 @@ class ImageQuality:
             "checkerboard": {"swap": float(np.median(self.checkerboard)), "target": float(np.median(self.target_checkerboard)),
                              "baseline": self.baseline_checkerboard},
             "temporal_ratio": {"swap": self.temporal_ratio, "baseline": self.baseline_temporal_ratio},
+            "tone_gap": {"swap": self.tone_gap, "baseline": self.baseline_tone_gap},
         }
 
 
 def image_quality(target_crops: np.ndarray, swapped_crops: np.ndarray, baseline_face: np.ndarray) -> ImageQuality:
-    """Sharpness, checkerboard and temporal figures of swaps (time order) against their targets,
-    beside the pasted baseline face, all at the swaps' size."""
+    """Sharpness, checkerboard, temporal and skin-tone figures of swaps (time order) against their
+    targets, beside the pasted baseline face, all at the swaps' size."""
     swaps = checked_crops(swapped_crops)
     size = swaps.shape[1]
     targets = resize_crops(target_crops, size)
@@ -440,6 +449,8 @@ def image_quality(target_crops: np.ndarray, swapped_crops: np.ndarray, baseline_
         baseline_checkerboard=float(checkerboard(baseline[:1])[0]),
         temporal_ratio=temporal_ratio(swaps, targets),
         baseline_temporal_ratio=temporal_ratio(baseline, targets),
+        tone_gap=tone_gap(swaps, targets),
+        baseline_tone_gap=tone_gap(baseline, targets),
     )
 
 

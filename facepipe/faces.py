@@ -126,6 +126,19 @@ def feature_masks(landmarks: np.ndarray, crop_size: int, size: int) -> np.ndarra
     return out
 
 
+# The central face of a dfl_whole_face crop (x0, x1, y0, y1 as fractions of the crop): eyes,
+# nose and mouth, no hair, background or mask border (the template's eyes sit at x 0.35/0.63,
+# y 0.39, the mouth at y 0.69). Where the swap metrics measure a face, and its skin tone is taken.
+CENTRAL_FACE = (0.3, 0.7, 0.3, 0.78)
+
+
+def central_face(crop: np.ndarray) -> np.ndarray:
+    """The ``CENTRAL_FACE`` region of a square crop [S, S(, C)], as a view (writable)."""
+    size = crop.shape[0]
+    x0, x1, y0, y1 = (int(round(f * size)) for f in CENTRAL_FACE)
+    return crop[y0:y1, x0:x1]
+
+
 def holdout_split(count: int, every: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) indices: every `every`-th face is held out, spread over the whole set."""
     held = np.arange(every // 2, count, every) if every > 0 and count >= 2 * every else np.array([], dtype=np.int64)

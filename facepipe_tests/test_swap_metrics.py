@@ -36,6 +36,7 @@ from facepipe.evaluate import (
     facefusion_paste_back,
     facefusion_paste_mask,
     facefusion_sharpen,
+    face_colour,
     following_intervals,
     head_pose,
     image_quality,
@@ -44,7 +45,9 @@ from facepipe.evaluate import (
     sharpness_ratio,
     temporal_change,
     temporal_ratio,
+    tone_gap,
 )
+from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_static
 
 SIZE = 128
@@ -290,6 +293,27 @@ def test_image_quality_of_a_blurred_checkered_swap_beside_the_pasted_face():
     assert quality["sharpness_ratio"]["baseline"] == pytest.approx(sharpness_ratio(targets[:1], targets), rel=1e-6)
     assert quality["checkerboard"]["swap"] > 5 * quality["checkerboard"]["target"]
     assert quality["temporal_ratio"]["baseline"] == 0.0
+    assert quality["tone_gap"]["swap"] < 1.0  # blurred and checkered, but in the targets' colours
+
+
+def test_tone_gap_is_the_distance_of_the_central_faces_mean_colours():
+    crops = textured_crops(4)
+    assert tone_gap(crops, crops) == 0.0
+    # only the central face counts: hair, background and mask edge repainted leave it at 0
+    repainted = crops.copy()
+    repainted[:, :20] = (0, 0, 255)
+    repainted[:, :, :20] = (255, 0, 0)
+    assert tone_gap(repainted, crops) == 0.0
+    # neutral white against black: L* 100 against 0
+    assert tone_gap(np.full_like(crops, 255), np.zeros_like(crops)) == pytest.approx(100.0, abs=0.01)
+    # the same faces warmer and darker: apart by how far their mean colour moved, measured at the
+    # candidate's size (the reference is resized to it)
+    warm = np.clip(crops.astype(np.int16) + np.array([-40, -20, 10]), 0, 255).astype(np.uint8)
+    moved = np.linalg.norm(face_colour(warm) - face_colour(crops), axis=1)
+    assert tone_gap(warm, crops) == pytest.approx(float(np.median(moved)))
+    assert tone_gap(warm, crops) > 10
+    small = resize_crops(warm, SIZE // 2)
+    assert tone_gap(small, crops) == pytest.approx(tone_gap(warm, crops), abs=1.0)
 
 
 # ---------------------------------------------------------------------------------------------

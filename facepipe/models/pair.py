@@ -70,6 +70,7 @@ import torch
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
+from facepipe.faces import central_face
 from facepipe.models.autoencoder import (
     AutoencoderConfig,
     IdentityAutoencoder,
@@ -79,6 +80,7 @@ from facepipe.models.autoencoder import (
 from facepipe.models.counting import count_parameters
 from facepipe.models.pose import PoseReader, train_pose_reader
 from facepipe.models.swap import DfmSwapModel
+from facepipe.preview import colour_transfer
 from facepipe.store import atomic_write_bytes, file_sha256
 from facepipe.train.checkpoints import weights_to_bytes
 
@@ -367,6 +369,28 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
     offset = identity_mean - model.adapter.swap_gain * target.mean(0)
     model.swap_latent_offset.copy_(offset)
     return offset
+
+
+def in_target_tone(identity_images: torch.Tensor, target_images: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
+    """The identity's faces [N, 3, S, S] (BGR in [0, 1]) recoloured toward the target's skin tone and
+    light, each after one target face [M, 3, S, S] in turn (DeepFaceLab's "rct" colour transfer,
+    ``preview.colour_transfer``, measured over the central face, ``faces.CENTRAL_FACE``), by ``amount``
+    (0: as they are, 1: all the way). The swap latent offset taken over them puts the swap's mean at
+    the identity in the target's tone: the identity model paints the tone its input carries (colour
+    jitter in its training), and the offset otherwise pins every swap to the identity's own tone."""
+    if amount == 0 or len(identity_images) == 0:
+        return identity_images
+    region = np.zeros(identity_images.shape[-2:], dtype=np.uint8)
+    central_face(region)[:] = 255
+
+    def as_uint8(images: torch.Tensor) -> np.ndarray:
+        return (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+    faces, references = as_uint8(identity_images), as_uint8(target_images)
+    moved = np.stack([colour_transfer(np.ascontiguousarray(face), np.ascontiguousarray(references[i % len(references)]), region)
+                      for i, face in enumerate(faces)])
+    recoloured = torch.from_numpy(moved).permute(0, 3, 1, 2).to(identity_images.dtype) / 255
+    return identity_images + amount * (recoloured - identity_images)
 
 
 def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
