@@ -58,9 +58,10 @@ from facepipe.train.tasks.pair import PairTask
 # steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter;
 # 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map; 12: the pose
 # reader reads degrees whatever the target's mean pitch (it read pitch about that mean); 13: the SSIM statistics in
-# float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12); 14: the swap latent
-# offset taken over the identity's faces recoloured to the target's skin tone and light (skin_tone, 1 by default)
-LORA_VERSION = "14"
+# float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12). Not bumped for
+# skin_tone: at 0 the code writes the same adapter, and its default of 1 is in the config, so in the fingerprint,
+# but not in the training's resume key (an existing training is reused, only the offset is taken again)
+LORA_VERSION = "13"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
