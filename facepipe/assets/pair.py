@@ -59,8 +59,8 @@ from facepipe.train.tasks.pair import PairTask
 # 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map; 12: the pose
 # reader reads degrees whatever the target's mean pitch (it read pitch about that mean); 13: the SSIM statistics in
 # float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12). Not bumped for
-# skin_tone: at 0 the code writes the same adapter, and its default of 1 is in the config, so in the fingerprint,
-# but not in the training's resume key (an existing training is reused, only the offset is taken again)
+# skin_tone: at its default of 0 the code writes the same adapter (a setting is in the config, so in the
+# fingerprint, but not in the training's resume key: changing it reuses the training and takes the offset again)
 LORA_VERSION = "13"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
@@ -130,10 +130,11 @@ class LoraConfig(TrainingConfig):
     # How far the swap takes the target's skin tone and light instead of the identity's own (0: the
     # identity's, 1: the target's, as DeepFaceLab's colour transfer gives it; facepipe.models.pair.in_target_tone):
     # the identity's faces the swap latent offset is taken over are recoloured toward the target's faces first.
-    # Measured (docs/swap_quality.md, "The target's skin tone"): german_news -> obama's swaps 21.2 -> 3.2 ΔE
-    # from the colour of obama's face (pasted back as FaceFusion pastes them 9.5 -> 0.5), still 100 % verified.
-    # Read only after training.
-    skin_tone: float = 1.0
+    # Measured (docs/swap_quality.md, "The target's skin tone"): german_news -> obama's swaps 21.2 -> 3.2 ΔE from
+    # the colour of obama's face (pasted back as FaceFusion pastes them 9.5 -> 0.5), still 100 % verified; but
+    # kim -> mead's came out yellow-green (the identity model paints only the hues its colour jitter showed it),
+    # so it is a per-pair setting, off by default. Read only after training.
+    skin_tone: float = 0.0
     after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow", "skin_tone")
 
 

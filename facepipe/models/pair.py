@@ -372,12 +372,16 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
 
 
 def in_target_tone(identity_images: torch.Tensor, target_images: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
-    """The identity's faces [N, 3, S, S] (BGR in [0, 1]) recoloured toward the target's skin tone and
-    light, each after one target face [M, 3, S, S] in turn (DeepFaceLab's "rct" colour transfer,
-    ``preview.colour_transfer``, measured over the central face, ``faces.CENTRAL_FACE``), by ``amount``
-    (0: as they are, 1: all the way). The swap latent offset taken over them puts the swap's mean at
-    the identity in the target's tone: the identity model paints the tone its input carries (colour
-    jitter in its training), and the offset otherwise pins every swap to the identity's own tone."""
+    """The identity's faces [N, 3, S, S] (BGR in [0, 1]) moved toward the target's skin tone and light,
+    each after one target face [M, 3, S, S] in turn: their lightness (L*) shifted and scaled to that
+    face's mean and spread over the central face (``faces.CENTRAL_FACE``; DeepFaceLab's "rct"
+    transfer, ``preview.colour_transfer``, on L* alone), by ``amount`` (0: as they are, 1: all the
+    way). The swap latent offset taken over them puts the swap's mean at the identity in the target's
+    light: the identity model paints the lightness its input carries (the brightness and contrast
+    jitter of its training), where the offset otherwise pins every swap to the identity's own. The
+    hues stay the identity's: the identity model paints hues it was not shown in colours of its own
+    (kim's faces moved to mead's a* and b* came back yellow-green), and the runtimes match hues
+    themselves (FaceFusion as far as the hue histograms already agree)."""
     if amount == 0 or len(identity_images) == 0:
         return identity_images
     region = np.zeros(identity_images.shape[-2:], dtype=np.uint8)
@@ -387,8 +391,8 @@ def in_target_tone(identity_images: torch.Tensor, target_images: torch.Tensor, a
         return (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
 
     faces, references = as_uint8(identity_images), as_uint8(target_images)
-    moved = np.stack([colour_transfer(np.ascontiguousarray(face), np.ascontiguousarray(references[i % len(references)]), region)
-                      for i, face in enumerate(faces)])
+    moved = np.stack([colour_transfer(np.ascontiguousarray(face), np.ascontiguousarray(references[i % len(references)]), region,
+                                      lightness_only=True) for i, face in enumerate(faces)])
     recoloured = torch.from_numpy(moved).permute(0, 3, 1, 2).to(identity_images.dtype) / 255
     return identity_images + amount * (recoloured - identity_images)
 
