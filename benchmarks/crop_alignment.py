@@ -10,7 +10,7 @@ nose tip, mouth corners — FaceFusion's semantics):
 - displacement: where the runtime crop's pixels land in ours, mean over the crop's four corners
   and the five template points, in pixels of a 256 px crop (0 = the same geometry);
 - grey difference: mean absolute grey-level difference of the two crops over the central face
-  (``evaluate.CENTRAL_FACE``), 0-255. cv2.warpAffine has no area mode (FaceFusion's INTER_AREA
+  (``faces.CENTRAL_FACE``), 0-255. cv2.warpAffine has no area mode (FaceFusion's INTER_AREA
   warps bilinearly, as facepipe does), so the same geometry gives the same crop.
 
     .venv/bin/python benchmarks/crop_alignment.py                  # ../shared/media, 40 frames a video

@@ -34,7 +34,7 @@ the share that sit closer to the identity profile than to their own target face 
 stays the target fails the second even when it drifts under the threshold).
 
 Image quality, from the pixels (all at the swap's own size; the other crops are resized to it):
-- sharpness ratio: variance of the Laplacian over the central face (``CENTRAL_FACE``), candidate
+- sharpness ratio: variance of the Laplacian over the central face (``faces.CENTRAL_FACE``), candidate
   over target, median over faces (< 1: blurrier than the face it replaces);
 - checkerboard: the RMS amplitude, in grey levels, of what lies within ``CHECKER_RADIUS``
   cycles/px of the three period-2 frequencies (0.5, 0), (0, 0.5), (0.5, 0.5) of the spectrum of
@@ -65,7 +65,7 @@ import numpy as np
 
 from facepipe.align import template_points
 from facepipe.embed import FaceEmbedder
-from facepipe.faces import CENTRAL_FACE, central_face, resize_crops  # noqa: F401 (CENTRAL_FACE: named in the metrics' docs)
+from facepipe.faces import central_face, resize_crops
 from facepipe.landmarks import detect_landmarks
 from facepipe.profile import distance_to_profile, laplacian_variance, round_floats
 
@@ -350,7 +350,7 @@ def sharpness_ratio(candidate: np.ndarray, reference: np.ndarray) -> float:
 
 
 def checkerboard(crops: np.ndarray, radius: float = CHECKER_RADIUS) -> np.ndarray:
-    """[N] RMS amplitude (grey levels) of the central face of each crop (``CENTRAL_FACE``: what a
+    """[N] RMS amplitude (grey levels) of the central face of each crop (``faces.CENTRAL_FACE``: what a
     runtime pastes; a swap's raw background never shows) within ``radius`` cycles/px of the
     period-2 frequencies (0.5, 0), (0, 0.5) and (0.5, 0.5): Parseval over those spectral bins of
     the Hann-windowed grey region, divided by the window's mean square."""
