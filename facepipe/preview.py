@@ -61,12 +61,11 @@ def blend(face: np.ndarray, mask: np.ndarray, background: np.ndarray) -> np.ndar
     return np.round(face * alpha + background * (1 - alpha)).astype(np.uint8)
 
 
-def colour_transfer(face: np.ndarray, reference: np.ndarray, mask: np.ndarray, lightness_only: bool = False) -> np.ndarray:
+def colour_transfer(face: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``face`` recoloured to ``reference``'s light (Reinhard et al. 2001, DeepFaceLab's "rct"):
-    each L*a*b* channel (with ``lightness_only``, L* alone: the hues stay the face's own) shifted
-    and scaled to the reference's mean and standard deviation, both measured inside ``mask``
-    (uint8, same size), so a swap trained under other light stops showing as a colour cast on the
-    target. Returns ``face`` unchanged when the mask is empty."""
+    each L*a*b* channel shifted and scaled to the reference's mean and standard deviation, both
+    measured inside ``mask`` (uint8, same size), so a swap trained under other light stops
+    showing as a colour cast on the target. Returns ``face`` unchanged when the mask is empty."""
     weight = mask.astype(np.float32) / 255
     if weight.sum() < 1:
         return face
@@ -81,8 +80,6 @@ def colour_transfer(face: np.ndarray, reference: np.ndarray, mask: np.ndarray, l
     mean, std = stats(lab)
     reference_mean, reference_std = stats(reference_lab)
     moved = (lab - mean) * (reference_std / np.maximum(std, 1e-3)) + reference_mean
-    if lightness_only:
-        moved[..., 1:] = lab[..., 1:]
     return cv2.cvtColor(np.clip(moved, 0, 255).round().astype(np.uint8), cv2.COLOR_LAB2BGR)
 
 

@@ -309,6 +309,34 @@ def test_the_export_low_passes_the_crop_it_is_fed(tmp_path):
         DfmSwapModel(nn.Identity(), Painter(), input_blur=-0.5)
 
 
+def test_the_exported_face_takes_its_colour_gain_by_the_morph_share(tmp_path):
+    """colour_gain multiplies the painted face's channels (clipped to [0, 1]) before the fill: fully
+    at morph 1, not at all at morph 0 (the target's own face), by the share between; in the file as
+    in torch."""
+    merged = random_merged_pair()
+    crops = real_crops(48)
+    gain = (1.3, 0.8, 1.1)
+    plain, toned = merged.dfm_model(), merged.dfm_model(colour_gain=gain)
+    face = torch.from_numpy(dfm_input(crops[3]))
+    with torch.no_grad():
+        for morph in (0.0, 0.5, 1.0):
+            share = torch.tensor([morph])
+            _, painted, mask = plain(face, share)
+            _, out, toned_mask = toned(face, share)
+            torch.testing.assert_close(toned_mask, mask, atol=0, rtol=0)  # the masks are untouched
+            factors = 1 + morph * (torch.tensor(gain) - 1)
+            # the painted face (before its fill), scaled, then filled as before
+            raw, logits = merged.dfm_model().decoder_part(merged.dfm_model().encoder_part(face.permute(0, 3, 1, 2)), share)
+            expected = fill_outside_mask((raw * factors.view(1, 3, 1, 1)).clamp(0, 1), torch.sigmoid(logits))
+            torch.testing.assert_close(out, expected.permute(0, 2, 3, 1), atol=1e-6, rtol=0)
+            if morph == 0.0:
+                torch.testing.assert_close(out, painted, atol=1e-6, rtol=0)
+            else:
+                assert (out - painted).abs().max() > 1e-2
+    exported = export_dfm(toned, 48, tmp_path / "toned.dfm", crops[:2])  # checked at morph 0, 0.5 and 1
+    assert exported.max_abs_error < 1e-4
+
+
 class TraceBreakingSwap(nn.Module):
     """Data-dependent Python control flow: the trace keeps the branch the example input took,
     so the exported file does not reproduce the module on other crops."""

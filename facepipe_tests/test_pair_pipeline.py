@@ -13,12 +13,13 @@ import torch
 from conftest import tiny_run_config
 
 from facepipe.assets.pair import beyond_reach_warning, chosen_pose_follow, yaw_span
-from facepipe.faces import FaceSet
+from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.pair import SWAP_POSE_DIRECTIONS, load_adapter
 from facepipe.models.swap import INPUT_BLUR_PX, unsharp
 from facepipe.registry import read_index
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
 from facepipe.sharpening import MAX_AMOUNT
+from facepipe.skin_tone import MAX_GAIN, face_means
 from facepipe.store import ArtifactStore
 
 
@@ -98,6 +99,17 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     assert 0 < meta["identity_reconstruction_sharpness"] < 1 and 0 < meta["sharpen"] <= MAX_AMOUNT
     # and the crop it is fed is low-passed towards what the encoder learnt from
     assert meta["input_blur"] == INPUT_BLUR_PX > 0
+    # the face it paints is in the target's skin tone: the swaps of the target's training faces have
+    # their mean colour over the central face (the recorded per-channel gain took them there)
+    gain = np.array(meta["colour_gain"])
+    assert gain.shape == (3,) and np.all((1 / MAX_GAIN <= gain) & (gain <= MAX_GAIN)) and np.abs(gain - 1).max() > 0.02
+    target_set = FaceSet.load(store.current("target/curated_faces", "talk").path)
+    training = np.setdiff1d(np.arange(len(target_set)), np.load(store.current("pair/lora_adapter", "hopper|talk").path / "target_holdout.npy"))
+    fed = resize_crops(np.asarray(target_set.crops)[training], size)
+    painted = np.concatenate([session.run(None, {"in_face:0": c[None].astype(np.float32) / 255, "morph_value:0": np.float32([1.0])})[1]
+                              for c in fed])
+    painted = np.clip(np.rint(painted * 255), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(face_means(painted), face_means(fed), atol=4.0)
     metrics = meta["metrics"]
     assert {"identity", "swap_following", "baseline_following", "pose_following_margin_deg"} <= set(metrics)
     assert (export.path / "preview.png").is_file() and (export.path / "preview.mp4").is_file()

@@ -35,7 +35,7 @@ from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
-from facepipe.models.pair import (AdapterConfig, adapter_counts, in_target_tone, merged_swap_model, pose_matched_weights,
+from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights,
                                   save_adapter, set_pose_follow, set_swap_offset)
 from facepipe.models.pose import crop_poses, mirror_images
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
@@ -46,6 +46,7 @@ from facepipe.preview import blend, colour_transfer, contact_sheet, evenly_space
 from facepipe.registry import publish
 from facepipe.resources import FacepipeSettings
 from facepipe.sharpening import export_sharpening, facefusion_fed, identity_softness
+from facepipe.skin_tone import tone_gain
 from facepipe.store import Artifact
 from facepipe.train import Trained
 from facepipe.train.balance import expression_measures
@@ -58,9 +59,9 @@ from facepipe.train.tasks.pair import PairTask
 # steps; rounding differs); 10: the swap latent map (pose_follow; zero by default) saved with the adapter;
 # 11: pose_follow reads the target's pose with a CNN (models.pose) saved with the adapter instead of the map; 12: the pose
 # reader reads degrees whatever the target's mean pitch (it read pitch about that mean); 13: the SSIM statistics in
-# float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12). Not bumped for
-# skin_tone: at its default of 0 the code writes the same adapter (a setting is in the config, so in the
-# fingerprint, but not in the training's resume key: changing it reuses the training and takes the offset again)
+# float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12). (A skin_tone
+# setting here, which recoloured the identity's faces before the offset, was replaced the day it came by
+# onnx_export's: its default wrote the same adapter, so no bump.)
 LORA_VERSION = "13"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
@@ -73,8 +74,9 @@ LORA_VERSION = "13"
 # 13: the swap latent map (pose_follow) folded into the swap and the morph; 14: pose_follow's pose reader
 # in the graph beside the encoder, the map gone; 15: the reader reads degrees (a centre beside its scale);
 # 16: the unsharp mask matched to the target's faces as FaceFusion feeds them (up to 1), not to the identity model;
-# 17: ... to the target's faces as the runtimes cut them (bilinear, not anti-aliased), up to 2
-EXPORT_VERSION = "17"
+# 17: ... to the target's faces as the runtimes cut them (bilinear, not anti-aliased), up to 2;
+# 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone)
+EXPORT_VERSION = "18"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -127,15 +129,7 @@ class LoraConfig(TrainingConfig):
     # None (the default) chooses by the pair's poses (``chosen_pose_follow``): 1 where the adapter turns
     # the identity's faces (turn) and the target turns within their reach, else 0.
     pose_follow: Optional[float] = None
-    # How far the swap takes the target's skin tone and light instead of the identity's own (0: the
-    # identity's, 1: the target's, as DeepFaceLab's colour transfer gives it; facepipe.models.pair.in_target_tone):
-    # the identity's faces the swap latent offset is taken over are recoloured toward the target's faces first.
-    # Measured (docs/swap_quality.md, "The target's skin tone"): german_news -> obama's swaps 21.2 -> 3.2 ΔE from
-    # the colour of obama's face (pasted back as FaceFusion pastes them 9.5 -> 0.5), still 100 % verified; but
-    # kim -> mead's came out yellow-green (the identity model paints only the hues its colour jitter showed it),
-    # so it is a per-pair setting, off by default. Read only after training.
-    skin_tone: float = 0.0
-    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow", "skin_tone")
+    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow")
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -176,7 +170,6 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         identity_images, identity_poses, target_poses = pose_matched_identity(
             task, FaceSet.load(identity_faces.path), targ, mirrored)
         target_images = task.target_images[task.target_train]
-        identity_images = in_target_tone(identity_images, target_images, config.skin_tone)
         offset = set_swap_offset(model, identity_images, target_images, pose_matched_weights(identity_poses, target_poses))
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
                          f"{' (identity faces mirrored too)' if mirrored else ''}")
@@ -201,8 +194,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                 "swap_latent_offset_norm": round(float(offset.norm()), 4),
                 "swap_pose_directions_norm": round(float(model.swap_pose_directions.norm()), 4)
                 if model.swap_pose_directions is not None else None,
-                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow,
-                "skin_tone": config.skin_tone}
+                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow}
 
     return train_in_store(context, settings, config, make_task, write)
 
@@ -309,6 +301,11 @@ class ExportConfig(Config):
     # reads it (0: off): the runtimes' crops are far sharper than the training inputs
     # (models.swap.INPUT_BLUR_PX). Measured in docs/swap_quality.md.
     input_blur: float = INPUT_BLUR_PX
+    # How far the exported face is taken to the target's skin tone and light (facepipe.skin_tone: a
+    # per-channel gain on the painted face, fitted on the swaps of the target's training faces): 0 the
+    # identity's own, 1 the target's. DeepFaceLive pastes the face as it comes by default; FaceFusion
+    # matches colours itself. Measured in docs/swap_quality.md, "The target's skin tone".
+    skin_tone: float = 1.0
 
 
 @asset(key=AssetKey(["pair", "onnx_export"]), partitions_def=pair_partitions, group_name="pair", code_version=EXPORT_VERSION,
@@ -339,19 +336,26 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         held = held if len(held) else np.arange(min(8, len(targ)))
         identity_set = FaceSet.load(identity_faces.path)
         softness = identity_softness(identity_model.path, identity_set.crops, identity_model.record["config"]["holdout_every"])
+        train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
+        train = train if len(train) else np.arange(len(targ))
+        fed = facefusion_fed(targ.crops[train], size)
+
+        def training_swaps(gain: tuple[float, float, float] | None) -> np.ndarray:
+            return swap_faces(merged.dfm_model(input_blur=config.input_blur, colour_gain=gain), fed, size).faces
+
+        gain = tone_gain(training_swaps(None), targ.crops[train], config.skin_tone) if config.skin_tone else None
         if config.sharpen is None:
-            train = np.setdiff1d(np.arange(len(targ)), held)  # the target's held-out faces judge the export
-            train = train if len(train) else np.arange(len(targ))
-            fed = facefusion_fed(targ.crops[train], size)
-            sharpen = export_sharpening(swap_faces(merged.dfm_model(input_blur=config.input_blur), fed, size).faces,
-                                        targ.crops[train])
+            sharpen = export_sharpening(training_swaps(gain), targ.crops[train])
         else:
             sharpen = config.sharpen
         context.log.info(f"the identity model reconstructs held-out faces with {softness:.2f} of their sharpness; the "
                          f"exported face gets an unsharp mask of {sharpen:.2f}"
                          f"{' (set in run config)' if config.sharpen is not None else ', the amount that makes the swaps of the target training faces as sharp as those faces cut as the runtimes cut them (at most 2)'}"
-                         f"; the crop it is fed is low-passed by a Gaussian of {config.input_blur:g} px")
-        dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur)
+                         f"; the crop it is fed is low-passed by a Gaussian of {config.input_blur:g} px; "
+                         + (f"its colours are multiplied by {', '.join(f'{g:.3f}' for g in gain)} (B, G, R) to take it to "
+                            f"{config.skin_tone:g} of the way to the target's skin tone" if gain else
+                            "it keeps the identity's skin tone (skin_tone 0)"))
+        dfm = merged.dfm_model(sharpen=sharpen, input_blur=config.input_blur, colour_gain=gain)
 
         parity_crops = list(resize_crops(targ.crops[held[:8]], size))
         profile = json.loads((identity_profile.path / "profile.json").read_text())
@@ -363,7 +367,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         lineage = {"identity_model": identity_model.content_hash, "lora_adapter": lora_adapter.content_hash,
                    "identity_profile": identity_profile.content_hash, "target_faces": target_faces.content_hash,
                    "code_version": code_version_of(context), "adapter_config": lora_adapter.record.get("config"),
-                   "sharpen": sharpen, "input_blur": config.input_blur}
+                   "sharpen": sharpen, "input_blur": config.input_blur, "colour_gain": gain}
         exported = export_dfm(dfm, size, out / f"{name}.dfm", parity_crops, card={
             "name": name, "identity": identity, "target": target, "lineage": lineage, "metrics": metrics,
             "runtime": "facepipe install facefusion|deepfacelive PATH puts the .dfm (alone) where each runtime reads it"})
@@ -381,6 +385,7 @@ def onnx_export(context: AssetExecutionContext, config: ExportConfig, settings: 
         return {"metrics": metrics, "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"),
                 "parity_tolerance": exported_tolerance(exported), "model_size": size,
                 "sharpen": round(sharpen, 4), "input_blur": config.input_blur,
+                "colour_gain": None if gain is None else [round(g, 4) for g in gain],
                 "identity_reconstruction_sharpness": round(softness, 4),
                 "preview_video": "preview.mp4" if pasted else None, "preview_video_frames": pasted,
                 "identity_transfer_gain": metrics["identity"]["identity_transfer_gain"],

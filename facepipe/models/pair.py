@@ -70,7 +70,6 @@ import torch
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
-from facepipe.faces import central_face
 from facepipe.models.autoencoder import (
     AutoencoderConfig,
     IdentityAutoencoder,
@@ -80,7 +79,6 @@ from facepipe.models.autoencoder import (
 from facepipe.models.counting import count_parameters
 from facepipe.models.pose import PoseReader, train_pose_reader
 from facepipe.models.swap import DfmSwapModel
-from facepipe.preview import colour_transfer
 from facepipe.store import atomic_write_bytes, file_sha256
 from facepipe.train.checkpoints import weights_to_bytes
 
@@ -371,32 +369,6 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
     return offset
 
 
-def in_target_tone(identity_images: torch.Tensor, target_images: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
-    """The identity's faces [N, 3, S, S] (BGR in [0, 1]) moved toward the target's skin tone and light,
-    each after one target face [M, 3, S, S] in turn: their lightness (L*) shifted and scaled to that
-    face's mean and spread over the central face (``faces.CENTRAL_FACE``; DeepFaceLab's "rct"
-    transfer, ``preview.colour_transfer``, on L* alone), by ``amount`` (0: as they are, 1: all the
-    way). The swap latent offset taken over them puts the swap's mean at the identity in the target's
-    light: the identity model paints the lightness its input carries (the brightness and contrast
-    jitter of its training), where the offset otherwise pins every swap to the identity's own. The
-    hues stay the identity's: the identity model paints hues it was not shown in colours of its own
-    (kim's faces moved to mead's a* and b* came back yellow-green), and the runtimes match hues
-    themselves (FaceFusion as far as the hue histograms already agree)."""
-    if amount == 0 or len(identity_images) == 0:
-        return identity_images
-    region = np.zeros(identity_images.shape[-2:], dtype=np.uint8)
-    central_face(region)[:] = 255
-
-    def as_uint8(images: torch.Tensor) -> np.ndarray:
-        return (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-
-    faces, references = as_uint8(identity_images), as_uint8(target_images)
-    moved = np.stack([colour_transfer(np.ascontiguousarray(face), np.ascontiguousarray(references[i % len(references)]), region,
-                                      lightness_only=True) for i, face in enumerate(faces)])
-    recoloured = torch.from_numpy(moved).permute(0, 3, 1, 2).to(identity_images.dtype) / 255
-    return identity_images + amount * (recoloured - identity_images)
-
-
 def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
                     target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0, batch: int = 32) -> torch.Tensor:
     """With ``adapter.pose_follow`` > 0, after ``set_swap_offset``: train the pose reader on the
@@ -654,14 +626,15 @@ class MergedPair:
     swap_pose_directions: torch.Tensor | None = None
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
-                  input_blur: float = 0.0) -> DfmSwapModel:
+                  input_blur: float = 0.0, colour_gain: tuple[float, float, float] | None = None) -> DfmSwapModel:
         """The DFM-convention module for facepipe.export.export_dfm, with the ``morph_value:0``
         input (MorphingDecoder; 1, its default, is the swap). ``out_face_mask:0`` comes from
         ``face_mask_source`` (e.g. the target's XSeg), by default from the target path's mask
         head. (The encoder then runs twice in the graph, once per output; it is the cheap half of
         the model.) Outside its mask the face is filled with its own colours (DfmSwapModel's
         ``fill_background``), then given the unsharp mask ``sharpen``; the input crop is first
-        low-passed by ``input_blur`` (px; models.swap.INPUT_BLUR_PX)."""
+        low-passed by ``input_blur`` (px; models.swap.INPUT_BLUR_PX); ``colour_gain`` brings the face
+        to the target's skin tone (facepipe.skin_tone)."""
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
         target = self.target_face_mask
@@ -669,7 +642,7 @@ class MergedPair:
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
                                             self.swap_gain, self.swap_pose_directions),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
-                            input_blur=input_blur)
+                            input_blur=input_blur, colour_gain=colour_gain)
 
 
 def _merged(

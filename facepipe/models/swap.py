@@ -110,11 +110,14 @@ class DfmSwapModel(nn.Module):
     0: none), so that every runtime shows the face as sharp as the export decided.
     ``input_blur``: σ in px of a Gaussian (border repeated) on the input crop before anything reads
     it (0: none); see ``INPUT_BLUR_PX``.
+    ``colour_gain``: per-channel (B, G, R) factors on ``out_celeb_face:0`` before the fill and the
+    sharpening (None: none), taken by the morph value's share with ``takes_morph`` (at 0 the target's
+    own face, already in its colours): the target's skin tone and light (facepipe.skin_tone).
     """
 
     def __init__(self, encoder_part: nn.Module, decoder_part: nn.Module, face_mask_source: nn.Module | None = None,
                  takes_morph: bool = False, fill_background: bool = False, sharpen: float = 0.0,
-                 input_blur: float = 0.0):
+                 input_blur: float = 0.0, colour_gain: tuple[float, float, float] | None = None):
         super().__init__()
         self.encoder_part = encoder_part
         self.decoder_part = decoder_part
@@ -126,6 +129,7 @@ class DfmSwapModel(nn.Module):
             raise ValueError(f"input_blur is the sigma (px) of the Gaussian on the input crop: 0 (off) or more, "
                              f"got {input_blur}; set pair__onnx_export's input_blur in run config accordingly")
         self.input_blur = float(input_blur)
+        self.colour_gain = None if colour_gain is None else torch.tensor(colour_gain, dtype=torch.float32).view(1, 3, 1, 1)
 
     @classmethod
     def from_autoencoders(
@@ -150,8 +154,11 @@ class DfmSwapModel(nn.Module):
         elif morph_value is not None:
             raise ValueError("this DFM model has no morph_value input")
         else:
+            morph = in_face.new_ones(1)
             celeb_face, celeb_mask_logits = self.decoder_part(code)
         celeb_mask = torch.sigmoid(celeb_mask_logits)
+        if self.colour_gain is not None:
+            celeb_face = (celeb_face * (1 + morph.view(-1, 1, 1, 1) * (self.colour_gain - 1))).clamp(0, 1)
         if self.fill_background:
             celeb_face = fill_outside_mask(celeb_face, celeb_mask)
         if self.sharpen:
