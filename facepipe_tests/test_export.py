@@ -326,7 +326,7 @@ def test_the_exported_face_takes_its_colour_gain_by_the_morph_share(tmp_path):
             torch.testing.assert_close(toned_mask, mask, atol=0, rtol=0)  # the masks are untouched
             factors = 1 + morph * (torch.tensor(gain) - 1)
             # the painted face (before its fill), scaled, then filled as before
-            raw, logits = merged.dfm_model().decoder_part(merged.dfm_model().encoder_part(face.permute(0, 3, 1, 2)), share)
+            raw, logits = plain.decoder_part(plain.encoder_part(face.permute(0, 3, 1, 2)), share)
             expected = fill_outside_mask((raw * factors.view(1, 3, 1, 1)).clamp(0, 1), torch.sigmoid(logits))
             torch.testing.assert_close(out, expected.permute(0, 2, 3, 1), atol=1e-6, rtol=0)
             if morph == 0.0:

@@ -129,7 +129,9 @@ class DfmSwapModel(nn.Module):
             raise ValueError(f"input_blur is the sigma (px) of the Gaussian on the input crop: 0 (off) or more, "
                              f"got {input_blur}; set pair__onnx_export's input_blur in run config accordingly")
         self.input_blur = float(input_blur)
-        self.colour_gain = None if colour_gain is None else torch.tensor(colour_gain, dtype=torch.float32).view(1, 3, 1, 1)
+        # A buffer, so that it moves with the module to the model's device; not in the state dict.
+        self.register_buffer("colour_gain", None if colour_gain is None else
+                             torch.tensor(colour_gain, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
     def from_autoencoders(
