@@ -48,6 +48,16 @@ def test_feature_matching_compares_each_fake_with_its_own_real_face():
     assert swapped > noisy > 0
 
 
+def test_feature_matching_left_out_leaves_the_other_losses_as_they_were():
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(width=4)
+    fake, real = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with_matching = adversarial_losses(discriminator, fake, real)
+    without = adversarial_losses(discriminator, fake, real, feature_matching=False)
+    assert without[2] is None and with_matching[2] > 0
+    assert torch.equal(without[0], with_matching[0]) and torch.equal(without[1], with_matching[1])
+
+
 def faces_task(weight: float, from_epoch: int, random_warp_epochs: int | None = None) -> ReconstructionTask:
     crops, masks, _ = moving_faces("hopper")
     return ReconstructionTask.from_faces(crops, masks, TINY, HOLDOUT_EVERY, 16,

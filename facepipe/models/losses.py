@@ -76,14 +76,20 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, s
     each channel on its own)."""
     channels = x.shape[1]
     x, y = x.float(), y.float()
-    # The five local statistics blurred in one call (stacked on the channels): the window is
-    # separable, and one small convolution is cheaper than five in a training step. In float32
-    # also under autocast (which runs convolutions in fp16): a variance is the difference of two
-    # nearly equal means, which fp16 cancels to noise or below zero, and the denominator's
-    # gradient then overflows to NaN on every step (the CUDA preset stopped learning at all).
+    # The local statistics blurred in two calls (stacked on the channels): the window is
+    # separable, and a small convolution over several channels is cheaper than one per statistic
+    # in a training step. Those of x (the model's output, carrying gradients) apart from those of y
+    # alone (the target, none), so the backward pass blurs 9 channels instead of 15: the loss and
+    # its gradient are the same to the bit, the SSIM term 14 -> 10.5 ms of a 2-core step at 96 px.
+    # In float32 also under autocast (which runs convolutions in fp16): a variance is the
+    # difference of two nearly equal means, which fp16 cancels to noise or below zero, and the
+    # denominator's gradient then overflows to NaN on every step (the CUDA preset stopped learning).
+    taps = gaussian_taps(window_size, sigma)
     with torch.autocast(x.device.type, enabled=False):
-        blurred = separable_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), gaussian_taps(window_size, sigma))
-    mu_x, mu_y, mean_xx, mean_yy, mean_xy = blurred.split(channels, dim=1)
+        of_x = separable_blur(torch.cat([x, x * x, x * y], dim=1), taps)
+        of_y = separable_blur(torch.cat([y, y * y], dim=1), taps)
+    mu_x, mean_xx, mean_xy = of_x.split(channels, dim=1)
+    mu_y, mean_yy = of_y.split(channels, dim=1)
     var_x = mean_xx - mu_x * mu_x
     var_y = mean_yy - mu_y * mu_y
     cov = mean_xy - mu_x * mu_y

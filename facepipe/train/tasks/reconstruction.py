@@ -139,13 +139,15 @@ class ReconstructionTask(TrainTask):
         total, _ = reconstruction_loss(bgr, mask_logits, targets, target_masks, self.loss_weights, features)
         if isinstance(model, AdversarialAutoencoder):
             # The face only (both masked alike): the background is never pasted, so it is not judged.
-            generator_loss, discriminator_loss, matching = adversarial_losses(model.discriminator, bgr * target_masks,
-                                                                              targets * target_masks)
+            scored = self.epoch >= self.adversarial.from_epoch
+            matched = scored and self.adversarial.feature_matching > 0
+            generator_loss, discriminator_loss, matching = adversarial_losses(
+                model.discriminator, bgr * target_masks, targets * target_masks, feature_matching=matched)
             total = total + discriminator_loss
-            if self.epoch >= self.adversarial.from_epoch:
+            if scored:
                 total = total + self.adversarial.weight * generator_loss
-                if self.adversarial.feature_matching:
-                    total = total + self.adversarial.feature_matching * matching
+            if matched:
+                total = total + self.adversarial.feature_matching * matching
         return total
 
     def evaluate(self, model, device) -> dict[str, float]:
