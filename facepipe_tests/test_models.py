@@ -437,6 +437,20 @@ def test_ssim_matches_scikit_image():
     assert abs((1 - 2 * float(dssim(x, y))) - reference) < 1e-4
 
 
+def test_ssim_is_the_same_to_the_bit_whatever_layout_its_inputs_come_in():
+    """The statistics are blurred in channels-last layout (faster); a model's channels-last output
+    and a plain target give the same map and gradient as plain tensors do."""
+    images, _ = face_tensors(64)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = images[0:1].clone().contiguous(memory_format=layout).requires_grad_()
+        value = dssim(x, images[1:2])
+        value.backward()
+        results.append((value.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
 def test_reconstruction_loss_matches_manual_computation():
     generator = torch.Generator().manual_seed(0)
     images, masks = face_tensors(64)

@@ -242,6 +242,22 @@ def test_ctrl_c_saves_then_raises_keyboard_interrupt_and_restores_handlers(tmp_p
     assert_same_as_straight(train(ToyTask(), toy_config(), tmp_path, log=lambda line: None), straight)
 
 
+def test_deterministic_training_skips_the_nan_fill_of_new_tensors_and_restores_it(tmp_path):
+    """Deterministic mode's NaN fill of fresh memory costs 4-6 % of a CPU step; training turns it
+    off for its own duration only, and the caller's setting comes back."""
+    seen = []
+
+    class Watching(ToyTask):
+        def compute_loss(self, model, batch_indices, generator, device):
+            seen.append(torch.utils.deterministic.fill_uninitialized_memory)
+            return super().compute_loss(model, batch_indices, generator, device)
+
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    train(Watching(), toy_config(), tmp_path, log=lambda line: None)
+    assert seen and not any(seen)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+
+
 def test_sigterm_while_the_caller_ignores_it_still_saves_and_stops(tmp_path, straight):
     """A process that ignores SIGTERM (inherited from a background job): training still saves
     and stops with TrainingInterrupted rather than running on as if nothing happened."""

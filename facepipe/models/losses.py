@@ -84,10 +84,13 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, s
     # In float32 also under autocast (which runs convolutions in fp16): a variance is the
     # difference of two nearly equal means, which fp16 cancels to noise or below zero, and the
     # denominator's gradient then overflows to NaN on every step (the CUDA preset stopped learning).
-    taps = gaussian_taps(window_size, sigma)
+    # Blurred in channels-last layout: there oneDNN's depthwise convolution runs 4-10x faster than
+    # in the plain one (96 px, 6-9 channels, 2 cores) and sums the same taps in the same order, so
+    # the loss and its gradient are the same to the bit (the adapter's step ~8 % faster).
+    taps, layout = gaussian_taps(window_size, sigma), torch.channels_last
     with torch.autocast(x.device.type, enabled=False):
-        of_x = separable_blur(torch.cat([x, x * x, x * y], dim=1), taps)
-        of_y = separable_blur(torch.cat([y, y * y], dim=1), taps)
+        of_x = separable_blur(torch.cat([x, x * x, x * y], dim=1).contiguous(memory_format=layout), taps)
+        of_y = separable_blur(torch.cat([y, y * y], dim=1).contiguous(memory_format=layout), taps)
     mu_x, mean_xx, mean_xy = of_x.split(channels, dim=1)
     mu_y, mean_yy = of_y.split(channels, dim=1)
     var_x = mean_xx - mu_x * mu_x
