@@ -243,7 +243,7 @@ def test_ctrl_c_saves_then_raises_keyboard_interrupt_and_restores_handlers(tmp_p
 
 
 def test_deterministic_training_skips_the_nan_fill_of_new_tensors_and_restores_it(tmp_path):
-    """Deterministic mode's NaN fill of fresh memory costs 4-6 % of a CPU step; training turns it
+    """Deterministic mode's NaN fill of fresh memory costs 3-4 % of a CPU step; training turns it
     off for its own duration only, and the caller's setting comes back."""
     seen = []
 

@@ -156,7 +156,7 @@ def deterministic_torch(device: torch.device, enabled: bool, cpu_threads: int | 
             torch.use_deterministic_algorithms(True)
             # Deterministic mode also fills every new tensor with NaN before a kernel writes it,
             # a guard against kernels that read memory they never wrote. The convolutions' outputs
-            # and gradients are written whole, and the fill cost 4-6 % of a 2-core training step
+            # and gradients are written whole, and the fill cost 3-4 % of a 2-core training step
             # (the identity model, XSeg and the adapter alike); without it every step computes the
             # same bits (checked on all three tasks, and on the demo's published model).
             torch.utils.deterministic.fill_uninitialized_memory = False
