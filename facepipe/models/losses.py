@@ -86,7 +86,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = SSIM_WINDOW, s
     # denominator's gradient then overflows to NaN on every step (the CUDA preset stopped learning).
     # Blurred in channels-last layout: there oneDNN's depthwise convolution runs 4-10x faster than
     # in the plain one (96 px, 6-9 channels, 2 cores) and sums the same taps in the same order, so
-    # the loss and its gradient are the same to the bit (the model's output already comes in that
+    # the loss and its gradient are the same to the bit (on the CPU the model's output comes in that
     # layout; the target's statistics did not: ~2 % of the adapter's step on real faces).
     taps, layout = gaussian_taps(window_size, sigma), torch.channels_last
     with torch.autocast(x.device.type, enabled=False):
