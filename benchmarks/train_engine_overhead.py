@@ -9,7 +9,8 @@ of optimizer steps. The engine's time includes everything it does per run: per-s
 snapshots, full checkpoints (fsync'd), TensorBoard scalars after every epoch, the final
 weights file. It runs twice: checkpointing after every epoch (`checkpoint_seconds` 0, the engine's
 own default) and at the training assets' cadence (`CHECKPOINT_SECONDS`, at most once a minute, so
-only the last epoch's in a short run). The bare loop runs under the same torch.use_deterministic_algorithms setting so
+only the last epoch's in a short run). The bare loop runs under the engine's own deterministic settings
+(`deterministic_torch`: deterministic kernels, no NaN fill of fresh tensors) so
 the ratio measures the engine's bookkeeping, not a kernel choice. Runs alternate (bare, engine,
 bare, ...) so changing machine load hits both; the fastest of --repeats runs of each is compared.
 """
@@ -29,7 +30,7 @@ from facepipe.models.augment import augment_batch
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.losses import reconstruction_loss
 from facepipe.train import TrainConfig, resume_key_for, select_device, train
-from facepipe.train.determinism import epoch_order, seed_global_rngs
+from facepipe.train.determinism import deterministic_torch, epoch_order, seed_global_rngs
 
 
 def synthetic_faces(samples: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,9 +102,7 @@ def main() -> None:
     samples_trained = steps * args.batch
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (import cost is not training cost)
 
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device.type == "cpu")  # the engine's CPU setting
-    try:
+    with deterministic_torch(device, True, None):  # the engine's CPU setting
         bare_loop(images, masks, args.width, args.batch, 1, 1e-3, 0, device)  # warm-up: allocator, kernels
         cadences = {"engine, a checkpoint every epoch": 0.0, f"engine, at most every {CHECKPOINT_SECONDS:g} s": CHECKPOINT_SECONDS}
         bare_seconds, engine_seconds = [], {name: [] for name in cadences}
@@ -112,8 +111,6 @@ def main() -> None:
             for name, seconds in cadences.items():
                 engine_seconds[name].append(engine_loop(images, masks, args.width, args.batch, args.epochs, 1e-3, 0,
                                                         str(device), seconds))
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
     bare_rate = samples_trained / min(bare_seconds)
     print(
