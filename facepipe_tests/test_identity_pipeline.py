@@ -103,6 +103,15 @@ def test_identity_model_learns_exports_and_resumes(project, clips):
     assert current.fingerprint == other.fingerprint
 
 
+def test_an_identity_too_small_to_hold_faces_out_still_builds_its_model(project, clips):
+    # 10 faces, fewer than 2 x holdout_every: none held out (a user's handful of photos), so there is
+    # no held-out error to report; the model is still built, exported and carded.
+    result, artifact = build_model(project, clips, key="few", holdout_every=10, epochs=2)
+    assert result.success and artifact.metadata["holdout_faces"] == 0 and artifact.metadata["train_faces"] == 10
+    card = json.loads((artifact.path / "few.json").read_text())
+    assert card["metrics"] == {} and card["name"] == "few"
+
+
 def test_two_cold_identity_model_builds_are_byte_identical(tmp_path, clips):
     from conftest import Project
 

@@ -229,10 +229,12 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
         parity_crops = list(resize_crops(FaceSet.load(faces.path).crops[shown], model_config.size))
         lineage = {"faces": faces.content_hash, "code_version": code_version_of(context), "config": config.model_dump(),
                    "seed": config.seed}
-        holdout = trained.result.final_metrics.get("holdout_l1", float("nan"))
+        # A set of fewer than 2 x holdout_every faces (a handful of photos) holds none out, so it has
+        # no held-out error to put on the card (faces.holdout_split).
+        metrics = {name: round(value, 6) for name, value in trained.result.final_metrics.items() if name == "holdout_l1"}
         exported = export_dfm(DfmSwapModel.from_autoencoders(model), model_config.size, out / f"{key}.dfm",
                               parity_crops, card={"name": key, "kind": "identity reconstruction model",
-                                                  "lineage": lineage, "metrics": {"holdout_l1": round(holdout, 6)}})
+                                                  "lineage": lineage, "metrics": metrics})
         write_png(out / PREVIEW_FILE, reconstruction_preview(model, task.images, held[:6] if len(held) else [0]))
         return {"train_faces": int(len(task.train_idx)), "holdout_faces": int(len(held)),
                 "onnx_parity_max_abs_error": float(f"{exported.max_abs_error:.3g}"), "parameters": parameter_counts(model)}
