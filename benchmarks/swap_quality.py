@@ -33,11 +33,11 @@ and results.md, results.json and one contact sheet per pair and stage (target cr
 target in context | swap pasted back). A second run with the same options is all cache hits
 up to the evaluation.
 
-How the dev media become pairs (videos only: the photo sets hold 5-10 photos, too few for an
-identity model and under the profile's 8-face check for one of them):
+How the dev media become pairs (videos, and one photo set as an identity: what a user with only a
+handful of photos gets, docs/swap_quality.md "An identity from a handful of photos"):
 - every target is the first 75 % of a video; its last 25 % is never built, only evaluated
   (held-out frames in time order, so the temporal ratio sees real motion);
-- a cross-person pair takes its identity from a whole other video;
+- a cross-person pair takes its identity from a whole other video, or from every photo of a set;
 - the same-person control splits one video in three: identity = first 40 %, target = 40-75 %,
   evaluation = last 25 %. Its swaps should stay the person, follow as well as a cross pair,
   and it bounds what "within threshold" means when nothing needs to change.
@@ -91,11 +91,22 @@ class Segment:
     end: float
 
 
-# Identities and targets as segments of the dev videos; pairs as (identity, target, kind).
+@dataclass(frozen=True)
+class Photos:
+    folder: str  # a photo set under <media>/identities, every photo of it
+
+
+def source_path(media: Path, source: Segment | Photos) -> Path:
+    return media / "videos" / source.video if isinstance(source, Segment) else media / "identities" / source.folder
+
+
+# Identities as segments of the dev videos or photo sets, targets as segments of videos; pairs as
+# (identity, target, kind).
 IDENTITIES = {
     "german_news": Segment("german_news_20s.mp4", 0.0, 1.0),
     "kim": Segment("kim_7s.mp4", 0.0, 1.0),
     "obama_early": Segment("obama_20s.mp4", 0.0, CONTROL_SPLIT),
+    "deepface_f1": Photos("deepface_f1"),
 }
 TARGETS = {
     "obama_late": Segment("obama_20s.mp4", CONTROL_SPLIT, 1.0 - EVAL_SHARE),
@@ -113,6 +124,7 @@ PAIRS = [
     ("german_news", "obama_late", "cross, man → man"),
     ("obama_early", "vox", "cross, man → man (head motion)"),
     ("kim", "mead", "cross, woman → woman"),
+    ("deepface_f1", "mead", "cross, woman's 8 photos → woman"),
 ]
 
 
@@ -134,6 +146,14 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
 
 def frame_range(count: int, segment: Segment) -> range:
     return range(int(round(segment.start * count)), int(round(segment.end * count)))
+
+
+def write_photos(source: Path, folder: Path) -> None:
+    """Every photo of the set as the folder's media."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sorted(source.iterdir()):
+        if photo.is_file() and not (folder / photo.name).exists():
+            (folder / photo.name).write_bytes(photo.read_bytes())
 
 
 def write_segment(source: Path, segment: Segment, folder: Path) -> None:
@@ -176,8 +196,11 @@ def prepare_data_root(media: Path, data: Path, pairs: list[tuple[str, str, str]]
     settings.toml for each identity in ``identity_settings``; any other identity's settings.toml an
     earlier run wrote is removed."""
     for identity, target, _ in pairs:
-        write_segment(media / "videos" / IDENTITIES[identity].video, IDENTITIES[identity], data / "identities" / identity)
-        write_segment(media / "videos" / TARGETS[target].video, TARGETS[target], data / "targets" / target)
+        if isinstance(IDENTITIES[identity], Photos):
+            write_photos(source_path(media, IDENTITIES[identity]), data / "identities" / identity)
+        else:
+            write_segment(source_path(media, IDENTITIES[identity]), IDENTITIES[identity], data / "identities" / identity)
+        write_segment(source_path(media, TARGETS[target]), TARGETS[target], data / "targets" / target)
     for identity in sorted({i for i, _, _ in pairs}):
         settings_file = data / "identities" / identity / "settings.toml"
         if identity in identity_settings:
@@ -597,10 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swap_quality: no declared pair matches --pairs {args.pairs}; pairs: "
               + ", ".join(f"{i}/{t}" for i, t, _ in PAIRS), file=sys.stderr)
         return 2
-    missing = sorted({s.video for p in pairs for s in (IDENTITIES[p[0]], TARGETS[p[1]])
-                      if not (args.media / "videos" / s.video).is_file()})
+    missing = sorted({str(source_path(args.media, s).relative_to(args.media)) for p in pairs for s in (IDENTITIES[p[0]], TARGETS[p[1]])
+                      if not source_path(args.media, s).exists()})
     if missing:
-        print(f"swap_quality: {args.media}/videos lacks {', '.join(missing)}; skipped.")
+        print(f"swap_quality: {args.media} lacks {', '.join(missing)}; skipped.")
         return 0
 
     work = args.work.resolve()

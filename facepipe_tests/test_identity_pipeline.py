@@ -1,11 +1,13 @@
 """identity_profile materialized in-process on tiny generated clips, with the real dlib embedder."""
 
 import json
+import logging
 import shutil
 
 import cv2
 import pytest
 
+from facepipe.assets.identity import few_faces_warning
 from facepipe.sample import astronaut_face, hopper_face, render_head_video
 from facepipe.store import ArtifactStore
 
@@ -110,6 +112,14 @@ def test_an_identity_too_small_to_hold_faces_out_still_builds_its_model(project,
     assert result.success and artifact.metadata["holdout_faces"] == 0 and artifact.metadata["train_faces"] == 10
     card = json.loads((artifact.path / "few.json").read_text())
     assert card["metrics"] == {} and card["name"] == "few"
+    # and the user is told, before the training, that so few faces make a swap that cannot talk
+    warnings = [e.user_message for e in project.instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any("identity 'few' has 10 face(s)" in line and "data/identities/few/" in line for line in warnings)
+
+
+def test_few_faces_warning_names_the_identity_below_twenty_faces_only():
+    assert "identity 'jane' has 8 face(s)" in few_faces_warning("jane", 8)
+    assert few_faces_warning("jane", 19) is not None and few_faces_warning("jane", 20) is None
 
 
 def test_two_cold_identity_model_builds_are_byte_identical(tmp_path, clips):

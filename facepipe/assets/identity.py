@@ -208,6 +208,24 @@ class IdentityModelConfig(TrainingConfig):
                                              max_samples_per_epoch=self.max_samples_per_epoch)
 
 
+# Under this many faces an identity model has too little to learn a talking face from: 8 photos of one
+# woman gave swaps whose mouths opened 0.15 as wide as their target's (docs/swap_quality.md, "An
+# identity from a handful of photos"); the dev identities' videos give 200-500 faces, the sample 77.
+# It is also where the default holdout_every (10) holds no face out.
+FEW_FACES = 20
+
+
+def few_faces_warning(identity: str, faces: int) -> str | None:
+    """The line telling the user that an identity of ``faces`` faces is too small for a swap that
+    follows its target, or None."""
+    if faces >= FEW_FACES:
+        return None
+    return (f"identity '{identity}' has {faces} face(s): an identity model paints only the expressions and head turns "
+            f"its faces show, so the swap will keep their expression while the target talks (8 photos gave swaps whose "
+            f"mouths opened 0.15 as wide as the target's). Add a video of the person talking and turning to "
+            f"data/identities/{identity}/ (a few seconds give a few hundred faces)")
+
+
 @asset(key=AssetKey(["identity", "identity_model"]), ins={"faces": upstream("identity/curated_faces")},
        partitions_def=identity_partitions, group_name="identity", code_version=IDENTITY_MODEL_VERSION, op_tags=TRAINING_OP_TAGS,
        description="Per-identity autoencoder (encoder → dense bottleneck → decoder, BGR + mask) trained with the "
@@ -217,6 +235,9 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
                    faces: Artifact) -> MaterializeResult:
     config = partition_config(context, settings, config)
     key, model_config = context.partition_key, config.architecture()
+    warning = few_faces_warning(key, len(FaceSet.load(faces.path)))
+    if warning:
+        context.log.warning(warning)
 
     def make_task() -> ReconstructionTask:
         return config.task(FaceSet.load(faces.path))
