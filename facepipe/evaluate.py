@@ -51,8 +51,10 @@ the Pearson correlation over faces; a series that does not vary cannot follow, s
 correlation is defined as 0 (the baseline's always is). ``pose_mae_deg`` and ``pose_corr``
 combine yaw and pitch (roll is reported on its own: see above). The absolute error also holds a
 per-person offset (two faces in the same pose read slightly different angles off the generic
-3D face), the correlation does not: read both. Only faces where landmarks were found in both
-crops are compared; the detection rate is reported beside it.
+3D face), the correlation does not: read both. And the span ratio (``span_ratio``: the
+candidate's 5th-95th percentile range over the target's, for mouth, yaw, pitch and roll): a mouth
+in step with the target's but opening a fifth as far correlates well and spans 0.2. Only faces
+where landmarks were found in both crops are compared; the detection rate is reported beside it.
 """
 
 from __future__ import annotations
@@ -271,6 +273,17 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / scale) if scale > 1e-12 else 0.0
 
 
+def span_ratio(candidate: np.ndarray, target: np.ndarray) -> float:
+    """How wide the candidate's values range against the target's: the 5th-95th percentile span of
+    one over the other's (1: as wide; NaN where the target's does not vary or under 3 values). A
+    correlation alone passes a mouth that opens a fifth as far as the target's, in step with it."""
+    candidate, target = np.asarray(candidate, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if len(target) < 3:
+        return float("nan")
+    target_span = np.subtract(*np.percentile(target, [95, 5]))
+    return float(np.subtract(*np.percentile(candidate, [95, 5])) / target_span) if target_span > 1e-12 else float("nan")
+
+
 def correlation_interval(a: np.ndarray, b: np.ndarray, level: float = 0.9, draws: int = 2000,
                          seed: int = 0) -> tuple[float, float]:
     """How surely ``correlation(a, b)`` is read off these faces: the central ``level`` interval of
@@ -312,12 +325,14 @@ def attribute_following(candidate: FaceMeasures, target: FaceMeasures) -> dict[s
     for axis, name in enumerate(POSE_NAMES):
         figures[f"{name}_mae_deg"] = float(pose_error[:, axis].mean())
         figures[f"{name}_corr"] = correlation(candidate.pose[both, axis], target.pose[both, axis])
+        figures[f"{name}_span"] = span_ratio(candidate.pose[both, axis], target.pose[both, axis])
     # Yaw and pitch only: alignment levels the eyes, so roll in a crop is near zero for every
     # face and says nothing about the model (it is still reported on its own).
     figures["pose_mae_deg"] = float(pose_error[:, :2].mean())
     figures["pose_corr"] = (figures["yaw_corr"] + figures["pitch_corr"]) / 2
     figures["mouth_mae"] = float(np.abs(candidate.mouth[both] - target.mouth[both]).mean())
     figures["mouth_corr"] = correlation(candidate.mouth[both], target.mouth[both])
+    figures["mouth_span"] = span_ratio(candidate.mouth[both], target.mouth[both])
     if candidate.eyes is not None and target.eyes is not None:
         figures["eye_mae"] = float(np.abs(candidate.eyes[both] - target.eyes[both]).mean())
         figures["eye_corr"] = correlation(candidate.eyes[both], target.eyes[both])

@@ -38,6 +38,7 @@ from facepipe.evaluate import (
     facefusion_sharpen,
     face_colour,
     following_intervals,
+    span_ratio,
     head_pose,
     image_quality,
     mean_identity_face,
@@ -210,6 +211,19 @@ def test_a_known_rotation_gives_the_known_yaw_and_its_correlation():
     assert mirrored["yaw_corr"] == pytest.approx(-1.0, abs=1e-3)
     halved = attribute_following(measures(head_pose(projected_landmarks(true_yaw / 2), 256)), target)
     assert halved["yaw_corr"] == pytest.approx(1.0, abs=1e-3) and halved["yaw_mae_deg"] > 5  # follows, under-turns
+    assert halved["yaw_span"] == pytest.approx(0.5, abs=0.05) and following["yaw_span"] == pytest.approx(1.0)
+
+
+def test_a_mouth_in_step_but_a_fifth_as_wide_correlates_fully_and_spans_a_fifth():
+    opening = np.linspace(0.0, 0.12, 20)  # a target talking
+    zero_pose = np.zeros((len(opening), 3))
+    small = attribute_following(measures(zero_pose, mouth=0.001 + opening / 5), measures(zero_pose, mouth=opening))
+    assert small["mouth_corr"] == pytest.approx(1.0) and small["mouth_span"] == pytest.approx(0.2)
+    wider = attribute_following(measures(zero_pose, mouth=opening * 1.5), measures(zero_pose, mouth=opening))
+    assert wider["mouth_span"] == pytest.approx(1.5)
+    # a frozen face spans nothing; a target that does not vary gives no ratio
+    assert span_ratio(np.full(20, 0.05), opening) == 0.0 and np.isnan(span_ratio(opening, np.zeros(20)))
+    assert np.isnan(span_ratio(opening[:2], opening[:2]))
 
 
 def test_eye_opening_is_lid_gap_over_eye_width_and_is_followed():

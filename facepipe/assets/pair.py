@@ -75,8 +75,9 @@ LORA_VERSION = "13"
 # in the graph beside the encoder, the map gone; 15: the reader reads degrees (a centre beside its scale);
 # 16: the unsharp mask matched to the target's faces as FaceFusion feeds them (up to 1), not to the identity model;
 # 17: ... to the target's faces as the runtimes cut them (bilinear, not anti-aliased), up to 2;
-# 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone)
-EXPORT_VERSION = "18"
+# 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone);
+# 19: the card's metrics hold the span of following (evaluate.span_ratio); the .dfm is the same
+EXPORT_VERSION = "19"
 
 
 def pair_keys(context) -> tuple[str, str]:
