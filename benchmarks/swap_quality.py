@@ -623,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swap_quality: no declared pair matches --pairs {args.pairs}; pairs: "
               + ", ".join(f"{i}/{t}" for i, t, _ in PAIRS), file=sys.stderr)
         return 2
-    missing = sorted({str(source_path(args.media, s).relative_to(args.media)) for p in pairs for s in (IDENTITIES[p[0]], TARGETS[p[1]])
-                      if not source_path(args.media, s).exists()})
+    sources = {source_path(args.media, s) for i, t, _ in pairs for s in (IDENTITIES[i], TARGETS[t])}
+    missing = sorted(str(path.relative_to(args.media)) for path in sources if not path.exists())
     if missing:
         print(f"swap_quality: {args.media} lacks {', '.join(missing)}; skipped.")
         return 0

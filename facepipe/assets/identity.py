@@ -252,7 +252,8 @@ def identity_model(context: AssetExecutionContext, config: IdentityModelConfig, 
                    "seed": config.seed}
         # A set of fewer than 2 x holdout_every faces (a handful of photos) holds none out, so it has
         # no held-out error to put on the card (faces.holdout_split).
-        metrics = {name: round(value, 6) for name, value in trained.result.final_metrics.items() if name == "holdout_l1"}
+        final = trained.result.final_metrics
+        metrics = {"holdout_l1": round(final["holdout_l1"], 6)} if "holdout_l1" in final else {}
         exported = export_dfm(DfmSwapModel.from_autoencoders(model), model_config.size, out / f"{key}.dfm",
                               parity_crops, card={"name": key, "kind": "identity reconstruction model",
                                                   "lineage": lineage, "metrics": metrics})
