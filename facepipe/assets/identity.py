@@ -209,9 +209,10 @@ class IdentityModelConfig(TrainingConfig):
 
 
 # Under this many faces an identity model has too little to learn a talking face from: 8 photos of one
-# woman gave swaps whose mouths opened 0.15 as wide as their target's (docs/swap_quality.md, "An
-# identity from a handful of photos"); the dev identities' videos give 200-500 faces, the sample 77.
-# It is also where the default holdout_every (10) holds no face out.
+# woman gave swaps whose mouths opened 0.15 as wide as their target's, 10 frames of kim's video a swap
+# that neither turned nor nodded with mead and smeared, 30 frames of it one that followed as all 223
+# do (docs/swap_quality.md, "An identity from a handful of photos"); the dev identities' videos give
+# 200-500 faces, the sample 77. It is also where the default holdout_every (10) holds no face out.
 FEW_FACES = 20
 
 
