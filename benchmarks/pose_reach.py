@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,10 @@ def is_built(store_root: Path, identity: str, target: str) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, report_pair: Callable[[Path, Path, str, str], None] = report,
+         description: str = __doc__) -> int:
+    """Run ``report_pair`` (store, media, identity, target) on each built dev pair the command line names."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="dev media folder (MANIFEST.md layout)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="swap_quality's --work folder")
     parser.add_argument("--pairs", default="all", help="identity/target,... (default: every built dev pair)")
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: no built dev pair in {args.work} (run benchmarks/swap_quality.py --work {args.work} first)")
         return 0
     for identity, target in built:
-        report(args.work / "store", args.media, identity, target)
+        report_pair(args.work / "store", args.media, identity, target)
     return 0
 
 

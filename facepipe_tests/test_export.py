@@ -27,7 +27,7 @@ from facepipe.export import (
 from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import AdapterConfig, MergedPair, PairModel, adapter_state, merge_adapters
-from facepipe.models.pose import PoseReader
+from facepipe.models.pose import MASK_POOL, MaskYawReadout, PoseReader
 from facepipe.evaluate import sharpness
 from facepipe.models.swap import (DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input, fill_outside_mask,
                                    unsharp)
@@ -147,9 +147,10 @@ def deepfacelive_convert(session: ort.InferenceSession, crop_bgr: np.ndarray, mo
     return session.run(None, feed)
 
 
-def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, pose_follow: bool = False) -> MergedPair:
-    """A pair model with random (non-zero) LoRA deltas and swap latent offset (and pose reader and
-    directions), merged: its two paths differ, as a trained pair's do, without training one."""
+def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, pose_reading: str | None = None) -> MergedPair:
+    """A pair model with random (non-zero) LoRA deltas and swap latent offset (and, with a
+    ``pose_reading``, a pose reader of that kind and directions), merged: its two paths differ, as a
+    trained pair's do, without training one."""
     torch.manual_seed(seed)
     base = IdentityAutoencoder(AutoencoderConfig(size=size, width=8, latent_dim=64, depth=3)).eval()
     adapter = AdapterConfig(rank=2, alpha=4.0, swap_gain=swap_gain)
@@ -159,10 +160,14 @@ def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, po
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
         pair.swap_latent_offset.normal_(0, 0.5)
-        if pose_follow:
+        if pose_reading == "crop":
             reader = PoseReader(size)
             reader.scale.fill_(10.0)  # degrees
             pair.attach_pose_follow(reader.requires_grad_(False).eval(), torch.randn(2, 64) * 0.05)
+        elif pose_reading == "mask":
+            readout = MaskYawReadout((size // MASK_POOL) ** 2)
+            readout.weights.normal_(0, 3.0)  # degrees per unit of mask
+            pair.attach_pose_follow(readout, torch.randn(1, 64) * 0.05)
     return merge_adapters(base, adapter_state(pair), adapter)
 
 
@@ -363,9 +368,9 @@ def test_export_dfm_removes_a_model_that_fails_parity(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("swap_gain, pose_follow", [(1.0, False), (1.5, True)])
-def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, pose_follow, tmp_path):
-    merged = random_merged_pair(swap_gain=swap_gain, pose_follow=pose_follow)
+@pytest.mark.parametrize("swap_gain, pose_reading", [(1.0, None), (1.5, "crop"), (1.5, "mask")])
+def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, pose_reading, tmp_path):
+    merged = random_merged_pair(swap_gain=swap_gain, pose_reading=pose_reading)
     crops = real_crops(48)
     exported = export_dfm(merged.dfm_model(), 48, tmp_path / "pair.dfm", crops[:2])
     assert exported.max_abs_error < 1e-4  # checked in onnxruntime at each of 0, 0.5, 1
@@ -382,16 +387,22 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain,
     bgr = torch.from_numpy(dfm_input(crop)).permute(0, 3, 1, 2)
     target = merged.target_face_mask
     def swap_of(bgr):
-        """The merged swap (its folded gain and offset) and, with pose_follow, the pose read off the input."""
-        if not pose_follow:
+        """The merged swap (its folded gain and offset) and, with pose_follow, the pose read off the
+        input or off the mask the target path paints for it."""
+        if pose_reading is None:
             return merged.swap(bgr)
-        latent = merged.swap.bottleneck.to_latent(merged.swap.encoder(bgr).flatten(1))
-        latent = latent + merged.pose_reader(bgr) @ merged.swap_pose_directions
+        features = merged.swap.encoder(bgr).flatten(1)
+        if pose_reading == "crop":
+            pose = merged.pose_reader(bgr)
+        else:
+            own_latent = target.bottleneck.to_latent(features)
+            pose = merged.pose_reader(target.target_decoder(target.bottleneck.code_of(own_latent))[1])
+        latent = merged.swap.bottleneck.to_latent(features) + pose @ merged.swap_pose_directions
         return merged.swap.decode(merged.swap.bottleneck.code_of(latent))
 
     with torch.no_grad():
         swap_face, swap_logits = swap_of(bgr)
-        if pose_follow:
+        if pose_reading is not None:
             assert (swap_face - merged.swap(bgr)[0]).abs().max() > 1e-3
         own_face, own_logits = target.target_decoder(target.bottleneck(target.encoder(bgr)))
     nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731

@@ -54,12 +54,15 @@ from facepipe.models.pair import (
     load_adapter_tensors,
     merge_adapters,
     merged_swap_model,
+    pose_directions,
     pose_matched_weights,
     save_adapter,
     set_pose_follow,
     set_swap_offset,
     swap_latents,
+    swap_latents_of,
 )
+from facepipe.models.pose import MaskYawReadout, PoseReader
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
 from facepipe.models.turn import turn_grid
 from facepipe.profile import build_profile, crop_sharpness
@@ -501,7 +504,9 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
     assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, "swap_gain", 2.0, invalid=0.0)
 
 
-def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exported(trained_pair, identity_weights, tmp_path):
+@pytest.mark.parametrize("reading", ["crop", "mask"])
+def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exported(reading, trained_pair, identity_weights,
+                                                                                    tmp_path):
     model, task = copy.deepcopy(trained_pair.model), trained_pair.task
     identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
     # poses that are a function of the faces (their left-right brightness balance), so a reader can learn them
@@ -516,15 +521,26 @@ def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exp
         without = model(images)[0]
     with pytest.raises(ValueError, match="pose_follow is 0"):
         set_pose_follow(model, identity_images, poses_of(identity_images), target_images, poses_of(target_images))
-    model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0)
+    model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0, pose_reading=reading)
     readable = torch.cat([target_images, identity_images])  # the tiny pair has 6 target faces; a reader needs 8
     target_poses = poses_of(readable)
     directions = set_pose_follow(model, identity_images, poses_of(identity_images), readable, target_poses)
-    assert directions.shape == (2, TINY.latent_dim) and model.pose_reader is not None
+    read_dims = 2 if reading == "crop" else 1  # yaw and pitch off the crop, yaw off the mask
+    assert directions.shape == (read_dims, TINY.latent_dim)
+    assert isinstance(model.pose_reader, PoseReader if reading == "crop" else MaskYawReadout)
+    identity_step = pose_directions(swap_latents_of(model, identity_images), poses_of(identity_images))
+    if reading == "crop":  # the identity's own pose directions
+        assert torch.allclose(directions, identity_step)
+    else:  # the identity's yaw direction less the swap gain times the target's own
+        target_step = pose_directions(swap_latents_of(model, readable), target_poses)
+        assert torch.allclose(directions, (identity_step - 1.5 * target_step)[:1], atol=1e-6)
     # a face at the target's mean pose lands where the offset alone put it
-    assert torch.allclose(model.swap_latent_offset, offset - torch.from_numpy(target_poses.mean(0)).float() @ directions, atol=1e-5)
+    centre = torch.from_numpy(target_poses.mean(0)[:read_dims]).float()
+    assert torch.allclose(model.swap_latent_offset, offset - centre @ directions, atol=1e-5)
     with torch.no_grad():
-        latents, read = model.latent(images), model.pose_reader(images)
+        latents = model.latent(images)
+        read = model.pose_reader(images) if reading == "crop" else model.pose_reader(
+            model.target_decode(model.autoencoder.bottleneck.code_of(latents))[1])
         assert torch.allclose(swap_latents(latents, 1.5, model.swap_latent_offset, read, directions),
                               1.5 * latents + model.swap_latent_offset + read @ directions)
         swapped = model(images)
@@ -550,4 +566,4 @@ def test_changing_settings_read_after_training_reuses_the_finished_training():
     def key(**values) -> str:
         return LoraConfig(**values).engine_config("cpu", inputs={"faces": "x"}, code="9").resume_key
 
-    assert key() == key(swap_strength=0.5) == key(swap_gain=1.5) == key(pose_follow=1.0) != key(rank=4)
+    assert key() == key(swap_strength=0.5) == key(swap_gain=1.5) == key(pose_follow=1.0) == key(pose_reading="mask") != key(rank=4)

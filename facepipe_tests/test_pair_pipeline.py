@@ -159,7 +159,7 @@ def test_pair_builds_publishes_and_shares_the_identity_model(project, clips):
     turned = store.current("pair/lora_adapter", "hopper|talk")
     # the turned copies widen hopper's reach (-38..38 deg) beyond the sample target's turns (-19..19)
     assert beyond_reach_warning("hopper", "talk", turned.metadata["identity_yaw_deg"], turned.metadata["target_yaw_deg"]) is None
-    assert turned.metadata["pose_follow"] == 1.0
+    assert turned.metadata["pose_follow"] == 1.0 and turned.metadata["pose_reading"] == "crop"
     saved = load_adapter(turned.path)
     assert saved.adapter_config.pose_follow == 1.0 and SWAP_POSE_DIRECTIONS in saved.tensors
     followed = store.current("pair/onnx_export", "hopper|talk").metadata
@@ -177,14 +177,16 @@ def test_a_target_turning_beyond_the_identitys_faces_is_told_how_to_follow_it():
     assert beyond_reach_warning("jane", "left", (-5.0, 5.0), (-12.0, 0.0)) is not None  # either side
 
 
-def test_the_swap_follows_the_targets_pose_by_default_only_where_turned_faces_reach_it():
-    # german_news (turned) -> obama: yaw r 0.61 -> 0.81
-    assert chosen_pose_follow(None, turned=True, within_reach=True)[0] == 1.0
-    # obama_early (turned) -> vox, who turns further still: 0.71 -> 0.43, the far cheek squeezed
-    follow, why = chosen_pose_follow(None, turned=True, within_reach=False)
-    assert follow == 0.0 and "beyond even the identity's turned faces" in why
+def test_the_swap_follows_the_targets_pose_by_default_where_the_adapter_turns_the_identitys_faces():
+    # german_news (turned) -> obama: yaw r 0.61 -> 0.81, the pose read off the crop
+    assert chosen_pose_follow(None, None, turned=True, within_reach=True)[:2] == (1.0, "crop")
+    # obama_early (turned) -> vox, who turns further still: off the crop 0.71 -> 0.43 (the CNN misreads
+    # vox's later frames), so the yaw is read off the target path's mask
+    follow, reading, why = chosen_pose_follow(None, None, turned=True, within_reach=False)
+    assert (follow, reading) == (1.0, "mask") and "beyond even the identity's turned faces" in why
     # kim -> mead: kim's own faces cover mead's turns; nothing to gain
-    assert chosen_pose_follow(None, turned=False, within_reach=True)[0] == 0.0
-    # a pair's own setting wins either way
-    assert chosen_pose_follow(0.0, turned=True, within_reach=True) == (0.0, "the pair's setting")
-    assert chosen_pose_follow(0.5, turned=False, within_reach=False) == (0.5, "the pair's setting")
+    assert chosen_pose_follow(None, None, turned=False, within_reach=True)[0] == 0.0
+    # a pair's own settings win either way
+    assert chosen_pose_follow(0.0, None, turned=True, within_reach=True) == (0.0, "crop", "the pair's setting")
+    assert chosen_pose_follow(0.5, "crop", turned=False, within_reach=False) == (0.5, "crop", "the pair's setting")
+    assert chosen_pose_follow(None, "crop", turned=True, within_reach=False)[:2] == (1.0, "crop")

@@ -12,7 +12,7 @@ from facepipe.evaluate import correlation
 from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import faces_to_tensors
-from facepipe.models.pose import PoseReader, crop_poses, train_pose_reader
+from facepipe.models.pose import MaskYawReadout, PoseReader, crop_poses, fit_mask_yaw_readout, train_pose_reader
 from facepipe.sample import HeadPose, Lighting, hopper_face, render_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,3 +72,24 @@ def test_pose_reader_reads_the_pose_of_faces_it_has_not_seen_and_is_seeded(turni
         train_pose_reader(tensors(crops[:3]), poses[:3])
     with pytest.raises(ValueError, match="divisible by 16"):
         PoseReader(40)
+
+
+def outline_logits(shifts) -> torch.Tensor:
+    """Mask logits [N, 1, 48, 48] of an elliptic face outline moved sideways by each shift (px), as a
+    turned face's outline moves in its aligned crop."""
+    rows, columns = torch.meshgrid(torch.arange(SIZE, dtype=torch.float32), torch.arange(SIZE, dtype=torch.float32), indexing="ij")
+    return torch.stack([(1 - ((columns - 24 - shift) / 14) ** 2 - ((rows - 26) / 18) ** 2)[None] * 8 for shift in shifts])
+
+
+def test_mask_yaw_readout_reads_the_turn_where_the_outline_sits():
+    shifts = np.linspace(-6.0, 6.0, 13)
+    yaws = 5.0 * shifts + 3.0  # degrees
+    yaws[1] = np.nan  # a face FaceMesh missed is left out
+    readout = fit_mask_yaw_readout(outline_logits(shifts), yaws)
+    assert isinstance(readout, MaskYawReadout) and not readout.training
+    held = np.array([-4.5, -1.5, 2.5, 5.5])  # between the fitted shifts
+    with torch.no_grad():
+        read = readout(outline_logits(held))[:, 0].numpy()
+    np.testing.assert_allclose(read, 5.0 * held + 3.0, atol=1.5)
+    with pytest.raises(ValueError, match="at least 8 faces"):
+        fit_mask_yaw_readout(outline_logits(shifts[:5]), yaws[:5])

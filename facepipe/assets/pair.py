@@ -61,8 +61,9 @@ from facepipe.train.tasks.pair import PairTask
 # reader reads degrees whatever the target's mean pitch (it read pitch about that mean); 13: the SSIM statistics in
 # float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12). (A skin_tone
 # setting here, which recoloured the identity's faces before the offset, was replaced the day it came by
-# onnx_export's: its default wrote the same adapter, so no bump.)
-LORA_VERSION = "13"
+# onnx_export's: its default wrote the same adapter, so no bump.) 14: a target that turns beyond even the
+# identity's turned faces follows by default by its yaw read off the target path's mask (pose_reading "mask").
+LORA_VERSION = "14"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -76,8 +77,9 @@ LORA_VERSION = "13"
 # 16: the unsharp mask matched to the target's faces as FaceFusion feeds them (up to 1), not to the identity model;
 # 17: ... to the target's faces as the runtimes cut them (bilinear, not anti-aliased), up to 2;
 # 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone);
-# 19: the card's metrics hold the span of following (evaluate.span_ratio); the .dfm is the same
-EXPORT_VERSION = "19"
+# 19: the card's metrics hold the span of following (evaluate.span_ratio); the .dfm is the same;
+# 20: pose_follow off the target path's mask (a second decoder pass in the graph, when the adapter reads so)
+EXPORT_VERSION = "20"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -128,9 +130,13 @@ class LoraConfig(TrainingConfig):
     # How far the swap's pose follows the target's along the identity's own pose directions
     # (facepipe.models.pair, AdapterConfig.pose_follow: measured there); read only after training.
     # None (the default) chooses by the pair's poses (``chosen_pose_follow``): 1 where the adapter turns
-    # the identity's faces (turn) and the target turns within their reach, else 0.
+    # the identity's faces (turn), else 0.
     pose_follow: Optional[float] = None
-    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow")
+    # What pose_follow reads the target's pose with: "crop" or "mask" (facepipe.models.pair,
+    # AdapterConfig.pose_reading: measured there); None (the default) chooses by the pair's poses
+    # (``chosen_pose_follow``): "mask" where the target turns beyond even the identity's turned faces.
+    pose_reading: Optional[str] = None
+    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow", "pose_reading")
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -149,7 +155,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
                             eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength,
-                            swap_gain=config.swap_gain)
+                            swap_gain=config.swap_gain, pose_reading=config.pose_reading or AdapterConfig.pose_reading)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
@@ -178,15 +184,15 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         warning = beyond_reach_warning(identity, target, identity_yaw, target_yaw)
         if warning and not identity_model.record["config"].get("turn"):
             context.log.warning(warning)
-        follow, why = chosen_pose_follow(config.pose_follow, config.turn > 0, warning is None)
-        model.adapter = replace(model.adapter, pose_follow=follow)
+        follow, reading, why = chosen_pose_follow(config.pose_follow, config.pose_reading, config.turn > 0, warning is None)
+        model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading)
         if follow > 0:
             # The reader learns the pose FaceMesh reads on each crop itself, as the evaluation reads faces.
             read_poses = crop_poses(targ.crops[task.target_train.numpy()])
             directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed)
-            context.log.info(f"pose_follow {follow:g} ({why}): a pose reader learnt the target's pose on "
+            context.log.info(f"pose_follow {follow:g} off the {reading} ({why}): learnt the target's pose on "
                              f"{int(np.isfinite(read_poses).all(axis=1).sum())} training faces; the swap moves "
-                             f"{directions[0].norm():.3f} per degree of yaw along the identity's own turn")
+                             f"{directions[0].norm():.3f} per degree of yaw")
         else:
             context.log.info(f"pose_follow 0 ({why})")
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
@@ -195,7 +201,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                 "swap_latent_offset_norm": round(float(offset.norm()), 4),
                 "swap_pose_directions_norm": round(float(model.swap_pose_directions.norm()), 4)
                 if model.swap_pose_directions is not None else None,
-                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow}
+                "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow,
+                "pose_reading": reading if follow > 0 else None}
 
     return train_in_store(context, settings, config, make_task, write)
 
@@ -246,22 +253,27 @@ def beyond_reach_warning(identity: str, target: str, identity_yaw: tuple[float, 
             f"in this pair's entry of data/pairs.toml (README, 'Settings of one partition')")
 
 
-def chosen_pose_follow(setting: float | None, turned: bool, within_reach: bool) -> tuple[float, str]:
-    """The pose_follow a pair's swap uses and why: the pair's setting where it has one; by default 1
-    where the adapter turns the identity's faces (``turn``: its own faces fall short of the target's
-    turns) and the target turns within those turned faces' reach (``beyond_reach_warning`` has
-    nothing to say), else 0. Measured (docs/swap_quality.md, "`pose_follow` by default"):
-    german_news -> obama, turned and within, yaw r 0.61 -> 0.81 at the demo length; obama_early ->
-    vox, turned and beyond, 0.71 -> 0.43 at the quality length (the far cheek squeezed); kim -> mead,
-    whose own faces cover mead's turns, 0.83 -> 0.78 at the demo length (pitch 0.84 -> 0.88), within
-    a build's noise: nothing to gain there."""
+def chosen_pose_follow(setting: float | None, reading: str | None, turned: bool,
+                       within_reach: bool) -> tuple[float, str, str]:
+    """The pose_follow a pair's swap uses, what it reads the pose with ("crop" or "mask") and why:
+    the pair's settings where it has them; by default 1 where the adapter turns the identity's faces
+    (``turn``: its own faces fall short of the target's turns), off the crop where the target turns
+    within those turned faces' reach (``beyond_reach_warning`` has nothing to say), off the target
+    path's mask where it turns further still; else 0. Measured (docs/swap_quality.md, "`pose_follow`
+    by default" and "The swap at the target's pose, given it"): german_news -> obama, turned and
+    within, yaw r 0.61 -> 0.81 at the demo length; obama_early -> vox, turned and beyond, off the crop
+    0.71 -> 0.43 at the quality length (the far cheek squeezed: the CNN reads vox's later frames 15 deg
+    too far), off the mask 0.64 -> 0.83 at the demo length (pitch 0.83 -> 0.84; vox's shut mouth 0.61
+    -> 0.33); kim -> mead, whose own faces cover mead's turns, 0.83 -> 0.78 at the demo length (pitch
+    0.84 -> 0.88), within a build's noise: nothing to gain there."""
+    chosen = reading or ("crop" if within_reach else "mask")
     if setting is not None:
-        return float(setting), "the pair's setting"
+        return float(setting), chosen, "the pair's setting"
     if not turned:
-        return 0.0, "by default: the adapter does not turn the identity's faces, lora_adapter.turn is 0"
+        return 0.0, chosen, "by default: the adapter does not turn the identity's faces, lora_adapter.turn is 0"
     if within_reach:
-        return 1.0, "by default: the target turns within the identity's turned faces"
-    return 0.0, "by default: the target turns beyond even the identity's turned faces, where following its pose breaks the face"
+        return 1.0, chosen, "by default: the target turns within the identity's turned faces"
+    return 1.0, chosen, "by default: the target turns beyond even the identity's turned faces, so its yaw is read off the target path's mask"
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,8 +44,10 @@ taken as the identity's mean minus gain times the target's: the target's latents
 gain about the identity's mean. Export folds the gain into the same linear.
 Following the target's pose (``AdapterConfig.pose_follow``, off by default): the swap latent also
 moves along the identity's own pose directions by the target's pose, read off the input crop by a
-small CNN trained on the target's crops (facepipe.models.pose; ``set_pose_follow``). It is part of
-the swap: the export runs it beside the encoder (``TargetLatent``, ``MorphingDecoder``).
+small CNN trained on the target's crops (facepipe.models.pose; ``set_pose_follow``), or along the
+identity's yaw direction less the target's by the yaw read off the mask the target path paints
+(``AdapterConfig.pose_reading`` "mask"). It is part of the swap: the export runs the CNN beside the
+encoder (``TargetLatent``), the mask's readout in the decoder (``MorphingDecoder``).
 
 Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and, with pose_follow,
 the pose reader and the identity's pose directions, named as in ``PairModel.state_dict()``)
@@ -77,7 +79,7 @@ from facepipe.models.autoencoder import (
     load_identity_model,
 )
 from facepipe.models.counting import count_parameters
-from facepipe.models.pose import PoseReader, train_pose_reader
+from facepipe.models.pose import MaskYawReadout, PoseReader, fit_mask_yaw_readout, mirror_images, train_pose_reader
 from facepipe.models.swap import DfmSwapModel
 from facepipe.store import atomic_write_bytes, file_sha256
 from facepipe.train.checkpoints import weights_to_bytes
@@ -131,9 +133,17 @@ class AdapterConfig:
     # share (``set_pose_follow``, facepipe.models.pose). The adapted encoder carries the target's
     # turn along directions the identity decoder hardly reads (docs/swap_quality.md, "Why yaw stays
     # short"); this hands it over along the ones it does. Measured (docs/swap_quality.md, "Handing
-    # the target's pose over"): a per-pair setting, for a target that turns within the identity's
-    # (turned) faces; where the target turns far beyond them (obama_early -> vox) it breaks the face.
+    # the target's pose over"): for a target that turns within the identity's (turned) faces; where the
+    # target turns far beyond them (obama_early -> vox) the CNN misreads it and the face breaks, so
+    # such a pair reads the yaw off the target path's mask instead (``pose_reading``).
     pose_follow: float = 0.0
+    # What pose_follow reads the target's pose with (``set_pose_follow``): "crop", yaw and pitch by
+    # the CNN off the input crop, moved along the identity's pose directions; "mask", yaw alone by a
+    # readout off the mask the target path paints for the input (``MaskYawReadout``), moved along the
+    # identity's yaw direction less the target's own (the swap's pitch stays the latent's). The mask's
+    # outline holds on frames the CNN misreads (a target turning far: docs/swap_quality.md, "The swap
+    # at the target's pose, given it"); the export then runs the decoder twice.
+    pose_reading: str = "crop"
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -152,6 +162,8 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.swap_gain must be > 0, got {self.swap_gain!r}")
         if not self.pose_follow >= 0:
             raise ValueError(f"AdapterConfig.pose_follow must be >= 0, got {self.pose_follow!r}")
+        if self.pose_reading not in POSE_READINGS:
+            raise ValueError(f"AdapterConfig.pose_reading must be one of {POSE_READINGS}, got {self.pose_reading!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,8 +201,9 @@ def target_lora_config(decoder: nn.Module, adapter: AdapterConfig) -> LoraConfig
 
 
 SWAP_LATENT_OFFSET = "swap_latent_offset"  # PairModel buffers, saved with the LoRA tensors
-SWAP_POSE_DIRECTIONS = "swap_pose_directions"  # with pose_follow: the identity's latent step per degree [2, D]
-POSE_READER_PREFIX = "pose_reader."  # with pose_follow: the PoseReader's tensors
+SWAP_POSE_DIRECTIONS = "swap_pose_directions"  # with pose_follow: the latent step per degree [2, D] ([1, D]: yaw)
+POSE_READER_PREFIX = "pose_reader."  # with pose_follow: the PoseReader's or the MaskYawReadout's tensors
+POSE_READINGS = ("crop", "mask")  # AdapterConfig.pose_reading
 
 
 def swap_latents(latent: torch.Tensor, gain: float, offset: torch.Tensor, pose: torch.Tensor | None = None,
@@ -242,7 +255,7 @@ class PairModel(nn.Module):
         self.register_buffer(SWAP_LATENT_OFFSET, torch.zeros(base.config.latent_dim))
         # Set after training by set_pose_follow (with pose_follow > 0), and only then: training never
         # builds them, so they draw no random numbers and are in no checkpoint.
-        self.pose_reader: PoseReader | None = None
+        self.pose_reader: PoseReader | MaskYawReadout | None = None
         self.register_buffer(SWAP_POSE_DIRECTIONS, None)
         if self.adapter_share > adapter.max_share:
             raise ValueError(
@@ -278,8 +291,8 @@ class PairModel(nn.Module):
         with shared_delta_scaled(self, self.adapter.swap_strength):
             return self.latent(bgr)
 
-    def attach_pose_follow(self, reader: PoseReader, directions: torch.Tensor) -> None:
-        """Make the swap follow the pose ``reader`` reads by ``directions`` [2, D] (``swap_latents``)."""
+    def attach_pose_follow(self, reader: PoseReader | MaskYawReadout, directions: torch.Tensor) -> None:
+        """Make the swap follow the pose ``reader`` reads by ``directions`` [2, D] or [1, D] (``swap_latents``)."""
         self.pose_reader = reader
         self.swap_pose_directions = directions.detach().clone()
 
@@ -287,11 +300,19 @@ class PairModel(nn.Module):
         """The swap: the target's swap latent times the swap gain, moved by the swap latent offset and,
         with pose_follow, by its pose (``swap_latents``), through the base decoder (the bottleneck's
         second linear, in the shared set too, at the same strength)."""
-        pose = None if self.pose_reader is None else self.pose_reader(bgr)
         with shared_delta_scaled(self, self.adapter.swap_strength):
-            latent = swap_latents(self.latent(bgr), self.adapter.swap_gain, self.swap_latent_offset, pose,
-                                  self.swap_pose_directions)
+            latent = self.latent(bgr)
+            pose = None if self.pose_reader is None else self.read_pose(bgr, latent)
+            latent = swap_latents(latent, self.adapter.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
             return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
+
+
+    def read_pose(self, bgr: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """The pose pose_follow reads for input ``bgr`` of adapted latent ``latent``: [N, 2] off the
+        crop, or [N, 1] yaw off the mask the target path paints from the latent (as the export does)."""
+        if isinstance(self.pose_reader, MaskYawReadout):
+            return self.pose_reader(self.target_decode(self.autoencoder.bottleneck.code_of(latent))[1])
+        return self.pose_reader(bgr)
 
 
 def is_shared_lora_b(name: str) -> bool:
@@ -371,25 +392,49 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
 
 def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
                     target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0, batch: int = 32) -> torch.Tensor:
-    """With ``adapter.pose_follow`` > 0, after ``set_swap_offset``: train the pose reader on the
-    target's training faces [N, 3, S, S] and their poses [N, 2] (yaw and pitch in degrees as FaceMesh
-    reads them on each crop, ``pose.crop_poses``; NaN rows are left out), fit the identity's pose
-    directions on its faces (their mirror images and turned copies give it poses its media lack) and
-    their poses, and attach both: each swap latent then moves by pose_follow times the identity's
-    latent step per degree of the pose read off its input. The offset gives up the target's mean
-    pose's share, so a face at the target's mean pose still lands on the identity's mean. Returns the
-    directions [2, D]."""
+    """With ``adapter.pose_follow`` > 0, after ``set_swap_offset``: learn to read the target's pose
+    and attach it with the latent step per degree, so that each swap latent moves by pose_follow
+    times that step per degree of the pose read off its input. ``target_poses``: the target's
+    training faces' [N, 3, S, S] poses [N, 2] (yaw and pitch in degrees as FaceMesh reads them on
+    each crop, ``pose.crop_poses``; NaN rows are left out); ``identity_poses``: its faces' (their
+    mirror images and turned copies give it poses its media lack).
+
+    ``adapter.pose_reading`` "crop": a PoseReader CNN learns yaw and pitch off the target's crops;
+    the step is the identity's own pose directions [2, D]. "mask": a MaskYawReadout learns yaw off
+    the masks the target path paints for the target's faces and their mirror images; the step [1, D]
+    is the identity's yaw direction less the swap gain times the target's, so the target's own turn,
+    which the identity decoder reads only in part, is taken off before the identity's is added. The
+    offset gives up the target's mean pose's share, so a face at the target's mean pose still lands
+    on the identity's mean. Returns the step."""
     follow = model.adapter.pose_follow
     if not follow > 0:
         raise ValueError("set_pose_follow: the adapter's pose_follow is 0, so the swap does not follow the pose")
-    directions = follow * pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
-    reader = train_pose_reader(target_images, target_poses, seed)
+    target_poses = np.asarray(target_poses, dtype=np.float64)
+    identity = pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
     known = np.isfinite(target_poses).all(axis=1)
-    centre = torch.from_numpy(np.asarray(target_poses)[known].mean(axis=0)).to(directions)
+    if model.adapter.pose_reading == "mask":
+        faces, poses = mirror_images(target_images, target_poses)
+        reader: PoseReader | MaskYawReadout = fit_mask_yaw_readout(target_path_masks(model, faces, batch), poses[:, 0])
+        rows = torch.from_numpy(known)
+        target = pose_directions(swap_latents_of(model, target_images[rows], batch), target_poses[known])
+        directions, centre = follow * (identity - model.adapter.swap_gain * target)[:1], target_poses[known, :1].mean(axis=0)
+    else:
+        reader = train_pose_reader(target_images, target_poses, seed)
+        directions, centre = follow * identity, target_poses[known].mean(axis=0)
     with torch.no_grad():
-        model.swap_latent_offset.sub_(centre @ directions)
+        model.swap_latent_offset.sub_(torch.from_numpy(centre).to(directions) @ directions)
     model.attach_pose_follow(reader, directions)
     return directions
+
+
+@torch.no_grad()
+def target_path_masks(model: PairModel, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """[N, 1, S, S] mask logits the target path paints for images [N, 3, S, S] from the latent the
+    swap reads (the shared delta at the swap strength, as in the export), in eval mode."""
+    model.eval()
+    with shared_delta_scaled(model, model.adapter.swap_strength):
+        return torch.cat([model.target_decode(model.autoencoder.bottleneck.code_of(model.latent(images[i:i + batch])))[1]
+                          for i in range(0, len(images), batch)])
 
 
 def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
@@ -414,11 +459,17 @@ def adapter_counts(model: PairModel) -> dict[str, float]:
         "adapter_share": model.adapter_share,
     }
 
+def saved_pose_reader(tensors: Mapping[str, torch.Tensor], size: int) -> PoseReader | MaskYawReadout:
+    """An empty reader of the kind saved in an adapter's ``tensors`` (for its tensors to load into)."""
+    readout = tensors.get(POSE_READER_PREFIX + "weights")
+    return PoseReader(size) if readout is None else MaskYawReadout(readout.shape[0])
+
+
 def load_adapter_tensors(model: PairModel, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
     """Put saved LoRA tensors (and, from an adapter with pose_follow, its pose reader and directions)
     into a PairModel; refuses a file that does not match it."""
     if SWAP_POSE_DIRECTIONS in tensors and model.pose_reader is None:
-        model.attach_pose_follow(PoseReader(model.model_config.size), tensors[SWAP_POSE_DIRECTIONS])
+        model.attach_pose_follow(saved_pose_reader(tensors, model.model_config.size), tensors[SWAP_POSE_DIRECTIONS])
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
@@ -560,7 +611,7 @@ class BlendedConv2d(nn.Module):
 
 
 class MorphingDecoder(nn.Module):
-    """(target-path latent [N, D] (with pose_follow: and the input's pose [N, 2]), morph [1]) →
+    """(target-path latent [N, D] (with pose_follow off the crop: and the input's pose [N, 2]), morph [1]) →
     (BGR [0, 1], mask logits): the DFM export's
     ``morph_value:0``. Morph 1 is the swap (``swap_latents`` of the latent, base decoder), 0 the
     target path (the latent as it is, the decoder with Δtarget merged: the target's own face);
@@ -577,9 +628,11 @@ class MorphingDecoder(nn.Module):
     """
 
     def __init__(self, bottleneck: nn.Module, swap_latent_offset: torch.Tensor, swap_decoder: nn.Module,
-                 target_decoder: nn.Module, swap_gain: float, swap_pose_directions: torch.Tensor | None = None):
+                 target_decoder: nn.Module, swap_gain: float, swap_pose_directions: torch.Tensor | None = None,
+                 yaw_readout: MaskYawReadout | None = None):
         super().__init__()
         self.bottleneck = bottleneck
+        self.yaw_readout = yaw_readout
         self.swap_gain = swap_gain
         self.register_buffer("swap_latent_offset", swap_latent_offset.detach().clone())
         self.register_buffer("swap_pose_directions", None if swap_pose_directions is None
@@ -596,11 +649,18 @@ class MorphingDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
                 morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # With pose_follow, TargetLatent hands over the input's pose beside its latent.
-        latent, pose = latent if self.swap_pose_directions is not None else (latent, None)
+        if self.yaw_readout is not None:
+            # pose_follow off the mask: the target path's (the decoder at share 1) mask of the latent.
+            pose = self.yaw_readout(self.decoded(self.bottleneck.code_of(latent), torch.ones_like(morph))[1])
+        elif self.swap_pose_directions is not None:
+            latent, pose = latent  # pose_follow off the crop: TargetLatent hands the pose over beside the latent
+        else:
+            pose = None
         swap = swap_latents(latent, self.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
-        code = self.bottleneck.code_of(latent + morph * (swap - latent))
-        share = 1 - morph
+        return self.decoded(self.bottleneck.code_of(latent + morph * (swap - latent)), 1 - morph)
+
+    def decoded(self, code: torch.Tensor, share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder with weights base + share·Δtarget on ``code``."""
         for layer in self.blended:
             layer.share = share
         try:
@@ -622,7 +682,7 @@ class MergedPair:
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
     swap_gain: float
-    pose_reader: PoseReader | None = None
+    pose_reader: PoseReader | MaskYawReadout | None = None
     swap_pose_directions: torch.Tensor | None = None
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
@@ -638,9 +698,11 @@ class MergedPair:
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
         target = self.target_face_mask
-        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck, self.pose_reader),
+        # A CNN reads the crop beside the encoder; a mask readout reads the target path's mask in the decoder.
+        from_mask = isinstance(self.pose_reader, MaskYawReadout)
+        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck, None if from_mask else self.pose_reader),
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
-                                            self.swap_gain, self.swap_pose_directions),
+                                            self.swap_gain, self.swap_pose_directions, self.pose_reader if from_mask else None),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
                             input_blur=input_blur, colour_gain=colour_gain)
 
@@ -684,7 +746,7 @@ def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor
         linear.bias.copy_(swap_latents(linear.bias, gain, offset))
     pose_reader, directions = None, tensors.get(SWAP_POSE_DIRECTIONS)
     if directions is not None:
-        pose_reader = PoseReader(base.config.size)
+        pose_reader = saved_pose_reader(tensors, base.config.size)
         pose_reader.load_state_dict({name[len(POSE_READER_PREFIX):]: tensor for name, tensor in tensors.items()
                                      if name.startswith(POSE_READER_PREFIX)})
         pose_reader.requires_grad_(False).eval()

@@ -1,0 +1,133 @@
+"""Would the swap follow the target's turn if it knew the pose? And how surely is the pose read?
+
+The diagnostic behind ``pose_reading`` (docs/swap_quality.md, "The swap at the target's pose,
+given it"). Reads pairs that benchmarks/swap_quality.py has built (its --work folder; nothing is
+trained but the pose readers) and prints, per pair, on the held-out frames swap_quality evaluates
+(cut and sharpened as FaceFusion feeds them, low-passed as the export does):
+
+- how each reader pose_follow can use reads the yaw of those crops, against FaceMesh on the crop
+  itself: the CNN off the crop (``models.pose.PoseReader``, the pair's own or trained as the
+  adapter trains it) and the readout off the mask the adapter's target path paints
+  (``models.pose.MaskYawReadout``, fitted as the adapter fits it);
+- the yaw and pitch of the swaps (FaceMesh on 96 px faces alone, as benchmarks/pose_reach.py reads
+  them) against the target's: the pair's swap as built, and the swap whose latent offset is looked
+  up at the pose FaceMesh reads on each crop (an oracle no runtime has) — the identity's mean
+  latent at that pose (its training faces, mirror images and turned copies, weighted by a Gaussian
+  of the pose distance) less the swap gain times the target's mean latent there: how far the
+  identity decoder turns when it is told the pose.
+
+    .venv/bin/python benchmarks/pose_lookup.py --work /tmp/facepipe_swap_quality --pairs obama_early/vox
+
+Skips with a message when the dev media or the built pairs are absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import pose_reach
+from pose_reach import poses, reach
+from swap_quality import held_out_frames
+
+LOOKUP_SIGMA_DEG = 3.0  # the Gaussian's width over (yaw, pitch); 5 deg blurred vox's turns away
+
+
+def looked_up(pose, poses_of_faces, latents, sigma: float = LOOKUP_SIGMA_DEG):
+    """[N, D] means of ``latents`` [M, D] weighted by a Gaussian of the distance between each pose
+    of ``pose`` [N, 2] and ``poses_of_faces`` [M, 2] (degrees)."""
+    import torch
+
+    distances = ((pose[:, None, :] - poses_of_faces[None]) ** 2).sum(-1)
+    return torch.softmax(-distances / (2 * sigma ** 2), 1) @ latents
+
+
+def report(store_root: Path, media: Path, identity: str, target: str) -> None:
+    import torch
+
+    from facepipe.align import five_points
+    from facepipe.assets.pair import pose_matched_identity
+    from facepipe.evaluate import correlation, facefusion_crop, facefusion_sharpen
+    from facepipe.faces import FaceSet
+    from facepipe.landmarks import detect_landmarks
+    from facepipe.models.augment import AugmentConfig
+    from facepipe.models.autoencoder import IdentityAutoencoder
+    from facepipe.models.pair import (PairModel, load_adapter, load_adapter_tensors, shared_delta_scaled,
+                                      swap_latents_of, target_path_masks)
+    from facepipe.models.pose import (PoseReader, crop_poses, fit_mask_yaw_readout, mirror_images,
+                                      train_pose_reader)
+    from facepipe.models.swap import INPUT_BLUR_PX, _gaussian_blur
+    from facepipe.models.xseg import crops_to_tensor
+    from facepipe.store import ArtifactStore
+    from facepipe.train.tasks.pair import PairTask
+
+    store = ArtifactStore(store_root)
+    identity_model = store.current("identity/identity_model", identity)
+    adapter = store.current("pair/lora_adapter", f"{identity}|{target}")
+    config = adapter.record["config"]
+    saved = load_adapter(adapter.path)
+    model = PairModel(IdentityAutoencoder.from_folder(identity_model.path), saved.adapter_config)
+    load_adapter_tensors(model, saved.tensors, adapter.path)
+    model.eval()
+    size, gain = saved.model_config.size, model.adapter.swap_gain
+
+    # The faces the adapter's write step sees: the identity's (mirrored, turned) and the target's training faces.
+    ident = FaceSet.load(store.current("identity/curated_faces", identity).path)
+    targ = FaceSet.load(store.current("target/curated_faces", target).path)
+    task = PairTask.from_faces(identity_model.path, ident.crops, ident.masks, targ.crops,
+                               np.load(store.current("target/target_masks", target).path / "masks.npy"),
+                               config["holdout_every"], config["samples_per_epoch"], saved.adapter_config,
+                               AugmentConfig(turn=config["turn"], turn_deg=config["turn_deg"]),
+                               identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
+    mirrored = identity_model.record["config"].get("flip", 0) > 0
+    identity_images, identity_poses, _ = pose_matched_identity(task, ident, targ, mirrored)
+    target_images = task.target_images[task.target_train]
+    target_poses = crop_poses(targ.crops[task.target_train.numpy()])  # as the adapter's readers learn them
+    known = np.isfinite(target_poses).all(axis=1)
+
+    frames = held_out_frames(media, target, 60)
+    found = detect_landmarks([(frame, "held-out") for _, frame in frames])
+    held_out = np.stack([facefusion_crop(frame, five_points(points), size)[0]
+                         for (_, frame), points, ok in zip(frames, found.points, found.detected) if ok])
+    fed = _gaussian_blur(crops_to_tensor(np.stack([facefusion_sharpen(crop) for crop in held_out])), INPUT_BLUR_PX, edge=True)
+    facemesh = crop_poses(held_out)
+    read = np.isfinite(facemesh).all(axis=1)
+
+    def painted(bgr: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
+        images = (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return poses(images, (torch.sigmoid(logits)[:, 0].numpy() * 255).astype(np.uint8))
+
+    own_reader = isinstance(model.pose_reader, PoseReader)
+    cnn = model.pose_reader if own_reader else train_pose_reader(target_images, target_poses, config["seed"])
+    faces, labels = mirror_images(target_images[torch.from_numpy(known)], target_poses[known])
+    readout = fit_mask_yaw_readout(target_path_masks(model, faces), labels[:, 0])
+    with torch.no_grad():
+        print(f"{identity} -> {target}: {int(read.sum())} held-out frames")
+        for name, yaw in ((f"CNN off the crop{'' if own_reader else ' (trained here)'}", cnn(fed)[:, 0]),
+                          ("readout off the target path's mask", readout(target_path_masks(model, fed))[:, 0])):
+            yaw = yaw.numpy()
+            print(f"  {name} against FaceMesh on the crop: yaw r {correlation(facemesh[read, 0], yaw[read]):.2f} "
+                  f"({np.mean(yaw[read] - facemesh[read, 0]):+.1f} deg off on average)")
+
+        own = poses(held_out, (torch.sigmoid(target_path_masks(model, fed))[:, 0].numpy() * 255).astype(np.uint8))
+        built = painted(*model(fed))
+        print(f"  swap as built (yaw; pitch): {reach(own[:, 0], built[:, 0])}; {reach(own[:, 1], built[:, 1])}")
+        identity_latents = swap_latents_of(model, identity_images)
+        target_latents = swap_latents_of(model, target_images)[torch.from_numpy(known)]
+        oracle = torch.from_numpy(np.nan_to_num(facemesh)).float()
+        offset = (looked_up(oracle, torch.from_numpy(identity_poses).float(), identity_latents)
+                  - gain * looked_up(oracle, torch.from_numpy(target_poses[known]).float(), target_latents))
+        with shared_delta_scaled(model, model.adapter.swap_strength):
+            code = model.autoencoder.bottleneck.code_of(gain * model.latent(fed) + offset)
+            swap = painted(*model.identity_decode(code))
+        print(f"  swap, its offset looked up at FaceMesh's pose: {reach(own[:, 0], swap[:, 0])}; {reach(own[:, 1], swap[:, 1])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return pose_reach.main(argv, report, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
