@@ -306,7 +306,6 @@ class PairModel(nn.Module):
             latent = swap_latents(latent, self.adapter.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
             return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
-
     def read_pose(self, bgr: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """The pose pose_follow reads for input ``bgr`` of adapted latent ``latent``: [N, 2] off the
         crop, or [N, 1] yaw off the mask the target path paints from the latent (as the export does)."""
