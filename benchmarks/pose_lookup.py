@@ -95,23 +95,26 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     facemesh = crop_poses(held_out)
     read = np.isfinite(facemesh).all(axis=1)
 
+    def masks(logits: torch.Tensor) -> np.ndarray:
+        return (torch.sigmoid(logits)[:, 0].numpy() * 255).astype(np.uint8)
+
     def painted(bgr: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
-        images = (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return poses(images, (torch.sigmoid(logits)[:, 0].numpy() * 255).astype(np.uint8))
+        return poses((bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), masks(logits))
 
     own_reader = isinstance(model.pose_reader, PoseReader)
     cnn = model.pose_reader if own_reader else train_pose_reader(target_images, target_poses, config["seed"])
     faces, labels = mirror_images(target_images[torch.from_numpy(known)], target_poses[known])
     readout = fit_mask_yaw_readout(target_path_masks(model, faces), labels[:, 0])
+    fed_masks = target_path_masks(model, fed)
     with torch.no_grad():
         print(f"{identity} -> {target}: {int(read.sum())} held-out frames")
         for name, yaw in ((f"CNN off the crop{'' if own_reader else ' (trained here)'}", cnn(fed)[:, 0]),
-                          ("readout off the target path's mask", readout(target_path_masks(model, fed))[:, 0])):
+                          ("readout off the target path's mask", readout(fed_masks)[:, 0])):
             yaw = yaw.numpy()
             print(f"  {name} against FaceMesh on the crop: yaw r {correlation(facemesh[read, 0], yaw[read]):.2f} "
                   f"({np.mean(yaw[read] - facemesh[read, 0]):+.1f} deg off on average)")
 
-        own = poses(held_out, (torch.sigmoid(target_path_masks(model, fed))[:, 0].numpy() * 255).astype(np.uint8))
+        own = poses(held_out, masks(fed_masks))
         built = painted(*model(fed))
         print(f"  swap as built (yaw; pitch): {reach(own[:, 0], built[:, 0])}; {reach(own[:, 1], built[:, 1])}")
         identity_latents = swap_latents_of(model, identity_images)

@@ -310,8 +310,12 @@ class PairModel(nn.Module):
         """The pose pose_follow reads for input ``bgr`` of adapted latent ``latent``: [N, 2] off the
         crop, or [N, 1] yaw off the mask the target path paints from the latent (as the export does)."""
         if isinstance(self.pose_reader, MaskYawReadout):
-            return self.pose_reader(self.target_decode(self.autoencoder.bottleneck.code_of(latent))[1])
+            return self.pose_reader(self.target_mask(latent))
         return self.pose_reader(bgr)
+
+    def target_mask(self, latent: torch.Tensor) -> torch.Tensor:
+        """[N, 1, S, S] mask logits the target path paints from adapted latents [N, D]."""
+        return self.target_decode(self.autoencoder.bottleneck.code_of(latent))[1]
 
 
 def is_shared_lora_b(name: str) -> bool:
@@ -412,9 +416,9 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_po
     identity = pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
     known = np.isfinite(target_poses).all(axis=1)
     if model.adapter.pose_reading == "mask":
-        faces, poses = mirror_images(target_images, target_poses)
-        reader: PoseReader | MaskYawReadout = fit_mask_yaw_readout(target_path_masks(model, faces, batch), poses[:, 0])
         rows = torch.from_numpy(known)
+        faces, poses = mirror_images(target_images[rows], target_poses[known])
+        reader: PoseReader | MaskYawReadout = fit_mask_yaw_readout(target_path_masks(model, faces, batch), poses[:, 0])
         target = pose_directions(swap_latents_of(model, target_images[rows], batch), target_poses[known])
         directions, centre = follow * (identity - model.adapter.swap_gain * target)[:1], target_poses[known, :1].mean(axis=0)
     else:
@@ -432,8 +436,7 @@ def target_path_masks(model: PairModel, images: torch.Tensor, batch: int = 32) -
     swap reads (the shared delta at the swap strength, as in the export), in eval mode."""
     model.eval()
     with shared_delta_scaled(model, model.adapter.swap_strength):
-        return torch.cat([model.target_decode(model.autoencoder.bottleneck.code_of(model.latent(images[i:i + batch])))[1]
-                          for i in range(0, len(images), batch)])
+        return torch.cat([model.target_mask(model.latent(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
 def adapter_state(model: PairModel) -> dict[str, torch.Tensor]:
