@@ -386,24 +386,18 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain,
     crop = crops[3]  # not one of the parity crops
     bgr = torch.from_numpy(dfm_input(crop)).permute(0, 3, 1, 2)
     target = merged.target_face_mask
-    def pose_read(bgr, features):
-        if pose_reading == "crop":
-            return merged.pose_reader(bgr)
-        own_latent = target.bottleneck.to_latent(features)
-        return merged.pose_reader(target.target_decoder(target.bottleneck.code_of(own_latent))[1])
-
     def swap_of(bgr):
         """The merged swap (its folded gain and offset) and, with pose_follow, the pose read off the
-        input or off the mask the target path paints for it (which replaces the latent's own
-        component along the yaw direction)."""
+        input or off the mask the target path paints for it."""
         if pose_reading is None:
             return merged.swap(bgr)
         features = merged.swap.encoder(bgr).flatten(1)
-        directions = merged.swap_pose_directions
-        latent = merged.swap.bottleneck.to_latent(features) + pose_read(bgr, features) @ directions
-        if pose_reading == "mask":
-            axis = directions / directions.norm()
-            latent = latent - merged.swap_gain * (target.bottleneck.to_latent(features) @ axis.T) @ axis
+        if pose_reading == "crop":
+            pose = merged.pose_reader(bgr)
+        else:
+            own_latent = target.bottleneck.to_latent(features)
+            pose = merged.pose_reader(target.target_decoder(target.bottleneck.code_of(own_latent))[1])
+        latent = merged.swap.bottleneck.to_latent(features) + pose @ merged.swap_pose_directions
         return merged.swap.decode(merged.swap.bottleneck.code_of(latent))
 
     with torch.no_grad():

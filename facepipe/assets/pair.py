@@ -62,10 +62,8 @@ from facepipe.train.tasks.pair import PairTask
 # float32 under CUDA's fp16 autocast (NaN gradients there; CPU builds give the same bytes as 12). (A skin_tone
 # setting here, which recoloured the identity's faces before the offset, was replaced the day it came by
 # onnx_export's: its default wrote the same adapter, so no bump.) 14: a target that turns beyond even the
-# identity's turned faces follows by default by its yaw read off the target path's mask (pose_reading "mask");
-# 15: ... which replaces the latent's own component along the identity's yaw direction (was: that direction less
-# the gain times the target's own).
-LORA_VERSION = "15"
+# identity's turned faces follows by default by its yaw read off the target path's mask (pose_reading "mask").
+LORA_VERSION = "14"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -80,9 +78,8 @@ LORA_VERSION = "15"
 # 17: ... to the target's faces as the runtimes cut them (bilinear, not anti-aliased), up to 2;
 # 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone);
 # 19: the card's metrics hold the span of following (evaluate.span_ratio); the .dfm is the same;
-# 20: pose_follow off the target path's mask (a second decoder pass in the graph, when the adapter reads so);
-# 21: ... the read yaw replacing the latent's own component along the identity's yaw direction
-EXPORT_VERSION = "21"
+# 20: pose_follow off the target path's mask (a second decoder pass in the graph, when the adapter reads so)
+EXPORT_VERSION = "20"
 
 
 def pair_keys(context) -> tuple[str, str]:

@@ -45,8 +45,8 @@ gain about the identity's mean. Export folds the gain into the same linear.
 Following the target's pose (``AdapterConfig.pose_follow``, off by default): the swap latent also
 moves along the identity's own pose directions by the target's pose, read off the input crop by a
 small CNN trained on the target's crops (facepipe.models.pose; ``set_pose_follow``), or along the
-identity's yaw direction by the yaw read off the mask the target path paints, the latent's own
-component along it taken out (``AdapterConfig.pose_reading`` "mask"). It is part of the swap: the export runs the CNN beside the
+identity's yaw direction less the target's by the yaw read off the mask the target path paints
+(``AdapterConfig.pose_reading`` "mask"). It is part of the swap: the export runs the CNN beside the
 encoder (``TargetLatent``), the mask's readout in the decoder (``MorphingDecoder``).
 
 Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and, with pose_follow,
@@ -139,8 +139,8 @@ class AdapterConfig:
     pose_follow: float = 0.0
     # What pose_follow reads the target's pose with (``set_pose_follow``): "crop", yaw and pitch by
     # the CNN off the input crop, moved along the identity's pose directions; "mask", yaw alone by a
-    # readout off the mask the target path paints for the input (``MaskYawReadout``), which replaces the
-    # latent's own component along the identity's yaw direction (the swap's pitch stays the latent's). The mask's
+    # readout off the mask the target path paints for the input (``MaskYawReadout``), moved along the
+    # identity's yaw direction less the target's own (the swap's pitch stays the latent's). The mask's
     # outline holds on frames the CNN misreads (a target turning far: docs/swap_quality.md, "The swap
     # at the target's pose, given it"); the export then runs the decoder twice.
     pose_reading: str = "crop"
@@ -207,15 +207,10 @@ POSE_READINGS = ("crop", "mask")  # AdapterConfig.pose_reading
 
 
 def swap_latents(latent: torch.Tensor, gain: float, offset: torch.Tensor, pose: torch.Tensor | None = None,
-                 pose_directions: torch.Tensor | None = None, replace_yaw: bool = False) -> torch.Tensor:
+                 pose_directions: torch.Tensor | None = None) -> torch.Tensor:
     """The latents [N, D] the swap paints from, of the adapted latents [N, D]: gain·latent + offset,
     plus, when the pose follows (``set_pose_follow``), the input's pose [N, 2] (yaw, pitch in
-    degrees, ``PoseReader``) times the identity's pose directions [2, D]. With ``replace_yaw`` (the
-    yaw read off the mask: pose [N, 1], the identity's yaw direction [1, D]) the latent's own
-    component along that direction is taken out first, so the swap's yaw is the read yaw's alone."""
-    if replace_yaw:
-        axis = pose_directions / pose_directions.norm()
-        latent = latent - (latent @ axis.T) @ axis
+    degrees, ``PoseReader``) times the identity's pose directions [2, D]."""
     swap = gain * latent + offset
     return swap if pose_directions is None else swap + pose @ pose_directions
 
@@ -308,8 +303,7 @@ class PairModel(nn.Module):
         with shared_delta_scaled(self, self.adapter.swap_strength):
             latent = self.latent(bgr)
             pose = None if self.pose_reader is None else self.read_pose(bgr, latent)
-            latent = swap_latents(latent, self.adapter.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions,
-                                  replace_yaw=isinstance(self.pose_reader, MaskYawReadout))
+            latent = swap_latents(latent, self.adapter.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
             return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
     def read_pose(self, bgr: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -411,12 +405,10 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_po
     ``adapter.pose_reading`` "crop": a PoseReader CNN learns yaw and pitch off the target's crops;
     the step is the identity's own pose directions [2, D]. "mask": a MaskYawReadout learns yaw off
     the masks the target path paints for the target's faces and their mirror images; the step [1, D]
-    is the identity's yaw direction, and the swap takes the latent's own component along it out
-    (``swap_latents``' replace_yaw) before adding the read yaw's: the target's latent moves along
-    that direction with its turn only in part and with whatever else varies from face to face, which
-    the identity decoder painted as a turn (measured: docs/swap_quality.md, "The yaw replaced").
-    The offset gives up the target's mean pose's share and keeps the target's mean latent where it
-    was, so a face at the target's mean pose still lands on the identity's mean. Returns the step."""
+    is the identity's yaw direction less the swap gain times the target's, so the target's own turn,
+    which the identity decoder reads only in part, is taken off before the identity's is added. The
+    offset gives up the target's mean pose's share, so a face at the target's mean pose still lands
+    on the identity's mean. Returns the step."""
     follow = model.adapter.pose_follow
     if not follow > 0:
         raise ValueError("set_pose_follow: the adapter's pose_follow is 0, so the swap does not follow the pose")
@@ -427,10 +419,8 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_po
         rows = torch.from_numpy(known)
         faces, poses = mirror_images(target_images[rows], target_poses[known])
         reader: PoseReader | MaskYawReadout = fit_mask_yaw_readout(target_path_masks(model, faces, batch), poses[:, 0])
-        directions, centre = follow * identity[:1], target_poses[known, :1].mean(axis=0)
-        axis = directions / directions.norm()
-        with torch.no_grad():  # what replace_yaw takes out of the target's mean latent, given back
-            model.swap_latent_offset.add_(model.adapter.swap_gain * (swap_latents_of(model, target_images, batch).mean(0) @ axis.T) @ axis)
+        target = pose_directions(swap_latents_of(model, target_images[rows], batch), target_poses[known])
+        directions, centre = follow * (identity - model.adapter.swap_gain * target)[:1], target_poses[known, :1].mean(axis=0)
     else:
         reader = train_pose_reader(target_images, target_poses, seed)
         directions, centre = follow * identity, target_poses[known].mean(axis=0)
@@ -668,8 +658,7 @@ class MorphingDecoder(nn.Module):
             latent, pose = latent  # pose_follow off the crop: TargetLatent hands the pose over beside the latent
         else:
             pose = None
-        swap = swap_latents(latent, self.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions,
-                            replace_yaw=self.yaw_readout is not None)
+        swap = swap_latents(latent, self.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
         return self.decoded(self.bottleneck.code_of(latent + morph * (swap - latent)), 1 - morph)
 
     def decoded(self, code: torch.Tensor, share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
