@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import pose_reach
-from pose_reach import poses, reach
-from swap_quality import held_out_frames
+from pose_reach import built_pair, held_out_crops, images, masks, poses, reach
 
 LOOKUP_SIGMA_DEG = 3.0  # the Gaussian's width over (yaw, pitch); 5 deg blurred vox's turns away
 
@@ -47,15 +46,11 @@ def looked_up(pose, poses_of_faces, latents, sigma: float = LOOKUP_SIGMA_DEG):
 def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     import torch
 
-    from facepipe.align import five_points
     from facepipe.assets.pair import pose_matched_identity
-    from facepipe.evaluate import correlation, facefusion_crop, facefusion_sharpen
+    from facepipe.evaluate import correlation, facefusion_sharpen
     from facepipe.faces import FaceSet
-    from facepipe.landmarks import detect_landmarks
     from facepipe.models.augment import AugmentConfig
-    from facepipe.models.autoencoder import IdentityAutoencoder
-    from facepipe.models.pair import (PairModel, load_adapter, load_adapter_tensors, shared_delta_scaled,
-                                      swap_latents_of, target_path_masks)
+    from facepipe.models.pair import shared_delta_scaled, swap_latents_of, target_path_masks
     from facepipe.models.pose import (PoseReader, crop_poses, fit_mask_yaw_readout, mirror_images,
                                       train_pose_reader)
     from facepipe.models.swap import INPUT_BLUR_PX, _gaussian_blur
@@ -64,13 +59,8 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     from facepipe.train.tasks.pair import PairTask
 
     store = ArtifactStore(store_root)
-    identity_model = store.current("identity/identity_model", identity)
-    adapter = store.current("pair/lora_adapter", f"{identity}|{target}")
+    identity_model, adapter, saved, _, model = built_pair(store, identity, target)
     config = adapter.record["config"]
-    saved = load_adapter(adapter.path)
-    model = PairModel(IdentityAutoencoder.from_folder(identity_model.path), saved.adapter_config)
-    load_adapter_tensors(model, saved.tensors, adapter.path)
-    model.eval()
     size, gain = saved.model_config.size, model.adapter.swap_gain
 
     # The faces the adapter's write step sees: the identity's (mirrored, turned) and the target's training faces.
@@ -87,19 +77,13 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     target_poses = crop_poses(targ.crops[task.target_train.numpy()])  # as the adapter's readers learn them
     known = np.isfinite(target_poses).all(axis=1)
 
-    frames = held_out_frames(media, target, 60)
-    found = detect_landmarks([(frame, "held-out") for _, frame in frames])
-    held_out = np.stack([facefusion_crop(frame, five_points(points), size)[0]
-                         for (_, frame), points, ok in zip(frames, found.points, found.detected) if ok])
+    held_out = held_out_crops(media, target, size)
     fed = _gaussian_blur(crops_to_tensor(np.stack([facefusion_sharpen(crop) for crop in held_out])), INPUT_BLUR_PX, edge=True)
     facemesh = crop_poses(held_out)
     read = np.isfinite(facemesh).all(axis=1)
 
-    def masks(logits: torch.Tensor) -> np.ndarray:
-        return (torch.sigmoid(logits)[:, 0].numpy() * 255).astype(np.uint8)
-
     def painted(bgr: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
-        return poses((bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), masks(logits))
+        return poses(images(bgr), masks(logits))
 
     own_reader = isinstance(model.pose_reader, PoseReader)
     cnn = model.pose_reader if own_reader else train_pose_reader(target_images, target_poses, config["seed"])

@@ -54,33 +54,56 @@ def poses(crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return head_pose(points, crops.shape[1])[:, :2]
 
 
-def report(store_root: Path, media: Path, identity: str, target: str) -> None:
+def images(bgr) -> np.ndarray:
+    """uint8 crops [N, S, S, 3] of a model's BGR output [N, 3, S, S] in [0, 1]."""
+    return (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def masks(logits) -> np.ndarray:
+    """uint8 masks [N, S, S] of a model's mask logits [N, 1, S, S]."""
     import torch
 
-    from facepipe.align import five_points
-    from facepipe.evaluate import facefusion_crop
-    from facepipe.faces import FaceSet, resize_crops
-    from facepipe.landmarks import detect_landmarks
+    return (torch.sigmoid(logits)[:, 0].numpy() * 255).astype(np.uint8)
+
+
+def built_pair(store, identity: str, target: str):
+    """The pair as swap_quality built it in ``store`` (an ArtifactStore): the identity model's and the
+    adapter's artifacts, the saved adapter, the identity model alone and the PairModel (both in eval mode)."""
     from facepipe.models.autoencoder import IdentityAutoencoder
     from facepipe.models.pair import PairModel, load_adapter, load_adapter_tensors
-    from facepipe.models.xseg import crops_to_tensor
-    from facepipe.store import ArtifactStore
 
-    store = ArtifactStore(store_root)
     identity_model = store.current("identity/identity_model", identity)
     adapter = store.current("pair/lora_adapter", f"{identity}|{target}")
     saved = load_adapter(adapter.path)
     base = IdentityAutoencoder.from_folder(identity_model.path).eval()  # the identity model alone
     model = PairModel(base, saved.adapter_config)  # its own copy of the base, with both LoRA sets
     load_adapter_tensors(model, saved.tensors, adapter.path)
-    model.eval()
+    return identity_model, adapter, saved, base, model.eval()
+
+
+def held_out_crops(media: Path, target: str, size: int) -> np.ndarray:
+    """The target's held-out frames that swap_quality evaluates, cut at ``size`` px as FaceFusion cuts
+    them (frames where MediaPipe finds no face left out)."""
+    from facepipe.align import five_points
+    from facepipe.evaluate import facefusion_crop
+    from facepipe.landmarks import detect_landmarks
+
+    frames = held_out_frames(media, target, 60)
+    found = detect_landmarks([(frame, "held-out") for _, frame in frames])
+    return np.stack([facefusion_crop(frame, five_points(points), size)[0]
+                     for (_, frame), points, ok in zip(frames, found.points, found.detected) if ok])
+
+
+def report(store_root: Path, media: Path, identity: str, target: str) -> None:
+    import torch
+
+    from facepipe.faces import FaceSet, resize_crops
+    from facepipe.models.xseg import crops_to_tensor
+    from facepipe.store import ArtifactStore
+
+    store = ArtifactStore(store_root)
+    _, _, saved, base, model = built_pair(store, identity, target)
     size = saved.model_config.size
-
-    def images(bgr: torch.Tensor) -> np.ndarray:
-        return (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-    def masks(logits: torch.Tensor) -> np.ndarray:
-        return (torch.sigmoid(logits)[:, 0].numpy() * 255).astype(np.uint8)
 
     def sample(crops: np.ndarray) -> np.ndarray:
         return crops[np.unique(np.linspace(0, len(crops) - 1, SAMPLE_FACES).round().astype(int))]
@@ -94,11 +117,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     print(f"  identity model, its own faces: {reach(own[:, 0], painted[:, 0])}; {reach(own[:, 1], painted[:, 1])}")
 
     training = sample(resize_crops(FaceSet.load(store.current("target/curated_faces", target).path).crops, size))
-    frames = held_out_frames(media, target, 60)
-    found = detect_landmarks([(frame, "held-out") for _, frame in frames])
-    held_out = np.stack([facefusion_crop(frame, five_points(points), size)[0]
-                         for (_, frame), points, ok in zip(frames, found.points, found.detected) if ok])
-    for name, crops in (("training faces", training), ("held-out frames", held_out)):
+    for name, crops in (("training faces", training), ("held-out frames", held_out_crops(media, target, size))):
         with torch.no_grad():
             x = crops_to_tensor(crops)
             target_bgr, target_logits = model.target_decode(model.encode(x))
