@@ -50,9 +50,8 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     from facepipe.evaluate import correlation, facefusion_sharpen
     from facepipe.faces import FaceSet
     from facepipe.models.augment import AugmentConfig
-    from facepipe.models.pair import shared_delta_scaled, swap_latents_of, target_path_masks
-    from facepipe.models.pose import (PoseReader, crop_poses, fit_mask_yaw_readout, mirror_images,
-                                      train_pose_reader)
+    from facepipe.models.pair import pose_reader_of, shared_delta_scaled, swap_latents_of, target_path_masks
+    from facepipe.models.pose import PoseReader, crop_poses, turned_crops
     from facepipe.models.swap import INPUT_BLUR_PX, _gaussian_blur
     from facepipe.models.xseg import crops_to_tensor
     from facepipe.store import ArtifactStore
@@ -86,9 +85,11 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
         return poses(images(bgr), masks(logits))
 
     own_reader = isinstance(model.pose_reader, PoseReader)
-    cnn = model.pose_reader if own_reader else train_pose_reader(target_images, target_poses, config["seed"])
-    faces, labels = mirror_images(target_images[torch.from_numpy(known)], target_poses[known])
-    readout = fit_mask_yaw_readout(target_path_masks(model, faces), labels[:, 0])
+    rows = task.target_train.numpy()
+    turned = turned_crops(targ.crops[rows], np.load(store.current("target/target_masks", target).path / "masks.npy")[rows], size)
+    cnn = model.pose_reader if own_reader else pose_reader_of(model, "crop", target_images, target_poses, config["seed"],
+                                                              turned=turned)
+    readout = pose_reader_of(model, "mask", target_images, target_poses, turned=turned)
     fed_masks = target_path_masks(model, fed)
     with torch.no_grad():
         print(f"{identity} -> {target}: {int(read.sum())} held-out frames")

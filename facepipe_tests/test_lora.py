@@ -560,6 +560,37 @@ def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exp
     assert torch.allclose(face, swapped[0], atol=1e-5) and torch.allclose(logits, swapped[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("reading", ["crop", "mask"])
+def test_pose_follow_readers_learn_the_turned_copies_too_and_nothing_else_moves(reading, trained_pair):
+    task = trained_pair.task
+    identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
+
+    def poses_of(images):  # as above: poses a reader can learn off the faces
+        balance = (images[..., : TINY.size // 2].mean((1, 2, 3)) - images[..., TINY.size // 2:].mean((1, 2, 3))).numpy()
+        return np.column_stack([200 * balance, 100 * balance])
+    readable = torch.cat([target_images, identity_images])
+    turned = torch.roll(readable, shifts=3, dims=-1)  # stand-ins for turned copies, at poses of their own
+    learnt = {}
+    for copies in (None, (turned, poses_of(turned))):
+        model = copy.deepcopy(trained_pair.model)
+        model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, pose_follow=1.0, pose_reading=reading)
+        set_swap_offset(model, identity_images, target_images)
+        directions = set_pose_follow(model, identity_images, poses_of(identity_images), readable, poses_of(readable),
+                                     turned=copies)
+        with torch.no_grad():  # the copies and their mirror images, as the readers learn them
+            both = torch.cat([turned, turned.flip(-1)])
+            read = (model.pose_reader(both) if reading == "crop" else model.pose_reader(
+                model.target_decode(model.autoencoder.bottleneck.code_of(model.latent(both)))[1]))[:, 0].numpy()
+        learnt[copies is not None] = directions, model.swap_latent_offset.clone(), read
+    # the step and the offset stay the target's own faces'; only the reader learns from the copies
+    assert torch.equal(learnt[True][0], learnt[False][0]) and torch.equal(learnt[True][1], learnt[False][1])
+    assert not np.allclose(learnt[True][2], learnt[False][2])
+    if reading == "mask":  # a ridge readout fitted on them too reads them at least as closely (squared error)
+        truth = poses_of(torch.cat([turned, turned.flip(-1)]))[:, 0]
+        error = {k: np.square(v[2] - truth).sum() for k, v in learnt.items()}
+        assert error[True] <= error[False] * (1 + 1e-4), error
+
+
 def test_changing_settings_read_after_training_reuses_the_finished_training():
     from facepipe.assets.pair import LoraConfig
 

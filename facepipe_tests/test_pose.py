@@ -12,7 +12,8 @@ from facepipe.evaluate import correlation
 from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import faces_to_tensors
-from facepipe.models.pose import MaskYawReadout, PoseReader, crop_poses, fit_mask_yaw_readout, train_pose_reader
+from facepipe.models.pose import (READER_TURNS_DEG, MaskYawReadout, PoseReader, crop_poses, fit_mask_yaw_readout,
+                                  train_pose_reader, turned_crops)
 from facepipe.sample import HeadPose, Lighting, hopper_face, render_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,3 +94,18 @@ def test_mask_yaw_readout_reads_the_turn_where_the_outline_sits():
     np.testing.assert_allclose(read, 5.0 * held + 3.0, atol=1.5)
     with pytest.raises(ValueError, match="at least 8 faces"):
         fit_mask_yaw_readout(outline_logits(shifts[:5]), yaws[:5])
+
+
+def test_turned_crops_read_as_turned_both_ways_beyond_the_faces_own_poses():
+    crops = rendered_crops(np.array([-4.0, 0.0, 4.0]), np.zeros(3))
+    blank = np.zeros((1, 256, 256, 3), np.uint8)  # no face: no points, so no turned copy of it
+    masks = np.full((4, 256, 256), 255, np.uint8)
+    images, poses = turned_crops(np.concatenate([crops, blank]), masks, SIZE)
+    own = crop_poses(crops)[:, 0]
+    assert images.shape == (len(READER_TURNS_DEG) * 3, 3, SIZE, SIZE) and poses.shape == (len(READER_TURNS_DEG) * 3, 2)
+    assert np.isfinite(poses).all()
+    # Each turn's copies in order of READER_TURNS_DEG (-15, -10, 10, 15): turned away from the faces' own yaws,
+    # the wider turns further, and beyond the span the faces themselves cover.
+    yaws = poses[:, 0].reshape(len(READER_TURNS_DEG), 3).mean(axis=1)
+    assert np.all(np.diff(yaws) > 0), f"the turned copies' yaw does not rise with the turn: {yaws}"
+    assert yaws[0] < own.min() - 5 and yaws[-1] > own.max() + 5, f"turned copies {yaws} within the faces' own {own}"

@@ -37,7 +37,7 @@ from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights,
                                   save_adapter, set_pose_follow, set_swap_offset)
-from facepipe.models.pose import crop_poses, mirror_images
+from facepipe.models.pose import crop_poses, mirror_images, turned_crops
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -63,7 +63,8 @@ from facepipe.train.tasks.pair import PairTask
 # setting here, which recoloured the identity's faces before the offset, was replaced the day it came by
 # onnx_export's: its default wrote the same adapter, so no bump.) 14: a target that turns beyond even the
 # identity's turned faces follows by default by its yaw read off the target path's mask (pose_reading "mask").
-LORA_VERSION = "14"
+# 15: pose_follow's mask readout also learns from the target's turned copies (pose.turned_crops).
+LORA_VERSION = "15"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -188,8 +189,14 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading)
         if follow > 0:
             # The reader learns the pose FaceMesh reads on each crop itself, as the evaluation reads faces.
-            read_poses = crop_poses(targ.crops[task.target_train.numpy()])
-            directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed)
+            train_rows = task.target_train.numpy()
+            read_poses = crop_poses(targ.crops[train_rows])
+            # The mask's readout learns the target's turned copies too (measured on obama_early → vox); the
+            # CNN, whose pairs (german_news → obama) turn within its faces, as before.
+            turned = turned_crops(targ.crops[train_rows], np.load(target_masks.path / "masks.npy")[train_rows],
+                                  target_images.shape[-1]) if reading == "mask" else None
+            directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed,
+                                         turned=turned)
             context.log.info(f"pose_follow {follow:g} off the {reading} ({why}): learnt the target's pose on "
                              f"{int(np.isfinite(read_poses).all(axis=1).sum())} training faces; the swap moves "
                              f"{directions[0].norm():.3f} per degree of yaw")

@@ -394,13 +394,16 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
 
 
 def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
-                    target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0, batch: int = 32) -> torch.Tensor:
+                    target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0, batch: int = 32,
+                    turned: tuple[torch.Tensor, np.ndarray] | None = None) -> torch.Tensor:
     """With ``adapter.pose_follow`` > 0, after ``set_swap_offset``: learn to read the target's pose
     and attach it with the latent step per degree, so that each swap latent moves by pose_follow
     times that step per degree of the pose read off its input. ``target_poses``: the target's
     training faces' [N, 3, S, S] poses [N, 2] (yaw and pitch in degrees as FaceMesh reads them on
     each crop, ``pose.crop_poses``; NaN rows are left out); ``identity_poses``: its faces' (their
-    mirror images and turned copies give it poses its media lack).
+    mirror images and turned copies give it poses its media lack). ``turned``: the target's turned
+    copies and their poses (``pose.turned_crops``), which the reader learns from beside its faces
+    (the directions and the centre stay the target's own faces').
 
     ``adapter.pose_reading`` "crop": a PoseReader CNN learns yaw and pitch off the target's crops;
     the step is the identity's own pose directions [2, D]. "mask": a MaskYawReadout learns yaw off
@@ -415,19 +418,33 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_po
     target_poses = np.asarray(target_poses, dtype=np.float64)
     identity = pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
     known = np.isfinite(target_poses).all(axis=1)
+    rows = torch.from_numpy(known)
+    reader = pose_reader_of(model, model.adapter.pose_reading, target_images, target_poses, seed, batch, turned)
     if model.adapter.pose_reading == "mask":
-        rows = torch.from_numpy(known)
-        faces, poses = mirror_images(target_images[rows], target_poses[known])
-        reader: PoseReader | MaskYawReadout = fit_mask_yaw_readout(target_path_masks(model, faces, batch), poses[:, 0])
         target = pose_directions(swap_latents_of(model, target_images[rows], batch), target_poses[known])
         directions, centre = follow * (identity - model.adapter.swap_gain * target)[:1], target_poses[known, :1].mean(axis=0)
     else:
-        reader = train_pose_reader(target_images, target_poses, seed)
         directions, centre = follow * identity, target_poses[known].mean(axis=0)
     with torch.no_grad():
         model.swap_latent_offset.sub_(torch.from_numpy(centre).to(directions) @ directions)
     model.attach_pose_follow(reader, directions)
     return directions
+
+
+def pose_reader_of(model: PairModel, reading: str, target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0,
+                   batch: int = 32, turned: tuple[torch.Tensor, np.ndarray] | None = None) -> PoseReader | MaskYawReadout:
+    """The reader ``set_pose_follow`` attaches for ``reading``: "crop", a PoseReader trained on the
+    target's faces [N, 3, S, S] against their poses [N, 2] (NaN rows left out); "mask", a
+    MaskYawReadout fitted on the masks the target path paints for them and their mirror images.
+    ``turned`` (the target's turned copies and their poses, ``pose.turned_crops``) join the faces."""
+    known = np.isfinite(np.asarray(target_poses, dtype=np.float64)).all(axis=1)
+    images, poses = target_images[torch.from_numpy(known)], np.asarray(target_poses, dtype=np.float64)[known]
+    if turned is not None:
+        images, poses = torch.cat([images, turned[0]]), np.concatenate([poses, turned[1]])
+    if reading == "mask":
+        faces, labels = mirror_images(images, poses)
+        return fit_mask_yaw_readout(target_path_masks(model, faces, batch), labels[:, 0])
+    return train_pose_reader(images, poses, seed)
 
 
 @torch.no_grad()

@@ -63,6 +63,42 @@ def crop_poses(crops: np.ndarray) -> np.ndarray:
     return head_pose(points, crops.shape[1])[:, :2]
 
 
+# The turns (degrees) of the target's turned copies a reader also learns from (``turned_crops``).
+READER_TURNS_DEG = (-15.0, -10.0, 10.0, 15.0)
+
+
+def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The target's aligned uint8 crops [N, S0, S0, 3] turned by each of READER_TURNS_DEG
+    (facepipe.models.turn, at their stored size; masks [N, S0, S0] turn with them), brought to
+    ``size``, and the pose FaceMesh reads on each turned crop [M, 2]: faces at poses the target's
+    own frames may lack. The mask's readout fitted on vox's training frames alone read his later,
+    further-turned frames at yaw r 0.75 and 0.96 in two builds, 13.4 and 10.7 deg short; with these
+    copies beside them at 0.91 and 0.92, 7.9 and 3.4 deg short (docs/swap_quality.md, "The readout
+    learns turned copies of the target").
+    Faces FaceMesh finds no points on, or whose turn cannot be solved, are left out."""
+    from facepipe.models.augment import faces_to_tensors, turned_faces
+    from facepipe.models.turn import GRID_CELLS, crops_mesh, turn_grid
+
+    crops = np.asarray(crops)
+    points = crops_mesh(crops)
+    usable = np.flatnonzero(np.isfinite(points).all(axis=(1, 2)))
+    images, face_masks = faces_to_tensors(crops[usable], np.asarray(masks)[usable])
+    turned, poses = [], []
+    for degrees in READER_TURNS_DEG:
+        grids = np.full((len(usable), GRID_CELLS, GRID_CELLS, 2), np.nan, dtype=np.float32)
+        for row, face in enumerate(usable):
+            try:
+                grids[row] = turn_grid(points[face], np.radians(degrees), crops.shape[1])
+            except ValueError:  # degenerate five points: this face is not turned (a NaN grid leaves it as it is)
+                pass
+        faces, _ = turned_faces(images, face_masks, grids)
+        read = crop_poses((faces.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+        keep = np.isfinite(grids).all(axis=(1, 2, 3)) & np.isfinite(read).all(axis=1)
+        turned.append(F.interpolate(faces[torch.from_numpy(keep)], size=(size, size), mode="area"))
+        poses.append(read[keep])
+    return torch.cat(turned), np.concatenate(poses)
+
+
 def mirror_images(images: torch.Tensor, poses: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """Faces [N, 3, S, S] with their mirror images after them, and their poses [N, 2] (a mirror
     image turns the other way)."""
