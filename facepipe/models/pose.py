@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.models.augment import homography_grid, random_homography, sharpen, warp_with_grid
+from facepipe.models.augment import (faces_to_tensors, homography_grid, random_homography, sharpen, turned_faces,
+                                     warp_with_grid)
 from facepipe.train.determinism import seed_global_rngs
 
 POSE_WIDTH = 16  # channels of the first of four stride-2 convolutions (then 2x, 4x, 4x)
@@ -76,12 +77,13 @@ def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch
     copies beside them at 0.91 and 0.92, 7.9 and 3.4 deg short (docs/swap_quality.md, "The readout
     learns turned copies of the target").
     Faces FaceMesh finds no points on, or whose turn cannot be solved, are left out."""
-    from facepipe.models.augment import faces_to_tensors, turned_faces
-    from facepipe.models.turn import GRID_CELLS, crops_mesh, turn_grid
+    from facepipe.models.turn import GRID_CELLS, crops_mesh, turn_grid  # turn imports MediaPipe
 
     crops = np.asarray(crops)
     points = crops_mesh(crops)
     usable = np.flatnonzero(np.isfinite(points).all(axis=(1, 2)))
+    if not len(usable):
+        return torch.zeros(0, 3, size, size), np.zeros((0, 2))
     images, face_masks = faces_to_tensors(crops[usable], np.asarray(masks)[usable])
     turned, poses = [], []
     for degrees in READER_TURNS_DEG:
