@@ -418,10 +418,9 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_po
     target_poses = np.asarray(target_poses, dtype=np.float64)
     identity = pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
     known = np.isfinite(target_poses).all(axis=1)
-    rows = torch.from_numpy(known)
     reader = pose_reader_of(model, model.adapter.pose_reading, target_images, target_poses, seed, batch, turned)
     if model.adapter.pose_reading == "mask":
-        target = pose_directions(swap_latents_of(model, target_images[rows], batch), target_poses[known])
+        target = pose_directions(swap_latents_of(model, target_images[torch.from_numpy(known)], batch), target_poses[known])
         directions, centre = follow * (identity - model.adapter.swap_gain * target)[:1], target_poses[known, :1].mean(axis=0)
     else:
         directions, centre = follow * identity, target_poses[known].mean(axis=0)

@@ -77,7 +77,7 @@ def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch
     copies beside them at 0.91 and 0.92, 7.9 and 3.4 deg short (docs/swap_quality.md, "The readout
     learns turned copies of the target").
     Faces FaceMesh finds no points on, or whose turn cannot be solved, are left out."""
-    from facepipe.models.turn import GRID_CELLS, crops_mesh, turn_grid  # turn imports MediaPipe
+    from facepipe.models.turn import crops_mesh, turn_grids  # turn imports MediaPipe
 
     crops = np.asarray(crops)
     points = crops_mesh(crops)
@@ -85,17 +85,12 @@ def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch
     if not len(usable):
         return torch.zeros(0, 3, size, size), np.zeros((0, 2))
     images, face_masks = faces_to_tensors(crops[usable], np.asarray(masks)[usable])
+    grids = turn_grids(points[usable], np.radians(READER_TURNS_DEG), crops.shape[1])  # NaN where a turn cannot be solved
     turned, poses = [], []
-    for degrees in READER_TURNS_DEG:
-        grids = np.full((len(usable), GRID_CELLS, GRID_CELLS, 2), np.nan, dtype=np.float32)
-        for row, face in enumerate(usable):
-            try:
-                grids[row] = turn_grid(points[face], np.radians(degrees), crops.shape[1])
-            except ValueError:  # degenerate five points: this face is not turned (a NaN grid leaves it as it is)
-                pass
-        faces, _ = turned_faces(images, face_masks, grids)
+    for column in range(len(READER_TURNS_DEG)):
+        faces, _ = turned_faces(images, face_masks, grids[:, column])
         read = crop_poses((faces.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
-        keep = np.isfinite(grids).all(axis=(1, 2, 3)) & np.isfinite(read).all(axis=1)
+        keep = np.isfinite(grids[:, column]).all(axis=(1, 2, 3)) & np.isfinite(read).all(axis=1)
         turned.append(F.interpolate(faces[torch.from_numpy(keep)], size=(size, size), mode="area"))
         poses.append(read[keep])
     return torch.cat(turned), np.concatenate(poses)

@@ -102,7 +102,12 @@ def turn_table(points: np.ndarray, max_deg: float, size: int) -> np.ndarray:
     """[N, K, c, c, 2] float32 ``turn_grid``s of the faces with FaceMesh points [N, 478, 3] at each of
     ``table_angles(max_deg)``; NaN for faces without points or whose five points cannot be aligned
     (those are never turned)."""
-    angles = table_angles(max_deg)
+    return turn_grids(points, table_angles(max_deg), size)
+
+
+def turn_grids(points: np.ndarray, angles: np.ndarray, size: int) -> np.ndarray:
+    """[N, K, c, c, 2] float32 ``turn_grid``s of the faces with FaceMesh points [N, 478, 3] at each of
+    ``angles`` [K] (radians); NaN for faces without points or whose five points cannot be aligned."""
     table = np.full((len(points), len(angles), GRID_CELLS, GRID_CELLS, 2), np.nan, dtype=np.float32)
     for face, face_points in enumerate(points):
         if np.isfinite(face_points).all():
