@@ -71,7 +71,8 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
                                AugmentConfig(turn=config["turn"], turn_deg=config["turn_deg"]),
                                identity_landmarks=ident.landmarks, target_landmarks=targ.landmarks)
     mirrored = identity_model.record["config"].get("flip", 0) > 0
-    identity_images, identity_poses, _ = pose_matched_identity(task, ident, targ, mirrored)
+    identity_images, identity_measures, _ = pose_matched_identity(task, ident, targ, mirrored)
+    identity_poses = identity_measures[:, :2]  # yaw, pitch
     target_images = task.target_images[task.target_train]
     target_poses = crop_poses(targ.crops[task.target_train.numpy()])  # as the adapter's readers learn them
     known = np.isfinite(target_poses).all(axis=1)

@@ -147,10 +147,11 @@ def deepfacelive_convert(session: ort.InferenceSession, crop_bgr: np.ndarray, mo
     return session.run(None, feed)
 
 
-def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, pose_reading: str | None = None) -> MergedPair:
+def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, pose_reading: str | None = None,
+                       mouth: bool = False) -> MergedPair:
     """A pair model with random (non-zero) LoRA deltas and swap latent offset (and, with a
-    ``pose_reading``, a pose reader of that kind and directions), merged: its two paths differ, as a
-    trained pair's do, without training one."""
+    ``pose_reading``, a pose reader of that kind; with ``mouth``, a mouth reader; and their
+    directions), merged: its two paths differ, as a trained pair's do, without training one."""
     torch.manual_seed(seed)
     base = IdentityAutoencoder(AutoencoderConfig(size=size, width=8, latent_dim=64, depth=3)).eval()
     adapter = AdapterConfig(rank=2, alpha=4.0, swap_gain=swap_gain)
@@ -160,14 +161,20 @@ def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, po
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
         pair.swap_latent_offset.normal_(0, 0.5)
+        reader, rows = None, 0
         if pose_reading == "crop":
-            reader = PoseReader(size)
+            reader, rows = PoseReader(size), 2
             reader.scale.fill_(10.0)  # degrees
-            pair.attach_pose_follow(reader.requires_grad_(False).eval(), torch.randn(2, 64) * 0.05)
+            reader.requires_grad_(False).eval()
         elif pose_reading == "mask":
-            readout = MaskYawReadout((size // MASK_POOL) ** 2)
-            readout.weights.normal_(0, 3.0)  # degrees per unit of mask
-            pair.attach_pose_follow(readout, torch.randn(1, 64) * 0.05)
+            reader, rows = MaskYawReadout((size // MASK_POOL) ** 2), 1
+            reader.weights.normal_(0, 3.0)  # degrees per unit of mask
+        mouth_reader = None
+        if mouth:
+            mouth_reader = PoseReader(size, outputs=1).requires_grad_(False).eval()
+            mouth_reader.scale.fill_(100.0)  # its one random output reads little; the swap must move visibly
+        if reader is not None or mouth:
+            pair.attach_pose_follow(reader, torch.randn(rows + mouth, 64) * 0.05, mouth_reader)
     return merge_adapters(base, adapter_state(pair), adapter)
 
 
@@ -368,9 +375,10 @@ def test_export_dfm_removes_a_model_that_fails_parity(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("swap_gain, pose_reading", [(1.0, None), (1.5, "crop"), (1.5, "mask")])
-def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, pose_reading, tmp_path):
-    merged = random_merged_pair(swap_gain=swap_gain, pose_reading=pose_reading)
+@pytest.mark.parametrize("swap_gain, pose_reading, mouth", [(1.0, None, False), (1.5, "crop", False), (1.5, "mask", False),
+                                                          (1.5, None, True), (1.5, "crop", True), (1.5, "mask", True)])
+def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain, pose_reading, mouth, tmp_path):
+    merged = random_merged_pair(swap_gain=swap_gain, pose_reading=pose_reading, mouth=mouth)
     crops = real_crops(48)
     exported = export_dfm(merged.dfm_model(), 48, tmp_path / "pair.dfm", crops[:2])
     assert exported.max_abs_error < 1e-4  # checked in onnxruntime at each of 0, 0.5, 1
@@ -388,21 +396,24 @@ def test_pair_export_has_morph_value_from_the_target_face_to_the_swap(swap_gain,
     target = merged.target_face_mask
     def swap_of(bgr):
         """The merged swap (its folded gain and offset) and, with pose_follow, the pose read off the
-        input or off the mask the target path paints for it."""
-        if pose_reading is None:
+        input or off the mask the target path paints for it; with mouth_follow, the mouth read off the input."""
+        if pose_reading is None and not mouth:
             return merged.swap(bgr)
         features = merged.swap.encoder(bgr).flatten(1)
+        read = []
         if pose_reading == "crop":
-            pose = merged.pose_reader(bgr)
-        else:
+            read.append(merged.pose_reader(bgr))
+        elif pose_reading == "mask":
             own_latent = target.bottleneck.to_latent(features)
-            pose = merged.pose_reader(target.target_decoder(target.bottleneck.code_of(own_latent))[1])
-        latent = merged.swap.bottleneck.to_latent(features) + pose @ merged.swap_pose_directions
+            read.append(merged.pose_reader(target.target_decoder(target.bottleneck.code_of(own_latent))[1]))
+        if mouth:
+            read.append(merged.mouth_reader(bgr))
+        latent = merged.swap.bottleneck.to_latent(features) + torch.cat(read, 1) @ merged.swap_pose_directions
         return merged.swap.decode(merged.swap.bottleneck.code_of(latent))
 
     with torch.no_grad():
         swap_face, swap_logits = swap_of(bgr)
-        if pose_reading is not None:
+        if pose_reading is not None or mouth:
             assert (swap_face - merged.swap(bgr)[0]).abs().max() > 1e-3
         own_face, own_logits = target.target_decoder(target.bottleneck(target.encoder(bgr)))
     nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731

@@ -247,7 +247,7 @@ def test_pose_matching_adds_the_replays_faces_turned_both_ways(identity_weights)
     target = FaceSet(target_crops, target_masks, target_landmarks, pd.DataFrame())
     images, poses, target_poses = pose_matched_identity(task, identity, target, mirrored=False)
     faces = len(task.identity_train)
-    assert len(images) == len(poses) == 3 * faces and target_poses.shape == (len(task.target_train), 2)
+    assert len(images) == len(poses) == 3 * faces and target_poses.shape == (len(task.target_train), 3)
     # The faces as they are, then turned 15 deg one way and the other: read well over the pose's
     # noise (1-3 deg) away from the unturned faces, face by face, in opposite directions.
     plain, left, right = poses[:faces, 0], poses[faces:2 * faces, 0], poses[2 * faces:, 0]
@@ -260,6 +260,7 @@ def test_pose_matching_adds_the_replays_faces_turned_both_ways(identity_weights)
     mirrored, mirrored_poses, _ = pose_matched_identity(task, identity, target, mirrored=True)
     assert len(mirrored) == 6 * faces
     np.testing.assert_allclose(mirrored_poses[3 * faces:, 0], -poses[:, 0])
+    np.testing.assert_allclose(mirrored_poses[3 * faces:, 1:], poses[:, 1:])  # pitch and the mouth's opening kept
 
 
 def test_both_tasks_cut_their_inputs_from_the_stored_crops_when_asked(identity_weights):
@@ -504,43 +505,62 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
     assert_saved_and_read_as_before_it_existed(model, identity_weights, tmp_path, "swap_gain", 2.0, invalid=0.0)
 
 
-@pytest.mark.parametrize("reading", ["crop", "mask"])
-def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exported(reading, trained_pair, identity_weights,
-                                                                                    tmp_path):
+def readable_measures(images: torch.Tensor) -> np.ndarray:
+    """[N, 3] yaw, pitch and a mouth's opening that are functions of the faces (their left-right and
+    top-bottom brightness balance), so a reader can learn them."""
+    half = TINY.size // 2
+    sideways = (images[..., :half].mean((1, 2, 3)) - images[..., half:].mean((1, 2, 3))).numpy()
+    upright = (images[..., :half, :].mean((1, 2, 3)) - images[..., half:, :].mean((1, 2, 3))).numpy()
+    return np.column_stack([200 * sideways, 100 * sideways, 0.05 + 0.5 * upright])
+
+
+@pytest.mark.parametrize("reading,mouth", [("crop", 0.0), ("mask", 0.0), ("crop", 1.0), ("mask", 1.0), (None, 1.0)])
+def test_pose_and_mouth_follow_move_the_swap_by_what_is_read_and_are_saved_merged_and_exported(
+        reading, mouth, trained_pair, identity_weights, tmp_path):
     model, task = copy.deepcopy(trained_pair.model), trained_pair.task
     identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
-    # poses that are a function of the faces (their left-right brightness balance), so a reader can learn them
-    def poses_of(images):
-        balance = (images[..., : TINY.size // 2].mean((1, 2, 3)) - images[..., TINY.size // 2:].mean((1, 2, 3))).numpy()
-        return np.column_stack([200 * balance, 100 * balance])
     images = target_tensors()
     base = IdentityAutoencoder.from_folder(identity_weights.parent)
-    model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5)
+    model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, mouth_follow=0.0)
     offset = set_swap_offset(model, identity_images, target_images).clone()
     with torch.no_grad():
         without = model(images)[0]
-    with pytest.raises(ValueError, match="pose_follow is 0"):
-        set_pose_follow(model, identity_images, poses_of(identity_images), target_images, poses_of(target_images))
-    model.adapter = dataclasses.replace(model.adapter, pose_follow=1.0, pose_reading=reading)
+    with pytest.raises(ValueError, match="pose_follow and mouth_follow are 0"):
+        set_pose_follow(model, identity_images, readable_measures(identity_images), target_images,
+                        readable_measures(target_images))
+    model.adapter = dataclasses.replace(model.adapter, pose_follow=0.0 if reading is None else 1.0,
+                                        pose_reading=reading or "crop", mouth_follow=mouth)
     readable = torch.cat([target_images, identity_images])  # the tiny pair has 6 target faces; a reader needs 8
-    target_poses = poses_of(readable)
-    directions = set_pose_follow(model, identity_images, poses_of(identity_images), readable, target_poses)
-    read_dims = 2 if reading == "crop" else 1  # yaw and pitch off the crop, yaw off the mask
-    assert directions.shape == (read_dims, TINY.latent_dim)
-    assert isinstance(model.pose_reader, PoseReader if reading == "crop" else MaskYawReadout)
-    identity_step = pose_directions(swap_latents_of(model, identity_images), poses_of(identity_images))
+    target_measures = readable_measures(readable)
+    directions = set_pose_follow(model, identity_images, readable_measures(identity_images), readable, target_measures)
+    pose_rows = {"crop": [0, 1], "mask": [0], None: []}[reading]  # yaw and pitch off the crop, yaw off the mask
+    columns = pose_rows + ([2] if mouth else [])  # then the mouth's opening
+    assert directions.shape == (len(columns), TINY.latent_dim)
+    assert (model.pose_reader is None if reading is None
+            else isinstance(model.pose_reader, PoseReader if reading == "crop" else MaskYawReadout))
+    assert (model.mouth_reader is None) == (not mouth)
+    identity_step = pose_directions(swap_latents_of(model, identity_images), readable_measures(identity_images)[:, :2])
     if reading == "crop":  # the identity's own pose directions
-        assert torch.allclose(directions, identity_step)
-    else:  # the identity's yaw direction less the swap gain times the target's own
-        target_step = pose_directions(swap_latents_of(model, readable), target_poses)
-        assert torch.allclose(directions, (identity_step - 1.5 * target_step)[:1], atol=1e-6)
-    # a face at the target's mean pose lands where the offset alone put it
-    centre = torch.from_numpy(target_poses.mean(0)[:read_dims]).float()
+        assert torch.allclose(directions[:2], identity_step)
+    elif reading == "mask":  # the identity's yaw direction less the swap gain times the target's own
+        target_step = pose_directions(swap_latents_of(model, readable), target_measures[:, :2])
+        assert torch.allclose(directions[:1], (identity_step - 1.5 * target_step)[:1], atol=1e-6)
+    if mouth:  # the identity's own direction of the opening, fitted beside its pose
+        mouth_step = pose_directions(swap_latents_of(model, identity_images), readable_measures(identity_images))[2:]
+        assert torch.allclose(directions[-1:], mouth_step)
+    # a face at the target's mean pose and opening lands where the offset alone put it
+    centre = torch.from_numpy(target_measures.mean(0)[columns]).float()
     assert torch.allclose(model.swap_latent_offset, offset - centre @ directions, atol=1e-5)
     with torch.no_grad():
         latents = model.latent(images)
-        read = model.pose_reader(images) if reading == "crop" else model.pose_reader(
-            model.target_decode(model.autoencoder.bottleneck.code_of(latents))[1])
+        read = []
+        if reading is not None:
+            read.append(model.pose_reader(images) if reading == "crop" else model.pose_reader(
+                model.target_decode(model.autoencoder.bottleneck.code_of(latents))[1]))
+        if mouth:
+            read.append(model.mouth_reader(images))
+        read = torch.cat(read, 1)
+        assert torch.equal(model.read_pose(images, latents), read)
         assert torch.allclose(swap_latents(latents, 1.5, model.swap_latent_offset, read, directions),
                               1.5 * latents + model.swap_latent_offset + read @ directions)
         swapped = model(images)
@@ -549,7 +569,8 @@ def test_pose_follow_moves_the_swap_by_the_read_pose_and_is_saved_merged_and_exp
     save_adapter(model, identity_weights, tmp_path / "adapter")
     saved = load_adapter(tmp_path / "adapter")
     assert torch.equal(saved.tensors[SWAP_POSE_DIRECTIONS], directions)
-    assert any(name.startswith("pose_reader.") for name in saved.tensors)
+    assert any(name.startswith("pose_reader.") for name in saved.tensors) == (reading is not None)
+    assert any(name.startswith("mouth_reader.") for name in saved.tensors) == bool(mouth)
     loaded = PairModel(base, saved.adapter_config)
     load_adapter_tensors(loaded, saved.tensors, tmp_path / "adapter")
     with torch.no_grad():
@@ -573,7 +594,8 @@ def test_pose_follow_readers_learn_the_turned_copies_too_and_nothing_else_moves(
     learnt = {}
     for copies in (None, (turned, poses_of(turned))):
         model = copy.deepcopy(trained_pair.model)
-        model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, pose_follow=1.0, pose_reading=reading)
+        model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, pose_follow=1.0, pose_reading=reading,
+                                            mouth_follow=0.0)
         set_swap_offset(model, identity_images, target_images)
         directions = set_pose_follow(model, identity_images, poses_of(identity_images), readable, poses_of(readable),
                                      turned=copies)

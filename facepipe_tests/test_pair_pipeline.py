@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_run_config
 
-from facepipe.assets.pair import beyond_reach_warning, chosen_pose_follow, yaw_span
+from facepipe.assets.pair import beyond_reach_warning, chosen_mouth_follow, chosen_pose_follow, yaw_span
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.pair import SWAP_POSE_DIRECTIONS, load_adapter
 from facepipe.models.swap import INPUT_BLUR_PX, unsharp
@@ -190,3 +190,16 @@ def test_the_swap_follows_the_targets_pose_by_default_where_the_adapter_turns_th
     assert chosen_pose_follow(0.0, None, turned=True, within_reach=True) == (0.0, "crop", "the pair's setting")
     assert chosen_pose_follow(0.5, "crop", turned=False, within_reach=False) == (0.5, "crop", "the pair's setting")
     assert chosen_pose_follow(None, "crop", turned=True, within_reach=False)[:2] == (1.0, "crop")
+
+
+def test_the_swaps_mouth_follows_only_where_both_sides_open_it():
+    talking = np.linspace(0.001, 0.04, 50)  # german_news's talking head
+    assert chosen_mouth_follow(1.0, talking, talking)[0] == 1.0
+    assert chosen_mouth_follow(0.5, talking, talking)[0] == 0.5
+    still = np.linspace(0.0002, 0.003, 50)  # the sample's animated photo of Hopper: no direction of the opening to follow
+    mouth, why = chosen_mouth_follow(1.0, still, talking)
+    assert mouth == 0.0 and "the identity's faces hardly open the mouth" in why
+    shut = np.linspace(0.0, 0.003, 50)  # vox keeps his mouth shut: nothing to read but noise
+    mouth, why = chosen_mouth_follow(1.0, talking, shut)
+    assert mouth == 0.0 and "the target's faces hardly open the mouth" in why
+    assert chosen_mouth_follow(0.0, talking, talking)[0] == 0.0

@@ -1,5 +1,6 @@
-"""The pose reader pose_follow uses (facepipe.models.pose): FaceMesh's pose of a crop read on the
-crop itself, and a small CNN that learns to read it back on faces it has not seen."""
+"""The readers pose_follow and mouth_follow use (facepipe.models.pose): FaceMesh's pose and mouth
+of a crop read on the crop itself, and a small CNN that learns to read them back on faces it has
+not seen."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from facepipe.evaluate import correlation
 from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import faces_to_tensors
-from facepipe.models.pose import (READER_TURNS_DEG, MaskYawReadout, PoseReader, crop_poses, fit_mask_yaw_readout,
+from facepipe.models.pose import (READER_TURNS_DEG, MaskYawReadout, PoseReader, crop_measures, crop_poses, fit_mask_yaw_readout,
                                   train_pose_reader, turned_crops)
 from facepipe.sample import HeadPose, Lighting, hopper_face, render_frame
 
@@ -44,10 +45,14 @@ def tensors(crops: np.ndarray) -> torch.Tensor:
 
 def test_crop_poses_reads_the_turn_and_no_face_as_nan(turning_faces):
     crops, _ = turning_faces
-    poses = crop_poses(np.concatenate([crops[:7], np.zeros((1, 256, 256, 3), np.uint8)]))
-    assert poses.shape == (8, 2)
+    with_blank = np.concatenate([crops[:7], np.zeros((1, 256, 256, 3), np.uint8)])
+    poses, measures = crop_poses(with_blank), crop_measures(with_blank)
+    assert poses.shape == (8, 2) and measures.shape == (8, 3)
     assert np.isnan(poses[-1]).all() and np.isfinite(poses[:-1]).all()
     assert np.all(np.diff(poses[:7, 0]) > 0), f"yaw does not rise with the rendered turn: {poses[:7, 0]}"
+    # the mouth's opening beside the same pose, NaN where no face
+    np.testing.assert_array_equal(measures[:, :2], poses)
+    assert np.isnan(measures[-1, 2]) and (measures[:-1, 2] >= 0).all()
 
 
 def test_pose_reader_reads_the_pose_of_faces_it_has_not_seen_and_is_seeded(turning_faces):
@@ -73,6 +78,19 @@ def test_pose_reader_reads_the_pose_of_faces_it_has_not_seen_and_is_seeded(turni
         train_pose_reader(tensors(crops[:3]), poses[:3])
     with pytest.raises(ValueError, match="divisible by 16"):
         PoseReader(40)
+
+
+def test_a_reader_of_a_measure_mirror_images_keep_reads_it_alike_on_both(turning_faces):
+    """As mouth_follow's reader learns the mouth's opening: here how far each face turns either way,
+    which a mirror image keeps as the opening is kept."""
+    crops, held = turning_faces
+    far = np.abs(crop_poses(crops)[:, :1])
+    reader = train_pose_reader(tensors(crops), far, seed=0, epochs=60, turns=False)
+    assert reader.head.out_features == 1
+    with torch.no_grad():
+        read, mirrored = reader(tensors(held)).numpy()[:, 0], reader(tensors(held).flip(-1)).numpy()[:, 0]
+    truth = np.abs(crop_poses(held)[:, 0])
+    assert correlation(read, truth) > 0.8 and correlation(mirrored, truth) > 0.8, (read, mirrored, truth)
 
 
 def outline_logits(shifts) -> torch.Tensor:

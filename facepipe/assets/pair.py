@@ -37,7 +37,7 @@ from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights,
                                   save_adapter, set_pose_follow, set_swap_offset)
-from facepipe.models.pose import crop_poses, mirror_images, turned_crops
+from facepipe.models.pose import crop_measures, mirror_images, turned_crops
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -64,7 +64,8 @@ from facepipe.train.tasks.pair import PairTask
 # onnx_export's: its default wrote the same adapter, so no bump.) 14: a target that turns beyond even the
 # identity's turned faces follows by default by its yaw read off the target path's mask (pose_reading "mask").
 # 15: pose_follow's mask readout also learns from the target's turned copies (pose.turned_crops).
-LORA_VERSION = "15"
+# 16: the swap's mouth follows the target's, read off the crop by a second CNN (mouth_follow, on by default).
+LORA_VERSION = "16"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -80,7 +81,8 @@ LORA_VERSION = "15"
 # 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone);
 # 19: the card's metrics hold the span of following (evaluate.span_ratio); the .dfm is the same;
 # 20: pose_follow off the target path's mask (a second decoder pass in the graph, when the adapter reads so)
-EXPORT_VERSION = "20"
+# 21: mouth_follow's CNN in the graph beside the encoder
+EXPORT_VERSION = "21"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -137,7 +139,11 @@ class LoraConfig(TrainingConfig):
     # AdapterConfig.pose_reading: measured there); None (the default) chooses by the pair's poses
     # (``chosen_pose_follow``): "mask" where the target turns beyond even the identity's turned faces.
     pose_reading: Optional[str] = None
-    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow", "pose_reading")
+    # How far the swap's mouth follows the target's opening, read off the crop by a CNN, along the
+    # identity's own direction of it (facepipe.models.pair, AdapterConfig.mouth_follow: measured there);
+    # read only after training.
+    mouth_follow: float = AdapterConfig.mouth_follow
+    after_training: ClassVar[tuple[str, ...]] = ("swap_strength", "swap_gain", "pose_follow", "pose_reading", "mouth_follow")
 
 
 @asset(key=AssetKey(["pair", "lora_adapter"]), partitions_def=pair_partitions, group_name="pair",
@@ -156,7 +162,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
     context.log.info(f"reusing identity_model {identity_model.fingerprint} of '{identity}' (built once, shared by every target)")
     adapter = AdapterConfig(rank=config.rank, alpha=config.alpha, identity_replay_weight=config.identity_replay_weight,
                             eyes_mouth_weight=config.eyes_mouth_weight, swap_strength=config.swap_strength,
-                            swap_gain=config.swap_gain, pose_reading=config.pose_reading or AdapterConfig.pose_reading)
+                            swap_gain=config.swap_gain, pose_reading=config.pose_reading or AdapterConfig.pose_reading,
+                            mouth_follow=config.mouth_follow)
 
     def make_task() -> PairTask:
         ident, targ = FaceSet.load(identity_faces.path), FaceSet.load(target_faces.path)
@@ -175,8 +182,9 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         task = trained.task
         mirrored = identity_model.record["config"].get("flip", 0) > 0
         targ = FaceSet.load(target_faces.path)
-        identity_images, identity_poses, target_poses = pose_matched_identity(
+        identity_images, identity_measures, target_measures = pose_matched_identity(
             task, FaceSet.load(identity_faces.path), targ, mirrored)
+        identity_poses, target_poses = identity_measures[:, :2], target_measures[:, :2]
         target_images = task.target_images[task.target_train]
         offset = set_swap_offset(model, identity_images, target_images, pose_matched_weights(identity_poses, target_poses))
         context.log.info(f"swap latent offset (identity mean at the target's poses - target mean): norm {offset.norm():.3f}"
@@ -186,22 +194,24 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         if warning and not identity_model.record["config"].get("turn"):
             context.log.warning(warning)
         follow, reading, why = chosen_pose_follow(config.pose_follow, config.pose_reading, config.turn > 0, warning is None)
-        model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading)
-        if follow > 0:
-            # The reader learns the pose FaceMesh reads on each crop itself, as the evaluation reads faces.
+        mouth, mouth_why = chosen_mouth_follow(config.mouth_follow, identity_measures[:, 2], target_measures[:, 2])
+        model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading, mouth_follow=mouth)
+        context.log.info(f"pose_follow {follow:g}" + (f" off the {reading}" if follow > 0 else "") + f" ({why}); "
+                         f"mouth_follow {mouth:g} ({mouth_why})")
+        if follow > 0 or mouth > 0:
+            # The readers learn the pose and the mouth FaceMesh reads on each crop itself, as the evaluation reads faces.
             train_rows = task.target_train.numpy()
-            read_poses = crop_poses(targ.crops[train_rows])
+            read_measures = crop_measures(targ.crops[train_rows])
             # The mask's readout learns the target's turned copies too (measured on obama_early → vox); the
-            # CNN, whose pairs (german_news → obama) turn within its faces, as before.
+            # CNN, whose pairs (german_news → obama) turn within its faces, as before (its copies measured
+            # there: docs/swap_quality.md, "The swap's mouth, read off the crop").
             turned = turned_crops(targ.crops[train_rows], np.load(target_masks.path / "masks.npy")[train_rows],
-                                  target_images.shape[-1]) if reading == "mask" else None
-            directions = set_pose_follow(model, identity_images, identity_poses, target_images, read_poses, config.seed,
-                                         turned=turned)
-            context.log.info(f"pose_follow {follow:g} off the {reading} ({why}): learnt the target's pose on "
-                             f"{int(np.isfinite(read_poses).all(axis=1).sum())} training faces; the swap moves "
-                             f"{directions[0].norm():.3f} per degree of yaw")
-        else:
-            context.log.info(f"pose_follow 0 ({why})")
+                                  target_images.shape[-1]) if follow > 0 and reading == "mask" else None
+            directions = set_pose_follow(model, identity_images, identity_measures, target_images, read_measures,
+                                         config.seed, turned=turned)
+            context.log.info(f"learnt what the swap follows on {int(np.isfinite(read_measures).all(axis=1).sum())} "
+                             f"of the target's training faces; the swap moves {directions.norm(dim=1).round(decimals=3).tolist()} "
+                             "per unit read (degree of yaw, pitch; mouth opening)")
         save_adapter(trained.model, identity_model.path / "model.safetensors", out)
         np.save(out / "target_holdout.npy", trained.task.target_held.numpy().astype(np.int64))
         return {**{k: round(float(v), 6) for k, v in adapter_counts(trained.model).items()},
@@ -209,21 +219,26 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                 "swap_pose_directions_norm": round(float(model.swap_pose_directions.norm()), 4)
                 if model.swap_pose_directions is not None else None,
                 "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow,
-                "pose_reading": reading if follow > 0 else None}
+                "pose_reading": reading if follow > 0 else None, "mouth_follow": mouth}
 
     return train_in_store(context, settings, config, make_task, write)
+
+
+# Columns of expression_measures in the order the pose readers use: yaw, pitch, the mouth's opening.
+POSE_AND_MOUTH = [3, 4, 0]
 
 
 def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet,
                           mirrored: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The identity's training faces (and their mirror images, when the identity model learnt
-    mirrored faces; their turned copies, when the adapter turns its replay), their poses and the
-    poses of the target's training faces ([N, 2] yaw and pitch in degrees), for the swap latent
-    offset (facepipe.models.pair.pose_matched_weights)."""
+    mirrored faces; their turned copies, when the adapter turns its replay), their measures and
+    those of the target's training faces ([N, 3] yaw and pitch in degrees, the mouth's opening), for
+    the swap latent offset (facepipe.models.pair.pose_matched_weights) and the directions the swap
+    follows along (set_pose_follow)."""
     identity_rows, target_rows = task.identity_train.numpy(), task.target_train.numpy()
     images = task.identity_images[task.identity_train]
-    poses = expression_measures(identity.landmarks[identity_rows], identity.crops.shape[1])[:, 3:]  # yaw, pitch
-    target_poses = expression_measures(target.landmarks[target_rows], target.crops.shape[1])[:, 3:]
+    poses = expression_measures(identity.landmarks[identity_rows], identity.crops.shape[1])[:, POSE_AND_MOUTH]
+    target_poses = expression_measures(target.landmarks[target_rows], target.crops.shape[1])[:, POSE_AND_MOUTH]
     if task.identity_points is not None:
         # The replay's turned faces too, at the two widest turns, so a target that turns further
         # than the identity's media finds identity faces at its own pose.
@@ -235,7 +250,7 @@ def pose_matched_identity(task: PairTask, identity: FaceSet, target: FaceSet,
         for column, degrees in ((0, -task.augment.turn_deg), (-1, task.augment.turn_deg)):
             marks = np.stack([turned_points(face_points, np.radians(degrees)) for face_points in points])
             images = torch.cat([images, turned_faces(base, base_masks, table[:, column])[0]])
-            poses = np.concatenate([poses, expression_measures(marks, images.shape[-1])[:, 3:]])
+            poses = np.concatenate([poses, expression_measures(marks, images.shape[-1])[:, POSE_AND_MOUTH]])
     if mirrored:
         images, poses = mirror_images(images, poses)
     return images, poses, target_poses
@@ -281,6 +296,29 @@ def chosen_pose_follow(setting: float | None, reading: str | None, turned: bool,
     if within_reach:
         return 1.0, chosen, "by default: the target turns within the identity's turned faces"
     return 1.0, chosen, "by default: the target turns beyond even the identity's turned faces, so its yaw is read off the target path's mask"
+
+
+# The least spread of the mouth's opening (5th to 95th percentile of evaluate.mouth_opening over a side's
+# faces) on both sides for the swap's mouth to follow the target's. The step along the identity's own
+# direction of the opening is fitted on its faces, and faces that hardly open the mouth give a step of noise
+# (the sample's photo of Hopper, animated, spans 0.0002..0.003; german_news's talking head 0.001..0.04); a
+# target that keeps its mouth shut gives the reader nothing but noise to learn, which the swap's mouth would
+# then follow (docs/swap_quality.md, "The swap's mouth, read off the crop").
+MOUTH_SPAN_MIN = 0.01
+
+
+def chosen_mouth_follow(setting: float, identity_openings: np.ndarray, target_openings: np.ndarray) -> tuple[float, str]:
+    """The mouth_follow a pair's swap uses and why: the setting, or 0 where the identity's faces or
+    the target's (``identity_openings``, ``target_openings``: the mouth's opening of each face)
+    hardly open the mouth (MOUTH_SPAN_MIN)."""
+    spans = {side: np.percentile(openings, [5, 95]) for side, openings in
+             (("identity's", identity_openings), ("target's", target_openings))}
+    said = ", ".join(f"the {side} faces {low:.4f}..{high:.4f}" for side, (low, high) in spans.items())
+    shut = [side for side, (low, high) in spans.items() if high - low < MOUTH_SPAN_MIN]
+    if setting > 0 and shut:
+        return 0.0, (f"the {' and the '.join(shut)} faces hardly open the mouth ({said}, 5th to 95th percentile of "
+                     f"the opening; under {MOUTH_SPAN_MIN:g} apart there is nothing to follow)")
+    return float(setting), f"the mouth opens: {said} (5th to 95th percentile)"
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

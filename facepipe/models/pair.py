@@ -46,11 +46,13 @@ Following the target's pose (``AdapterConfig.pose_follow``, off by default): the
 moves along the identity's own pose directions by the target's pose, read off the input crop by a
 small CNN trained on the target's crops (facepipe.models.pose; ``set_pose_follow``), or along the
 identity's yaw direction less the target's by the yaw read off the mask the target path paints
-(``AdapterConfig.pose_reading`` "mask"). It is part of the swap: the export runs the CNN beside the
+(``AdapterConfig.pose_reading`` "mask"). Following the target's mouth (``AdapterConfig.mouth_follow``)
+the same way: along the identity's own direction of the mouth's opening, by the opening a second
+small CNN reads off the crop. Both are part of the swap: the export runs the CNNs beside the
 encoder (``TargetLatent``), the mask's readout in the decoder (``MorphingDecoder``).
 
-Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and, with pose_follow,
-the pose reader and the identity's pose directions, named as in ``PairModel.state_dict()``)
+Saved adapter: ``adapter.safetensors`` (the LoRA tensors, the swap latent offset and, with pose_follow
+or mouth_follow, the readers and the identity's directions, named as in ``PairModel.state_dict()``)
 beside ``adapter_config.json`` (rank, alpha, target modules per set, the base model's config and
 the sha256 of the base weights it was trained on, parameter counts).
 """
@@ -144,6 +146,13 @@ class AdapterConfig:
     # outline holds on frames the CNN misreads (a target turning far: docs/swap_quality.md, "The swap
     # at the target's pose, given it"); the export then runs the decoder twice.
     pose_reading: str = "crop"
+    # How far the swap's mouth follows the target's (0: off): the swap latent also moves along the
+    # identity's own direction of the mouth's opening by the opening a CNN reads off the crop
+    # (``set_pose_follow``), times this share. The adapted latent tells the target's mouth on frames
+    # the adapter never saw only at r 0.6-0.7 (a ridge readout off it, german_news -> obama), so the
+    # swap's mouth followed at 0.74; the CNN reads it at r 0.93-0.96 and the swap's mouth then follows
+    # at 0.87-0.92 (docs/swap_quality.md, "The swap's mouth, read off the crop").
+    mouth_follow: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -162,6 +171,8 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.swap_gain must be > 0, got {self.swap_gain!r}")
         if not self.pose_follow >= 0:
             raise ValueError(f"AdapterConfig.pose_follow must be >= 0, got {self.pose_follow!r}")
+        if not self.mouth_follow >= 0:
+            raise ValueError(f"AdapterConfig.mouth_follow must be >= 0, got {self.mouth_follow!r}")
         if self.pose_reading not in POSE_READINGS:
             raise ValueError(f"AdapterConfig.pose_reading must be one of {POSE_READINGS}, got {self.pose_reading!r}")
 
@@ -201,16 +212,20 @@ def target_lora_config(decoder: nn.Module, adapter: AdapterConfig) -> LoraConfig
 
 
 SWAP_LATENT_OFFSET = "swap_latent_offset"  # PairModel buffers, saved with the LoRA tensors
-SWAP_POSE_DIRECTIONS = "swap_pose_directions"  # with pose_follow: the latent step per degree [2, D] ([1, D]: yaw)
+# With pose_follow or mouth_follow: the latent step per unit of what is read ([K, D]: the pose's rows
+# (yaw and pitch off the crop, or yaw off the mask), then the mouth's).
+SWAP_POSE_DIRECTIONS = "swap_pose_directions"
 POSE_READER_PREFIX = "pose_reader."  # with pose_follow: the PoseReader's or the MaskYawReadout's tensors
+MOUTH_READER_PREFIX = "mouth_reader."  # with mouth_follow: the mouth's PoseReader's tensors
 POSE_READINGS = ("crop", "mask")  # AdapterConfig.pose_reading
 
 
 def swap_latents(latent: torch.Tensor, gain: float, offset: torch.Tensor, pose: torch.Tensor | None = None,
                  pose_directions: torch.Tensor | None = None) -> torch.Tensor:
     """The latents [N, D] the swap paints from, of the adapted latents [N, D]: gain·latent + offset,
-    plus, when the pose follows (``set_pose_follow``), the input's pose [N, 2] (yaw, pitch in
-    degrees, ``PoseReader``) times the identity's pose directions [2, D]."""
+    plus, when the pose or the mouth follows (``set_pose_follow``), what is read off the input [N, K]
+    (yaw, pitch in degrees, the mouth's opening: ``PairModel.read_pose``) times the identity's
+    directions [K, D]."""
     swap = gain * latent + offset
     return swap if pose_directions is None else swap + pose @ pose_directions
 
@@ -220,8 +235,8 @@ def is_adapter_tensor(name: str) -> bool:
 
 
 def is_pose_follow_tensor(name: str) -> bool:
-    """The pose reader's tensors and the identity's pose directions (only with pose_follow > 0)."""
-    return name.startswith(POSE_READER_PREFIX) or name == SWAP_POSE_DIRECTIONS
+    """The readers' tensors and the identity's directions (only with pose_follow or mouth_follow > 0)."""
+    return name.startswith((POSE_READER_PREFIX, MOUTH_READER_PREFIX)) or name == SWAP_POSE_DIRECTIONS
 
 
 def is_saved_tensor(name: str) -> bool:
@@ -253,9 +268,10 @@ class PairModel(nn.Module):
         self.adapter_parameters = sum(p.numel() for n, p in self.named_parameters() if is_adapter_tensor(n))
         # Set after training by set_swap_offset; zero while training (no path reads it then).
         self.register_buffer(SWAP_LATENT_OFFSET, torch.zeros(base.config.latent_dim))
-        # Set after training by set_pose_follow (with pose_follow > 0), and only then: training never
+        # Set after training by set_pose_follow (with pose_follow or mouth_follow > 0), and only then: training never
         # builds them, so they draw no random numbers and are in no checkpoint.
         self.pose_reader: PoseReader | MaskYawReadout | None = None
+        self.mouth_reader: PoseReader | None = None
         self.register_buffer(SWAP_POSE_DIRECTIONS, None)
         if self.adapter_share > adapter.max_share:
             raise ValueError(
@@ -291,9 +307,11 @@ class PairModel(nn.Module):
         with shared_delta_scaled(self, self.adapter.swap_strength):
             return self.latent(bgr)
 
-    def attach_pose_follow(self, reader: PoseReader | MaskYawReadout, directions: torch.Tensor) -> None:
-        """Make the swap follow the pose ``reader`` reads by ``directions`` [2, D] or [1, D] (``swap_latents``)."""
-        self.pose_reader = reader
+    def attach_pose_follow(self, reader: PoseReader | MaskYawReadout | None, directions: torch.Tensor,
+                           mouth_reader: PoseReader | None = None) -> None:
+        """Make the swap follow what ``reader`` (the pose) and ``mouth_reader`` read by ``directions``
+        [K, D], rows in the order ``read_pose`` reads (``swap_latents``)."""
+        self.pose_reader, self.mouth_reader = reader, mouth_reader
         self.swap_pose_directions = directions.detach().clone()
 
     def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,16 +320,22 @@ class PairModel(nn.Module):
         second linear, in the shared set too, at the same strength)."""
         with shared_delta_scaled(self, self.adapter.swap_strength):
             latent = self.latent(bgr)
-            pose = None if self.pose_reader is None else self.read_pose(bgr, latent)
+            pose = None if self.swap_pose_directions is None else self.read_pose(bgr, latent)
             latent = swap_latents(latent, self.adapter.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
             return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
     def read_pose(self, bgr: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        """The pose pose_follow reads for input ``bgr`` of adapted latent ``latent``: [N, 2] off the
-        crop, or [N, 1] yaw off the mask the target path paints from the latent (as the export does)."""
+        """What the swap follows for input ``bgr`` of adapted latent ``latent``, [N, K]: the pose
+        (pose_follow: [N, 2] yaw and pitch off the crop, or [N, 1] yaw off the mask the target path
+        paints from the latent, as the export does), then the mouth's opening off the crop (mouth_follow)."""
+        read = []
         if isinstance(self.pose_reader, MaskYawReadout):
-            return self.pose_reader(self.target_mask(latent))
-        return self.pose_reader(bgr)
+            read.append(self.pose_reader(self.target_mask(latent)))
+        elif self.pose_reader is not None:
+            read.append(self.pose_reader(bgr))
+        if self.mouth_reader is not None:
+            read.append(self.mouth_reader(bgr))
+        return torch.cat(read, 1)
 
     def target_mask(self, latent: torch.Tensor) -> torch.Tensor:
         """[N, 1, S, S] mask logits the target path paints from adapted latents [N, D]."""
@@ -371,8 +395,8 @@ def swap_latents_of(model: PairModel, images: torch.Tensor, batch: int = 32) -> 
 
 
 def pose_directions(latents: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
-    """[2, D]: how the latents [N, D] move per degree of yaw and of pitch (poses [N, 2]), by least
-    squares on [1, yaw, pitch]."""
+    """[K, D]: how the latents [N, D] move per unit of each measure (poses [N, K]: yaw and pitch in
+    degrees, and the mouth's opening), by least squares on [1, yaw, pitch, ...]."""
     design = torch.cat([torch.ones(len(poses), 1, dtype=torch.float64), torch.from_numpy(np.asarray(poses, dtype=np.float64))], 1)
     return torch.linalg.lstsq(design, latents.double()).solution[1:].to(latents.dtype)
 
@@ -393,40 +417,55 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
     return offset
 
 
-def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_poses: np.ndarray,
-                    target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0, batch: int = 32,
+def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_measures: np.ndarray,
+                    target_images: torch.Tensor, target_measures: np.ndarray, seed: int = 0, batch: int = 32,
                     turned: tuple[torch.Tensor, np.ndarray] | None = None) -> torch.Tensor:
-    """With ``adapter.pose_follow`` > 0, after ``set_swap_offset``: learn to read the target's pose
-    and attach it with the latent step per degree, so that each swap latent moves by pose_follow
-    times that step per degree of the pose read off its input. ``target_poses``: the target's
-    training faces' [N, 3, S, S] poses [N, 2] (yaw and pitch in degrees as FaceMesh reads them on
-    each crop, ``pose.crop_poses``; NaN rows are left out); ``identity_poses``: its faces' (their
-    mirror images and turned copies give it poses its media lack). ``turned``: the target's turned
-    copies and their poses (``pose.turned_crops``), which the reader learns from beside its faces
-    (the directions and the centre stay the target's own faces').
+    """With ``adapter.pose_follow`` or ``adapter.mouth_follow`` > 0, after ``set_swap_offset``: learn
+    to read the target's pose and the mouth's opening and attach them with the latent steps, so that
+    each swap latent moves by pose_follow times the step per degree of the pose read off its input
+    and by mouth_follow times the step per unit of the opening. ``target_measures``: the target's
+    training faces' [N, 3, S, S] yaw, pitch (degrees) and mouth's opening [N, 3] as FaceMesh reads
+    them on each crop (``pose.crop_measures``; NaN rows are left out); ``identity_measures``: its
+    faces' (their mirror images and turned copies give it poses its media lack). ``turned``: the
+    target's turned copies and their poses (``pose.turned_crops``), which the pose reader learns from
+    beside its faces (the directions and the centre stay the target's own faces').
 
     ``adapter.pose_reading`` "crop": a PoseReader CNN learns yaw and pitch off the target's crops;
     the step is the identity's own pose directions [2, D]. "mask": a MaskYawReadout learns yaw off
     the masks the target path paints for the target's faces and their mirror images; the step [1, D]
     is the identity's yaw direction less the swap gain times the target's, so the target's own turn,
     which the identity decoder reads only in part, is taken off before the identity's is added. The
-    offset gives up the target's mean pose's share, so a face at the target's mean pose still lands
-    on the identity's mean. Returns the step."""
-    follow = model.adapter.pose_follow
-    if not follow > 0:
-        raise ValueError("set_pose_follow: the adapter's pose_follow is 0, so the swap does not follow the pose")
-    target_poses = np.asarray(target_poses, dtype=np.float64)
-    identity = pose_directions(swap_latents_of(model, identity_images, batch), identity_poses)
-    known = np.isfinite(target_poses).all(axis=1)
-    reader = pose_reader_of(model, model.adapter.pose_reading, target_images, target_poses, seed, batch, turned)
-    if model.adapter.pose_reading == "mask":
-        target = pose_directions(swap_latents_of(model, target_images[torch.from_numpy(known)], batch), target_poses[known])
-        directions, centre = follow * (identity - model.adapter.swap_gain * target)[:1], target_poses[known, :1].mean(axis=0)
-    else:
-        directions, centre = follow * identity, target_poses[known].mean(axis=0)
+    mouth: a PoseReader of one output learns the opening off the target's crops; the step [1, D] is
+    the identity's direction of the opening (fitted beside its yaw and pitch). The offset gives up
+    the target's mean pose's and opening's share, so a face at the target's mean pose and opening
+    still lands on the identity's mean. Returns the steps [K, D], rows in ``read_pose``'s order."""
+    follow, mouth = model.adapter.pose_follow, model.adapter.mouth_follow
+    if not (follow > 0 or mouth > 0):
+        raise ValueError("set_pose_follow: the adapter's pose_follow and mouth_follow are 0, so the swap follows nothing")
+    identity_measures = np.asarray(identity_measures, dtype=np.float64)
+    target_measures = np.asarray(target_measures, dtype=np.float64)
+    identity_latents = swap_latents_of(model, identity_images, batch)
+    known = np.isfinite(target_measures).all(axis=1)
+    reader, mouth_reader, steps, centres = None, None, [], []
+    if follow > 0:
+        identity = pose_directions(identity_latents, identity_measures[:, :2])
+        reader = pose_reader_of(model, model.adapter.pose_reading, target_images, target_measures[:, :2], seed, batch, turned)
+        if model.adapter.pose_reading == "mask":
+            target = pose_directions(swap_latents_of(model, target_images[torch.from_numpy(known)], batch),
+                                     target_measures[known, :2])
+            steps.append(follow * (identity - model.adapter.swap_gain * target)[:1])
+            centres.append(target_measures[known, :1].mean(axis=0))
+        else:
+            steps.append(follow * identity)
+            centres.append(target_measures[known, :2].mean(axis=0))
+    if mouth > 0:
+        mouth_reader = train_pose_reader(target_images, target_measures[:, 2:], seed, turns=False)
+        steps.append(mouth * pose_directions(identity_latents, identity_measures)[2:])
+        centres.append(target_measures[known, 2:].mean(axis=0))
+    directions = torch.cat(steps)
     with torch.no_grad():
-        model.swap_latent_offset.sub_(torch.from_numpy(centre).to(directions) @ directions)
-    model.attach_pose_follow(reader, directions)
+        model.swap_latent_offset.sub_(torch.from_numpy(np.concatenate(centres)).to(directions) @ directions)
+    model.attach_pose_follow(reader, directions, mouth_reader)
     return directions
 
 
@@ -477,17 +516,22 @@ def adapter_counts(model: PairModel) -> dict[str, float]:
         "adapter_share": model.adapter_share,
     }
 
-def saved_pose_reader(tensors: Mapping[str, torch.Tensor], size: int) -> PoseReader | MaskYawReadout:
-    """An empty reader of the kind saved in an adapter's ``tensors`` (for its tensors to load into)."""
+def saved_readers(tensors: Mapping[str, torch.Tensor], size: int) -> tuple[PoseReader | MaskYawReadout | None, PoseReader | None]:
+    """Empty readers of the kinds saved in an adapter's ``tensors`` (for its tensors to load into):
+    the pose's (pose_follow) and the mouth's (mouth_follow), None where it has none."""
     readout = tensors.get(POSE_READER_PREFIX + "weights")
-    return PoseReader(size) if readout is None else MaskYawReadout(readout.shape[0])
+    pose = (MaskYawReadout(readout.shape[0]) if readout is not None
+            else PoseReader(size) if POSE_READER_PREFIX + "head.weight" in tensors else None)
+    mouth = PoseReader(size, outputs=1) if MOUTH_READER_PREFIX + "head.weight" in tensors else None
+    return pose, mouth
 
 
 def load_adapter_tensors(model: PairModel, tensors: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """Put saved LoRA tensors (and, from an adapter with pose_follow, its pose reader and directions)
-    into a PairModel; refuses a file that does not match it."""
-    if SWAP_POSE_DIRECTIONS in tensors and model.pose_reader is None:
-        model.attach_pose_follow(saved_pose_reader(tensors, model.model_config.size), tensors[SWAP_POSE_DIRECTIONS])
+    """Put saved LoRA tensors (and, from an adapter with pose_follow or mouth_follow, its readers
+    and directions) into a PairModel; refuses a file that does not match it."""
+    if SWAP_POSE_DIRECTIONS in tensors and model.swap_pose_directions is None:
+        reader, mouth_reader = saved_readers(tensors, model.model_config.size)
+        model.attach_pose_follow(reader, tensors[SWAP_POSE_DIRECTIONS], mouth_reader)
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
@@ -598,16 +642,18 @@ class TargetFaceMask(nn.Module):
 
 class TargetLatent(nn.Module):
     """NCHW BGR [0, 1] → [N, latent_dim]: the merged encoder and the target path's first
-    bottleneck linear (no swap latent offset); with a pose reader (pose_follow), (that latent,
-    the input's pose [N, 2]) for the MorphingDecoder."""
+    bottleneck linear (no swap latent offset); with readers off the crop (pose_follow's CNN,
+    mouth_follow's), (that latent, what they read [N, K], in their order) for the MorphingDecoder."""
 
-    def __init__(self, encoder: nn.Module, bottleneck: nn.Module, pose_reader: nn.Module | None = None):
+    def __init__(self, encoder: nn.Module, bottleneck: nn.Module, crop_readers: tuple[nn.Module, ...] = ()):
         super().__init__()
-        self.encoder, self.bottleneck, self.pose_reader = encoder, bottleneck, pose_reader
+        self.encoder, self.bottleneck, self.crop_readers = encoder, bottleneck, nn.ModuleList(crop_readers)
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         latent = self.bottleneck.to_latent(self.encoder(bgr).flatten(1))
-        return latent if self.pose_reader is None else (latent, self.pose_reader(bgr))
+        if not len(self.crop_readers):
+            return latent
+        return latent, torch.cat([reader(bgr) for reader in self.crop_readers], 1)
 
 
 class BlendedConv2d(nn.Module):
@@ -629,7 +675,7 @@ class BlendedConv2d(nn.Module):
 
 
 class MorphingDecoder(nn.Module):
-    """(target-path latent [N, D] (with pose_follow off the crop: and the input's pose [N, 2]), morph [1]) →
+    """(target-path latent [N, D] (with readers off the crop: and what they read [N, K]), morph [1]) →
     (BGR [0, 1], mask logits): the DFM export's
     ``morph_value:0``. Morph 1 is the swap (``swap_latents`` of the latent, base decoder), 0 the
     target path (the latent as it is, the decoder with Δtarget merged: the target's own face);
@@ -667,13 +713,14 @@ class MorphingDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
                 morph: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        read = []
+        if isinstance(latent, tuple):
+            latent, off_crop = latent  # what the CNNs read off the crop: TargetLatent hands it over beside the latent
+            read.append(off_crop)
         if self.yaw_readout is not None:
-            # pose_follow off the mask: the target path's (the decoder at share 1) mask of the latent.
-            pose = self.yaw_readout(self.decoded(self.bottleneck.code_of(latent), torch.ones_like(morph))[1])
-        elif self.swap_pose_directions is not None:
-            latent, pose = latent  # pose_follow off the crop: TargetLatent hands the pose over beside the latent
-        else:
-            pose = None
+            # pose_follow off the mask, read first: the target path's (the decoder at share 1) mask of the latent.
+            read.insert(0, self.yaw_readout(self.decoded(self.bottleneck.code_of(latent), torch.ones_like(morph))[1]))
+        pose = torch.cat(read, 1) if read else None
         swap = swap_latents(latent, self.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
         return self.decoded(self.bottleneck.code_of(latent + morph * (swap - latent)), 1 - morph)
 
@@ -691,8 +738,8 @@ class MorphingDecoder(nn.Module):
 @dataclass
 class MergedPair:
     """``swap``: plain IdentityAutoencoder, Δshared merged into encoder + bottleneck, base decoder
-    — ``swap(x)`` is the swap (without pose_follow's move: ``pose_reader`` and ``swap_pose_directions``,
-    None without it, which ``dfm_model`` adds). ``target_face_mask``: the input face's mask (see
+    — ``swap(x)`` is the swap (without pose_follow's and mouth_follow's move: ``pose_reader``,
+    ``mouth_reader`` and ``swap_pose_directions``, None without them, which ``dfm_model`` adds). ``target_face_mask``: the input face's mask (see
     TargetFaceMask), sharing ``swap``'s encoder modules. ``swap_latent_offset`` and ``swap_gain``:
     folded into ``swap``'s bottleneck (kept apart for the morph)."""
 
@@ -702,6 +749,7 @@ class MergedPair:
     swap_gain: float
     pose_reader: PoseReader | MaskYawReadout | None = None
     swap_pose_directions: torch.Tensor | None = None
+    mouth_reader: PoseReader | None = None
 
     def dfm_model(self, face_mask_source: nn.Module | None = None, sharpen: float = 0.0,
                   input_blur: float = 0.0, colour_gain: tuple[float, float, float] | None = None) -> DfmSwapModel:
@@ -716,9 +764,10 @@ class MergedPair:
         if face_mask_source is None:
             face_mask_source = self.target_face_mask
         target = self.target_face_mask
-        # A CNN reads the crop beside the encoder; a mask readout reads the target path's mask in the decoder.
+        # CNNs read the crop beside the encoder; a mask readout reads the target path's mask in the decoder.
         from_mask = isinstance(self.pose_reader, MaskYawReadout)
-        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck, None if from_mask else self.pose_reader),
+        crop_readers = tuple(reader for reader in (None if from_mask else self.pose_reader, self.mouth_reader) if reader is not None)
+        return DfmSwapModel(TargetLatent(self.swap.encoder, target.bottleneck, crop_readers),
                             MorphingDecoder(target.bottleneck, self.swap_latent_offset, self.swap.decoder, target.target_decoder,
                                             self.swap_gain, self.swap_pose_directions, self.pose_reader if from_mask else None),
                             face_mask_source, takes_morph=True, fill_background=True, sharpen=sharpen,
@@ -762,15 +811,14 @@ def merge_adapters(base: IdentityAutoencoder, tensors: Mapping[str, torch.Tensor
     with torch.no_grad():
         linear.weight.mul_(gain)
         linear.bias.copy_(swap_latents(linear.bias, gain, offset))
-    pose_reader, directions = None, tensors.get(SWAP_POSE_DIRECTIONS)
-    if directions is not None:
-        pose_reader = saved_pose_reader(tensors, base.config.size)
-        pose_reader.load_state_dict({name[len(POSE_READER_PREFIX):]: tensor for name, tensor in tensors.items()
-                                     if name.startswith(POSE_READER_PREFIX)})
-        pose_reader.requires_grad_(False).eval()
-        directions = directions.clone()
+    pose_reader, mouth_reader = saved_readers(tensors, base.config.size)
+    for reader, prefix in ((pose_reader, POSE_READER_PREFIX), (mouth_reader, MOUTH_READER_PREFIX)):
+        if reader is not None:
+            reader.load_state_dict({name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)})
+            reader.requires_grad_(False).eval()
+    directions = tensors.get(SWAP_POSE_DIRECTIONS)
     return MergedPair(swap, TargetFaceMask(swap.encoder, target_bottleneck, target_decoder), offset.clone(), gain,
-                      pose_reader, directions)
+                      pose_reader, None if directions is None else directions.clone(), mouth_reader)
 
 
 def merged_swap_model(identity_weights: Path, adapter_dir: Path) -> MergedPair:

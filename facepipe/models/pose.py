@@ -1,4 +1,5 @@
-"""Reading a face's head pose off its crop: the pose the swap follows (``AdapterConfig.pose_follow``).
+"""Reading a face's head pose and mouth off its crop: what the swap follows (``AdapterConfig.pose_follow``,
+``mouth_follow``).
 
 The adapted encoder carries the target's turn along latent directions the identity decoder hardly
 reads, so the swap turns less than its target (docs/swap_quality.md, "Why yaw stays short"). The
@@ -12,6 +13,9 @@ part of the exported graph, so every runtime gets it (65k parameters, ~8 M multi
 Its labels are FaceMesh's pose of each aligned crop read on the crop itself, as the evaluation reads
 every face: the stored landmarks come from the whole (smoothed) frame and give another yaw (r 0.87
 against the crop's own on obama's faces, 5 deg apart on average).
+
+The same CNN with one output reads the mouth's opening the swap follows (``AdapterConfig.mouth_follow``):
+on obama's held-out frames at r 0.93-0.96, where a readout off the adapted latent reads it at 0.6-0.7.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ POSE_LR = 2e-3
 
 
 class PoseReader(nn.Module):
-    """NCHW BGR [0, 1] crops [N, 3, S, S] → [N, 2] yaw and pitch in degrees: four stride-2 3x3
-    convolutions, one linear."""
+    """NCHW BGR [0, 1] crops [N, 3, S, S] → [N, outputs] measures of the face: yaw and pitch in
+    degrees (``AdapterConfig.pose_follow``), or the mouth's opening (``mouth_follow``): four
+    stride-2 3x3 convolutions, one linear."""
 
-    def __init__(self, size: int, width: int = POSE_WIDTH):
+    def __init__(self, size: int, width: int = POSE_WIDTH, outputs: int = 2):
         super().__init__()
         if size % 16:
             raise ValueError(f"PoseReader needs a crop size divisible by 16, got {size}")
@@ -44,11 +49,11 @@ class PoseReader(nn.Module):
         for into, out in zip(channels, channels[1:]):
             layers += [nn.Conv2d(into, out, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.1)]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels[-1] * (size // 16) ** 2, 2)
-        # The head learns poses about their mean in units of their spread; these give degrees back
-        # (set by train_pose_reader once it has learnt).
-        self.register_buffer("scale", torch.ones(2))
-        self.register_buffer("centre", torch.zeros(2))
+        self.head = nn.Linear(channels[-1] * (size // 16) ** 2, outputs)
+        # The head learns its measures about their mean in units of their spread; these give degrees
+        # (or the mouth's opening) back (set by train_pose_reader once it has learnt).
+        self.register_buffer("scale", torch.ones(outputs))
+        self.register_buffer("centre", torch.zeros(outputs))
 
     def forward(self, bgr: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(bgr * 2.0 - 1.0).flatten(1)) * self.scale + self.centre
@@ -57,11 +62,17 @@ class PoseReader(nn.Module):
 def crop_poses(crops: np.ndarray) -> np.ndarray:
     """[N, 2] yaw and pitch (degrees) FaceMesh reads on each aligned uint8 BGR crop [N, S, S, 3]
     itself, NaN where it finds no face."""
-    from facepipe.evaluate import crop_landmarks, head_pose  # evaluate imports MediaPipe
+    return crop_measures(crops)[:, :2]
+
+
+def crop_measures(crops: np.ndarray) -> np.ndarray:
+    """[N, 3] yaw, pitch (degrees) and the mouth's opening (``evaluate.mouth_opening``) FaceMesh
+    reads on each aligned uint8 BGR crop [N, S, S, 3] itself, NaN where it finds no face."""
+    from facepipe.evaluate import crop_landmarks, head_pose, mouth_opening  # evaluate imports MediaPipe
 
     crops = np.asarray(crops)
     points, _ = crop_landmarks(crops)  # NaN points where no face: head_pose gives NaN there
-    return head_pose(points, crops.shape[1])[:, :2]
+    return np.column_stack([head_pose(points, crops.shape[1])[:, :2], mouth_opening(points)])
 
 
 # The turns (degrees) of the target's turned copies a reader also learns from (``turned_crops``).
@@ -96,26 +107,32 @@ def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch
     return torch.cat(turned), np.concatenate(poses)
 
 
-def mirror_images(images: torch.Tensor, poses: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """Faces [N, 3, S, S] with their mirror images after them, and their poses [N, 2] (a mirror
-    image turns the other way)."""
-    return torch.cat([images, images.flip(-1)]), np.concatenate([poses, poses * np.array([-1.0, 1.0])])
+def mirror_images(images: torch.Tensor, measures: np.ndarray, turns: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+    """Faces [N, 3, S, S] with their mirror images after them, and their measures [N, K]: with
+    ``turns`` the first column is the yaw, which a mirror image turns the other way; the others
+    (pitch, the mouth's opening) a mirror image keeps."""
+    signs = np.ones(np.asarray(measures).shape[1])
+    signs[0] = -1.0 if turns else 1.0
+    return torch.cat([images, images.flip(-1)]), np.concatenate([measures, measures * signs])
 
 
-def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, epochs: int = POSE_EPOCHS) -> PoseReader:
-    """A PoseReader trained on faces [N, 3, S, S] (BGR [0, 1]) and their poses [N, 2] (degrees; rows
-    with NaN are left out) with their mirror images, each batch moved a little (rotation, scale,
-    shift: the runtimes' alignment differs from the faces asset's), half of it sharpened as
-    FaceFusion sharpens its input, its light jittered. Deterministic for a seed on one machine."""
+def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, epochs: int = POSE_EPOCHS,
+                      turns: bool = True) -> PoseReader:
+    """A PoseReader trained on faces [N, 3, S, S] (BGR [0, 1]) and their measures [N, K] (yaw and
+    pitch in degrees; with ``turns`` False, measures a mirror image keeps, such as the mouth's
+    opening; rows with NaN are left out) with their mirror images, each batch moved a little
+    (rotation, scale, shift: the runtimes' alignment differs from the faces asset's), half of it
+    sharpened as FaceFusion sharpens its input, its light jittered. Deterministic for a seed on one
+    machine."""
     keep = torch.from_numpy(np.isfinite(poses).all(axis=1))
     if int(keep.sum()) < 8:
         raise ValueError(f"a pose reader needs at least 8 faces with a pose, got {int(keep.sum())}; "
                          "FaceMesh found too few faces in the target's crops")
-    images, targets = mirror_images(images[keep], np.asarray(poses)[keep.numpy()])
+    images, targets = mirror_images(images[keep], np.asarray(poses)[keep.numpy()], turns)
     centre, spread = targets.mean(axis=0), targets.std(axis=0) + 1e-3
     labels = torch.from_numpy((targets - centre) / spread).float()
     seed_global_rngs(seed)
-    reader = PoseReader(images.shape[-1])
+    reader = PoseReader(images.shape[-1], outputs=targets.shape[1])
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(reader.parameters(), lr=POSE_LR, weight_decay=1e-4)
     size = images.shape[-1]
