@@ -507,11 +507,13 @@ def test_swap_gain_spreads_the_swap_latents_about_the_identity_mean_and_the_merg
 
 def readable_measures(images: torch.Tensor) -> np.ndarray:
     """[N, 3] yaw, pitch and a mouth's opening that are functions of the faces (their left-right and
-    top-bottom brightness balance), so a reader can learn them."""
+    top-bottom brightness balance, their blue-red balance), so a reader can learn them; three
+    independent columns, so the least squares that fits the directions has one answer."""
     half = TINY.size // 2
     sideways = (images[..., :half].mean((1, 2, 3)) - images[..., half:].mean((1, 2, 3))).numpy()
     upright = (images[..., :half, :].mean((1, 2, 3)) - images[..., half:, :].mean((1, 2, 3))).numpy()
-    return np.column_stack([200 * sideways, 100 * sideways, 0.05 + 0.5 * upright])
+    tint = (images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))).numpy()
+    return np.column_stack([200 * sideways, 100 * upright, 0.05 + 0.5 * tint])
 
 
 @pytest.mark.parametrize("reading,mouth", [("crop", 0.0), ("mask", 0.0), ("crop", 1.0), ("mask", 1.0), (None, 1.0)])
