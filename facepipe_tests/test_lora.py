@@ -54,6 +54,7 @@ from facepipe.models.pair import (
     load_adapter_tensors,
     merge_adapters,
     merged_swap_model,
+    mouth_step_faces,
     pose_directions,
     pose_matched_weights,
     save_adapter,
@@ -62,7 +63,7 @@ from facepipe.models.pair import (
     swap_latents,
     swap_latents_of,
 )
-from facepipe.models.pose import MaskYawReadout, PoseReader
+from facepipe.models.pose import MaskYawReadout, PoseReader, painted_change
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
 from facepipe.models.turn import turn_grid
 from facepipe.profile import build_profile, crop_sharpness
@@ -395,6 +396,24 @@ def test_mouth_opening_grows_as_the_lips_part():
     assert opening[0] < 0.02 and opening[0] < opening[1] < opening[2], f"mouth opening {opening}"
 
 
+def test_painted_change_reads_a_turn_and_an_opening_mouth_as_facemesh_does():
+    face = hopper_face(256)
+    left, right = (faces_to_tensors(np.stack([turned_crop(face, yaw)]), np.zeros((1, STORED_SIZE, STORED_SIZE), np.uint8))[0]
+                   for yaw in (-10.0, 10.0))
+    turn, opening = painted_change(left, right, STORED_SIZE)
+    assert 12.0 < turn < 30.0 and abs(opening) < 0.01, (turn, opening)
+    assert painted_change(right, right, STORED_SIZE) == (0.0, 0.0)
+    photo = cv2.imread(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg"))
+    crop, _, landmarks, _ = align_face(photo, detect_static(photo), STORED_SIZE)
+    shut, opened = (faces_to_tensors(opened_mouth(crop, landmarks, drop)[None], np.zeros((1, STORED_SIZE, STORED_SIZE), np.uint8))[0]
+                    for drop in (0.0, 16.0))
+    turn, opening = painted_change(shut, opened, STORED_SIZE)
+    # FaceMesh reads a jaw dropping this far (an opening of ~0.1) as a few degrees of turn too, far less than a turn
+    assert turn < 6.0 and opening > 0.05, (turn, opening)
+    blank = torch.zeros(1, 3, STORED_SIZE, STORED_SIZE)
+    assert all(np.isnan(painted_change(blank, blank, STORED_SIZE)))
+
+
 def test_correlation_of_a_constant_series_is_zero():
     assert correlation(np.array([1.0, 1.0, 1.0]), np.array([0.0, 1.0, 2.0])) == 0.0
     assert correlation(np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 4.0])) == pytest.approx(1.0)
@@ -581,6 +600,29 @@ def test_pose_and_mouth_follow_move_the_swap_by_what_is_read_and_are_saved_merge
         dfm = merge_adapters(base, saved.tensors, saved.adapter_config).dfm_model()
         face, logits = dfm.decoder_part(dfm.encoder_part(images), torch.ones(1))
     assert torch.allclose(face, swapped[0], atol=1e-5) and torch.allclose(logits, swapped[1], atol=1e-4)
+
+
+def test_mouth_step_faces_are_the_swaps_the_attached_mouth_step_paints_over_a_span(trained_pair):
+    model, task = copy.deepcopy(trained_pair.model), trained_pair.task
+    identity_images, target_images = task.identity_images[task.identity_train], task.target_images[task.target_train]
+    model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, mouth_follow=0.5)
+    set_swap_offset(model, identity_images, target_images)
+    images, span = target_tensors(), 0.04
+    below, above = mouth_step_faces(model, identity_images, readable_measures(identity_images), images, span)
+    with torch.no_grad():
+        assert torch.equal(mouth_step_faces(model, identity_images, readable_measures(identity_images), images, 0.0)[0],
+                           model(images)[0])  # no span: the swap as it is
+    readable = torch.cat([target_images, identity_images])  # a reader needs 8 faces
+    target_measures = readable_measures(readable)
+    directions = set_pose_follow(model, identity_images, readable_measures(identity_images), readable, target_measures)
+    centre = float(target_measures[:, 2].mean())
+    with torch.no_grad():  # the attached swap, its mouth read at half the span either side of the target's mean
+        latents = model.latent(images)
+        for faces, read in ((below, centre - span / 2), (above, centre + span / 2)):
+            swap = swap_latents(latents, 1.5, model.swap_latent_offset, torch.full((len(images), 1), read), directions)
+            painted = model.identity_decode(model.autoencoder.bottleneck.code_of(swap))[0]
+            assert torch.allclose(faces, painted, atol=1e-5)
+    assert (above - below).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("reading", ["crop", "mask"])

@@ -12,7 +12,8 @@ import torch
 
 from conftest import tiny_run_config
 
-from facepipe.assets.pair import beyond_reach_warning, chosen_mouth_follow, chosen_pose_follow, yaw_span
+from facepipe.assets.pair import (MOUTH_TURN_MAX_DEG, beyond_reach_warning, chosen_mouth_follow, chosen_pose_follow,
+                                 turn_checked_mouth_follow, yaw_span)
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.pair import SWAP_POSE_DIRECTIONS, load_adapter
 from facepipe.models.swap import INPUT_BLUR_PX, unsharp
@@ -203,3 +204,12 @@ def test_the_swaps_mouth_follows_only_where_both_sides_open_it():
     mouth, why = chosen_mouth_follow(1.0, talking, shut)
     assert mouth == 0.0 and "the target's faces hardly open the mouth" in why
     assert chosen_mouth_follow(0.0, talking, talking)[0] == 0.0
+
+
+def test_the_swaps_mouth_does_not_follow_where_its_step_turns_the_swap():
+    why = "the mouth opens"
+    assert turn_checked_mouth_follow(1.0, 0.4, 0.02, why)[0] == 1.0  # german_news -> obama
+    mouth, said = turn_checked_mouth_follow(1.0, 8.0, 0.02, why)  # kim -> mead
+    assert mouth == 0.0 and "8.0 deg" in said and "turn as the mouth moves" in said
+    assert turn_checked_mouth_follow(0.5, MOUTH_TURN_MAX_DEG, 0.02, why)[0] == 0.5
+    assert turn_checked_mouth_follow(1.0, float("nan"), float("nan"), why)[0] == 1.0  # no face read: nothing to say against it

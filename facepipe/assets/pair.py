@@ -35,9 +35,9 @@ from facepipe.faces import FaceSet, resize_crops
 from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
-from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, pose_matched_weights,
-                                  save_adapter, set_pose_follow, set_swap_offset)
-from facepipe.models.pose import crop_measures, mirror_images, turned_crops
+from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, mouth_step_faces,
+                                  pose_matched_weights, save_adapter, set_pose_follow, set_swap_offset)
+from facepipe.models.pose import crop_measures, mirror_images, painted_change, turned_crops
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -65,7 +65,8 @@ from facepipe.train.tasks.pair import PairTask
 # identity's turned faces follows by default by its yaw read off the target path's mask (pose_reading "mask").
 # 15: pose_follow's mask readout also learns from the target's turned copies (pose.turned_crops).
 # 16: the swap's mouth follows the target's, read off the crop by a second CNN (mouth_follow, on by default).
-LORA_VERSION = "16"
+# 17: mouth_follow off where its step turns the swap (turn_checked_mouth_follow).
+LORA_VERSION = "17"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -196,6 +197,12 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         follow, reading, why = chosen_pose_follow(config.pose_follow, config.pose_reading, config.turn > 0, warning is None)
         mouth, mouth_why = chosen_mouth_follow(config.mouth_follow, identity_measures[:, 2], target_measures[:, 2])
         model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading, mouth_follow=mouth)
+        mouth_turn = None
+        if mouth > 0:
+            mouth_turn, opening = painted_mouth_step(model, identity_images, identity_measures, target_images,
+                                                     target_measures[:, 2], targ.crops.shape[1])
+            mouth, mouth_why = turn_checked_mouth_follow(mouth, mouth_turn, opening, mouth_why)
+            model.adapter = replace(model.adapter, mouth_follow=mouth)
         context.log.info(f"pose_follow {follow:g}" + (f" off the {reading}" if follow > 0 else "") + f" ({why}); "
                          f"mouth_follow {mouth:g} ({mouth_why})")
         if follow > 0 or mouth > 0:
@@ -219,7 +226,8 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                 "swap_pose_directions_norm": round(float(model.swap_pose_directions.norm()), 4)
                 if model.swap_pose_directions is not None else None,
                 "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow,
-                "pose_reading": reading if follow > 0 else None, "mouth_follow": mouth}
+                "pose_reading": reading if follow > 0 else None, "mouth_follow": mouth,
+                "mouth_step_turn_deg": None if mouth_turn is None else round(mouth_turn, 2)}
 
     return train_in_store(context, settings, config, make_task, write)
 
@@ -319,6 +327,39 @@ def chosen_mouth_follow(setting: float, identity_openings: np.ndarray, target_op
         return 0.0, (f"the {' and the '.join(shut)} faces hardly open the mouth ({said}, 5th to 95th percentile of "
                      f"the opening; under {MOUTH_SPAN_MIN:g} apart there is nothing to follow)")
     return float(setting), f"the mouth opens: {said} (5th to 95th percentile)"
+
+
+# The most the swap may turn (the length of its mean change of yaw and pitch over the target's faces, in
+# degrees) as mouth_follow's step moves it over the target's range of the opening (5th to 95th percentile).
+# The step is the identity's direction of the opening fitted beside its yaw and pitch on its faces, and where
+# the identity turns as it talks that fit can leave turn in it: kim -> mead's step painted ~8 deg of turn
+# over mead's range, and its swaps turned three times as wide as mead (pasted back, yaw r 0.79 -> 0.73,
+# pitch 0.85 -> 0.73) for a mouth that followed no better (0.88 either way); german_news -> obama's painted
+# 0.4 deg, and its mouth followed at 0.87 against 0.60 (docs/swap_quality.md, "The swap's mouth, read off
+# the crop").
+MOUTH_TURN_MAX_DEG = 3.0
+MOUTH_CHECK_FACES = 64  # of the target's training faces, evenly spaced: enough for a mean change
+
+
+def painted_mouth_step(model, identity_images: torch.Tensor, identity_measures: np.ndarray, target_images: torch.Tensor,
+                       target_openings: np.ndarray, size: int) -> tuple[float, float]:
+    """What mouth_follow's step paints over the target's range of the opening (``target_openings``, 5th
+    to 95th percentile) on up to MOUTH_CHECK_FACES of its training faces, as FaceMesh reads the swaps at
+    ``size`` (``pose.painted_change``): the turn (degrees) and the change of the swap's opening."""
+    low, high = np.percentile(target_openings, [5, 95])
+    rows = torch.from_numpy(evenly_spaced(len(target_images), MOUTH_CHECK_FACES))
+    below, above = mouth_step_faces(model, identity_images, identity_measures, target_images[rows], float(high - low))
+    return painted_change(below, above, size)
+
+
+def turn_checked_mouth_follow(mouth: float, turn: float, opening: float, why: str) -> tuple[float, str]:
+    """mouth_follow as ``chosen_mouth_follow`` chose it (and ``why``), or 0 where its step paints more
+    than MOUTH_TURN_MAX_DEG of turn (``turn``) over the target's range of the opening (``painted_mouth_step``)."""
+    said = (f"over the target's range of the opening its step turns the swap {turn:.1f} deg and opens its mouth "
+            f"{opening:+.4f}, as FaceMesh reads the swaps")
+    if turn > MOUTH_TURN_MAX_DEG:
+        return 0.0, f"{said}: over {MOUTH_TURN_MAX_DEG:g} deg, the swap would turn as the mouth moves"
+    return mouth, f"{why}; {said}"
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -469,6 +469,27 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_me
     return directions
 
 
+@torch.no_grad()
+def mouth_step_faces(model: PairModel, identity_images: torch.Tensor, identity_measures: np.ndarray,
+                     target_images: torch.Tensor, span: float, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The swaps of ``target_images`` [N, 3, S, S] painted with the mouth step ``set_pose_follow``
+    would add (mouth_follow times the identity's direction of the mouth's opening, fitted beside
+    its yaw and pitch on ``identity_images`` of ``identity_measures`` [M, 3]) at half ``span`` of
+    the opening below and above the swap latent (gain·latent + offset): two [N, 3, S, S] BGR faces
+    in [0, 1], what the step paints over a target's range of the opening."""
+    model.eval()
+    step = model.adapter.mouth_follow * pose_directions(swap_latents_of(model, identity_images, batch),
+                                                        np.asarray(identity_measures, dtype=np.float64))[2]
+    below, above = [], []
+    with shared_delta_scaled(model, model.adapter.swap_strength):
+        for start in range(0, len(target_images), batch):
+            latent = swap_latents(model.latent(target_images[start:start + batch]), model.adapter.swap_gain,
+                                  model.swap_latent_offset)
+            for faces, side in ((below, -0.5), (above, 0.5)):
+                faces.append(model.identity_decode(model.autoencoder.bottleneck.code_of(latent + side * span * step))[0])
+    return torch.cat(below), torch.cat(above)
+
+
 def pose_reader_of(model: PairModel, reading: str, target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0,
                    batch: int = 32, turned: tuple[torch.Tensor, np.ndarray] | None = None) -> PoseReader | MaskYawReadout:
     """The reader ``set_pose_follow`` attaches for ``reading``: "crop", a PoseReader trained on the
