@@ -400,18 +400,18 @@ def test_painted_change_reads_a_turn_and_an_opening_mouth_as_facemesh_does():
     face = hopper_face(256)
     left, right = (faces_to_tensors(np.stack([turned_crop(face, yaw)]), np.zeros((1, STORED_SIZE, STORED_SIZE), np.uint8))[0]
                    for yaw in (-10.0, 10.0))
-    turn, opening = painted_change(left, right, STORED_SIZE)
-    assert 12.0 < turn < 30.0 and abs(opening) < 0.01, (turn, opening)
-    assert painted_change(right, right, STORED_SIZE) == (0.0, 0.0)
+    yaw, pitch, opening = painted_change(left, right, STORED_SIZE)
+    assert 12.0 < yaw < 30.0 and abs(pitch) < 5.0 and abs(opening) < 0.01, (yaw, pitch, opening)
+    assert np.array_equal(painted_change(right, right, STORED_SIZE), np.zeros(3))
     photo = cv2.imread(os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg"))
     crop, _, landmarks, _ = align_face(photo, detect_static(photo), STORED_SIZE)
     shut, opened = (faces_to_tensors(opened_mouth(crop, landmarks, drop)[None], np.zeros((1, STORED_SIZE, STORED_SIZE), np.uint8))[0]
                     for drop in (0.0, 16.0))
-    turn, opening = painted_change(shut, opened, STORED_SIZE)
+    yaw, pitch, opening = painted_change(shut, opened, STORED_SIZE)
     # FaceMesh reads a jaw dropping this far (an opening of ~0.1) as a few degrees of turn too, far less than a turn
-    assert turn < 6.0 and opening > 0.05, (turn, opening)
+    assert abs(yaw) < 5.0 and abs(pitch) < 5.0 and opening > 0.05, (yaw, pitch, opening)
     blank = torch.zeros(1, 3, STORED_SIZE, STORED_SIZE)
-    assert all(np.isnan(painted_change(blank, blank, STORED_SIZE)))
+    assert np.isnan(painted_change(blank, blank, STORED_SIZE)).all()
 
 
 def test_correlation_of_a_constant_series_is_zero():

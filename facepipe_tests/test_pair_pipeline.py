@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_run_config
 
-from facepipe.assets.pair import (MOUTH_TURN_MAX_DEG, beyond_reach_warning, chosen_mouth_follow, chosen_pose_follow,
+from facepipe.assets.pair import (beyond_reach_warning, chosen_mouth_follow, chosen_pose_follow,
                                  turn_checked_mouth_follow, yaw_span)
 from facepipe.faces import FaceSet, resize_crops
 from facepipe.models.pair import SWAP_POSE_DIRECTIONS, load_adapter
@@ -207,9 +207,13 @@ def test_the_swaps_mouth_follows_only_where_both_sides_open_it():
 
 
 def test_the_swaps_mouth_does_not_follow_where_its_step_turns_the_swap():
-    why = "the mouth opens"
-    assert turn_checked_mouth_follow(1.0, 0.4, 0.02, why)[0] == 1.0  # german_news -> obama
-    mouth, said = turn_checked_mouth_follow(1.0, 8.0, 0.02, why)  # kim -> mead
-    assert mouth == 0.0 and "8.0 deg" in said and "turn as the mouth moves" in said
-    assert turn_checked_mouth_follow(0.5, MOUTH_TURN_MAX_DEG, 0.02, why)[0] == 0.5
-    assert turn_checked_mouth_follow(1.0, float("nan"), float("nan"), why)[0] == 1.0  # no face read: nothing to say against it
+    obama = np.column_stack([np.linspace(2.5, 21.6, 50), np.linspace(-7.7, 6.1, 50)])  # yaw, pitch (degrees)
+    mead = np.column_stack([np.linspace(-12.5, -5.4, 50), np.linspace(-5.4, 1.4, 50)])
+    mouth, share, why = turn_checked_mouth_follow(1.0, np.array([1.0, 2.0, 0.05]), obama, "the mouth opens")
+    assert mouth == 1.0 and share == pytest.approx(2.0 / (0.9 * 13.8)) and why.startswith("the mouth opens; ")
+    mouth, share, why = turn_checked_mouth_follow(1.0, np.array([-8.0, 2.0, 0.08]), mead, "the mouth opens")
+    assert mouth == 0.0 and share == pytest.approx(8.0 / (0.9 * 7.1)) and "turn as the mouth moves" in why
+    # a turn the same size is half the range of a target that turns twice as far
+    assert turn_checked_mouth_follow(0.5, np.array([0.5 * 0.9 * 7.1, 0.0, 0.08]), mead, "")[0] == 0.5
+    mouth, share, _ = turn_checked_mouth_follow(1.0, np.full(3, np.nan), mead, "")  # FaceMesh read no swap
+    assert mouth == 1.0 and np.isnan(share)

@@ -199,9 +199,9 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading, mouth_follow=mouth)
         mouth_turn = None
         if mouth > 0:
-            mouth_turn, opening = painted_mouth_step(model, identity_images, identity_measures, target_images,
-                                                     target_measures[:, 2], targ.crops.shape[1])
-            mouth, mouth_why = turn_checked_mouth_follow(mouth, mouth_turn, opening, mouth_why)
+            painted = painted_mouth_step(model, identity_images, identity_measures, target_images, target_measures[:, 2],
+                                         targ.crops.shape[1])
+            mouth, mouth_turn, mouth_why = turn_checked_mouth_follow(mouth, painted, target_poses, mouth_why)
             model.adapter = replace(model.adapter, mouth_follow=mouth)
         context.log.info(f"pose_follow {follow:g}" + (f" off the {reading}" if follow > 0 else "") + f" ({why}); "
                          f"mouth_follow {mouth:g} ({mouth_why})")
@@ -227,7 +227,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                 if model.swap_pose_directions is not None else None,
                 "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow,
                 "pose_reading": reading if follow > 0 else None, "mouth_follow": mouth,
-                "mouth_step_turn_deg": None if mouth_turn is None else round(mouth_turn, 2)}
+                "mouth_step_turn_share": round(mouth_turn, 3) if mouth_turn is not None and np.isfinite(mouth_turn) else None}
 
     return train_in_store(context, settings, config, make_task, write)
 
@@ -329,37 +329,44 @@ def chosen_mouth_follow(setting: float, identity_openings: np.ndarray, target_op
     return float(setting), f"the mouth opens: {said} (5th to 95th percentile)"
 
 
-# The most the swap may turn (the length of its mean change of yaw and pitch over the target's faces, in
-# degrees) as mouth_follow's step moves it over the target's range of the opening (5th to 95th percentile).
-# The step is the identity's direction of the opening fitted beside its yaw and pitch on its faces, and where
-# the identity turns as it talks that fit can leave turn in it: kim -> mead's step painted ~8 deg of turn
-# over mead's range, and its swaps turned three times as wide as mead (pasted back, yaw r 0.79 -> 0.73,
-# pitch 0.85 -> 0.73) for a mouth that followed no better (0.88 either way); german_news -> obama's painted
-# 0.4 deg, and its mouth followed at 0.87 against 0.60 (docs/swap_quality.md, "The swap's mouth, read off
-# the crop").
-MOUTH_TURN_MAX_DEG = 3.0
+# The most the swap may turn as mouth_follow's step moves it over the target's range of the opening, as a
+# share of the target's own range of turns (5th to 95th percentile of each, yaw and pitch apart). The step
+# is the identity's direction of the opening fitted beside its yaw and pitch on its faces, and where the
+# identity turns as it talks that fit can leave turn in it. Measured at the demo length (docs/swap_quality.md,
+# "A mouth step that turns the swap"): kim -> mead's step turned the swap 13 deg of yaw, 2.2 of mead's
+# range, and its swaps turned three times as wide as mead (pasted back, yaw r 0.79 -> 0.73, pitch 0.85 ->
+# 0.73) for a mouth that followed no better (0.88 either way); german_news -> obama's 0.8 deg of yaw and
+# -2.4 of pitch (FaceMesh reads a dropping jaw as a little pitch), 0.21 of obama's range, and its mouth
+# followed at 0.87 against 0.60.
+MOUTH_TURN_MAX_SHARE = 0.5
 MOUTH_CHECK_FACES = 64  # of the target's training faces, evenly spaced: enough for a mean change
 
 
 def painted_mouth_step(model, identity_images: torch.Tensor, identity_measures: np.ndarray, target_images: torch.Tensor,
-                       target_openings: np.ndarray, size: int) -> tuple[float, float]:
+                       target_openings: np.ndarray, size: int) -> np.ndarray:
     """What mouth_follow's step paints over the target's range of the opening (``target_openings``, 5th
     to 95th percentile) on up to MOUTH_CHECK_FACES of its training faces, as FaceMesh reads the swaps at
-    ``size`` (``pose.painted_change``): the turn (degrees) and the change of the swap's opening."""
+    ``size`` (``pose.painted_change``): [3] the change of the swap's yaw and pitch (degrees) and opening."""
     low, high = np.percentile(target_openings, [5, 95])
     rows = torch.from_numpy(evenly_spaced(len(target_images), MOUTH_CHECK_FACES))
     below, above = mouth_step_faces(model, identity_images, identity_measures, target_images[rows], float(high - low))
     return painted_change(below, above, size)
 
 
-def turn_checked_mouth_follow(mouth: float, turn: float, opening: float, why: str) -> tuple[float, str]:
-    """mouth_follow as ``chosen_mouth_follow`` chose it (and ``why``), or 0 where its step paints more
-    than MOUTH_TURN_MAX_DEG of turn (``turn``) over the target's range of the opening (``painted_mouth_step``)."""
-    said = (f"over the target's range of the opening its step turns the swap {turn:.1f} deg and opens its mouth "
-            f"{opening:+.4f}, as FaceMesh reads the swaps")
-    if turn > MOUTH_TURN_MAX_DEG:
-        return 0.0, f"{said}: over {MOUTH_TURN_MAX_DEG:g} deg, the swap would turn as the mouth moves"
-    return mouth, f"{why}; {said}"
+def turn_checked_mouth_follow(mouth: float, painted: np.ndarray, target_poses: np.ndarray,
+                              why: str) -> tuple[float, float, str]:
+    """mouth_follow as ``chosen_mouth_follow`` chose it (and ``why``), or 0 where its step turns the
+    swap (``painted``, ``painted_mouth_step``) more than MOUTH_TURN_MAX_SHARE of the target's range of
+    yaw or of pitch (``target_poses`` [N, 2], degrees); also the larger of those two shares (NaN where
+    FaceMesh read no swap: then nothing speaks against the step)."""
+    spans = np.ptp(np.percentile(target_poses, [5, 95], axis=0), axis=0)
+    share = float(np.max(np.abs(painted[:2]) / np.maximum(spans, 1e-6)))
+    said = (f"over the target's range of the opening its step turns the swap {painted[0]:+.1f} deg of yaw, "
+            f"{painted[1]:+.1f} of pitch ({share:.2f} of the target's range of turns) and opens its mouth "
+            f"{painted[2]:+.4f}, as FaceMesh reads the swaps")
+    if share > MOUTH_TURN_MAX_SHARE:
+        return 0.0, share, f"{said}: over {MOUTH_TURN_MAX_SHARE:g}, the swap would turn as the mouth moves"
+    return mouth, share, f"{why}; {said}"
 
 
 def composited(swaps: np.ndarray, target_crops: np.ndarray, swap_masks: np.ndarray, target_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

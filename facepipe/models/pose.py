@@ -76,21 +76,18 @@ def crop_measures(crops: np.ndarray) -> np.ndarray:
     return np.column_stack([head_pose(points, crops.shape[1])[:, :2], mouth_opening(points)])
 
 
-def painted_change(before: torch.Tensor, after: torch.Tensor, size: int) -> tuple[float, float]:
+def painted_change(before: torch.Tensor, after: torch.Tensor, size: int) -> np.ndarray:
     """How far faces ``after`` [N, 3, S, S] (BGR [0, 1]) turn and open the mouth past the same faces
-    ``before``, as FaceMesh reads each resized to ``size`` (``crop_measures``): the length of the mean
-    change of yaw and pitch (degrees) and the mean change of the mouth's opening, over the faces it
-    reads on both sides; NaN for both where it reads none."""
+    ``before``, as FaceMesh reads each resized to ``size`` (``crop_measures``): [3] the mean change of
+    yaw and pitch (degrees) and of the mouth's opening over the faces it reads on both sides; NaN
+    where it reads none."""
     def measures(faces: torch.Tensor) -> np.ndarray:
         crops = (faces.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
         return crop_measures(resize_crops(crops, size))
 
     change = measures(after) - measures(before)
     change = change[np.isfinite(change).all(axis=1)]
-    if not len(change):
-        return float("nan"), float("nan")
-    mean = change.mean(axis=0)
-    return float(np.linalg.norm(mean[:2])), float(mean[2])
+    return change.mean(axis=0) if len(change) else np.full(3, np.nan)
 
 
 # The turns (degrees) of the target's turned copies a reader also learns from (``turned_crops``).
