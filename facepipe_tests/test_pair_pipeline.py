@@ -215,5 +215,5 @@ def test_the_swaps_mouth_does_not_follow_where_its_step_turns_the_swap():
     assert mouth == 0.0 and share == pytest.approx(8.0 / (0.9 * 7.1)) and "turn as the mouth moves" in why
     # a turn the same size is half the range of a target that turns twice as far
     assert turn_checked_mouth_follow(0.5, np.array([0.5 * 0.9 * 7.1, 0.0, 0.08]), mead, "")[0] == 0.5
-    mouth, share, _ = turn_checked_mouth_follow(1.0, np.full(3, np.nan), mead, "")  # FaceMesh read no swap
-    assert mouth == 1.0 and np.isnan(share)
+    mouth, share, why = turn_checked_mouth_follow(1.0, np.full(3, np.nan), mead, "")  # FaceMesh read no swap
+    assert mouth == 1.0 and np.isnan(share) and "not known" in why

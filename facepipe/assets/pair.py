@@ -227,7 +227,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
                 if model.swap_pose_directions is not None else None,
                 "identity_yaw_deg": list(identity_yaw), "target_yaw_deg": list(target_yaw), "pose_follow": follow,
                 "pose_reading": reading if follow > 0 else None, "mouth_follow": mouth,
-                "mouth_step_turn_share": round(mouth_turn, 3) if mouth_turn is not None and np.isfinite(mouth_turn) else None}
+                "mouth_step_turn_share": None if mouth_turn is None or np.isnan(mouth_turn) else round(mouth_turn, 3)}
 
     return train_in_store(context, settings, config, make_task, write)
 
@@ -359,6 +359,8 @@ def turn_checked_mouth_follow(mouth: float, painted: np.ndarray, target_poses: n
     swap (``painted``, ``painted_mouth_step``) more than MOUTH_TURN_MAX_SHARE of the target's range of
     yaw or of pitch (``target_poses`` [N, 2], degrees); also the larger of those two shares (NaN where
     FaceMesh read no swap: then nothing speaks against the step)."""
+    if not np.isfinite(painted).all():
+        return mouth, float("nan"), f"{why}; FaceMesh read none of the swaps its step paints, so what it turns is not known"
     spans = np.ptp(np.percentile(target_poses, [5, 95], axis=0), axis=0)
     share = float(np.max(np.abs(painted[:2]) / np.maximum(spans, 1e-6)))
     said = (f"over the target's range of the opening its step turns the swap {painted[0]:+.1f} deg of yaw, "
