@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from facepipe.assets.identity import IdentityModelConfig
     from facepipe.evaluate import sharpness
+    from facepipe.models.augment import tensors_to_crops
     from facepipe.train import train_model
     from facepipe.train.tasks.reconstruction import holdout_l1
 
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         bgr, mask_logits = model(task.images[held])
     faces = task.images[held]
     l1 = holdout_l1(model, faces, task.masks[held], "cpu")  # the asset's held-out metric
-    as_uint8 = lambda images: (images.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-    reconstructions, originals = as_uint8(bgr), as_uint8(faces)
+    reconstructions, originals = tensors_to_crops(bgr), tensors_to_crops(faces)
     ratio = float(np.median(sharpness(reconstructions) / np.maximum(sharpness(originals), 1e-9)))
     following = pose_following(reconstructions, torch.sigmoid(mask_logits)[:, 0].numpy(), originals)
     result = {"name": args.name, "video": args.video, "epochs": config.epochs, "held_out_faces": len(held),

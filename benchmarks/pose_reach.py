@@ -54,11 +54,6 @@ def poses(crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return head_pose(points, crops.shape[1])[:, :2]
 
 
-def images(bgr) -> np.ndarray:
-    """uint8 crops [N, S, S, 3] of a model's BGR output [N, 3, S, S] in [0, 1]."""
-    return (bgr.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-
-
 def masks(logits) -> np.ndarray:
     """uint8 masks [N, S, S] of a model's mask logits [N, 1, S, S]."""
     import torch
@@ -98,6 +93,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     import torch
 
     from facepipe.faces import FaceSet, resize_crops
+    from facepipe.models.augment import tensors_to_crops
     from facepipe.models.xseg import crops_to_tensor
     from facepipe.store import ArtifactStore
 
@@ -113,7 +109,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     faces = np.concatenate([faces, faces[:, :, ::-1]])  # and their mirror images, as the model learnt them
     with torch.no_grad():
         bgr, logits = base(crops_to_tensor(faces))  # not model.autoencoder: that one carries the shared LoRA set
-    own, painted = poses(faces, masks(logits)), poses(images(bgr), masks(logits))
+    own, painted = poses(faces, masks(logits)), poses(tensors_to_crops(bgr), masks(logits))
     print(f"  identity model, its own faces: {reach(own[:, 0], painted[:, 0])}; {reach(own[:, 1], painted[:, 1])}")
 
     training = sample(resize_crops(FaceSet.load(store.current("target/curated_faces", target).path).crops, size))
@@ -124,7 +120,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
             swap_bgr, swap_logits = model(x)
         own = poses(crops, masks(target_logits))
         for path, bgr, logits in (("swap", swap_bgr, swap_logits), ("target path", target_bgr, target_logits)):
-            painted = poses(images(bgr), masks(logits))
+            painted = poses(tensors_to_crops(bgr), masks(logits))
             print(f"  {path}, target's {name}: {reach(own[:, 0], painted[:, 0])}; {reach(own[:, 1], painted[:, 1])}")
 
 

@@ -24,6 +24,7 @@ import torch
 
 from facepipe.evaluate import facefusion_sharpen, sharpness_ratio
 from facepipe.faces import holdout_split, resize_crops
+from facepipe.models.augment import tensors_to_crops
 from facepipe.models.autoencoder import load_identity_model, model_config_of
 from facepipe.models.swap import DfmSwapModel, swap_faces, unsharp
 
@@ -33,7 +34,7 @@ MAX_AMOUNT = 2.0
 def sharpened(crops: np.ndarray, amount: float) -> np.ndarray:
     """uint8 BGR crops [N, S, S, 3] through ``unsharp`` (float64), rounded back to uint8."""
     images = torch.from_numpy(np.asarray(crops)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
-    return (unsharp(images, amount) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return tensors_to_crops(unsharp(images, amount))
 
 
 def matching_amount(reconstructions: np.ndarray, faces: np.ndarray, cap: float = MAX_AMOUNT, steps: int = 12) -> float:

@@ -29,6 +29,7 @@ from facepipe.models.augment import (
     random_homography,
     sharpen,
     stored_faces,
+    tensors_to_crops,
     warp_face_batch,
 )
 from facepipe.models.autoencoder import (
@@ -186,6 +187,9 @@ def test_resize_crops_uses_area_filter_and_keeps_bgr():
     assert images.shape == (6, 3, 96, 96) and mask_tensor.shape == (6, 1, 96, 96)
     np.testing.assert_allclose(images[1, 0].numpy(), small_crops[1, :, :, 0] / 255.0, atol=1e-7)  # channel 0 stays blue
     assert 0 <= mask_tensor.min() and mask_tensor.max() == 1.0
+    np.testing.assert_array_equal(tensors_to_crops(images), small_crops)  # and back, byte for byte
+    painted = tensors_to_crops(torch.tensor([-0.2, 0.6, 1.3]).reshape(1, 3, 1, 1))  # a decoder's paint may overshoot
+    assert painted.shape == (1, 1, 1, 3) and painted.ravel().tolist() == [0, 153, 255]
 
 
 def test_homography_is_seeded_per_generator():

@@ -86,6 +86,12 @@ def faces_to_tensors(crops: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor
     return images.contiguous(), masks_to_tensor(masks)
 
 
+def tensors_to_crops(images: torch.Tensor) -> np.ndarray:
+    """float NCHW BGR images [N, 3, S, S] in [0, 1] → uint8 crops [N, S, S, 3], rounded and clipped:
+    ``faces_to_tensors``' way back, to read a painted face as a stored crop is read."""
+    return (images.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
 def stored_faces(crops: np.ndarray) -> torch.Tensor:
     """uint8 crops [N, S0, S0, 3] BGR as stored → uint8 [N, 3, S0, S0], the ``sources`` the runtime
     crop is cut from (kept in 8 bits: a quarter of the memory of floats at four times the pixels)."""

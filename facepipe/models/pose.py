@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.faces import resize_crops
-from facepipe.models.augment import (faces_to_tensors, homography_grid, random_homography, sharpen, turned_faces,
-                                     warp_with_grid)
+from facepipe.models.augment import (faces_to_tensors, homography_grid, random_homography, sharpen, tensors_to_crops,
+                                     turned_faces, warp_with_grid)
 from facepipe.train.determinism import seed_global_rngs
 
 POSE_WIDTH = 16  # channels of the first of four stride-2 convolutions (then 2x, 4x, 4x)
@@ -82,8 +82,7 @@ def painted_change(before: torch.Tensor, after: torch.Tensor, size: int) -> np.n
     yaw and pitch (degrees) and of the mouth's opening over the faces it reads on both sides; NaN
     where it reads none."""
     def measures(faces: torch.Tensor) -> np.ndarray:
-        crops = (faces.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        return crop_measures(resize_crops(crops, size))
+        return crop_measures(resize_crops(tensors_to_crops(faces), size))
 
     change = measures(after) - measures(before)
     change = change[np.isfinite(change).all(axis=1)]
@@ -115,7 +114,7 @@ def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch
     turned, poses = [], []
     for column in range(len(READER_TURNS_DEG)):
         faces, _ = turned_faces(images, face_masks, grids[:, column])
-        read = crop_poses((faces.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+        read = crop_poses(tensors_to_crops(faces))
         keep = np.isfinite(grids[:, column]).all(axis=(1, 2, 3)) & np.isfinite(read).all(axis=1)
         turned.append(F.interpolate(faces[torch.from_numpy(keep)], size=(size, size), mode="area"))
         poses.append(read[keep])

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from facepipe.faces import feature_masks, holdout_split, resize_crops
-from facepipe.models.augment import AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor, stored_faces
+from facepipe.models.augment import (AugmentConfig, augment_with_features, faces_to_tensors, masks_to_tensor, stored_faces,
+                                     tensors_to_crops)
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.discriminator import AdversarialAutoencoder, PatchDiscriminator, adversarial_losses
 from facepipe.models.losses import LossWeights, masked_l1, reconstruction_loss
@@ -184,8 +185,7 @@ def reconstruction_preview(model: IdentityAutoencoder, images: torch.Tensor, ind
     tiles = []
     for i in indices:
         bgr, logits = model(images[i][None])
-        crop = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        out = (bgr[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        crop, out = tensors_to_crops(images[i][None])[0], tensors_to_crops(bgr)[0]
         mask = (torch.sigmoid(logits)[0, 0].numpy() * 255).round().astype(np.uint8)
         tiles += [crop, blend(out, mask, crop), cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR)]
     return contact_sheet(tiles, columns=6, thumb=images.shape[-1])
