@@ -547,13 +547,14 @@ def test_pose_and_mouth_follow_move_the_swap_by_what_is_read_and_are_saved_merge
     with torch.no_grad():
         without = model(images)[0]
     with pytest.raises(ValueError, match="pose_follow and mouth_follow are 0"):
-        set_pose_follow(model, identity_images, readable_measures(identity_images), target_images,
-                        readable_measures(target_images))
+        set_pose_follow(model, swap_latents_of(model, identity_images), readable_measures(identity_images),
+                        target_images, readable_measures(target_images))
     model.adapter = dataclasses.replace(model.adapter, pose_follow=0.0 if reading is None else 1.0,
                                         pose_reading=reading or "crop", mouth_follow=mouth)
     readable = torch.cat([target_images, identity_images])  # the tiny pair has 6 target faces; a reader needs 8
     target_measures = readable_measures(readable)
-    directions = set_pose_follow(model, identity_images, readable_measures(identity_images), readable, target_measures)
+    directions = set_pose_follow(model, swap_latents_of(model, identity_images), readable_measures(identity_images),
+                                 readable, target_measures)
     pose_rows = {"crop": [0, 1], "mask": [0], None: []}[reading]  # yaw and pitch off the crop, yaw off the mask
     columns = pose_rows + ([2] if mouth else [])  # then the mouth's opening
     assert directions.shape == (len(columns), TINY.latent_dim)
@@ -608,13 +609,14 @@ def test_mouth_step_faces_are_the_swaps_the_attached_mouth_step_paints_over_a_sp
     model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, mouth_follow=0.5)
     set_swap_offset(model, identity_images, target_images)
     images, span = target_tensors(), 0.04
-    below, above = mouth_step_faces(model, identity_images, readable_measures(identity_images), images, span)
+    identity_latents, identity_measures = swap_latents_of(model, identity_images), readable_measures(identity_images)
+    below, above = mouth_step_faces(model, identity_latents, identity_measures, images, span)
     with torch.no_grad():
-        assert torch.equal(mouth_step_faces(model, identity_images, readable_measures(identity_images), images, 0.0)[0],
+        assert torch.equal(mouth_step_faces(model, identity_latents, identity_measures, images, 0.0)[0],
                            model(images)[0])  # no span: the swap as it is
     readable = torch.cat([target_images, identity_images])  # a reader needs 8 faces
     target_measures = readable_measures(readable)
-    directions = set_pose_follow(model, identity_images, readable_measures(identity_images), readable, target_measures)
+    directions = set_pose_follow(model, identity_latents, identity_measures, readable, target_measures)
     centre = float(target_measures[:, 2].mean())
     with torch.no_grad():  # the attached swap, its mouth read at half the span either side of the target's mean
         latents = model.latent(images)
@@ -640,8 +642,8 @@ def test_pose_follow_readers_learn_the_turned_copies_too_and_nothing_else_moves(
         model.adapter = dataclasses.replace(TINY_ADAPTER, swap_gain=1.5, pose_follow=1.0, pose_reading=reading,
                                             mouth_follow=0.0)
         set_swap_offset(model, identity_images, target_images)
-        directions = set_pose_follow(model, identity_images, poses_of(identity_images), readable, poses_of(readable),
-                                     turned=copies)
+        directions = set_pose_follow(model, swap_latents_of(model, identity_images), poses_of(identity_images), readable,
+                                     poses_of(readable), turned=copies)
         with torch.no_grad():  # the copies and their mirror images, as the readers learn them
             both = torch.cat([turned, turned.flip(-1)])
             read = (model.pose_reader(both) if reading == "crop" else model.pose_reader(

@@ -36,7 +36,7 @@ from facepipe.media import write_video
 from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, mouth_step_faces,
-                                  pose_matched_weights, save_adapter, set_pose_follow, set_swap_offset)
+                                  pose_matched_weights, save_adapter, set_pose_follow, set_swap_offset, swap_latents_of)
 from facepipe.models.pose import crop_measures, mirror_images, painted_change, turned_crops
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
@@ -198,8 +198,9 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         mouth, mouth_why = chosen_mouth_follow(config.mouth_follow, identity_measures[:, 2], target_measures[:, 2])
         model.adapter = replace(model.adapter, pose_follow=follow, pose_reading=reading, mouth_follow=mouth)
         mouth_turn = None
+        identity_latents = swap_latents_of(model, identity_images) if follow > 0 or mouth > 0 else None
         if mouth > 0:
-            painted = painted_mouth_step(model, identity_images, identity_measures, target_images, target_measures[:, 2],
+            painted = painted_mouth_step(model, identity_latents, identity_measures, target_images, target_measures[:, 2],
                                          targ.crops.shape[1])
             mouth, mouth_turn, mouth_why = turn_checked_mouth_follow(mouth, painted, target_poses, mouth_why)
             model.adapter = replace(model.adapter, mouth_follow=mouth)
@@ -214,7 +215,7 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
             # there: docs/swap_quality.md, "The swap's mouth, read off the crop").
             turned = turned_crops(targ.crops[train_rows], np.load(target_masks.path / "masks.npy")[train_rows],
                                   target_images.shape[-1]) if follow > 0 and reading == "mask" else None
-            directions = set_pose_follow(model, identity_images, identity_measures, target_images, read_measures,
+            directions = set_pose_follow(model, identity_latents, identity_measures, target_images, read_measures,
                                          config.seed, turned=turned)
             context.log.info(f"learnt what the swap follows on {int(np.isfinite(read_measures).all(axis=1).sum())} "
                              f"of the target's training faces; the swap moves {directions.norm(dim=1).round(decimals=3).tolist()} "
@@ -342,14 +343,14 @@ MOUTH_TURN_MAX_SHARE = 0.5
 MOUTH_CHECK_FACES = 64  # of the target's training faces, evenly spaced: enough for a mean change
 
 
-def painted_mouth_step(model, identity_images: torch.Tensor, identity_measures: np.ndarray, target_images: torch.Tensor,
+def painted_mouth_step(model, identity_latents: torch.Tensor, identity_measures: np.ndarray, target_images: torch.Tensor,
                        target_openings: np.ndarray, size: int) -> np.ndarray:
     """What mouth_follow's step paints over the target's range of the opening (``target_openings``, 5th
     to 95th percentile) on up to MOUTH_CHECK_FACES of its training faces, as FaceMesh reads the swaps at
     ``size`` (``pose.painted_change``): [3] the change of the swap's yaw and pitch (degrees) and opening."""
     low, high = np.percentile(target_openings, [5, 95])
     rows = torch.from_numpy(evenly_spaced(len(target_images), MOUTH_CHECK_FACES))
-    below, above = mouth_step_faces(model, identity_images, identity_measures, target_images[rows], float(high - low))
+    below, above = mouth_step_faces(model, identity_latents, identity_measures, target_images[rows], float(high - low))
     return painted_change(below, above, size)
 
 

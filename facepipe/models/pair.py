@@ -417,7 +417,7 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
     return offset
 
 
-def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_measures: np.ndarray,
+def set_pose_follow(model: PairModel, identity_latents: torch.Tensor, identity_measures: np.ndarray,
                     target_images: torch.Tensor, target_measures: np.ndarray, seed: int = 0, batch: int = 32,
                     turned: tuple[torch.Tensor, np.ndarray] | None = None) -> torch.Tensor:
     """With ``adapter.pose_follow`` or ``adapter.mouth_follow`` > 0, after ``set_swap_offset``: learn
@@ -425,8 +425,9 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_me
     each swap latent moves by pose_follow times the step per degree of the pose read off its input
     and by mouth_follow times the step per unit of the opening. ``target_measures``: the target's
     training faces' [N, 3, S, S] yaw, pitch (degrees) and mouth's opening [N, 3] as FaceMesh reads
-    them on each crop (``pose.crop_measures``; NaN rows are left out); ``identity_measures``: its
-    faces' (their mirror images and turned copies give it poses its media lack). ``turned``: the
+    them on each crop (``pose.crop_measures``; NaN rows are left out); ``identity_latents``: the swap
+    latents (``swap_latents_of``) of the identity's faces of ``identity_measures`` (their mirror images
+    and turned copies give it poses its media lack). ``turned``: the
     target's turned copies and their poses (``pose.turned_crops``), which the pose reader learns from
     beside its faces (the directions and the centre stay the target's own faces').
 
@@ -444,7 +445,6 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_me
         raise ValueError("set_pose_follow: the adapter's pose_follow and mouth_follow are 0, so the swap follows nothing")
     identity_measures = np.asarray(identity_measures, dtype=np.float64)
     target_measures = np.asarray(target_measures, dtype=np.float64)
-    identity_latents = swap_latents_of(model, identity_images, batch)
     known = np.isfinite(target_measures).all(axis=1)
     reader, mouth_reader, steps, centres = None, None, [], []
     if follow > 0:
@@ -470,16 +470,15 @@ def set_pose_follow(model: PairModel, identity_images: torch.Tensor, identity_me
 
 
 @torch.no_grad()
-def mouth_step_faces(model: PairModel, identity_images: torch.Tensor, identity_measures: np.ndarray,
+def mouth_step_faces(model: PairModel, identity_latents: torch.Tensor, identity_measures: np.ndarray,
                      target_images: torch.Tensor, span: float, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The swaps of ``target_images`` [N, 3, S, S] painted with the mouth step ``set_pose_follow``
     would add (mouth_follow times the identity's direction of the mouth's opening, fitted beside
-    its yaw and pitch on ``identity_images`` of ``identity_measures`` [M, 3]) at half ``span`` of
-    the opening below and above the swap latent (gain·latent + offset): two [N, 3, S, S] BGR faces
-    in [0, 1], what the step paints over a target's range of the opening."""
+    its yaw and pitch on the swap latents ``identity_latents`` of its faces of ``identity_measures``
+    [M, 3]) at half ``span`` of the opening below and above the swap latent (gain·latent + offset):
+    two [N, 3, S, S] BGR faces in [0, 1], what the step paints over a target's range of the opening."""
     model.eval()
-    step = model.adapter.mouth_follow * pose_directions(swap_latents_of(model, identity_images, batch),
-                                                        np.asarray(identity_measures, dtype=np.float64))[2]
+    step = model.adapter.mouth_follow * pose_directions(identity_latents, np.asarray(identity_measures, dtype=np.float64))[2]
     below, above = [], []
     with shared_delta_scaled(model, model.adapter.swap_strength):
         for start in range(0, len(target_images), batch):
