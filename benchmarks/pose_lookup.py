@@ -6,7 +6,7 @@ trained but the pose readers) and prints, per pair, on the held-out frames swap_
 (cut and sharpened as FaceFusion feeds them, low-passed as the export does):
 
 - how each reader pose_follow can use reads the yaw of those crops, against FaceMesh on the crop
-  itself: the CNN off the crop (``models.pose.PoseReader``, the pair's own or trained as the
+  itself: the reader off the crop (``models.pose.PointPoseReader``, the pair's own or trained as the
   adapter trains it) and the readout off the mask the adapter's target path paints
   (``models.pose.MaskYawReadout``, fitted as the adapter fits it);
 - the yaw and pitch of the swaps (FaceMesh on 96 px faces alone, as benchmarks/pose_reach.py reads
@@ -51,7 +51,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     from facepipe.faces import FaceSet
     from facepipe.models.augment import AugmentConfig
     from facepipe.models.pair import pose_reader_of, shared_delta_scaled, swap_latents_of, target_path_masks
-    from facepipe.models.pose import PoseReader, crop_poses, turned_crops
+    from facepipe.models.pose import PointPoseReader, crop_poses, crop_readings, turned_crops
     from facepipe.models.swap import INPUT_BLUR_PX, _gaussian_blur
     from facepipe.models.xseg import crops_to_tensor
     from facepipe.store import ArtifactStore
@@ -74,7 +74,8 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     identity_images, identity_measures, _ = pose_matched_identity(task, ident, targ, mirrored)
     identity_poses = identity_measures[:, :2]  # yaw, pitch
     target_images = task.target_images[task.target_train]
-    target_poses = crop_poses(targ.crops[task.target_train.numpy()])  # as the adapter's readers learn them
+    target_measures, target_points = crop_readings(targ.crops[task.target_train.numpy()])  # as the adapter's readers learn them
+    target_poses = target_measures[:, :2]
     known = np.isfinite(target_poses).all(axis=1)
 
     held_out = held_out_crops(media, target, size)
@@ -85,16 +86,16 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     def painted(bgr: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
         return poses(images(bgr), masks(logits))
 
-    own_reader = isinstance(model.pose_reader, PoseReader)
+    own_reader = isinstance(model.pose_reader, PointPoseReader)
     rows = task.target_train.numpy()
     turned = turned_crops(targ.crops[rows], np.load(store.current("target/target_masks", target).path / "masks.npy")[rows], size)
     cnn = model.pose_reader if own_reader else pose_reader_of(model, "crop", target_images, target_poses, config["seed"],
-                                                              turned=turned)
+                                                              target_points=target_points)
     readout = pose_reader_of(model, "mask", target_images, target_poses, turned=turned)
     fed_masks = target_path_masks(model, fed)
     with torch.no_grad():
         print(f"{identity} -> {target}: {int(read.sum())} held-out frames")
-        for name, yaw in ((f"CNN off the crop{'' if own_reader else ' (trained here)'}", cnn(fed)[:, 0]),
+        for name, yaw in ((f"points off the crop{'' if own_reader else ' (trained here)'}", cnn(fed)[:, 0]),
                           ("readout off the target path's mask", readout(fed_masks)[:, 0])):
             yaw = yaw.numpy()
             print(f"  {name} against FaceMesh on the crop: yaw r {correlation(facemesh[read, 0], yaw[read]):.2f} "

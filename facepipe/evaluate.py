@@ -110,11 +110,14 @@ def _as_batch(landmarks: np.ndarray) -> np.ndarray:
 def head_pose(landmarks: np.ndarray, image_size: int) -> np.ndarray:
     """[N, 3] (yaw, pitch, roll) in degrees from FaceMesh landmarks in pixels of a square image
     of ``image_size``; NaN rows where the landmarks are NaN (no face)."""
-    points = _as_batch(landmarks)
+    return six_point_pose(_as_batch(landmarks)[:, POSE_LANDMARKS], image_size)
+
+
+def six_point_pose(points: np.ndarray, image_size: int) -> np.ndarray:
+    """``head_pose`` off the six POSE_LANDMARKS alone, [N, 6, 2] pixels: [N, 3] (yaw, pitch, roll)."""
     camera = np.array([[image_size, 0.0, image_size / 2], [0.0, image_size, image_size / 2], [0.0, 0.0, 1.0]])
     poses = np.full((len(points), 3), np.nan)
-    for i, face in enumerate(points):
-        image_points = face[POSE_LANDMARKS]
+    for i, image_points in enumerate(np.ascontiguousarray(points, dtype=np.float64)):
         if not np.isfinite(image_points).all():
             continue
         ok, rotation_vector, _ = cv2.solvePnP(POSE_MODEL_POINTS, image_points, camera, None, flags=cv2.SOLVEPNP_SQPNP)

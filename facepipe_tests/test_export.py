@@ -27,7 +27,7 @@ from facepipe.export import (
 from facepipe.faces import resize_crops
 from facepipe.models.autoencoder import AutoencoderConfig, IdentityAutoencoder
 from facepipe.models.pair import AdapterConfig, MergedPair, PairModel, adapter_state, merge_adapters
-from facepipe.models.pose import MASK_POOL, MaskYawReadout, PoseReader
+from facepipe.models.pose import MASK_POOL, MaskYawReadout, PointPoseReader, PoseReader
 from facepipe.evaluate import sharpness
 from facepipe.models.swap import (DFM_INPUT, DFM_MORPH_INPUT, DFM_OUTPUTS, DfmSwapModel, dfm_input, fill_outside_mask,
                                    unsharp)
@@ -163,8 +163,8 @@ def random_merged_pair(size: int = 48, seed: int = 0, swap_gain: float = 1.0, po
         pair.swap_latent_offset.normal_(0, 0.5)
         reader, rows = None, 0
         if pose_reading == "crop":
-            reader, rows = PoseReader(size), 2
-            reader.scale.fill_(10.0)  # degrees
+            reader, rows = PointPoseReader.empty(size), 2
+            reader.pose.scale.fill_(10.0)  # degrees
             reader.requires_grad_(False).eval()
         elif pose_reading == "mask":
             reader, rows = MaskYawReadout((size // MASK_POOL) ** 2), 1

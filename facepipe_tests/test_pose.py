@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from facepipe.align import align_face
-from facepipe.evaluate import correlation
+from facepipe.evaluate import correlation, six_point_pose
 from facepipe.faces import resize_crops
 from facepipe.landmarks import detect_static
 from facepipe.models.augment import faces_to_tensors
-from facepipe.models.pose import (READER_TURNS_DEG, MaskYawReadout, PoseReader, crop_measures, crop_poses, fit_mask_yaw_readout,
-                                  train_pose_reader, turned_crops)
+from facepipe.models.pose import (READER_TURNS_DEG, MaskYawReadout, PointPoseReader, PoseReader, crop_measures, crop_poses,
+                                  crop_readings, fit_mask_yaw_readout, fit_point_pose, kept, mirrored_points,
+                                  train_point_pose_reader, train_pose_reader, turned_crops)
 from facepipe.sample import HeadPose, Lighting, hopper_face, render_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,12 +86,59 @@ def test_a_reader_of_a_measure_mirror_images_keep_reads_it_alike_on_both(turning
     which a mirror image keeps as the opening is kept."""
     crops, held = turning_faces
     far = np.abs(crop_poses(crops)[:, :1])
-    reader = train_pose_reader(tensors(crops), far, seed=0, epochs=60, turns=False)
+    reader = train_pose_reader(tensors(crops), far, seed=0, epochs=60, mirror=kept)
     assert reader.head.out_features == 1
     with torch.no_grad():
         read, mirrored = reader(tensors(held)).numpy()[:, 0], reader(tensors(held).flip(-1)).numpy()[:, 0]
     truth = np.abs(crop_poses(held)[:, 0])
     assert correlation(read, truth) > 0.8 and correlation(mirrored, truth) > 0.8, (read, mirrored, truth)
+
+
+def test_crop_readings_give_the_six_points_the_pose_is_solved_from_and_their_mirror_images(turning_faces):
+    crops, _ = turning_faces
+    measures, points = crop_readings(crops[:7])
+    np.testing.assert_array_equal(measures, crop_measures(crops[:7]))
+    assert points.shape == (7, 12) and ((points > 0) & (points < 1)).all()  # units of the crop's side
+    np.testing.assert_allclose(six_point_pose(points.reshape(7, 6, 2) * 256, 256)[:, :2], measures[:, :2], atol=1e-6)
+    # a mirror image's points are the points mirrored, each corner becoming the other side's
+    _, flipped = crop_readings(np.ascontiguousarray(crops[:7, :, ::-1]))
+    assert np.abs(flipped - mirrored_points(points)).max() < 0.02
+    np.testing.assert_allclose(mirrored_points(mirrored_points(points)), points)
+
+
+def test_point_pose_solves_the_pose_from_the_six_points_as_pnp_does(turning_faces):
+    crops, held = turning_faces
+    _, points = crop_readings(crops)
+    _, held_points = crop_readings(held)
+    pose = fit_point_pose(points, seed=0, steps=2000)
+    assert not any(p.requires_grad for p in pose.parameters()) and not pose.training
+    truth = six_point_pose(held_points.reshape(-1, 6, 2) * 256, 256)[:, :2]
+    with torch.no_grad():
+        solved = pose(torch.from_numpy(held_points).float()).numpy()
+        # where the face sits in the crop and its size do not matter
+        moved = pose(torch.from_numpy(held_points * 0.8 + 0.1).float()).numpy()
+    assert np.abs(solved - truth).mean() < 2.0, (solved, truth)
+    np.testing.assert_allclose(moved, solved, atol=1e-4)
+    again = fit_point_pose(points, seed=0, steps=2000)
+    assert all(torch.equal(a, b) for a, b in zip(pose.state_dict().values(), again.state_dict().values()))
+
+
+def test_point_pose_reader_reads_the_pose_of_faces_it_has_not_seen_through_their_points(turning_faces):
+    crops, held = turning_faces
+    _, points = crop_readings(crops)
+    held_poses = crop_poses(held)
+    reader = train_point_pose_reader(tensors(crops), points, seed=0)
+    assert not any(p.requires_grad for p in reader.parameters()) and not reader.training
+    with torch.no_grad():
+        read, mirrored = reader(tensors(held)).numpy(), reader(tensors(held).flip(-1)).numpy()
+    assert read.shape == (len(held), 2)
+    assert correlation(read[:, 0], held_poses[:, 0]) > 0.9, f"yaw read {read[:, 0]} against {held_poses[:, 0]}"
+    assert np.abs(read[:, 0] - held_poses[:, 0]).mean() < 5.0  # degrees
+    assert correlation(mirrored[:, 0], -held_poses[:, 0]) > 0.9  # a mirror image turns the other way
+    empty = PointPoseReader.empty(SIZE)
+    empty.load_state_dict(reader.state_dict())
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(tensors(held)), reader(tensors(held)))
 
 
 def outline_logits(shifts) -> torch.Tensor:

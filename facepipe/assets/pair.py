@@ -37,7 +37,7 @@ from facepipe.models.augment import AugmentConfig, turned_faces
 from facepipe.models.autoencoder import model_config_of
 from facepipe.models.pair import (AdapterConfig, adapter_counts, merged_swap_model, mouth_step_faces,
                                   pose_matched_weights, save_adapter, set_pose_follow, set_swap_offset, swap_latents_of)
-from facepipe.models.pose import crop_measures, mirror_images, painted_change, turned_crops
+from facepipe.models.pose import crop_readings, mirror_images, painted_change, turned_crops
 from facepipe.models.swap import INPUT_BLUR_PX, swap_faces
 from facepipe.models.turn import turned_points
 from facepipe.partition_settings import partition_config
@@ -66,7 +66,8 @@ from facepipe.train.tasks.pair import PairTask
 # 15: pose_follow's mask readout also learns from the target's turned copies (pose.turned_crops).
 # 16: the swap's mouth follows the target's, read off the crop by a second CNN (mouth_follow, on by default).
 # 17: mouth_follow off where its step turns the swap (turn_checked_mouth_follow).
-LORA_VERSION = "17"
+# 18: pose_follow off the crop reads the pose through the six points FaceMesh solves it from (PointPoseReader).
+LORA_VERSION = "18"
 # 2: one crop resizer; 3: ICNR in models.autoencoder; 4: preview shows the swap blended on the target;
 # 5: curated faces (the target's held-out faces and preview frames are curated ones); 6: previews paste through
 # the target's XSeg mask with colour transfer, the video beside the original frame; 7: morph_value:0 input
@@ -82,8 +83,9 @@ LORA_VERSION = "17"
 # 18: the face in the target's skin tone (skin_tone, a per-channel gain; facepipe.skin_tone);
 # 19: the card's metrics hold the span of following (evaluate.span_ratio); the .dfm is the same;
 # 20: pose_follow off the target path's mask (a second decoder pass in the graph, when the adapter reads so)
-# 21: mouth_follow's CNN in the graph beside the encoder
-EXPORT_VERSION = "21"
+# 21: mouth_follow's CNN in the graph beside the encoder; 22: pose_follow's reader off the crop reads six points
+# and solves the pose from them (models.pose.PointPoseReader)
+EXPORT_VERSION = "22"
 
 
 def pair_keys(context) -> tuple[str, str]:
@@ -209,14 +211,14 @@ def lora_adapter(context: AssetExecutionContext, config: LoraConfig, settings: F
         if follow > 0 or mouth > 0:
             # The readers learn the pose and the mouth FaceMesh reads on each crop itself, as the evaluation reads faces.
             train_rows = task.target_train.numpy()
-            read_measures = crop_measures(targ.crops[train_rows])
+            read_measures, read_points = crop_readings(targ.crops[train_rows])
             # The mask's readout learns the target's turned copies too (measured on obama_early → vox); the
-            # CNN, whose pairs (german_news → obama) turn within its faces, as before (its copies measured
-            # there: docs/swap_quality.md, "The swap's mouth, read off the crop").
+            # crop's reader, whose pairs (german_news → obama) turn within its faces, the target's own faces
+            # (copies measured there: docs/swap_quality.md, "The swap's mouth, read off the crop").
             turned = turned_crops(targ.crops[train_rows], np.load(target_masks.path / "masks.npy")[train_rows],
                                   target_images.shape[-1]) if follow > 0 and reading == "mask" else None
             directions = set_pose_follow(model, identity_latents, identity_measures, target_images, read_measures,
-                                         config.seed, turned=turned)
+                                         config.seed, turned=turned, target_points=read_points)
             context.log.info(f"learnt what the swap follows on {int(np.isfinite(read_measures).all(axis=1).sum())} "
                              f"of the target's training faces; the swap moves {directions.norm(dim=1).round(decimals=3).tolist()} "
                              "per unit read (degree of yaw, pitch; mouth opening)")

@@ -81,7 +81,8 @@ from facepipe.models.autoencoder import (
     load_identity_model,
 )
 from facepipe.models.counting import count_parameters
-from facepipe.models.pose import MaskYawReadout, PoseReader, fit_mask_yaw_readout, mirror_images, train_pose_reader
+from facepipe.models.pose import (MaskYawReadout, PointPoseReader, PoseReader, fit_mask_yaw_readout, kept, mirror_images,
+                                  train_point_pose_reader, train_pose_reader)
 from facepipe.models.swap import DfmSwapModel
 from facepipe.store import atomic_write_bytes, file_sha256
 from facepipe.train.checkpoints import weights_to_bytes
@@ -215,7 +216,7 @@ SWAP_LATENT_OFFSET = "swap_latent_offset"  # PairModel buffers, saved with the L
 # With pose_follow or mouth_follow: the latent step per unit of what is read ([K, D]: the pose's rows
 # (yaw and pitch off the crop, or yaw off the mask), then the mouth's).
 SWAP_POSE_DIRECTIONS = "swap_pose_directions"
-POSE_READER_PREFIX = "pose_reader."  # with pose_follow: the PoseReader's or the MaskYawReadout's tensors
+POSE_READER_PREFIX = "pose_reader."  # with pose_follow: the PointPoseReader's or the MaskYawReadout's tensors
 MOUTH_READER_PREFIX = "mouth_reader."  # with mouth_follow: the mouth's PoseReader's tensors
 POSE_READINGS = ("crop", "mask")  # AdapterConfig.pose_reading
 
@@ -270,7 +271,7 @@ class PairModel(nn.Module):
         self.register_buffer(SWAP_LATENT_OFFSET, torch.zeros(base.config.latent_dim))
         # Set after training by set_pose_follow (with pose_follow or mouth_follow > 0), and only then: training never
         # builds them, so they draw no random numbers and are in no checkpoint.
-        self.pose_reader: PoseReader | MaskYawReadout | None = None
+        self.pose_reader: PointPoseReader | MaskYawReadout | None = None
         self.mouth_reader: PoseReader | None = None
         self.register_buffer(SWAP_POSE_DIRECTIONS, None)
         if self.adapter_share > adapter.max_share:
@@ -307,7 +308,7 @@ class PairModel(nn.Module):
         with shared_delta_scaled(self, self.adapter.swap_strength):
             return self.latent(bgr)
 
-    def attach_pose_follow(self, reader: PoseReader | MaskYawReadout | None, directions: torch.Tensor,
+    def attach_pose_follow(self, reader: PointPoseReader | MaskYawReadout | None, directions: torch.Tensor,
                            mouth_reader: PoseReader | None = None) -> None:
         """Make the swap follow what ``reader`` (the pose) and ``mouth_reader`` read by ``directions``
         [K, D], rows in the order ``read_pose`` reads (``swap_latents``)."""
@@ -419,7 +420,8 @@ def set_swap_offset(model: PairModel, identity_images: torch.Tensor, target_imag
 
 def set_pose_follow(model: PairModel, identity_latents: torch.Tensor, identity_measures: np.ndarray,
                     target_images: torch.Tensor, target_measures: np.ndarray, seed: int = 0, batch: int = 32,
-                    turned: tuple[torch.Tensor, np.ndarray] | None = None) -> torch.Tensor:
+                    turned: tuple[torch.Tensor, np.ndarray] | None = None,
+                    target_points: np.ndarray | None = None) -> torch.Tensor:
     """With ``adapter.pose_follow`` or ``adapter.mouth_follow`` > 0, after ``set_swap_offset``: learn
     to read the target's pose and the mouth's opening and attach them with the latent steps, so that
     each swap latent moves by pose_follow times the step per degree of the pose read off its input
@@ -429,10 +431,12 @@ def set_pose_follow(model: PairModel, identity_latents: torch.Tensor, identity_m
     latents (``swap_latents_of``) of the identity's faces of ``identity_measures`` (their mirror images
     and turned copies give it poses its media lack). ``turned``: the
     target's turned copies and their poses (``pose.turned_crops``), which the pose reader learns from
-    beside its faces (the directions and the centre stay the target's own faces').
+    beside its faces (the directions and the centre stay the target's own faces'); ``target_points``:
+    the six pose points FaceMesh finds on each of the target's faces [N, 12] (``pose.crop_readings``),
+    which the "crop" reading learns.
 
-    ``adapter.pose_reading`` "crop": a PoseReader CNN learns yaw and pitch off the target's crops;
-    the step is the identity's own pose directions [2, D]. "mask": a MaskYawReadout learns yaw off
+    ``adapter.pose_reading`` "crop": a PointPoseReader reads yaw and pitch off the target's crops
+    through their six pose points; the step is the identity's own pose directions [2, D]. "mask": a MaskYawReadout learns yaw off
     the masks the target path paints for the target's faces and their mirror images; the step [1, D]
     is the identity's yaw direction less the swap gain times the target's, so the target's own turn,
     which the identity decoder reads only in part, is taken off before the identity's is added. The
@@ -449,7 +453,8 @@ def set_pose_follow(model: PairModel, identity_latents: torch.Tensor, identity_m
     reader, mouth_reader, steps, centres = None, None, [], []
     if follow > 0:
         identity = pose_directions(identity_latents, identity_measures[:, :2])
-        reader = pose_reader_of(model, model.adapter.pose_reading, target_images, target_measures[:, :2], seed, batch, turned)
+        reader = pose_reader_of(model, model.adapter.pose_reading, target_images, target_measures[:, :2], seed, batch, turned,
+                                target_points)
         if model.adapter.pose_reading == "mask":
             target = pose_directions(swap_latents_of(model, target_images[torch.from_numpy(known)], batch),
                                      target_measures[known, :2])
@@ -459,7 +464,7 @@ def set_pose_follow(model: PairModel, identity_latents: torch.Tensor, identity_m
             steps.append(follow * identity)
             centres.append(target_measures[known, :2].mean(axis=0))
     if mouth > 0:
-        mouth_reader = train_pose_reader(target_images, target_measures[:, 2:], seed, turns=False)
+        mouth_reader = train_pose_reader(target_images, target_measures[:, 2:], seed, mirror=kept)
         steps.append(mouth * pose_directions(identity_latents, identity_measures)[2:])
         centres.append(target_measures[known, 2:].mean(axis=0))
     directions = torch.cat(steps)
@@ -490,19 +495,24 @@ def mouth_step_faces(model: PairModel, identity_latents: torch.Tensor, identity_
 
 
 def pose_reader_of(model: PairModel, reading: str, target_images: torch.Tensor, target_poses: np.ndarray, seed: int = 0,
-                   batch: int = 32, turned: tuple[torch.Tensor, np.ndarray] | None = None) -> PoseReader | MaskYawReadout:
-    """The reader ``set_pose_follow`` attaches for ``reading``: "crop", a PoseReader trained on the
-    target's faces [N, 3, S, S] against their poses [N, 2] (NaN rows left out); "mask", a
-    MaskYawReadout fitted on the masks the target path paints for them and their mirror images.
-    ``turned`` (the target's turned copies and their poses, ``pose.turned_crops``) join the faces."""
+                   batch: int = 32, turned: tuple[torch.Tensor, np.ndarray] | None = None,
+                   target_points: np.ndarray | None = None) -> PointPoseReader | MaskYawReadout:
+    """The reader ``set_pose_follow`` attaches for ``reading``: "crop", a PointPoseReader trained on the
+    target's faces [N, 3, S, S] against the six pose points FaceMesh finds on each (``target_points``
+    [N, 12], NaN rows left out); "mask", a MaskYawReadout fitted on the masks the target path paints
+    for them (of poses [N, 2]) and their mirror images, and on ``turned`` (the target's turned copies
+    and their poses, ``pose.turned_crops``) too."""
+    if reading != "mask":
+        if target_points is None or turned is not None:
+            raise ValueError("the pose read off the crop learns the target's own faces and their six pose points "
+                             "(target_points), not turned copies")
+        return train_point_pose_reader(target_images, target_points, seed)
     known = np.isfinite(np.asarray(target_poses, dtype=np.float64)).all(axis=1)
     images, poses = target_images[torch.from_numpy(known)], np.asarray(target_poses, dtype=np.float64)[known]
     if turned is not None:
         images, poses = torch.cat([images, turned[0]]), np.concatenate([poses, turned[1]])
-    if reading == "mask":
-        faces, labels = mirror_images(images, poses)
-        return fit_mask_yaw_readout(target_path_masks(model, faces, batch), labels[:, 0])
-    return train_pose_reader(images, poses, seed)
+    faces, labels = mirror_images(images, poses)
+    return fit_mask_yaw_readout(target_path_masks(model, faces, batch), labels[:, 0])
 
 
 @torch.no_grad()
@@ -536,12 +546,12 @@ def adapter_counts(model: PairModel) -> dict[str, float]:
         "adapter_share": model.adapter_share,
     }
 
-def saved_readers(tensors: Mapping[str, torch.Tensor], size: int) -> tuple[PoseReader | MaskYawReadout | None, PoseReader | None]:
+def saved_readers(tensors: Mapping[str, torch.Tensor], size: int) -> tuple[PointPoseReader | MaskYawReadout | None, PoseReader | None]:
     """Empty readers of the kinds saved in an adapter's ``tensors`` (for its tensors to load into):
     the pose's (pose_follow) and the mouth's (mouth_follow), None where it has none."""
     readout = tensors.get(POSE_READER_PREFIX + "weights")
     pose = (MaskYawReadout(readout.shape[0]) if readout is not None
-            else PoseReader(size) if POSE_READER_PREFIX + "head.weight" in tensors else None)
+            else PointPoseReader.empty(size) if POSE_READER_PREFIX + "points.head.weight" in tensors else None)
     mouth = PoseReader(size, outputs=1) if MOUTH_READER_PREFIX + "head.weight" in tensors else None
     return pose, mouth
 
@@ -767,7 +777,7 @@ class MergedPair:
     target_face_mask: TargetFaceMask
     swap_latent_offset: torch.Tensor
     swap_gain: float
-    pose_reader: PoseReader | MaskYawReadout | None = None
+    pose_reader: PointPoseReader | MaskYawReadout | None = None
     swap_pose_directions: torch.Tensor | None = None
     mouth_reader: PoseReader | None = None
 

@@ -69,11 +69,18 @@ def crop_poses(crops: np.ndarray) -> np.ndarray:
 def crop_measures(crops: np.ndarray) -> np.ndarray:
     """[N, 3] yaw, pitch (degrees) and the mouth's opening (``evaluate.mouth_opening``) FaceMesh
     reads on each aligned uint8 BGR crop [N, S, S, 3] itself, NaN where it finds no face."""
-    from facepipe.evaluate import crop_landmarks, head_pose, mouth_opening  # evaluate imports MediaPipe
+    return crop_readings(crops)[0]
+
+
+def crop_readings(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``crop_measures`` and the six points FaceMesh's pose is solved from (``evaluate.POSE_LANDMARKS``)
+    on each crop, [N, 12]: x, y of each in units of the crop's side (NaN where it finds no face)."""
+    from facepipe.evaluate import POSE_LANDMARKS, crop_landmarks, head_pose, mouth_opening  # evaluate imports MediaPipe
 
     crops = np.asarray(crops)
     points, _ = crop_landmarks(crops)  # NaN points where no face: head_pose gives NaN there
-    return np.column_stack([head_pose(points, crops.shape[1])[:, :2], mouth_opening(points)])
+    measures = np.column_stack([head_pose(points, crops.shape[1])[:, :2], mouth_opening(points)])
+    return measures, points[:, POSE_LANDMARKS].reshape(len(crops), -1) / crops.shape[1]
 
 
 def painted_change(before: torch.Tensor, after: torch.Tensor, size: int) -> np.ndarray:
@@ -121,28 +128,47 @@ def turned_crops(crops: np.ndarray, masks: np.ndarray, size: int) -> tuple[torch
     return torch.cat(turned), np.concatenate(poses)
 
 
-def mirror_images(images: torch.Tensor, measures: np.ndarray, turns: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-    """Faces [N, 3, S, S] with their mirror images after them, and their measures [N, K]: with
-    ``turns`` the first column is the yaw, which a mirror image turns the other way; the others
-    (pitch, the mouth's opening) a mirror image keeps."""
-    signs = np.ones(np.asarray(measures).shape[1])
-    signs[0] = -1.0 if turns else 1.0
-    return torch.cat([images, images.flip(-1)]), np.concatenate([measures, measures * signs])
+def turned_back(measures: np.ndarray) -> np.ndarray:
+    """What a mirror image reads of measures [N, K] whose first column is the yaw: that turns the
+    other way; the others (pitch, the mouth's opening) it keeps."""
+    return np.asarray(measures) * np.concatenate([[-1.0], np.ones(np.asarray(measures).shape[1] - 1)])
+
+
+def kept(measures: np.ndarray) -> np.ndarray:
+    """Measures a mirror image keeps (the mouth's opening)."""
+    return np.asarray(measures)
+
+
+# The six pose points (evaluate.POSE_LANDMARKS: nose tip, chin, eye outer corners, mouth corners) in
+# a mirror image: each eye's and mouth's corner becomes the other's.
+MIRRORED_POINTS = [0, 1, 3, 2, 5, 4]
+
+
+def mirrored_points(points: np.ndarray) -> np.ndarray:
+    """The six pose points [N, 12] (``crop_readings``, units of the crop side) in the mirror images."""
+    mirrored = np.asarray(points).reshape(len(points), 6, 2)[:, MIRRORED_POINTS].copy()
+    mirrored[..., 0] = 1.0 - mirrored[..., 0]
+    return mirrored.reshape(len(points), 12)
+
+
+def mirror_images(images: torch.Tensor, measures: np.ndarray, mirror=turned_back) -> tuple[torch.Tensor, np.ndarray]:
+    """Faces [N, 3, S, S] with their mirror images after them, and their measures [N, K], the mirror
+    images' as ``mirror`` reads them (``turned_back``, ``kept``, ``mirrored_points``)."""
+    return torch.cat([images, images.flip(-1)]), np.concatenate([measures, mirror(measures)])
 
 
 def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, epochs: int = POSE_EPOCHS,
-                      turns: bool = True) -> PoseReader:
+                      mirror=turned_back) -> PoseReader:
     """A PoseReader trained on faces [N, 3, S, S] (BGR [0, 1]) and their measures [N, K] (yaw and
-    pitch in degrees; with ``turns`` False, measures a mirror image keeps, such as the mouth's
-    opening; rows with NaN are left out) with their mirror images, each batch moved a little
-    (rotation, scale, shift: the runtimes' alignment differs from the faces asset's), half of it
-    sharpened as FaceFusion sharpens its input, its light jittered. Deterministic for a seed on one
-    machine."""
+    pitch in degrees, the mouth's opening or the six pose points; rows with NaN are left out) with
+    their mirror images (measured as ``mirror`` reads them), each batch moved a little (rotation,
+    scale, shift: the runtimes' alignment differs from the faces asset's), half of it sharpened as
+    FaceFusion sharpens its input, its light jittered. Deterministic for a seed on one machine."""
     keep = torch.from_numpy(np.isfinite(poses).all(axis=1))
     if int(keep.sum()) < 8:
         raise ValueError(f"a pose reader needs at least 8 faces with a pose, got {int(keep.sum())}; "
                          "FaceMesh found too few faces in the target's crops")
-    images, targets = mirror_images(images[keep], np.asarray(poses)[keep.numpy()], turns)
+    images, targets = mirror_images(images[keep], np.asarray(poses)[keep.numpy()], mirror)
     centre, spread = targets.mean(axis=0), targets.std(axis=0) + 1e-3
     labels = torch.from_numpy((targets - centre) / spread).float()
     seed_global_rngs(seed)
@@ -169,6 +195,100 @@ def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, ep
     reader.centre.copy_(torch.from_numpy(centre).float())
     reader.requires_grad_(False)
     return reader.eval()
+
+
+POINT_POSE_WIDTH = 128  # hidden units of PointPose's two layers
+POINT_POSE_STEPS = 10000  # ~15 s on 2 cores; 3000 read obama's held-out points 0.977 against PnP, 10000 0.997
+POINT_POSE_SETS = 40000  # jittered point sets it learns PnP's pose from
+POINT_POSE_BATCH = 512
+
+
+class PointPose(nn.Module):
+    """The six pose points [N, 12] (``crop_readings``' order and units) → [N, 2] yaw and pitch in
+    degrees as ``evaluate.head_pose`` solves them (PnP on a generic head), which no runtime's graph
+    can run: a small MLP learns it (``fit_point_pose``) on the points centred and scaled to unit
+    spread, so where the face sits in the crop and its size do not matter."""
+
+    def __init__(self, width: int = POINT_POSE_WIDTH):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(12, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 2))
+        self.register_buffer("scale", torch.ones(2))
+        self.register_buffer("centre", torch.zeros(2))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        centred = points.reshape(-1, 6, 2) - points.reshape(-1, 6, 2).mean(1, keepdim=True)
+        unit = centred / centred.pow(2).sum((1, 2), keepdim=True).div(6.0).sqrt()
+        return self.net(unit.flatten(1)) * self.scale + self.centre
+
+
+def fit_point_pose(points: np.ndarray, seed: int = 0, steps: int = POINT_POSE_STEPS) -> PointPose:
+    """A PointPose learnt on POINT_POSE_SETS point sets drawn about ``points`` [N, 12] (the target's
+    faces' and their mirror images'), each turned ±5° in the image, scaled ±10 %, moved ±4 % of the
+    side and each point moved 1-2 % more (expressions, FaceMesh's scatter, the runtimes' cut), labelled
+    by ``evaluate.six_point_pose`` as on a 256 px crop. Deterministic for a seed on one machine."""
+    from facepipe.evaluate import six_point_pose  # evaluate imports MediaPipe
+
+    real = np.asarray(points, dtype=np.float64)
+    real = np.concatenate([real, mirrored_points(real)])
+    real = real[np.isfinite(real).all(axis=1)].reshape(-1, 6, 2)
+    if len(real) < 8:
+        raise ValueError(f"learning the pose from the points needs at least 8 faces with points, got {len(real)}")
+    rng = np.random.default_rng(seed)
+    drawn = real[rng.integers(0, len(real), POINT_POSE_SETS)]
+    angles = np.radians(rng.uniform(-5.0, 5.0, len(drawn)))
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotations = np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], 1)
+    centres = drawn.mean(axis=1, keepdims=True)
+    sets = (np.einsum("nij,nkj->nki", rotations, drawn - centres) * rng.uniform(0.9, 1.1, (len(drawn), 1, 1))
+            + centres + rng.uniform(-0.04, 0.04, (len(drawn), 1, 2)))
+    sets += rng.normal(0.0, 1.0, sets.shape) * np.where(np.arange(len(sets)) % 4 == 0, 0.016, 0.008)[:, None, None]
+    poses = six_point_pose(sets * 256.0, 256)[:, :2]
+    usable = np.isfinite(poses).all(axis=1)
+    inputs = torch.from_numpy(sets[usable].reshape(-1, 12)).float()
+    centre, spread = poses[usable].mean(axis=0), poses[usable].std(axis=0) + 1e-3
+    labels = torch.from_numpy((poses[usable] - centre) / spread).float()
+    seed_global_rngs(seed)
+    pose = PointPose()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(pose.parameters(), lr=3e-3)
+    for _ in range(steps):
+        rows = torch.randint(0, len(inputs), (POINT_POSE_BATCH,), generator=generator)
+        loss = F.smooth_l1_loss(pose(inputs[rows]), labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    pose.scale.copy_(torch.from_numpy(spread).float())
+    pose.centre.copy_(torch.from_numpy(centre).float())
+    pose.requires_grad_(False)
+    return pose.eval()
+
+
+class PointPoseReader(nn.Module):
+    """NCHW BGR [0, 1] crops → [N, 2] yaw and pitch (degrees): a PoseReader reads the six pose points
+    off the crop, a PointPose solves the pose from them as the evaluation's PnP does. Read this way
+    obama's held-out frames read at yaw r 0.88-0.91 over three seeds where the PoseReader learning
+    the yaw itself reads them at 0.85-0.87: FaceMesh's six-point pose is a steep function of where
+    the mouth's and eyes' corners sit, which a CNN learns better point by point than as one number
+    (docs/swap_quality.md, "The pose read through its six points")."""
+
+    def __init__(self, points: PoseReader, pose: PointPose):
+        super().__init__()
+        self.points, self.pose = points, pose
+
+    @classmethod
+    def empty(cls, size: int) -> PointPoseReader:
+        """One to load saved tensors into."""
+        return cls(PoseReader(size, outputs=12), PointPose())
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        return self.pose(self.points(bgr))
+
+
+def train_point_pose_reader(images: torch.Tensor, points: np.ndarray, seed: int = 0) -> PointPoseReader:
+    """A PointPoseReader for faces [N, 3, S, S] (BGR [0, 1]) and the six pose points FaceMesh finds on
+    each [N, 12] (``crop_readings``; NaN rows are left out), and their mirror images."""
+    return PointPoseReader(train_pose_reader(images, points, seed, mirror=mirrored_points),
+                           fit_point_pose(points, seed)).eval()
 
 
 MASK_POOL = 4  # the target path's mask averaged over 4x4 px: 24x24 features at 96 px
