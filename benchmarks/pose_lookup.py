@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import pose_reach
-from pose_reach import built_pair, held_out_crops, images, masks, poses, reach
+from pose_reach import built_pair, held_out_crops, masks, poses, reach
 
 LOOKUP_SIGMA_DEG = 3.0  # the Gaussian's width over (yaw, pitch); 5 deg blurred vox's turns away
 
@@ -49,7 +49,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     from facepipe.assets.pair import pose_matched_identity
     from facepipe.evaluate import correlation, facefusion_sharpen
     from facepipe.faces import FaceSet
-    from facepipe.models.augment import AugmentConfig
+    from facepipe.models.augment import AugmentConfig, tensors_to_crops
     from facepipe.models.pair import pose_reader_of, shared_delta_scaled, swap_latents_of, target_path_masks
     from facepipe.models.pose import PointPoseReader, crop_poses, crop_readings, turned_crops
     from facepipe.models.swap import INPUT_BLUR_PX, _gaussian_blur
@@ -84,7 +84,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     read = np.isfinite(facemesh).all(axis=1)
 
     def painted(bgr: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
-        return poses(images(bgr), masks(logits))
+        return poses(tensors_to_crops(bgr), masks(logits))
 
     own_reader = isinstance(model.pose_reader, PointPoseReader)
     rows = task.target_train.numpy()
