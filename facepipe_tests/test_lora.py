@@ -63,6 +63,7 @@ from facepipe.models.pair import (
     swap_latents,
     swap_latents_of,
 )
+from facepipe.models import pose
 from facepipe.models.pose import MaskYawReadout, PointPoseReader, painted_change
 from facepipe.models.swap import DFM_INPUT, DFM_MORPH_INPUT, dfm_input, swap_faces
 from facepipe.models.turn import turn_grid
@@ -98,6 +99,13 @@ def moving_faces(person: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def pair_train_config(epochs: int, key: str = "pair") -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=4, lr=5e-3, resume_key=key, seed=3, cpu_threads=1)
+
+
+@pytest.fixture(autouse=True)
+def quick_point_pose(monkeypatch):
+    """The six points' MLP learns in fewer steps: these tests check what the reader is wired to, not
+    how well it reads (test_pose does), and the build's 10,000 steps cost ~25 s a reader."""
+    monkeypatch.setattr(pose, "POINT_POSE_STEPS", 500)
 
 
 def train_pair(identity_weights, run_dir, epochs: int):

@@ -222,16 +222,18 @@ class PointPose(nn.Module):
         self.register_buffer("centre", torch.zeros(2))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        centred = points.reshape(-1, 6, 2) - points.reshape(-1, 6, 2).mean(1, keepdim=True)
+        six = points.reshape(-1, 6, 2)
+        centred = six - six.mean(1, keepdim=True)
         unit = centred / centred.pow(2).sum((1, 2), keepdim=True).div(6.0).sqrt()
         return self.net(unit.flatten(1)) * self.scale + self.centre
 
 
-def fit_point_pose(points: np.ndarray, seed: int = 0, steps: int = POINT_POSE_STEPS) -> PointPose:
+def fit_point_pose(points: np.ndarray, seed: int = 0, steps: int | None = None) -> PointPose:
     """A PointPose learnt on POINT_POSE_SETS point sets drawn about ``points`` [N, 12] (the target's
     faces' and their mirror images'), each turned ±5° in the image, scaled ±10 %, moved ±4 % of the
     side and each point moved 1-2 % more (expressions, FaceMesh's scatter, the runtimes' cut), labelled
-    by ``evaluate.six_point_pose`` as on a 256 px crop. Deterministic for a seed on one machine."""
+    by ``evaluate.six_point_pose`` as on a 256 px crop, for ``steps`` Adam steps (None: POINT_POSE_STEPS,
+    read when called). Deterministic for a seed on one machine."""
     from facepipe.evaluate import six_point_pose  # evaluate imports MediaPipe
 
     real = np.asarray(points, dtype=np.float64)
@@ -257,7 +259,7 @@ def fit_point_pose(points: np.ndarray, seed: int = 0, steps: int = POINT_POSE_ST
     pose = PointPose()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(pose.parameters(), lr=3e-3)
-    for _ in range(steps):
+    for _ in range(POINT_POSE_STEPS if steps is None else steps):
         rows = torch.randint(0, len(inputs), (POINT_POSE_BATCH,), generator=generator)
         loss = F.smooth_l1_loss(pose(inputs[rows]), labels[rows])
         optimizer.zero_grad()
