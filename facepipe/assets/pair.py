@@ -306,7 +306,9 @@ def chosen_pose_follow(setting: float | None, reading: str | None, turned: bool,
         return 0.0, chosen, "by default: the adapter does not turn the identity's faces, lora_adapter.turn is 0"
     if within_reach:
         return 1.0, chosen, "by default: the target turns within the identity's turned faces"
-    return 1.0, chosen, "by default: the target turns beyond even the identity's turned faces, so its yaw is read off the target path's mask"
+    # Where the pair sets the reading, the reason says nothing of the one it would have chosen.
+    return 1.0, chosen, ("by default: the target turns beyond even the identity's turned faces"
+                         + ("" if reading else ", so its yaw is read off the target path's mask"))
 
 
 # The least spread of the mouth's opening (5th to 95th percentile of evaluate.mouth_opening over a side's
