@@ -10,7 +10,8 @@ trained but the pose readers) and prints, per pair, on the held-out frames swap_
   adapter trains it) and the readout off the mask the adapter's target path paints
   (``models.pose.MaskYawReadout``, fitted as the adapter fits it);
 - the yaw and pitch of the swaps (FaceMesh on 96 px faces alone, as benchmarks/pose_reach.py reads
-  them) against the target's: the pair's swap as built, and the swap whose latent offset is looked
+  them) against the target's: the pair's swap as built; the same swap with its reader's pose replaced
+  by FaceMesh's on each crop (what a perfect reader would give); and the swap whose latent offset is looked
   up at the pose FaceMesh reads on each crop (an oracle no runtime has) — the identity's mean
   latent at that pose (its training faces, mirror images and turned copies, weighted by a Gaussian
   of the pose distance) less the swap gain times the target's mean latent there: how far the
@@ -50,7 +51,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
     from facepipe.evaluate import correlation, facefusion_sharpen
     from facepipe.faces import FaceSet
     from facepipe.models.augment import AugmentConfig, tensors_to_crops
-    from facepipe.models.pair import pose_reader_of, shared_delta_scaled, swap_latents_of, target_path_masks
+    from facepipe.models.pair import pose_reader_of, shared_delta_scaled, swap_latents, swap_latents_of, target_path_masks
     from facepipe.models.pose import PointPoseReader, crop_poses, crop_readings, turned_crops
     from facepipe.models.swap import INPUT_BLUR_PX, _gaussian_blur
     from facepipe.models.xseg import crops_to_tensor
@@ -104,6 +105,18 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
         own = poses(held_out, masks(fed_masks))
         built = painted(*model(fed))
         print(f"  swap as built (yaw; pitch): {reach(own[:, 0], built[:, 0])}; {reach(own[:, 1], built[:, 1])}")
+        if model.pose_reader is not None:  # the pair's own step, its reader replaced by FaceMesh: a perfect reader
+            with shared_delta_scaled(model, model.adapter.swap_strength):
+                latent = model.latent(fed)
+                told = model.read_pose(fed, latent)
+                columns = 2 if own_reader else 1  # yaw and pitch off the crop, yaw off the mask
+                exact = torch.from_numpy(facemesh[:, :columns]).float()
+                told[:, :columns] = torch.where(torch.isfinite(exact), exact, told[:, :columns])
+                code = model.autoencoder.bottleneck.code_of(swap_latents(latent, gain, model.swap_latent_offset, told,
+                                                                         model.swap_pose_directions))
+                swap = painted(*model.identity_decode(code))
+            print(f"  swap as built, its reader replaced by FaceMesh on the crop: {reach(own[:, 0], swap[:, 0])}; "
+                  f"{reach(own[:, 1], swap[:, 1])}")
         identity_latents = swap_latents_of(model, identity_images)
         target_latents = swap_latents_of(model, target_images)[torch.from_numpy(known)]
         oracle = torch.from_numpy(np.nan_to_num(facemesh)).float()
