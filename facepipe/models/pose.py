@@ -166,13 +166,14 @@ def in_degrees(module: nn.Module, centre: np.ndarray, spread: np.ndarray) -> nn.
     return module.eval()
 
 
-def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, epochs: int = POSE_EPOCHS,
+def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, epochs: int | None = None,
                       mirror=turned_back) -> PoseReader:
     """A PoseReader trained on faces [N, 3, S, S] (BGR [0, 1]) and their measures [N, K] (yaw and
     pitch in degrees, the mouth's opening or the six pose points; rows with NaN are left out) with
     their mirror images (measured as ``mirror`` reads them), each batch moved a little (rotation,
     scale, shift: the runtimes' alignment differs from the faces asset's), half of it sharpened as
-    FaceFusion sharpens its input, its light jittered. Deterministic for a seed on one machine."""
+    FaceFusion sharpens its input, its light jittered, for ``epochs`` passes (None: POSE_EPOCHS, read when
+    called). Deterministic for a seed on one machine."""
     keep = torch.from_numpy(np.isfinite(poses).all(axis=1))
     if int(keep.sum()) < 8:
         raise ValueError(f"a pose reader needs at least 8 faces with a pose, got {int(keep.sum())}; "
@@ -186,7 +187,7 @@ def train_pose_reader(images: torch.Tensor, poses: np.ndarray, seed: int = 0, ep
     optimizer = torch.optim.AdamW(reader.parameters(), lr=POSE_LR, weight_decay=1e-4)
     size = images.shape[-1]
     reader.train()
-    for _ in range(epochs):
+    for _ in range(POSE_EPOCHS if epochs is None else epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), POSE_BATCH):
             rows = order[start:start + POSE_BATCH]
