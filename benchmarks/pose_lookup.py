@@ -112,9 +112,8 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
                 columns = 2 if own_reader else 1  # yaw and pitch off the crop, yaw off the mask
                 exact = torch.from_numpy(facemesh[:, :columns]).float()
                 told[:, :columns] = torch.where(torch.isfinite(exact), exact, told[:, :columns])
-                code = model.autoencoder.bottleneck.code_of(swap_latents(latent, gain, model.swap_latent_offset, told,
-                                                                         model.swap_pose_directions))
-                swap = painted(*model.identity_decode(code))
+                swap = painted(*model.paint_swap(swap_latents(latent, gain, model.swap_latent_offset, told,
+                                                              model.swap_pose_directions)))
             print(f"  swap as built, its reader replaced by FaceMesh on the crop: {reach(own[:, 0], swap[:, 0])}; "
                   f"{reach(own[:, 1], swap[:, 1])}")
         identity_latents = swap_latents_of(model, identity_images)
@@ -123,8 +122,7 @@ def report(store_root: Path, media: Path, identity: str, target: str) -> None:
         offset = (looked_up(oracle, torch.from_numpy(identity_poses).float(), identity_latents)
                   - gain * looked_up(oracle, torch.from_numpy(target_poses[known]).float(), target_latents))
         with shared_delta_scaled(model, model.adapter.swap_strength):
-            code = model.autoencoder.bottleneck.code_of(gain * model.latent(fed) + offset)
-            swap = painted(*model.identity_decode(code))
+            swap = painted(*model.paint_swap(gain * model.latent(fed) + offset))
         print(f"  swap, its offset looked up at FaceMesh's pose: {reach(own[:, 0], swap[:, 0])}; {reach(own[:, 1], swap[:, 1])}")
 
 

@@ -323,7 +323,12 @@ class PairModel(nn.Module):
             latent = self.latent(bgr)
             pose = None if self.swap_pose_directions is None else self.read_pose(bgr, latent)
             latent = swap_latents(latent, self.adapter.swap_gain, self.swap_latent_offset, pose, self.swap_pose_directions)
-            return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
+            return self.paint_swap(latent)
+
+    def paint_swap(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The face (BGR, mask logits) the base decoder paints from swap latents [N, D] (the bottleneck's
+        second linear first); call it under the swap strength's shared delta, as ``forward`` does."""
+        return self.identity_decode(self.autoencoder.bottleneck.code_of(latent))
 
     def read_pose(self, bgr: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """What the swap follows for input ``bgr`` of adapted latent ``latent``, [N, K]: the pose
@@ -490,7 +495,7 @@ def mouth_step_faces(model: PairModel, identity_latents: torch.Tensor, identity_
             latent = swap_latents(model.latent(target_images[start:start + batch]), model.adapter.swap_gain,
                                   model.swap_latent_offset)
             for faces, side in ((below, -0.5), (above, 0.5)):
-                faces.append(model.identity_decode(model.autoencoder.bottleneck.code_of(latent + side * span * step))[0])
+                faces.append(model.paint_swap(latent + side * span * step)[0])
     return torch.cat(below), torch.cat(above)
 
 
