@@ -63,12 +63,16 @@ def turn_labels(images, face_masks, table: np.ndarray) -> np.ndarray:
 
 
 def labels_at(labels: np.ndarray, rows: np.ndarray, degrees: np.ndarray) -> np.ndarray:
-    """[B, 2] the labels of faces ``rows`` turned by ``degrees`` [B], interpolated between the table's angles."""
-    steps = labels.shape[1]
-    position = (degrees / MAX_TURN_DEG + 1.0) / 2.0 * (steps - 1)
-    low = np.clip(np.floor(position).astype(int), 0, steps - 2)
-    weight = (position - low)[:, None]
-    return labels[rows, low] * (1.0 - weight) + labels[rows, low + 1] * weight
+    """[B, 2] the labels of faces ``rows`` turned by ``degrees`` [B], interpolated between the table's
+    angles as the turn grids are (``models.turn.interpolated_grids``, a label being a 1 x 1 grid of 2)."""
+    from facepipe.models.turn import interpolated_grids
+
+    return interpolated_grids(labels[rows][:, :, None, None], np.radians(degrees), MAX_TURN_DEG)[:, 0, 0]
+
+
+def latent_of(autoencoder, bgr):
+    """The identity model's latent [N, D] of faces [N, 3, S, S] (encoder, the bottleneck's first linear)."""
+    return autoencoder.bottleneck.to_latent(autoencoder.encoder(bgr).flatten(1))
 
 
 def pose_told_model(seed: int):
@@ -85,11 +89,8 @@ def pose_told_model(seed: int):
             latent_dim = self.autoencoder.config.latent_dim
             self.pose = nn.Sequential(nn.Linear(2, 64), nn.LeakyReLU(0.1), nn.Linear(64, latent_dim))
 
-        def latent(self, bgr):
-            return self.autoencoder.bottleneck.to_latent(self.autoencoder.encoder(bgr).flatten(1))
-
         def forward(self, bgr, pose):
-            code = self.autoencoder.bottleneck.code_of(self.latent(bgr) + self.pose(pose / POSE_SCALE))
+            code = self.autoencoder.bottleneck.code_of(latent_of(self.autoencoder, bgr) + self.pose(pose / POSE_SCALE))
             return self.autoencoder.decode(code)
 
     torch.manual_seed(seed)
@@ -192,17 +193,14 @@ def report(work: Path, media: Path, identity: str, target: str, epochs: int) -> 
     def read(bgr, logits) -> np.ndarray:
         return poses(tensors_to_crops(bgr), masks(logits))
 
-    def built_latent(x):
-        return built.bottleneck.to_latent(built.encoder(x).flatten(1))
-
     def built_stepped(x, own_yaw, yaw):
-        latent = built_latent(x) + direction * torch.from_numpy(np.asarray(yaw - own_yaw, dtype=np.float32))[:, None]
+        latent = latent_of(built, x) + direction * torch.from_numpy(np.asarray(yaw - own_yaw, dtype=np.float32))[:, None]
         return built.decode(built.bottleneck.code_of(latent))
 
     with torch.no_grad():
         own = labels[held, labels.shape[1] // 2]
         if built is not None:  # the built model's yaw direction and a ridge readout of yaw, on its training faces
-            latents = built_latent(images[train_rows]).double()
+            latents = latent_of(built, images[train_rows]).double()
             unturned = torch.from_numpy(labels[train_rows, labels.shape[1] // 2]).double()
             design = torch.cat([torch.ones(len(latents), 1, dtype=torch.float64), unturned], 1)
             direction = torch.linalg.lstsq(design, latents).solution[1].float()
@@ -232,7 +230,7 @@ def report(work: Path, media: Path, identity: str, target: str, epochs: int) -> 
         x, frames, frame_pose, frame_mouth = x[known], frames[known], frame_pose[known], frame_mouth[known]
         outputs = {"told the frame's pose": model(x, torch.from_numpy(frame_pose).float())}
         if built is not None:
-            read_yaw = (torch.cat([built_latent(x).double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) @ readout).numpy()
+            read_yaw = (torch.cat([latent_of(built, x).double(), torch.ones(len(x), 1, dtype=torch.float64)], 1) @ readout).numpy()
             outputs["built identity model"] = built(x)
             outputs["built, stepped to the frame's yaw"] = built_stepped(x, read_yaw, frame_pose[:, 0])
         print(f"  {target}'s {len(x)} held-out frames, yaw {np.percentile(frame_pose[:, 0], 5):.1f}.."
